@@ -1,0 +1,83 @@
+"""banana_async: an asyncio-first client for the Nano Banana image-generation API.
+
+Create a task, poll it until it is done, get the image URL; in two dialects
+(``nano`` and ``navo``), with typed errors and a fake provider for tests::
+
+    import banana_async as ba
+
+    async with ba.BananaClient(dialect="nano") as client:
+        task = await client.generate("a cat on a windowsill", size="16:9")
+        print(task.image_url)
+"""
+
+from banana_async._polling import Clock, SystemClock
+from banana_async._version import __version__
+from banana_async.client import API_KEY_ENV, BananaClient
+from banana_async.dialects import (
+    NANO,
+    NAVO,
+    Dialect,
+    HTTPRequest,
+    HTTPResponse,
+    ResolutionIgnoredWarning,
+    get_dialect,
+)
+from banana_async.errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    BananaError,
+    InvalidRequestError,
+    NotFoundError,
+    ProviderError,
+    RateLimitError,
+    ResponseValidationError,
+    ServerError,
+    TaskFailedError,
+    TaskTimeoutError,
+)
+from banana_async.models import (
+    AspectRatio,
+    GenerationRequest,
+    Model,
+    Resolution,
+    Task,
+    TaskStatus,
+)
+
+__all__ = [
+    "API_KEY_ENV",
+    "NANO",
+    "NAVO",
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AspectRatio",
+    "AuthenticationError",
+    "BadRequestError",
+    "BananaClient",
+    "BananaError",
+    "Clock",
+    "Dialect",
+    "GenerationRequest",
+    "HTTPRequest",
+    "HTTPResponse",
+    "InvalidRequestError",
+    "Model",
+    "NotFoundError",
+    "ProviderError",
+    "RateLimitError",
+    "Resolution",
+    "ResolutionIgnoredWarning",
+    "ResponseValidationError",
+    "ServerError",
+    "SystemClock",
+    "Task",
+    "TaskFailedError",
+    "TaskStatus",
+    "TaskTimeoutError",
+    "__version__",
+    "get_dialect",
+]

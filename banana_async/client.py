@@ -1,0 +1,475 @@
+"""``BananaClient``: the session manager that creates, queries and waits on tasks.
+
+Layers, each hop once: the client decides *when* (retries, polls, deadlines),
+:mod:`banana_async.dialects` decides *what* (request bytes in, task or error
+out), and :mod:`banana_async._transport` is the only code that touches aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import random
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Self
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from banana_async import _retry, _transport
+from banana_async._polling import (
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_WAIT_TIMEOUT,
+    Clock,
+    SystemClock,
+    check_interval,
+    check_timeout,
+    poll_delay,
+)
+from banana_async._version import __version__
+from banana_async.dialects import Dialect, HTTPRequest, HTTPResponse, get_dialect
+from banana_async.errors import (
+    BananaError,
+    InvalidRequestError,
+    TaskFailedError,
+    TaskTimeoutError,
+)
+from banana_async.models import (
+    AspectRatio,
+    GenerationRequest,
+    Resolution,
+    Task,
+    TaskStatus,
+    request_from,
+)
+
+__all__ = ["API_KEY_ENV", "BananaClient"]
+
+logger = logging.getLogger("banana_async")
+
+API_KEY_ENV = "BANANA_API_KEY"
+"""The environment variable the API key is read from when none is passed."""
+
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_CONNECTION_LIMIT = 100
+_REDACTED = b"[redacted]"
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_base_url(url: str, what: str) -> str:
+    """Refuse URLs that would carry the API key in clear text off this machine."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequestError(f"{what} must be an http(s) URL, not {url!r}")
+    if scheme == "http" and not _is_loopback(parts.hostname):
+        raise InvalidRequestError(
+            f"{what} {url!r} is plain HTTP to a non-loopback host; the API key is only "
+            "sent over TLS (use https://)"
+        )
+    return url
+
+
+class _Secret:
+    """Holds the API key so that no repr, log line or traceback shows it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "_Secret('***')"
+
+
+class BananaClient:
+    """An async client for one dialect of the Nano Banana task API.
+
+    Use it as an async context manager, once per application (for example in
+    a FastAPI lifespan or an aiohttp ``cleanup_ctx``)::
+
+        async with BananaClient(dialect="nano") as client:
+            task = await client.generate("a cat on a windowsill", size="16:9")
+            print(task.image_url)
+
+    Args:
+        api_key: The provider key; defaults to ``$BANANA_API_KEY``. It is sent
+            only to the configured API hosts, over TLS unless they are loopback,
+            and never appears in reprs, logs or exception messages.
+        dialect: ``"nano"``, ``"navo"`` or a :class:`~banana_async.dialects.Dialect`.
+        base_url: One base URL for creates and queries (a proxy, or
+            :class:`~banana_async.testing.FakeBananaServer`); the dialect's
+            paths are appended.
+        create_base_url: Base URL for creates only (overrides ``base_url``).
+        query_base_url: Base URL for status queries only (overrides ``base_url``).
+        session: An :class:`aiohttp.ClientSession` to share. The client never
+            closes a session it did not open.
+        timeout: Seconds one HTTP request may take, end to end.
+        connect_timeout: Seconds to get a connection (including waiting for a
+            free one in the pool). A create that fails here was never sent and
+            is retried safely.
+        max_retries: Retries after the first attempt of one request. Queries
+            retry on connection errors, timeouts, 408, 429 and 5xx; creates only
+            where the provider cannot have processed them.
+        poll_interval: Minimum seconds between status queries of one task.
+        wait_timeout: Default deadline of :meth:`wait` and :meth:`generate`;
+            None waits forever.
+        connection_limit: Maximum simultaneous connections of an owned session.
+        allow_unknown_models: Send model names the dialect does not list
+            (a provider added one) instead of raising.
+        clock: Where time is read and sleeping happens; tests inject a fake one.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        dialect: str | Dialect = "nano",
+        base_url: str | None = None,
+        create_base_url: str | None = None,
+        query_base_url: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        max_retries: int = _retry.DEFAULT_MAX_RETRIES,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        wait_timeout: float | None = DEFAULT_WAIT_TIMEOUT,
+        connection_limit: int = DEFAULT_CONNECTION_LIMIT,
+        allow_unknown_models: bool = False,
+        clock: Clock | None = None,
+    ) -> None:
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        if not key or not key.strip():
+            raise InvalidRequestError(
+                f"no API key: pass api_key=... or set the {API_KEY_ENV} environment variable"
+            )
+        if any(c in key for c in "\r\n"):
+            raise InvalidRequestError("the API key contains a line break")
+        self._secret = _Secret(key.strip())
+        self._auth_headers = {"Authorization": f"Bearer {self._secret.reveal()}"}
+        self._secret_bytes = self._secret.reveal().encode()
+
+        self._dialect = get_dialect(dialect)
+        self._create_base = _check_base_url(
+            create_base_url or base_url or self._dialect.create_base_url, "create_base_url"
+        )
+        self._query_base = _check_base_url(
+            query_base_url or base_url or self._dialect.query_base_url, "query_base_url"
+        )
+
+        if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
+            raise ValueError(f"max_retries must be a non-negative integer, not {max_retries!r}")
+        if not isinstance(connection_limit, int) or connection_limit < 1:
+            raise ValueError(
+                f"connection_limit must be a positive integer, not {connection_limit!r}"
+            )
+        self._max_retries = max_retries
+        self._poll_interval = check_interval(poll_interval)
+        self._wait_timeout = check_timeout(wait_timeout, "wait_timeout")
+        self._timeout = _transport.make_timeout(
+            total=check_timeout(timeout, "timeout"),
+            connect=check_timeout(connect_timeout, "connect_timeout"),
+        )
+        self._connection_limit = connection_limit
+        self._allow_unknown_models = allow_unknown_models
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._rng = random.Random()
+
+        self._borrowed = session
+        self._session: aiohttp.ClientSession | None = session
+        self._owns_session = session is None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._entered = False
+        self._closed = False
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._entered:
+            raise RuntimeError("this BananaClient is already open")
+        if self._closed:
+            raise RuntimeError("this BananaClient is closed; create a new one")
+        self._loop = asyncio.get_running_loop()
+        if self._session is None:
+            self._session = _transport.make_session(
+                connection_limit=self._connection_limit,
+                user_agent=f"banana-async/{__version__}",
+            )
+        self._entered = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the client; closes the HTTP session only if the client opened it."""
+        if self._closed:
+            return
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None and self._owns_session:
+            await session.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open" if self._entered else "not opened"
+        return (
+            f"<BananaClient dialect={self._dialect.name!r} create={self._create_base!r} "
+            f"query={self._query_base!r} {state}>"
+        )
+
+    @property
+    def dialect(self) -> Dialect:
+        """The dialect this client speaks."""
+        return self._dialect
+
+    def _session_for_call(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError("this BananaClient is closed")
+        if not self._entered or self._session is None:
+            raise RuntimeError(
+                "BananaClient is not open: use `async with BananaClient(...) as client:`"
+            )
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            raise RuntimeError(
+                "this BananaClient is bound to the event loop it was opened in and cannot "
+                "be used from another one; open one client per event loop"
+            )
+        if self._session.closed:
+            raise RuntimeError("the aiohttp session given to BananaClient is closed")
+        return self._session
+
+    # -- one request ---------------------------------------------------------------
+
+    async def _send_once(self, request: HTTPRequest) -> HTTPResponse:
+        session = self._session_for_call()
+        response = await _transport.send(
+            session, request, auth_headers=self._auth_headers, timeout=self._timeout
+        )
+        logger.debug("%s %s -> %d", request.method, request.url, response.status)
+        if self._secret_bytes in response.body:
+            # A provider that echoes the key back must not put it into our errors.
+            response = HTTPResponse(
+                response.status,
+                response.headers,
+                response.body.replace(self._secret_bytes, _REDACTED),
+            )
+        return response
+
+    async def _call(
+        self,
+        request: HTTPRequest,
+        parse: Callable[[HTTPResponse], Task],
+        should_retry: Callable[[BananaError], bool],
+    ) -> Task:
+        attempt = 0
+        while True:
+            try:
+                return parse(await self._send_once(request))
+            except BananaError as exc:
+                if attempt >= self._max_retries or not should_retry(exc):
+                    raise
+                attempt += 1
+                delay = _retry.retry_delay(attempt, exc, rng=self._rng)
+                logger.info(
+                    "%s %s failed (%s); retry %d/%d in %.2f s",
+                    request.method,
+                    request.url,
+                    type(exc).__name__,
+                    attempt,
+                    self._max_retries,
+                    delay,
+                )
+                await self._clock.sleep(delay)
+
+    # -- the API -------------------------------------------------------------------
+
+    def _prepare(
+        self,
+        prompt: str | GenerationRequest,
+        model: str | None,
+        resolution: Resolution | str | None,
+        size: AspectRatio | str | None,
+        image_urls: Sequence[str] | None,
+    ) -> GenerationRequest:
+        request = request_from(
+            prompt, model=model, resolution=resolution, size=size, image_urls=image_urls
+        )
+        self._dialect.validate(request, allow_unknown_models=self._allow_unknown_models)
+        return request
+
+    async def create(
+        self,
+        prompt: str | GenerationRequest,
+        *,
+        model: str | None = None,
+        resolution: Resolution | str | None = None,
+        size: AspectRatio | str | None = None,
+        image_urls: Sequence[str] | None = None,
+    ) -> Task:
+        """Create a task and return it (usually ``queued``) without waiting.
+
+        Args:
+            prompt: The prompt, or a complete :class:`~banana_async.GenerationRequest`
+                (then pass no other fields).
+            model: Model name; default ``nano-banana-2`` (listed by both dialects).
+            resolution: ``1k``, ``2k`` or ``4k``; a model that ignores it warns.
+            size: Aspect ratio such as ``16:9``.
+            image_urls: Reference image URLs (http/https).
+
+        Raises:
+            InvalidRequestError: before any HTTP, for invalid input.
+            APIConnectionError: the create failed in transit. If
+                ``request_sent`` is True the provider may have created (and
+                billed) the task; it is not re-sent automatically.
+            APIStatusError: the provider refused it (see the subclasses).
+            ProviderError: the provider answered with an error body.
+            ResponseValidationError: the answer was not a task.
+        """
+        request = self._prepare(prompt, model, resolution, size, image_urls)
+        http = self._dialect.create_request(request, base_url=self._create_base)
+        task = await self._call(http, self._dialect.parse_create, _retry.should_retry_create)
+        logger.debug("created task %s (%s)", task.id, task.raw_status)
+        return task
+
+    async def get(self, task: str | Task) -> Task:
+        """Query a task's status once (with retries on transient failures).
+
+        Raises:
+            NotFoundError: the provider does not know the task.
+            BananaError: any other failure, after retries.
+        """
+        task_id = task.id if isinstance(task, Task) else task
+        http = self._dialect.query_request(task_id, base_url=self._query_base)
+        return await self._call(http, self._dialect.parse_task, _retry.should_retry_query)
+
+    async def wait(
+        self,
+        task: str | Task,
+        *,
+        timeout: float | None = None,
+        poll_interval: float | None = None,
+    ) -> Task:
+        """Poll a task until it completes, and return it.
+
+        Polls no faster than ``poll_interval`` (plus jitter). Transient failures
+        (connection errors, timeouts, 408/429/5xx, unreadable bodies) only delay
+        the next poll; one deadline covers every poll and retry.
+
+        Args:
+            task: A task (a terminal one returns at once) or a task id (polled
+                at once).
+            timeout: Seconds until :class:`~banana_async.TaskTimeoutError`;
+                default the client's ``wait_timeout``; ``math.inf`` for none.
+            poll_interval: Minimum seconds between polls; default the client's.
+
+        Raises:
+            TaskFailedError: the task failed.
+            TaskTimeoutError: the deadline passed; carries the last task seen.
+            BananaError: a failure that polling again cannot fix (401, 404, ...).
+        """
+        interval = self._poll_interval if poll_interval is None else check_interval(poll_interval)
+        limit = self._wait_timeout if timeout is None else check_timeout(timeout)
+        clock = self._clock
+        deadline = None if limit is None else clock.time() + limit
+        return await self._wait(task, interval=interval, limit=limit, deadline=deadline)
+
+    async def _wait(
+        self, task: str | Task, *, interval: float, limit: float | None, deadline: float | None
+    ) -> Task:
+        clock = self._clock
+        last = task if isinstance(task, Task) else None
+        task_id = task.id if isinstance(task, Task) else task
+        http = self._dialect.query_request(task_id, base_url=self._query_base)
+        self._session_for_call()  # fail fast on a client that is not open
+        if last is not None and last.done:
+            return _finished(last)
+        # A bare id may already be finished: look at once. A fresh task will not be.
+        delay = 0.0 if last is None else poll_delay(interval, rng=self._rng)
+        failures = 0
+        while True:
+            if delay > 0:
+                if deadline is not None and clock.time() + delay >= deadline:
+                    await clock.sleep(max(0.0, deadline - clock.time()))
+                    raise TaskTimeoutError(task_id, limit or 0.0, last)
+                await clock.sleep(delay)
+            remaining = None if deadline is None else deadline - clock.time()
+            if remaining is not None and remaining <= 0:
+                raise TaskTimeoutError(task_id, limit or 0.0, last)
+            try:
+                async with asyncio.timeout(remaining):
+                    last = self._dialect.parse_task(await self._send_once(http))
+            except TimeoutError:
+                # Only the deadline raises the builtin: the transport maps its own
+                # timeouts to APITimeoutError.
+                raise TaskTimeoutError(task_id, limit or 0.0, last) from None
+            except BananaError as exc:
+                if not _retry.is_transient(exc):
+                    raise
+                failures += 1
+                # Never poll faster than asked, even when retrying sooner would be allowed.
+                delay = max(
+                    poll_delay(interval, rng=self._rng),
+                    _retry.retry_delay(failures, exc, rng=self._rng),
+                )
+                logger.info("polling %s failed (%s); next poll in %.2f s", task_id, exc, delay)
+                continue
+            failures = 0
+            if last.done:
+                return _finished(last)
+            if last.status is TaskStatus.UNKNOWN:
+                logger.debug(
+                    "task %s has unknown status %r; still waiting", task_id, last.raw_status
+                )
+            delay = poll_delay(interval, rng=self._rng)
+
+    async def generate(
+        self,
+        prompt: str | GenerationRequest,
+        *,
+        model: str | None = None,
+        resolution: Resolution | str | None = None,
+        size: AspectRatio | str | None = None,
+        image_urls: Sequence[str] | None = None,
+        timeout: float | None = None,
+        poll_interval: float | None = None,
+    ) -> Task:
+        """Create a task and wait for it: :meth:`create` then :meth:`wait`.
+
+        The deadline counts from the call and covers the create too; if it
+        passes, :class:`~banana_async.TaskTimeoutError` carries the created
+        task so its id is never lost.
+        """
+        interval = self._poll_interval if poll_interval is None else check_interval(poll_interval)
+        limit = self._wait_timeout if timeout is None else check_timeout(timeout)
+        deadline = None if limit is None else self._clock.time() + limit
+        created = await self.create(
+            prompt, model=model, resolution=resolution, size=size, image_urls=image_urls
+        )
+        return await self._wait(created, interval=interval, limit=limit, deadline=deadline)
+
+
+def _finished(task: Task) -> Task:
+    if task.status is TaskStatus.FAILED:
+        raise TaskFailedError(task)
+    return task

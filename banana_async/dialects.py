@@ -1,0 +1,421 @@
+"""The two documented dialects of the API, as pure functions of bytes.
+
+A :class:`Dialect` builds the HTTP request for a create or a status query and
+reads a response (status, headers, body) into a :class:`~banana_async.Task`,
+or raises the matching :mod:`~banana_async.errors` exception. Nothing here
+does I/O or needs an event loop, so every rule can be tested with recorded
+bodies.
+
+``nano`` and ``navo`` differ in hosts, paths, model lists, how they treat
+``resolution``, and how many reference images they take; the response shapes
+are shared (:mod:`banana_async._wire`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import warnings
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import attrs
+import cattrs
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from banana_async import _retry
+from banana_async._convert import CONVERTER
+from banana_async._wire import WireTask
+from banana_async.errors import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    InvalidRequestError,
+    NotFoundError,
+    ProviderError,
+    RateLimitError,
+    ResponseValidationError,
+    ServerError,
+)
+from banana_async.models import GenerationRequest, Model, Resolution, Task, TaskStatus
+
+__all__ = [
+    "NANO",
+    "NAVO",
+    "Dialect",
+    "HTTPRequest",
+    "HTTPResponse",
+    "ResolutionIgnoredWarning",
+    "get_dialect",
+    "parse_body",
+]
+
+# Error bodies end up in exception messages and logs; keep the stored text of
+# a large HTML page bounded.
+_STORED_BODY_LIMIT = 4096
+_ALL_RESOLUTIONS = frozenset(Resolution)
+
+
+class ResolutionIgnoredWarning(UserWarning):
+    """A resolution was given that the chosen model ignores."""
+
+
+def _headers(value: Mapping[str, str]) -> CIMultiDictProxy[str]:
+    if isinstance(value, CIMultiDictProxy):
+        return value
+    return CIMultiDictProxy(CIMultiDict(value))
+
+
+@attrs.frozen
+class HTTPRequest:
+    """An HTTP request to send, without credentials (the client adds those).
+
+    Attributes:
+        method: ``GET`` or ``POST``.
+        url: The absolute URL.
+        body: The JSON body as bytes, or None.
+        headers: Headers besides ``Authorization``.
+    """
+
+    method: str
+    url: str
+    body: bytes | None = None
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class HTTPResponse:
+    """An HTTP response as received: status, headers (case-insensitive) and body."""
+
+    status: int
+    headers: CIMultiDictProxy[str] = attrs.field(converter=_headers, factory=dict)
+    body: bytes = b""
+
+
+def _text(body: bytes, limit: int = _STORED_BODY_LIMIT) -> str:
+    text = body[: limit * 4].decode("utf-8", errors="replace")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
+def _looks_like_html(body: bytes) -> bool:
+    head = body[:512].lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or (
+        head.startswith(b"<") and b"<html" in head
+    )
+
+
+def _describe(body: bytes) -> str:
+    """A short human reading of an error body: its message, title or text."""
+    if not body.strip():
+        return "empty body"
+    if _looks_like_html(body):
+        match = _TITLE.search(body[:8192])
+        title = match.group(1).decode("utf-8", "replace").strip() if match else ""
+        return f"HTML page {title!r}" if title else "an HTML page"
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        data = None
+    if isinstance(data, dict):
+        for key in ("error", "message", "msg", "detail"):
+            value = data.get(key)
+            if isinstance(value, dict):
+                value = value.get("message") or value.get("msg")
+            if isinstance(value, str) and value.strip():
+                return " ".join(value.split())[:200]
+    text = " ".join(_text(body, 200).split())
+    return text or "empty body"
+
+
+_STATUS_ERRORS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    422: BadRequestError,
+    401: AuthenticationError,
+    403: AuthenticationError,
+    404: NotFoundError,
+    429: RateLimitError,
+}
+
+
+def _status_error(response: HTTPResponse) -> APIStatusError:
+    status = response.status
+    if status in _STATUS_ERRORS:
+        cls = _STATUS_ERRORS[status]
+    elif 500 <= status <= 599:
+        cls = ServerError
+    else:
+        cls = APIStatusError
+    retry_after = _retry.retry_after_from_headers(response.headers, now=time.time())
+    what = "unexpected status" if status < 400 else "error"
+    location = response.headers.get("Location")
+    extra = f" (redirect to {location}; redirects are not followed)" if location else ""
+    return cls(
+        f"HTTP {status} {what} from the provider: {_describe(response.body)}{extra}",
+        status_code=status,
+        body=_text(response.body),
+        headers=dict(response.headers),
+        retry_after=retry_after,
+    )
+
+
+def parse_body(response: HTTPResponse) -> dict[str, Any]:
+    """Check a response and return its JSON object, one ``data`` level unwrapped.
+
+    Raises:
+        APIStatusError: (or a subclass) for any status other than 2xx.
+        ResponseValidationError: the body is empty, not JSON, HTML, or not an object.
+        ProviderError: a 2xx body that is an error (``code``/``msg``) rather than a task.
+    """
+    if not 200 <= response.status <= 299:
+        raise _status_error(response)
+    body = response.body
+    if not body.strip():
+        raise ResponseValidationError(
+            "the provider sent an empty body", body="", status_code=response.status
+        )
+    if _looks_like_html(body):
+        raise ResponseValidationError(
+            f"the provider sent {_describe(body)} instead of JSON (often a proxy or gateway error)",
+            body=_text(body),
+            status_code=response.status,
+        )
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise ResponseValidationError(
+            f"the provider's response is not JSON: {_describe(body)}",
+            body=_text(body),
+            status_code=response.status,
+        ) from None
+    if not isinstance(data, dict):
+        raise ResponseValidationError(
+            f"expected a JSON object, got {type(data).__name__}",
+            body=_text(body),
+            status_code=response.status,
+        )
+    inner = data.get("data")
+    if isinstance(inner, dict) and "id" not in data and "status" not in data:
+        data = inner
+    if "status" not in data and ("code" in data or "msg" in data):
+        code = data.get("code")
+        msg = data.get("msg")
+        msg_text = msg if isinstance(msg, str) else "" if msg is None else str(msg)
+        code_text = "" if code is None else str(code)
+        raise ProviderError(
+            f"the provider reported an error (code {code_text or '?'}): {msg_text or '?'}",
+            code=code_text,
+            msg=msg_text,
+            body=_text(body),
+        )
+    return data
+
+
+def _structure(data: dict[str, Any], response: HTTPResponse) -> WireTask:
+    try:
+        return CONVERTER.structure(data, WireTask)
+    except (cattrs.BaseValidationError, ValueError, TypeError, OverflowError, OSError) as exc:
+        problems = (
+            "; ".join(cattrs.transform_error(exc))
+            if isinstance(exc, cattrs.BaseValidationError)
+            else str(exc)
+        )
+        raise ResponseValidationError(
+            f"the provider's response is not a task: {problems}",
+            body=_text(response.body),
+            status_code=response.status,
+        ) from None
+
+
+def _task(wire: WireTask, *, default_status: str | None = None) -> Task:
+    raw = wire.status if wire.status is not None else default_status or ""
+    return Task(
+        id=wire.id,
+        status=TaskStatus.from_word(raw),
+        raw_status=raw,
+        created=wire.created,
+        model=wire.model,
+        object=wire.object,
+        image_url=wire.image_url or None,
+        error=wire.error,
+    )
+
+
+@attrs.frozen
+class Dialect:
+    """How one reseller spells the API.
+
+    Use :data:`NANO` or :data:`NAVO`, or :func:`attrs.evolve` one of them to
+    describe a reseller that differs (another host, a new model).
+
+    Attributes:
+        name: ``nano`` or ``navo``.
+        create_base_url: Default base URL for creates.
+        query_base_url: Default base URL for status queries.
+        create_path: Path of the create endpoint below the base URL.
+        query_path: Path of the status query, with ``{id}`` for the task id.
+        models: The model names this dialect documents.
+        resolutions: For each model, the resolutions it honours (others are
+            ignored by the provider, and the client warns).
+        max_image_urls: How many reference images a request may carry (None: no limit).
+    """
+
+    name: str
+    create_base_url: str
+    query_base_url: str
+    create_path: str
+    query_path: str
+    models: frozenset[str]
+    resolutions: Mapping[str, frozenset[Resolution]]
+    max_image_urls: int | None = None
+
+    def validate(self, request: GenerationRequest, *, allow_unknown_models: bool = False) -> None:
+        """Check the dialect's own rules; the request checked its generic ones.
+
+        Raises:
+            InvalidRequestError: an unlisted model (unless allowed), or too
+                many reference images.
+
+        Warns:
+            ResolutionIgnoredWarning: the model ignores the given resolution.
+        """
+        known = request.model in self.models
+        if not known and not allow_unknown_models:
+            listed = ", ".join(sorted(self.models))
+            raise InvalidRequestError(
+                f"model {request.model!r} is not listed by the {self.name!r} dialect "
+                f"(known: {listed}); pass allow_unknown_models=True to send it anyway"
+            )
+        if self.max_image_urls is not None and len(request.image_urls) > self.max_image_urls:
+            raise InvalidRequestError(
+                f"the {self.name!r} dialect takes at most {self.max_image_urls} reference "
+                f"images, got {len(request.image_urls)}"
+            )
+        if known and request.resolution is not None:
+            honoured = self.resolutions.get(request.model, _ALL_RESOLUTIONS)
+            if request.resolution not in honoured:
+                warnings.warn(
+                    f"model {request.model!r} ignores resolution {request.resolution.value!r} "
+                    f"on the {self.name!r} dialect",
+                    ResolutionIgnoredWarning,
+                    stacklevel=3,
+                )
+
+    def create_request(
+        self, request: GenerationRequest, *, base_url: str | None = None
+    ) -> HTTPRequest:
+        """The POST that creates a task for ``request``."""
+        body = json.dumps(CONVERTER.unstructure(request), ensure_ascii=False).encode()
+        return HTTPRequest(
+            "POST",
+            _join(base_url or self.create_base_url, self.create_path),
+            body,
+            {"Content-Type": "application/json", "Accept": "application/json"},
+        )
+
+    def query_request(self, task_id: str, *, base_url: str | None = None) -> HTTPRequest:
+        """The GET that asks for the status of task ``task_id``."""
+        if not isinstance(task_id, str) or not task_id.strip():
+            raise InvalidRequestError(f"task id must be a non-empty string, not {task_id!r}")
+        path = self.query_path.format(id=quote(task_id, safe=""))
+        return HTTPRequest(
+            "GET",
+            _join(base_url or self.query_base_url, path),
+            None,
+            {"Accept": "application/json"},
+        )
+
+    def parse_create(self, response: HTTPResponse) -> Task:
+        """Read a create response into the new task.
+
+        A missing status is read as ``queued``: the id is what matters, and a
+        task the provider created (and billed) must not be lost over it.
+        """
+        data = parse_body(response)
+        return _task(_structure(data, response), default_status=TaskStatus.QUEUED.value)
+
+    def parse_task(self, response: HTTPResponse) -> Task:
+        """Read a status-query response into a task."""
+        data = parse_body(response)
+        wire = _structure(data, response)
+        if wire.status is None:
+            raise ResponseValidationError(
+                "the provider's response has no status",
+                body=_text(response.body),
+                status_code=response.status,
+            )
+        return _task(wire)
+
+
+def _join(base: str, path: str) -> str:
+    return base.rstrip("/") + "/" + path.lstrip("/")
+
+
+_PRO = frozenset(Resolution)
+_ONE_K = frozenset({Resolution.R1K})
+
+NANO = Dialect(
+    name="nano",
+    create_base_url="https://zcbservice.aizfw.cn/kyyReactApiServer",
+    query_base_url="https://zcbservice.aizfw.cn/kyyReactApiServer",
+    create_path="/v1/banana/images",
+    query_path="/v1/result/{id}",
+    models=frozenset(
+        {
+            Model.NANO_BANANA,
+            Model.NANO_BANANA_PRO,
+            Model.NANO_BANANA_PRO_STABLE,
+            Model.NANO_BANANA_2_STABLE,
+            Model.NANO_BANANA_2,
+        }
+    ),
+    # 1k is the documented default for the non-pro models; 2k and 4k are for pro.
+    resolutions={
+        Model.NANO_BANANA: _ONE_K,
+        Model.NANO_BANANA_2: _ONE_K,
+        Model.NANO_BANANA_2_STABLE: _ONE_K,
+        Model.NANO_BANANA_PRO: _PRO,
+        Model.NANO_BANANA_PRO_STABLE: _PRO,
+    },
+    max_image_urls=6,
+)
+"""The ``nano`` dialect ("Nano Banana")."""
+
+NAVO = Dialect(
+    name="navo",
+    create_base_url="https://api.globalaiopc.com",
+    query_base_url="https://zcbservice.aizfw.cn/kyyAiPower",
+    create_path="/v1/image/banana/",  # the trailing slash is as documented
+    query_path="/v1/result/{id}",
+    models=frozenset({Model.NANO_BANANA_FAST, Model.NANO_BANANA_PRO, Model.NANO_BANANA_2}),
+    # resolution is documented as effective only for nano-banana-2 and -pro.
+    resolutions={
+        Model.NANO_BANANA_FAST: frozenset(),
+        Model.NANO_BANANA_2: _PRO,
+        Model.NANO_BANANA_PRO: _PRO,
+    },
+    max_image_urls=None,
+)
+"""The ``navo`` dialect ("Navo Banana")."""
+
+_BY_NAME = {NANO.name: NANO, NAVO.name: NAVO}
+
+
+def get_dialect(dialect: str | Dialect) -> Dialect:
+    """Look a dialect up by name (case-insensitive), or pass an instance through.
+
+    Raises:
+        InvalidRequestError: no dialect of that name.
+    """
+    if isinstance(dialect, Dialect):
+        return dialect
+    found = _BY_NAME.get(str(dialect).strip().lower())
+    if found is None:
+        raise InvalidRequestError(
+            f"unknown dialect {dialect!r}; expected one of {', '.join(sorted(_BY_NAME))}"
+        )
+    return found

@@ -1,0 +1,197 @@
+"""Every error ``banana_async`` raises, in one tree.
+
+Catch :class:`BananaError` to catch them all. No aiohttp, JSON or cattrs
+exception ever escapes the client: each is mapped to one of these. The
+builtin base :class:`ValueError` on :class:`InvalidRequestError` is there so
+that code validating user input can catch it the usual way.
+
+::
+
+    BananaError
+    ├── InvalidRequestError (also ValueError)  bad input, raised before any HTTP
+    ├── APIConnectionError                     no HTTP response came back
+    │   └── APITimeoutError                    ... because a timeout fired
+    ├── APIStatusError                         an HTTP error status (status_code, body)
+    │   ├── BadRequestError                    400, 422
+    │   ├── AuthenticationError                401, 403
+    │   ├── NotFoundError                      404
+    │   ├── RateLimitError                     429 (retry_after)
+    │   └── ServerError                        5xx
+    ├── ProviderError                          a 200 whose body is an error (code, msg)
+    ├── ResponseValidationError                a body that is not a task (body)
+    ├── TaskFailedError                        the task ended ``failed`` (task, error)
+    └── TaskTimeoutError                       the deadline passed (task: the last seen)
+
+Messages never contain the API key: the client redacts it from any body text
+before it reaches an exception.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from banana_async.models import Task
+
+__all__ = [
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BananaError",
+    "InvalidRequestError",
+    "NotFoundError",
+    "ProviderError",
+    "RateLimitError",
+    "ResponseValidationError",
+    "ServerError",
+    "TaskFailedError",
+    "TaskTimeoutError",
+]
+
+# Bodies are kept on exceptions for debugging; a proxy's HTML page can be
+# large, so the text shown in messages is cut to this many characters.
+_MESSAGE_BODY_LIMIT = 200
+
+
+def _excerpt(text: str, limit: int = _MESSAGE_BODY_LIMIT) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class BananaError(Exception):
+    """Base class of every error raised by ``banana_async``."""
+
+
+class InvalidRequestError(BananaError, ValueError):
+    """The request is invalid; raised before anything is sent."""
+
+
+class APIConnectionError(BananaError):
+    """No HTTP response was received (refused, reset, DNS, TLS, ...).
+
+    Attributes:
+        request_sent: False only when the request certainly never reached the
+            provider (the connection was never established). A create that
+            fails with ``request_sent=True`` may have been processed and
+            billed; the client never re-sends it on its own.
+    """
+
+    def __init__(self, message: str, *, request_sent: bool = True) -> None:
+        super().__init__(message)
+        self.request_sent = request_sent
+
+
+class APITimeoutError(APIConnectionError):
+    """A per-request timeout fired before the response was complete."""
+
+
+class APIStatusError(BananaError):
+    """The provider answered with an HTTP error status.
+
+    Attributes:
+        status_code: The HTTP status.
+        body: The response body as text (API key redacted), possibly empty.
+        headers: The response headers.
+        retry_after: Seconds the provider asked us to wait (``Retry-After``,
+            as seconds or an HTTP date), or None if it did not say.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        body: str = "",
+        headers: dict[str, str] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.body = body
+        self.headers = dict(headers or {})
+        self.retry_after = retry_after
+
+
+class BadRequestError(APIStatusError):
+    """400 or 422: the provider rejected the request."""
+
+
+class AuthenticationError(APIStatusError):
+    """401 or 403: the API key is missing, wrong or not allowed."""
+
+
+class NotFoundError(APIStatusError):
+    """404: no such task (or a wrong base URL)."""
+
+
+class RateLimitError(APIStatusError):
+    """429: too many requests; :attr:`retry_after` says for how long, if known."""
+
+
+class ServerError(APIStatusError):
+    """A 5xx status: the provider (or a proxy in front of it) failed."""
+
+
+class ProviderError(BananaError):
+    """The provider answered 200 with an error body such as ``{"code", "msg"}``.
+
+    Attributes:
+        code: The provider's error code, as text (may be empty).
+        msg: The provider's message.
+        body: The whole body as text.
+    """
+
+    def __init__(self, message: str, *, code: str = "", msg: str = "", body: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.msg = msg
+        self.body = body
+
+
+class ResponseValidationError(BananaError):
+    """A response body could not be read as a task.
+
+    Attributes:
+        body: The body as text (API key redacted).
+        status_code: The HTTP status it came with.
+    """
+
+    def __init__(self, message: str, *, body: str = "", status_code: int = 200) -> None:
+        super().__init__(message)
+        self.body = body
+        self.status_code = status_code
+
+
+class TaskFailedError(BananaError):
+    """The task reached the ``failed`` status.
+
+    Attributes:
+        task: The failed task, as last returned by the provider.
+        error: The provider's failure message (may be empty).
+    """
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.error = task.error or ""
+        reason = f": {_excerpt(self.error)}" if self.error else ""
+        super().__init__(f"task {task.id} failed{reason}")
+
+
+class TaskTimeoutError(BananaError):
+    """The deadline of a ``wait`` or ``generate`` passed before the task finished.
+
+    Attributes:
+        task: The last task seen (its status is the last one observed), or
+            None when no status was ever received.
+        task_id: The id of the task that was being waited for.
+        timeout: The deadline in seconds.
+    """
+
+    def __init__(self, task_id: str, timeout: float, task: Task | None) -> None:
+        self.task_id = task_id
+        self.timeout = timeout
+        self.task = task
+        seen = f"; last status {task.raw_status!r}" if task is not None else ""
+        super().__init__(f"task {task_id} did not finish within {timeout:g} s{seen}")

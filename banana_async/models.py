@@ -1,0 +1,247 @@
+"""The public data model: tasks, their statuses, and generation requests.
+
+These classes are frozen attrs classes with Python names; the providers'
+wire names and shapes live in :mod:`banana_async.dialects`, never here.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from banana_async.errors import InvalidRequestError
+
+__all__ = [
+    "AspectRatio",
+    "GenerationRequest",
+    "Model",
+    "Resolution",
+    "Task",
+    "TaskStatus",
+]
+
+
+class TaskStatus(enum.StrEnum):
+    """Where a task is in its life: ``queued -> processing -> completed | failed``.
+
+    ``UNKNOWN`` stands for a status word the client does not recognise; such a
+    task is treated as still running (the word is kept in
+    :attr:`Task.raw_status`).
+    """
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+    @property
+    def terminal(self) -> bool:
+        """True for ``COMPLETED`` and ``FAILED``: such a task never changes again."""
+        return self is TaskStatus.COMPLETED or self is TaskStatus.FAILED
+
+    @classmethod
+    def from_word(cls, word: str) -> TaskStatus:
+        """Read a provider's status word, case-insensitively.
+
+        Resellers use different words for the same states (``succeeded``,
+        ``in_queue``, ``cancelled``, ...); anything unrecognised becomes
+        :attr:`UNKNOWN`.
+        """
+        return _STATUS_WORDS.get(
+            word.strip().lower().replace("-", "_").replace(" ", "_"), cls.UNKNOWN
+        )
+
+
+_STATUS_WORDS: dict[str, TaskStatus] = {
+    **dict.fromkeys(["queued", "pending", "waiting", "submitted", "in_queue"], TaskStatus.QUEUED),
+    **dict.fromkeys(["processing", "running", "generating", "in_progress"], TaskStatus.PROCESSING),
+    **dict.fromkeys(
+        ["completed", "succeeded", "success", "done", "finished"], TaskStatus.COMPLETED
+    ),
+    **dict.fromkeys(
+        ["failed", "fail", "error", "timeout", "canceled", "cancelled"], TaskStatus.FAILED
+    ),
+}
+
+
+class Model(enum.StrEnum):
+    """Model names known to at least one dialect; plain strings work too.
+
+    Which dialect lists which model is in :mod:`banana_async.dialects`.
+    """
+
+    NANO_BANANA = "nano-banana"
+    NANO_BANANA_FAST = "nano-banana-fast"
+    NANO_BANANA_PRO = "nano-banana-pro"
+    NANO_BANANA_PRO_STABLE = "nano-banana-pro-stable"
+    NANO_BANANA_2 = "nano-banana-2"
+    NANO_BANANA_2_STABLE = "nano-banana-2-stable"
+
+
+class Resolution(enum.StrEnum):
+    """Output resolution; only some models honour it (see the dialects)."""
+
+    R1K = "1k"
+    R2K = "2k"
+    R4K = "4k"
+
+
+class AspectRatio(enum.StrEnum):
+    """Aspect ratio, sent as ``size``. Omit it to let the model choose."""
+
+    R1_1 = "1:1"
+    R16_9 = "16:9"
+    R9_16 = "9:16"
+    R4_3 = "4:3"
+    R3_4 = "3:4"
+    R3_2 = "3:2"
+    R2_3 = "2:3"
+    R5_4 = "5:4"
+    R4_5 = "4:5"
+    R21_9 = "21:9"
+
+
+DEFAULT_MODEL = Model.NANO_BANANA_2  # listed by both dialects
+
+
+def _to_model(value: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequestError(f"model must be a non-empty string, not {value!r}")
+    name = value.strip()
+    try:
+        return Model(name)
+    except ValueError:
+        return name  # a model the provider added later; the dialect decides
+
+
+def _to_resolution(value: object) -> Resolution | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            return Resolution(value.strip().lower())
+        except ValueError:
+            pass
+    allowed = ", ".join(r.value for r in Resolution)
+    raise InvalidRequestError(f"unknown resolution {value!r}; expected one of {allowed}")
+
+
+def _to_size(value: object) -> AspectRatio | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            return AspectRatio(value.strip())
+        except ValueError:
+            pass
+    allowed = ", ".join(r.value for r in AspectRatio)
+    raise InvalidRequestError(f"unknown size (aspect ratio) {value!r}; expected one of {allowed}")
+
+
+def _to_image_urls(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    # A lone string is iterable too; taking it letter by letter is never meant.
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise InvalidRequestError("image_urls must be a list of URL strings")
+    urls = tuple(value)
+    for url in urls:
+        if not isinstance(url, str):
+            raise InvalidRequestError(f"image_urls must hold strings, not {url!r}")
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+            shown = url if len(url) <= 80 else url[:77] + "..."
+            raise InvalidRequestError(
+                f"reference image {shown!r} is not an http(s) URL "
+                "(the providers take URLs, not file paths or inline data)"
+            )
+    return urls
+
+
+def _check_prompt(_instance: object, _attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequestError("prompt must be a non-empty string")
+
+
+@attrs.frozen
+class GenerationRequest:
+    """What to generate: the body of a create-task request.
+
+    Values are checked and normalised on construction; an invalid one raises
+    :class:`~banana_async.InvalidRequestError` before anything is sent.
+    Dialect-specific rules (which models exist, how many reference images)
+    are checked by the client against its dialect.
+
+    Attributes:
+        prompt: What to draw; must not be blank.
+        model: A :class:`Model` or any model name (known names become members).
+        resolution: ``1k``, ``2k`` or ``4k`` (case-insensitive), or None.
+        size: An aspect ratio such as ``16:9``, or None for the model's default.
+        image_urls: Reference image URLs (http or https) that guide the style.
+    """
+
+    prompt: str = attrs.field(validator=_check_prompt)
+    model: str = attrs.field(default=DEFAULT_MODEL, converter=_to_model)
+    resolution: Resolution | None = attrs.field(default=None, converter=_to_resolution)
+    size: AspectRatio | None = attrs.field(default=None, converter=_to_size)
+    image_urls: tuple[str, ...] = attrs.field(default=(), converter=_to_image_urls)
+
+
+@attrs.frozen
+class Task:
+    """A generation task as last reported by the provider.
+
+    Attributes:
+        id: The provider's task id (opaque).
+        status: The normalised status.
+        raw_status: The status word exactly as the provider sent it.
+        created: When the provider created the task (timezone-aware, UTC).
+        model: The model as the provider echoes it (navo echoes display names).
+        object: The provider's object type, e.g. ``image.generation``.
+        image_url: Where the image is, once completed; it expires in about a day.
+        error: The failure message, once failed.
+    """
+
+    id: str
+    status: TaskStatus
+    raw_status: str = ""
+    created: datetime | None = None
+    model: str | None = None
+    object: str | None = None
+    image_url: str | None = None
+    error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once the task is completed or failed."""
+        return self.status.terminal
+
+    @property
+    def ok(self) -> bool:
+        """True when the task completed (its image is at :attr:`image_url`)."""
+        return self.status is TaskStatus.COMPLETED
+
+
+def request_from(prompt: str | GenerationRequest, **fields: Any) -> GenerationRequest:
+    """Build a request from a prompt and keyword fields, or pass one through.
+
+    Raises:
+        InvalidRequestError: a request object was given together with fields,
+            or a field is invalid.
+    """
+    if isinstance(prompt, GenerationRequest):
+        given = {k: v for k, v in fields.items() if v is not None}
+        if given:
+            names = ", ".join(sorted(given))
+            raise InvalidRequestError(
+                f"pass either a GenerationRequest or keyword fields, not both ({names})"
+            )
+        return prompt
+    kwargs = {k: v for k, v in fields.items() if v is not None}
+    return GenerationRequest(prompt, **kwargs)
