@@ -1,0 +1,75 @@
+"""Nox sessions for banana_async: tests, lint, typing and docs.
+
+Run every default session with ``python3 -m nox``; pick one with ``-s``,
+for example ``python3 -m nox -s tests-3.12`` or ``python3 -m nox -s lint``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+
+# ``--download-python`` (set below) first appeared in nox 2025.10.14.
+nox.needs_version = ">=2025.10.14"
+
+# Prefer uv to build the session environments; fall back to virtualenv, which
+# nox always brings along, when uv is not installed.
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = False
+# A developer who lacks one of the Pythons gets that session skipped. In CI
+# (the CI variable is set) a missing interpreter is an error instead, so a
+# green run really covered every version in PYTHONS.
+nox.options.error_on_missing_interpreters = "CI" in os.environ
+# The machines this project runs on reach package registries only; never try
+# to download a standalone Python build, just use the interpreters on PATH.
+nox.options.download_python = "never"
+nox.options.sessions = ["tests", "lint", "typing", "docs"]
+
+PYTHONS = ["3.11", "3.12", "3.13"]
+MAIN_PYTHON = "3.11"
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """Run the test suite (pytest options come from pyproject.toml)."""
+    session.install(".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=MAIN_PYTHON)
+def lint(session: nox.Session) -> None:
+    """Check style and formatting with ruff."""
+    session.install(".[lint]")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=MAIN_PYTHON, name="typing")
+def type_check(session: nox.Session) -> None:
+    """Type-check the package, its tests and the helper scripts strictly."""
+    # nox itself is installed so that mypy can check this file's imports.
+    session.install(".[typing]", "nox")
+    targets = ["banana_async", "tests", "noxfile.py"]
+    targets += [name for name in ("benchmarks", "examples") if (ROOT / name).is_dir()]
+    session.run("mypy", "--strict", *targets)
+
+
+@nox.session(python=MAIN_PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the HTML docs, treating every warning as an error."""
+    session.install(".[docs]")
+    session.run(
+        "sphinx-build",
+        "-W",
+        "--keep-going",
+        "-n",
+        "-b",
+        "html",
+        "docs",
+        "docs/_build/html",
+        *session.posargs,
+    )
