@@ -200,10 +200,10 @@ class BananaClient:
     # -- lifecycle -----------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        if self._entered:
-            raise RuntimeError("this BananaClient is already open")
         if self._closed:
             raise RuntimeError("this BananaClient is closed; create a new one")
+        if self._entered:
+            raise RuntimeError("this BananaClient is already open")
         self._loop = asyncio.get_running_loop()
         if self._session is None:
             self._session = _transport.make_session(
