@@ -29,6 +29,7 @@ from banana_async.errors import (
     AuthenticationError,
     BadRequestError,
     BananaError,
+    DownloadError,
     InvalidRequestError,
     NotFoundError,
     ProviderError,
@@ -37,6 +38,7 @@ from banana_async.errors import (
     ServerError,
     TaskFailedError,
     TaskTimeoutError,
+    UnconfirmedCreateError,
 )
 from banana_async.models import (
     AspectRatio,
@@ -61,6 +63,7 @@ __all__ = [
     "BananaError",
     "Clock",
     "Dialect",
+    "DownloadError",
     "GenerationRequest",
     "HTTPRequest",
     "HTTPResponse",
@@ -78,6 +81,7 @@ __all__ = [
     "TaskFailedError",
     "TaskStatus",
     "TaskTimeoutError",
+    "UnconfirmedCreateError",
     "__version__",
     "get_dialect",
 ]

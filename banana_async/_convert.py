@@ -67,6 +67,8 @@ def make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=False)
     conv.register_structure_hook(str, _structure_str)
     conv.register_structure_hook(datetime, _structure_datetime)
+    # Journals store times as ISO 8601 text, which the hook above reads back.
+    conv.register_unstructure_hook(datetime, datetime.isoformat)
     conv.register_unstructure_hook(
         GenerationRequest,
         make_dict_unstructure_fn(

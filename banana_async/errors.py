@@ -20,7 +20,9 @@ that code validating user input can catch it the usual way.
     ├── ProviderError                          a 200 whose body is an error (code, msg)
     ├── ResponseValidationError                a body that is not a task (body)
     ├── TaskFailedError                        the task ended ``failed`` (task, error)
-    └── TaskTimeoutError                       the deadline passed (task: the last seen)
+    ├── TaskTimeoutError                       the deadline passed (task: the last seen)
+    ├── DownloadError                          an image could not be saved (url, reason)
+    └── UnconfirmedCreateError                 a journaled create may or may not exist
 
 Messages never contain the API key: the client redacts it from any body text
 before it reaches an exception.
@@ -40,6 +42,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BananaError",
+    "DownloadError",
     "InvalidRequestError",
     "NotFoundError",
     "ProviderError",
@@ -48,6 +51,7 @@ __all__ = [
     "ServerError",
     "TaskFailedError",
     "TaskTimeoutError",
+    "UnconfirmedCreateError",
 ]
 
 # Bodies are kept on exceptions for debugging; a proxy's HTML page can be
@@ -195,3 +199,37 @@ class TaskTimeoutError(BananaError):
         self.task = task
         seen = f"; last status {task.raw_status!r}" if task is not None else ""
         super().__init__(f"task {task_id} did not finish within {timeout:g} s{seen}")
+
+
+class DownloadError(BananaError):
+    """An image could not be downloaded and saved.
+
+    Raised for what is wrong with the image itself (not an image, too large,
+    no URL, an unsafe URL); HTTP and connection failures of the image host
+    raise the usual :class:`APIStatusError` and :class:`APIConnectionError`.
+
+    Attributes:
+        url: The image URL (None when the task has none).
+        reason: A short machine-readable reason, such as ``not_an_image``,
+            ``too_large``, ``no_image_url`` or ``bad_url``.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.url = url
+        self.reason = reason
+
+
+class UnconfirmedCreateError(BananaError):
+    """A create was in flight when a journaled batch stopped; its fate is unknown.
+
+    The provider may have created (and billed) the task, but its id never
+    reached the journal. The batch does not send it again unless told to.
+
+    Attributes:
+        index: The input's position in the batch.
+    """
+
+    def __init__(self, message: str, *, index: int) -> None:
+        super().__init__(message)
+        self.index = index
