@@ -4,6 +4,12 @@ The providers ask for 2-5 s between polls of one task and rate-limit faster
 polling, so no delay produced here is ever below the minimum interval; jitter
 only ever lengthens it, which also spreads thousands of pollers started
 together.
+
+:class:`PollPolicy` learns how long tasks take, per model and resolution, from
+tasks this client saw finish, and aims the first poll of a new task near the
+:data:`FIRST_POLL_QUANTILE` of those durations: early enough that few tasks
+finish long before it, late enough to skip the polls that would only have
+said "processing". After that it polls at the minimum interval.
 """
 
 from __future__ import annotations
@@ -11,13 +17,28 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+from collections import deque
 from typing import Protocol
 
 DEFAULT_POLL_INTERVAL = 2.0
 """Seconds between status queries of one task: the providers' recommendation."""
 
-POLL_JITTER = 0.25
+POLL_JITTER = 0.1
 """Up to this fraction of the interval is added at random to each delay."""
+
+FIRST_POLL_QUANTILE = 0.3
+"""Where the first poll of a task is aimed in the learned duration distribution.
+
+Chosen by simulation (tasks of 5-15 s, 2 s interval): 0.3 gives about 2.6
+queries per task with a mean of 1.2 s between a task finishing and the client
+seeing it, against 5.5 queries for fixed 2 s polling.
+"""
+
+DURATION_HISTORY = 256
+"""Durations remembered per model and resolution (the most recent ones)."""
+
+MIN_SAMPLES = 5
+"""Durations needed before a learned estimate is trusted."""
 
 DEFAULT_WAIT_TIMEOUT = 900.0
 """Seconds a ``wait`` or ``generate`` may take unless told otherwise."""
@@ -68,3 +89,78 @@ def check_timeout(value: float | None, name: str = "timeout") -> float | None:
     if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
         raise ValueError(f"{name} must be a positive number of seconds or None, not {value!r}")
     return None if math.isinf(value) else float(value)
+
+
+DurationKey = tuple[str, str]
+"""What durations are learned per: (model, resolution or "")."""
+
+
+class PollPolicy:
+    """Learns task durations and decides when to poll.
+
+    Durations are learned from the polls themselves: a task first seen done at
+    ``t`` after its creation, whose previous poll (at ``p``) still said
+    "processing", finished somewhere in ``(p, t]``, and the middle of that
+    window is remembered. A task done at its first poll has no previous poll;
+    its window is taken to be one interval wide, which keeps the estimate from
+    drifting upwards as the first poll moves later.
+    """
+
+    def __init__(self, *, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()
+        self._samples: dict[object, deque[float]] = {}
+        self._estimates: dict[object, float | None] = {}
+
+    def poll_delay(self, interval: float) -> float:
+        """Delay between polls: ``interval`` plus up to :data:`POLL_JITTER` of it."""
+        return poll_delay(interval, rng=self._rng)
+
+    def expected_duration(self, key: DurationKey) -> float | None:
+        """The learned :data:`FIRST_POLL_QUANTILE` duration for ``key``, or None.
+
+        Falls back from (model, resolution) to the model, then to every task.
+        """
+        for level in (key, key[0], None):
+            estimate = self._estimate(level)
+            if estimate is not None:
+                return estimate
+        return None
+
+    def first_delay(self, key: DurationKey | None, interval: float, elapsed: float) -> float:
+        """Delay until the first poll of a task created ``elapsed`` seconds ago."""
+        expected = None if key is None else self.expected_duration(key)
+        if expected is None or expected <= interval:
+            return max(0.0, self.poll_delay(interval) - elapsed)
+        return max(0.0, expected * (1.0 + self._rng.uniform(0.0, POLL_JITTER)) - elapsed)
+
+    def observe(
+        self, key: DurationKey, *, last_pending: float | None, first_done: float, interval: float
+    ) -> None:
+        """Learn from a task first seen done ``first_done`` s after its creation.
+
+        Args:
+            key: The task's model and resolution.
+            last_pending: When (after creation) a poll last saw it unfinished,
+                or None if none did.
+            first_done: When (after creation) a poll first saw it finished.
+            interval: The poll interval in use.
+        """
+        low = last_pending if last_pending is not None else max(0.0, first_done - interval)
+        sample = (low + first_done) / 2.0
+        for level in (key, key[0], None):
+            samples = self._samples.get(level)
+            if samples is None:
+                samples = self._samples[level] = deque(maxlen=DURATION_HISTORY)
+            samples.append(sample)
+            self._estimates.pop(level, None)
+
+    def _estimate(self, level: object) -> float | None:
+        if level in self._estimates:
+            return self._estimates[level]
+        samples = self._samples.get(level)
+        estimate = None
+        if samples is not None and len(samples) >= MIN_SAMPLES:
+            ordered = sorted(samples)
+            estimate = ordered[int(FIRST_POLL_QUANTILE * (len(ordered) - 1))]
+        self._estimates[level] = estimate
+        return estimate

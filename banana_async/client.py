@@ -14,7 +14,7 @@ import os
 import random
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -24,16 +24,18 @@ from banana_async._polling import (
     DEFAULT_POLL_INTERVAL,
     DEFAULT_WAIT_TIMEOUT,
     Clock,
+    DurationKey,
+    PollPolicy,
     SystemClock,
     check_interval,
     check_timeout,
-    poll_delay,
 )
 from banana_async._version import __version__
 from banana_async.dialects import Dialect, HTTPRequest, HTTPResponse, get_dialect
 from banana_async.errors import (
     BananaError,
     InvalidRequestError,
+    RateLimitError,
     TaskFailedError,
     TaskTimeoutError,
 )
@@ -46,6 +48,9 @@ from banana_async.models import (
     request_from,
 )
 
+if TYPE_CHECKING:
+    from aiolimiter import AsyncLimiter
+
 __all__ = ["API_KEY_ENV", "BananaClient"]
 
 logger = logging.getLogger("banana_async")
@@ -57,6 +62,12 @@ DEFAULT_TIMEOUT = 60.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_CONNECTION_LIMIT = 100
 _REDACTED = b"[redacted]"
+
+RATE_LIMIT_PAUSE = 1.0
+"""Seconds the whole client pauses after a 429 that does not say how long."""
+
+_REMEMBERED_TASKS = 100_000
+"""Tasks whose creation time and model the client keeps for poll timing."""
 
 
 def _is_loopback(host: str) -> bool:
@@ -132,7 +143,13 @@ class BananaClient:
         connection_limit: Maximum simultaneous connections of an owned session.
         allow_unknown_models: Send model names the dialect does not list
             (a provider added one) instead of raising.
+        requests_per_second: A client-wide limit on requests (creates and
+            status queries together); off by default. Needs the
+            ``ratelimit`` extra (aiolimiter).
         clock: Where time is read and sleeping happens; tests inject a fake one.
+
+    Whatever the limit, a 429 pauses every request of the client for as long
+    as the provider asks (``Retry-After``, capped), not just the one that saw it.
     """
 
     def __init__(
@@ -151,6 +168,7 @@ class BananaClient:
         wait_timeout: float | None = DEFAULT_WAIT_TIMEOUT,
         connection_limit: int = DEFAULT_CONNECTION_LIMIT,
         allow_unknown_models: bool = False,
+        requests_per_second: float | None = None,
         clock: Clock | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
@@ -189,6 +207,12 @@ class BananaClient:
         self._allow_unknown_models = allow_unknown_models
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._rng = random.Random()
+        self._policy = PollPolicy(rng=self._rng)
+        # task id -> (model, resolution), creation time: lets wait() time its
+        # first poll for tasks this client created.
+        self._created: dict[str, tuple[DurationKey, float]] = {}
+        self._paused_until = 0.0
+        self._limiter = _make_limiter(requests_per_second)
 
         self._borrowed = session
         self._session: aiohttp.ClientSession | None = session
@@ -263,6 +287,7 @@ class BananaClient:
 
     async def _send_once(self, request: HTTPRequest) -> HTTPResponse:
         session = self._session_for_call()
+        await self._wait_for_turn()
         response = await _transport.send(
             session, request, auth_headers=self._auth_headers, timeout=self._timeout
         )
@@ -276,6 +301,29 @@ class BananaClient:
             )
         return response
 
+    async def _wait_for_turn(self) -> None:
+        """Hold a request while the client is paused by a 429, then rate-limit it."""
+        clock = self._clock
+        while (pause := self._paused_until - clock.time()) > 0:
+            await clock.sleep(pause)
+        if self._limiter is not None:
+            await self._limiter.acquire()
+
+    def _note_rate_limit(self, error: RateLimitError) -> None:
+        delay = _retry.requested_delay(error) or RATE_LIMIT_PAUSE
+        until = self._clock.time() + delay
+        if until > self._paused_until:
+            logger.info("rate limited: pausing all requests for %.2f s", delay)
+            self._paused_until = until
+
+    async def _request(self, request: HTTPRequest, parse: Callable[[HTTPResponse], Task]) -> Task:
+        """Send once and parse; a 429 also pauses the whole client."""
+        try:
+            return parse(await self._send_once(request))
+        except RateLimitError as exc:
+            self._note_rate_limit(exc)
+            raise
+
     async def _call(
         self,
         request: HTTPRequest,
@@ -285,7 +333,7 @@ class BananaClient:
         attempt = 0
         while True:
             try:
-                return parse(await self._send_once(request))
+                return await self._request(request, parse)
             except BananaError as exc:
                 if attempt >= self._max_retries or not should_retry(exc):
                     raise
@@ -350,7 +398,15 @@ class BananaClient:
         http = self._dialect.create_request(request, base_url=self._create_base)
         task = await self._call(http, self._dialect.parse_create, _retry.should_retry_create)
         logger.debug("created task %s (%s)", task.id, task.raw_status)
+        self._remember(task.id, request)
         return task
+
+    def _remember(self, task_id: str, request: GenerationRequest) -> None:
+        created = self._created
+        if len(created) >= _REMEMBERED_TASKS:
+            del created[next(iter(created))]  # the oldest: dicts keep insertion order
+        key = (str(request.model), "" if request.resolution is None else str(request.resolution))
+        created[task_id] = (key, self._clock.time())
 
     async def get(self, task: str | Task) -> Task:
         """Query a task's status once (with retries on transient failures).
@@ -398,14 +454,16 @@ class BananaClient:
         self, task: str | Task, *, interval: float, limit: float | None, deadline: float | None
     ) -> Task:
         clock = self._clock
+        policy = self._policy
         last = task if isinstance(task, Task) else None
         task_id = task.id if isinstance(task, Task) else task
         http = self._dialect.query_request(task_id, base_url=self._query_base)
         self._session_for_call()  # fail fast on a client that is not open
         if last is not None and last.done:
             return _finished(last)
-        # A bare id may already be finished: look at once. A fresh task will not be.
-        delay = 0.0 if last is None else poll_delay(interval, rng=self._rng)
+        context = self._created.get(task_id)
+        delay = self._first_delay(last, context, interval)
+        last_pending: float | None = None
         failures = 0
         while True:
             if delay > 0:
@@ -418,7 +476,7 @@ class BananaClient:
                 raise TaskTimeoutError(task_id, limit or 0.0, last)
             try:
                 async with asyncio.timeout(remaining):
-                    last = self._dialect.parse_task(await self._send_once(http))
+                    last = await self._request(http, self._dialect.parse_task)
             except TimeoutError:
                 # Only the deadline raises the builtin: the transport maps its own
                 # timeouts to APITimeoutError.
@@ -427,21 +485,39 @@ class BananaClient:
                 if not _retry.is_transient(exc):
                     raise
                 failures += 1
-                # Never poll faster than asked, even when retrying sooner would be allowed.
+                # Never poll faster than asked, even when a retry could come sooner.
                 delay = max(
-                    poll_delay(interval, rng=self._rng),
-                    _retry.retry_delay(failures, exc, rng=self._rng),
+                    policy.poll_delay(interval), _retry.retry_delay(failures, exc, rng=self._rng)
                 )
                 logger.info("polling %s failed (%s); next poll in %.2f s", task_id, exc, delay)
                 continue
             failures = 0
             if last.done:
+                if context is not None:
+                    del self._created[task_id]
+                    if last.ok:
+                        policy.observe(
+                            context[0],
+                            last_pending=last_pending,
+                            first_done=clock.time() - context[1],
+                            interval=interval,
+                        )
                 return _finished(last)
+            if context is not None:
+                last_pending = clock.time() - context[1]
             if last.status is TaskStatus.UNKNOWN:
-                logger.debug(
-                    "task %s has unknown status %r; still waiting", task_id, last.raw_status
-                )
-            delay = poll_delay(interval, rng=self._rng)
+                logger.debug("task %s: unknown status %r, still waiting", task_id, last.raw_status)
+            delay = policy.poll_delay(interval)
+
+    def _first_delay(
+        self, last: Task | None, context: tuple[DurationKey, float] | None, interval: float
+    ) -> float:
+        if last is None:
+            return 0.0  # a bare id may be finished already: look at once
+        if context is None:
+            return self._policy.poll_delay(interval)
+        key, created_at = context
+        return self._policy.first_delay(key, interval, self._clock.time() - created_at)
 
     async def generate(
         self,
@@ -467,6 +543,21 @@ class BananaClient:
             prompt, model=model, resolution=resolution, size=size, image_urls=image_urls
         )
         return await self._wait(created, interval=interval, limit=limit, deadline=deadline)
+
+
+def _make_limiter(requests_per_second: float | None) -> AsyncLimiter | None:
+    if requests_per_second is None:
+        return None
+    rate = check_interval(requests_per_second, "requests_per_second")
+    try:
+        from aiolimiter import AsyncLimiter  # noqa: PLC0415 - an optional extra
+    except ImportError:  # pragma: no cover - the test environment has it
+        raise InvalidRequestError(
+            "requests_per_second needs aiolimiter: pip install 'banana-async[ratelimit]'"
+        ) from None
+    # A bucket of at least one request, refilled at `rate` per second.
+    burst = max(1.0, rate)
+    return AsyncLimiter(burst, burst / rate)
 
 
 def _finished(task: Task) -> Task:

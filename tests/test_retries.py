@@ -8,6 +8,7 @@ number of tasks it created.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ import pytest
 
 import banana_async as ba
 from banana_async._retry import MAX_RETRY_AFTER, MAX_RETRY_DELAY
+from banana_async.client import RATE_LIMIT_PAUSE
 from banana_async.testing import FakeBananaServer, FakeClock, Fault
 
 from .conftest import API_KEY
@@ -84,8 +86,10 @@ async def test_create_429_gives_up_after_max_retries(
     with pytest.raises(ba.RateLimitError):
         await retrying.create("a cat")
     assert server.count("create") == 4  # the first try and 3 retries
-    assert len(clock.sleeps) == 3
     assert server.tasks == {}
+    # A 429 without Retry-After pauses the whole client for RATE_LIMIT_PAUSE.
+    times = [r.at for r in server.requests]
+    assert all(b - a >= RATE_LIMIT_PAUSE - 1e-9 for a, b in itertools.pairwise(times))
 
 
 def _closed_port() -> int:
@@ -156,8 +160,12 @@ async def test_query_transient_failures_are_retried(
     got = await retrying.get(task.id)
     assert got.id == task.id
     assert server.count("query") == 3
-    assert len(clock.sleeps) == 2
     assert all(0 <= s <= MAX_RETRY_DELAY for s in clock.sleeps)
+    if fault.status_code == 429:
+        # Besides the retry delays, the whole client paused after each 429.
+        assert sum(clock.sleeps) >= 2 * RATE_LIMIT_PAUSE - 1e-9
+    else:
+        assert len(clock.sleeps) == 2
 
 
 async def test_query_reset_is_retried(retrying: ba.BananaClient, server: FakeBananaServer) -> None:
