@@ -1,5 +1,8 @@
 """The only module that talks to aiohttp: send one request, return one response.
 
+Images are the exception to "one response": :func:`stream_to` streams a body
+of any size into a sink instead of reading it whole.
+
 Every aiohttp exception becomes an :class:`~banana_async.APIConnectionError`
 (or :class:`~banana_async.APITimeoutError`) here, with ``request_sent`` set to
 False only where the request provably never left: the connection was never
@@ -8,15 +11,32 @@ established. That single bit decides whether a create may be retried.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import aiohttp
 
-from banana_async.dialects import HTTPRequest, HTTPResponse
-from banana_async.errors import APIConnectionError, APITimeoutError, ResponseValidationError
+from banana_async.dialects import HTTPRequest, HTTPResponse, _status_error
+from banana_async.errors import (
+    APIConnectionError,
+    APITimeoutError,
+    DownloadError,
+    ResponseValidationError,
+)
+
+if TYPE_CHECKING:
+    from banana_async.download import DownloadSink
 
 MAX_RESPONSE_BYTES = 1 << 20
 """A task body is a few hundred bytes; anything past 1 MiB is not one."""
+
+MAX_DOWNLOAD_REDIRECTS = 5
+"""Image CDNs redirect once or twice; a longer chain is a loop or a trap."""
+
+ERROR_BODY_BYTES = 16 * 1024
+"""How much of an image host's error page is read for the exception."""
 
 
 def make_session(*, connection_limit: int, user_agent: str) -> aiohttp.ClientSession:
@@ -33,9 +53,11 @@ def make_session(*, connection_limit: int, user_agent: str) -> aiohttp.ClientSes
     )
 
 
-def make_timeout(*, total: float | None, connect: float | None) -> aiohttp.ClientTimeout:
+def make_timeout(
+    *, total: float | None, connect: float | None, sock_read: float | None = None
+) -> aiohttp.ClientTimeout:
     """Per-request timeouts; ``connect`` also bounds waiting for a pooled connection."""
-    return aiohttp.ClientTimeout(total=total, connect=connect)
+    return aiohttp.ClientTimeout(total=total, connect=connect, sock_read=sock_read)
 
 
 async def _read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -105,3 +127,135 @@ async def send(
         ) from None
     except OSError as exc:
         raise APIConnectionError(f"connection failed during {what}: {exc}") from None
+
+
+def _shown_url(url: str) -> str:
+    """The URL for a message, without its query: signed URLs carry tokens there."""
+    parts = urlsplit(url)
+    return parts._replace(query="", fragment="").geturl() if parts.query else url
+
+
+@contextlib.contextmanager
+def _download_errors(url: str) -> Iterator[None]:
+    """Map aiohttp's exceptions during a download as :func:`send` maps them.
+
+    Only aiohttp calls go inside, so that an error raised by the sink (an
+    OSError of a full disk, say) is never taken for a connection failure.
+    """
+    what = f"GET {_shown_url(url)}"
+    try:
+        yield
+    except aiohttp.TooManyRedirects:
+        raise DownloadError(
+            f"more than {MAX_DOWNLOAD_REDIRECTS} redirects for {what}",
+            url=url,
+            reason="too_many_redirects",
+        ) from None
+    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
+        # Also a redirect to a non-http(s) or malformed location.
+        raise DownloadError(
+            f"not an http(s) URL for {what}: {exc}", url=url, reason="bad_url"
+        ) from None
+    except aiohttp.ConnectionTimeoutError:
+        raise APITimeoutError(f"timed out connecting for {what}", request_sent=False) from None
+    except aiohttp.ClientConnectorError as exc:
+        raise APIConnectionError(
+            f"could not connect for {what}: {exc.os_error}", request_sent=False
+        ) from None
+    except TimeoutError:
+        raise APITimeoutError(f"timed out waiting for the response to {what}") from None
+    except aiohttp.ClientError as exc:
+        raise APIConnectionError(
+            f"connection failed during {what}: {type(exc).__name__}: {exc}"
+        ) from None
+    except OSError as exc:
+        raise APIConnectionError(f"connection failed during {what}: {exc}") from None
+
+
+async def _read_prefix(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the body; the rest is left unread."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await response.content.read(limit - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
+
+def _too_large(url: str, max_bytes: int, announced: int | None) -> DownloadError:
+    what = f"GET {_shown_url(url)}"
+    if announced is None:
+        message = f"{what} sent more than the {max_bytes}-byte limit"
+    else:
+        message = f"{what} announced {announced} bytes, over the {max_bytes}-byte limit"
+    return DownloadError(message, url=url, reason="too_large")
+
+
+async def _stream_body(
+    response: aiohttp.ClientResponse, url: str, sink: DownloadSink, max_bytes: int
+) -> int:
+    if not 200 <= response.status <= 299:
+        with _download_errors(url):
+            body = await _read_prefix(response, ERROR_BODY_BYTES)
+        raise _status_error(HTTPResponse(response.status, response.headers, body))
+    length = response.content_length
+    if length is not None and length > max_bytes:
+        raise _too_large(url, max_bytes, length)
+    sink.begin(response.headers.get("Content-Type", ""), length)
+    received = 0
+    while True:
+        with _download_errors(url):
+            chunk = await response.content.readany()
+        if not chunk:
+            return received
+        received += len(chunk)
+        if received > max_bytes:
+            raise _too_large(url, max_bytes, None)
+        sink.write(chunk)
+
+
+async def stream_to(
+    session: aiohttp.ClientSession,
+    url: str,
+    sink: DownloadSink,
+    *,
+    timeout: aiohttp.ClientTimeout,
+    max_bytes: int,
+    max_redirects: int = MAX_DOWNLOAD_REDIRECTS,
+) -> int:
+    """GET ``url`` and stream its body into ``sink``; return the bytes received.
+
+    The request carries the session's own headers and nothing else (never an
+    API key: image hosts are not the API). Redirects are followed, up to
+    ``max_redirects``. ``timeout`` covers the whole download. Whatever the
+    sink raises propagates unchanged.
+
+    Raises:
+        APIStatusError: (or a subclass) for a final status other than 2xx,
+            with the first :data:`ERROR_BODY_BYTES` of the body.
+        DownloadError: ``too_large`` when Content-Length (before anything is
+            read) or the bytes received exceed ``max_bytes``;
+            ``too_many_redirects``; ``bad_url`` for a URL (or a redirect
+            target) that is not http(s).
+        APIConnectionError: no complete response; APITimeoutError on a timeout.
+    """
+    with _download_errors(url):
+        response = await session.get(
+            url,
+            timeout=timeout,
+            allow_redirects=True,
+            max_redirects=max_redirects,
+            # A borrowed session may raise for status itself; statuses are mapped here.
+            raise_for_status=False,
+        )
+    try:
+        received = await _stream_body(response, url, sink, max_bytes)
+    except BaseException:
+        # Drop the connection: the rest of an aborted body is not worth reading.
+        response.close()
+        raise
+    response.release()
+    return received

@@ -12,7 +12,8 @@ import ipaddress
 import logging
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 from urllib.parse import urlsplit
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from banana_async import _retry, _transport
+from banana_async import batch as _batch
 from banana_async._polling import (
     DEFAULT_POLL_INTERVAL,
     DEFAULT_WAIT_TIMEOUT,
@@ -31,7 +33,9 @@ from banana_async._polling import (
     check_timeout,
 )
 from banana_async._version import __version__
+from banana_async.batch import BatchInput, Outcome
 from banana_async.dialects import Dialect, HTTPRequest, HTTPResponse, get_dialect
+from banana_async.download import DEFAULT_MAX_IMAGE_BYTES, download_task_image
 from banana_async.errors import (
     BananaError,
     InvalidRequestError,
@@ -39,6 +43,7 @@ from banana_async.errors import (
     TaskFailedError,
     TaskTimeoutError,
 )
+from banana_async.journal import Journal
 from banana_async.models import (
     AspectRatio,
     GenerationRequest,
@@ -202,6 +207,13 @@ class BananaClient:
         self._timeout = _transport.make_timeout(
             total=check_timeout(timeout, "timeout"),
             connect=check_timeout(connect_timeout, "connect_timeout"),
+        )
+        # An image is bigger than a task body: its whole transfer gets longer,
+        # but it must still keep arriving (sock_read) to count as alive.
+        self._download_timeout = _transport.make_timeout(
+            total=None if self._timeout.total is None else 10 * self._timeout.total,
+            connect=self._timeout.connect,
+            sock_read=self._timeout.total,
         )
         self._connection_limit = connection_limit
         self._allow_unknown_models = allow_unknown_models
@@ -543,6 +555,96 @@ class BananaClient:
             prompt, model=model, resolution=resolution, size=size, image_urls=image_urls
         )
         return await self._wait(created, interval=interval, limit=limit, deadline=deadline)
+
+    async def download(
+        self,
+        task: Task,
+        dest: str | os.PathLike[str],
+        *,
+        max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    ) -> Path:
+        """Stream a completed task's image into the directory ``dest``; return its path.
+
+        The file is named after the task id (made safe for any file system)
+        with the extension of the image type found in the bytes, written to a
+        temporary file and renamed into place, so no partial file is ever
+        visible. The API key is never sent to the image host.
+
+        Raises:
+            DownloadError: no image URL, not an image, larger than ``max_bytes``.
+            APIStatusError: the image host answered with an error (an expired
+                URL gives 403 or 404).
+            APIConnectionError: the download failed in transit.
+        """
+        session = self._session_for_call()
+        return await download_task_image(
+            session, task, Path(dest), timeout=self._download_timeout, max_bytes=max_bytes
+        )
+
+    def generate_many(
+        self,
+        inputs: Iterable[BatchInput] | AsyncIterable[BatchInput],
+        *,
+        concurrency: int = 50,
+        timeout: float | None = None,
+        poll_interval: float | None = None,
+        download_to: str | os.PathLike[str] | None = None,
+        journal: str | os.PathLike[str] | Journal | None = None,
+        resend_unconfirmed: bool = False,
+        model: str | None = None,
+        resolution: Resolution | str | None = None,
+        size: AspectRatio | str | None = None,
+        image_urls: Sequence[str] | None = None,
+    ) -> AsyncGenerator[Outcome, None]:
+        """Generate an image for each input; yield an :class:`Outcome` per input.
+
+        Outcomes come in completion order. A failed, timed-out or rejected
+        input becomes an outcome with its error; it never stops the batch.
+        Leaving the loop early or cancelling it cancels every poller (wrap it
+        in :func:`contextlib.aclosing` to have that happen on the spot)::
+
+            async with contextlib.aclosing(client.generate_many(prompts)) as outcomes:
+                async for outcome in outcomes:
+                    print(outcome.index, outcome.ok, outcome.task)
+
+        Args:
+            inputs: Prompts or :class:`~banana_async.GenerationRequest` objects,
+                from an iterable or async iterable, read lazily.
+            concurrency: Most tasks in flight at the provider at once.
+            timeout: Deadline of each task's wait (default the client's).
+            poll_interval: Minimum seconds between polls (default the client's).
+            download_to: Save each image into this directory as soon as its
+                task completes (the URLs expire in about a day).
+            journal: A SQLite file (or an open :class:`~banana_async.journal.Journal`)
+                recording every step; running the same batch with the same
+                journal resumes it without creating any task twice.
+            resend_unconfirmed: Create again the inputs whose create was in
+                flight when an earlier journaled run stopped (they may have
+                been billed once already).
+            model: Model for prompts given as plain strings.
+            resolution: Resolution for plain-string prompts.
+            size: Aspect ratio for plain-string prompts.
+            image_urls: Reference images for plain-string prompts.
+
+        Raises:
+            InvalidRequestError: bad arguments (at once), or a journal that
+                belongs to another batch (when the first differing input is read).
+        """
+        self._session_for_call()
+        return _batch.run(
+            self,
+            inputs,
+            concurrency=concurrency,
+            timeout=timeout,
+            poll_interval=poll_interval,
+            download_to=download_to,
+            journal=journal,
+            resend_unconfirmed=resend_unconfirmed,
+            model=model,
+            resolution=resolution,
+            size=size,
+            image_urls=image_urls,
+        )
 
 
 def _make_limiter(requests_per_second: float | None) -> AsyncLimiter | None:
