@@ -230,8 +230,8 @@ async def stream_to(
 
     The request carries the session's own headers and nothing else (never an
     API key: image hosts are not the API). Redirects are followed, up to
-    ``max_redirects``. ``timeout`` covers the whole download. Whatever the
-    sink raises propagates unchanged.
+    ``max_redirects``. ``timeout.total`` bounds the whole download, redirects
+    and body included. Whatever the sink raises propagates unchanged.
 
     Raises:
         APIStatusError: (or a subclass) for a final status other than 2xx,

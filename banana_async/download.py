@@ -1,0 +1,303 @@
+"""Save a completed task's image to disk, safely and atomically.
+
+:func:`download_task_image` streams the image at a task's ``image_url`` into
+a temporary file next to its destination and renames it into place only once
+every byte has arrived and the bytes are known to be an image, so a reader of
+the directory never sees a partial file. The file is named after the task id
+(made safe by :func:`safe_file_stem`) with the extension of the image type
+found in the bytes themselves (:func:`image_extension`), not the one the URL
+or the server claims.
+
+The request goes to the image host without the API key: only the headers the
+session itself carries are sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import urlsplit
+
+from banana_async import _transport
+from banana_async._png import PNG_SIGNATURE
+from banana_async._transport import _shown_url
+from banana_async.errors import DownloadError
+from banana_async.models import TaskStatus
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from banana_async.models import Task
+
+__all__ = [
+    "DEFAULT_MAX_IMAGE_BYTES",
+    "MAX_STEM_LENGTH",
+    "DownloadSink",
+    "download_task_image",
+    "image_extension",
+    "safe_file_stem",
+]
+
+DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
+"""A 4k PNG is a few tens of MiB at most; past 50 MiB it is not a generated image."""
+
+MAX_STEM_LENGTH = 100
+"""Longest stem :func:`safe_file_stem` returns, well under every file system's limit."""
+
+# -- file names ---------------------------------------------------------------------
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_HASH_LENGTH = 12
+# A safe id that already ends like a hashed stem is hashed too; otherwise the
+# id "a_-<hash of 'a/'>" would get the very name that "a/" gets.
+_LOOKS_HASHED = re.compile(rf"-[0-9a-f]{{{_HASH_LENGTH}}}\Z")
+# Windows refuses these as a name's first dot-separated part, in any case
+# ("con.png", "Nul.tar.gz").
+_WINDOWS_RESERVED = frozenset(
+    {"CON", "PRN", "AUX", "NUL"} | {f"COM{n}" for n in range(10)} | {f"LPT{n}" for n in range(10)}
+)
+
+
+def _id_hash(task_id: str) -> str:
+    # Ids come from JSON, which can carry lone surrogates; they must hash too.
+    data = task_id.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).hexdigest()[:_HASH_LENGTH]
+
+
+def safe_file_stem(task_id: str) -> str:
+    """A file name stem for an opaque provider task id, safe on Linux, macOS and Windows.
+
+    An id made of ``A-Z a-z 0-9 . _ -`` only, without uppercase letters, not
+    starting with a dot, not a reserved Windows device name and at most
+    :data:`MAX_STEM_LENGTH` characters long is its own stem. Any other id is
+    sanitised (other characters become ``_``, a leading dot becomes ``_``, a
+    reserved name gets a ``_`` prefix, the text is shortened) and gets
+    ``-`` plus a short hash of the original id appended, so that two
+    different ids never share a stem. Ids with uppercase letters are hashed
+    too because macOS and Windows compare file names case-insensitively:
+    ``Ab`` and ``aB`` would otherwise be one file there.
+
+    Args:
+        task_id: The provider's task id, any text.
+
+    Returns:
+        A non-empty stem of safe characters that does not start with a dot.
+    """
+    stem = _UNSAFE.sub("_", task_id)
+    changed = (
+        not stem or stem != task_id or stem != stem.lower() or bool(_LOOKS_HASHED.search(stem))
+    )
+    if stem.startswith("."):
+        stem = "_" + stem[1:]
+        changed = True
+    if len(stem) > MAX_STEM_LENGTH:
+        stem = stem[: MAX_STEM_LENGTH - _HASH_LENGTH - 1]
+        changed = True
+    if stem.partition(".")[0].upper() in _WINDOWS_RESERVED:
+        stem = "_" + stem
+        changed = True
+    if not changed:
+        return stem
+    stem = stem[: MAX_STEM_LENGTH - _HASH_LENGTH - 1] or "_"
+    return f"{stem}-{_id_hash(task_id)}"
+
+
+# -- image types ----------------------------------------------------------------------
+
+_SNIFF_BYTES = 12
+"""Enough leading bytes to tell every supported type apart (WEBP needs 12)."""
+
+# Object stores serve files uploaded without a type under these; the bytes decide.
+_GENERIC_BINARY_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+
+
+def image_extension(head: bytes) -> str | None:
+    """The file extension for an image's leading bytes, found by their magic numbers.
+
+    Args:
+        head: The first bytes of the file (12 are enough).
+
+    Returns:
+        ``.png``, ``.jpg``, ``.webp`` or ``.gif``; None for anything else.
+    """
+    if head.startswith(PNG_SIGNATURE):
+        return ".png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return ".jpg"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return ".webp"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return ".gif"
+    return None
+
+
+class DownloadSink(Protocol):
+    """Where :func:`banana_async._transport.stream_to` puts a response body.
+
+    ``begin`` is called once, after the status was found to be 2xx and before
+    any ``write``; either may raise to abort the download.
+    """
+
+    def begin(self, content_type: str, content_length: int | None) -> None:
+        """Look at the response before its body: its raw Content-Type and length."""
+
+    def write(self, chunk: bytes) -> None:
+        """Take the next chunk of the body."""
+
+
+class _ImageFile:
+    """A sink that refuses non-images and writes an image to a temporary file.
+
+    The temporary file sits in the destination directory, so that
+    :meth:`commit` is one atomic rename on the same file system. File work is
+    synchronous: a chunk is written as it arrives, which is quick next to the
+    network, and it keeps the steps of the commit in a plain order.
+    """
+
+    def __init__(self, directory: Path, stem: str, url: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".part", dir=directory)
+        self._temp = Path(name)
+        self._file = os.fdopen(fd, "wb")
+        self._directory = directory
+        self._stem = stem
+        self._url = url
+        self._head = b""
+        self._extension: str | None = None
+        self._committed = False
+
+    def _refuse(self, what: str) -> DownloadError:
+        return DownloadError(
+            f"{_shown_url(self._url)} is not an image: {what}",
+            url=self._url,
+            reason="not_an_image",
+        )
+
+    def begin(self, content_type: str, content_length: int | None) -> None:
+        media_type = content_type.partition(";")[0].strip().lower()
+        if not media_type.startswith("image/") and media_type not in _GENERIC_BINARY_TYPES:
+            raise self._refuse(f"the server says its type is {media_type!r}")
+
+    def write(self, chunk: bytes) -> None:
+        if self._extension is None:
+            self._head += chunk
+            if len(self._head) >= _SNIFF_BYTES:
+                self._identify()
+        else:
+            self._file.write(chunk)
+
+    def _identify(self) -> None:
+        extension = image_extension(self._head)
+        if extension is None:
+            shown = self._head[:_SNIFF_BYTES]
+            raise self._refuse(f"its bytes are no PNG, JPEG, WEBP or GIF (starting {shown!r})")
+        self._extension = extension
+        self._file.write(self._head)
+        self._head = b""
+
+    def commit(self) -> Path:
+        """Check a body shorter than the sniffing window, then move the file into place."""
+        if self._extension is None:
+            self._identify()
+        assert self._extension is not None
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._temp.chmod(_file_mode())
+        final = self._directory / (self._stem + self._extension)
+        os.replace(self._temp, final)
+        self._committed = True
+        return final
+
+    def discard(self) -> None:
+        """Remove the temporary file, unless it was committed."""
+        if self._committed:
+            return
+        self._file.close()
+        with contextlib.suppress(OSError):
+            self._temp.unlink()
+
+
+# -- the download ---------------------------------------------------------------------
+
+
+@functools.cache
+def _file_mode() -> int:
+    """The mode a new file gets under the process umask (mkstemp makes 0600 files)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _check_url(task: Task) -> str:
+    url = task.image_url
+    if task.status is not TaskStatus.COMPLETED or not url:
+        status = task.raw_status or task.status.value
+        raise DownloadError(
+            f"task {task.id} has no image to download (status {status!r})",
+            url=url,
+            reason="no_image_url",
+        )
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise DownloadError(
+            f"the image URL of task {task.id} is not an http(s) URL: {_shown_url(url)!r}",
+            url=url,
+            reason="bad_url",
+        )
+    return url
+
+
+async def download_task_image(
+    session: aiohttp.ClientSession,
+    task: Task,
+    dest: str | os.PathLike[str],
+    *,
+    timeout: aiohttp.ClientTimeout | float,
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+) -> Path:
+    """Stream a completed task's image into the directory ``dest``.
+
+    The file is ``dest / (safe_file_stem(task.id) + extension)``, the
+    extension being that of the type found in the bytes. It appears
+    atomically, complete or not at all; an existing file of that name is
+    replaced. The API key is never sent: the request carries only the
+    session's own headers.
+
+    Args:
+        session: The session to download with.
+        task: A completed task with an http(s) ``image_url``.
+        dest: The directory to save into; created (with parents) if missing.
+        timeout: Seconds for the whole download, or an aiohttp timeout.
+        max_bytes: The largest image accepted.
+
+    Returns:
+        The path of the saved image.
+
+    Raises:
+        DownloadError: ``reason`` is ``no_image_url`` (the task is not
+            completed or has no URL), ``bad_url`` (not an http(s) URL),
+            ``not_an_image`` (the Content-Type or the bytes say so),
+            ``too_large`` (over ``max_bytes``) or ``too_many_redirects``.
+        APIStatusError: the image host answered with an error status.
+        APIConnectionError: the connection failed or (APITimeoutError) timed out.
+        OSError: the file could not be written.
+        ValueError: ``max_bytes`` is not positive.
+    """
+    url = _check_url(task)
+    if max_bytes < 1:
+        raise ValueError(f"max_bytes must be positive, not {max_bytes!r}")
+    if isinstance(timeout, int | float):
+        timeout = _transport.make_timeout(total=float(timeout), connect=None)
+    image = _ImageFile(Path(dest), safe_file_stem(task.id), url)
+    try:
+        await _transport.stream_to(session, url, image, timeout=timeout, max_bytes=max_bytes)
+        return image.commit()
+    finally:
+        image.discard()

@@ -1,0 +1,706 @@
+"""A crash-safe record of a batch of generations, in one SQLite file.
+
+The provider bills every task it creates and offers no idempotency key, so a
+batch that is stopped and run again must never create a task twice. The
+journal makes that possible by recording, for each input of the batch:
+
+1. :attr:`EntryState.SENDING` just *before* the create request is sent;
+2. :attr:`EntryState.CREATED` with the task id as soon as the create answers;
+3. :attr:`EntryState.COMPLETED` or :attr:`EntryState.FAILED` once the task ends,
+   then the path of the downloaded image.
+
+Inputs that fail with nothing created end as :attr:`EntryState.ERROR` (a
+resumed run tries them again, which cannot bill twice); creates
+that failed in a way that may have created a task end as
+:attr:`EntryState.UNCONFIRMED`. An entry still ``SENDING`` when the journal is
+read again belongs to a create whose fate is unknown: it is unconfirmed too.
+
+Every ``record_*`` method commits before it returns, so the order of the
+records on disk is the order of the calls. The file uses SQLite's
+write-ahead log with ``synchronous=NORMAL``: a commit is a ``write()`` into
+the log, which survives the process being killed (even by ``SIGKILL``),
+though not necessarily a power cut or an operating-system crash.
+
+::
+
+    with Journal.open("batch.sqlite") as journal:
+        journal.record_sending(0, request)
+        task = await client.create(request)
+        journal.record_created(0, task)
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, Final, Self
+
+import attrs
+
+from banana_async._convert import CONVERTER
+from banana_async.errors import InvalidRequestError
+from banana_async.models import GenerationRequest, Task, TaskStatus
+
+__all__ = ["SCHEMA_VERSION", "EntryState", "Journal", "JournalEntry", "canonical_request"]
+
+SCHEMA_VERSION: Final = 1
+"""The version of the file layout this module reads and writes."""
+
+_APPLICATION: Final = "banana_async.journal"
+
+# Waiting longer for a lock is pointless: an open journal keeps its lock until
+# it is closed (see ``exclusive`` in :meth:`Journal.open`).
+_BUSY_TIMEOUT: Final = 1.0
+
+_SCHEMA: Final = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE entries (
+        idx INTEGER PRIMARY KEY CHECK (idx >= 0),
+        state TEXT NOT NULL,
+        request TEXT,
+        raw_input TEXT,
+        task_id TEXT,
+        task TEXT,
+        error TEXT,
+        error_type TEXT,
+        path TEXT,
+        updated_at REAL NOT NULL
+    )""",
+)
+
+_COLUMNS: Final = (
+    "idx, state, request, raw_input, task_id, task, error, error_type, path, updated_at"
+)
+
+
+class EntryState(enum.StrEnum):
+    """Where one input of a batch is; stored as its value in the journal."""
+
+    SENDING = "sending"
+    """Recorded just before the create request; found on resume, the create's fate is unknown."""
+    CREATED = "created"
+    """The provider created the task (its id is known); it has not finished yet."""
+    COMPLETED = "completed"
+    """The task completed; the image path is recorded once it is downloaded."""
+    FAILED = "failed"
+    """The task ended ``failed`` at the provider."""
+    ERROR = "error"
+    """The input failed and certainly nothing was created (invalid input, a 400, never
+    sent); a resumed batch tries it again, as that cannot bill a task twice."""
+    UNCONFIRMED = "unconfirmed"
+    """A create failed in a way that may have created (and billed) a task."""
+
+    @property
+    def final(self) -> bool:
+        """True for states a resumed batch reports as they are, without any request.
+
+        :attr:`CREATED` (poll the task again), :attr:`ERROR` (create it again:
+        nothing was created) and :attr:`SENDING` (unknown: report it as
+        unconfirmed, or resend it on request) are not final.
+        """
+        return self not in (EntryState.SENDING, EntryState.CREATED, EntryState.ERROR)
+
+
+_TERMINAL: Final = frozenset({EntryState.COMPLETED, EntryState.FAILED})
+
+
+@attrs.frozen
+class JournalEntry:
+    """What the journal holds about one input of a batch.
+
+    Attributes:
+        index: The input's position in the batch (0-based).
+        state: Where the input is.
+        request: The request, or None when the input could not be made into one.
+        raw_input: The input as text when it could not be made into a request.
+        task_id: The provider's task id, once the create answered.
+        task: The task as last recorded (after the create, or when it ended).
+        error: The error message (a failed task's message, or the exception's).
+        error_type: The class name of that error, e.g. ``BadRequestError``.
+        path: Where the image was saved, once downloaded.
+        updated_at: When the entry was last written (``time.time()``).
+    """
+
+    index: int
+    state: EntryState
+    request: GenerationRequest | None = None
+    raw_input: str | None = None
+    task_id: str | None = None
+    task: Task | None = None
+    error: str | None = None
+    error_type: str | None = None
+    path: str | None = None
+    updated_at: float = 0.0
+
+
+def canonical_request(request: GenerationRequest) -> str:
+    """Return the canonical JSON text of a request (sorted keys, no whitespace).
+
+    Equal requests give equal texts: the journal compares inputs by it, and a
+    batch may hash the texts of all its inputs into a :attr:`Journal.fingerprint`.
+    """
+    return _dumps(CONVERTER.unstructure(request, GenerationRequest))
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _error_text(error: BaseException) -> str:
+    return str(error) or type(error).__name__
+
+
+def _check_index(index: int) -> None:
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"a journal index is an int >= 0, not {index!r}")
+
+
+class Journal:
+    """The journal of one batch, kept in one SQLite file.
+
+    Open it with :meth:`open` and close it with :meth:`close` or a ``with``
+    block. Each method runs one short transaction and commits before it
+    returns. A method that would move an entry backwards (out of
+    ``COMPLETED`` or ``FAILED``, or from a final state to a new create)
+    raises :class:`ValueError` and changes nothing; the one way back is
+    :meth:`mark_resend`, for ``SENDING`` and ``UNCONFIRMED`` entries only.
+
+    Methods are synchronous and fast enough to call from an event loop. A
+    lock makes them safe to call from several threads. Failures of the disk
+    itself while writing raise :class:`sqlite3.Error`.
+
+    Attributes:
+        path: The journal's file name, as given to :meth:`open`.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, path: str) -> None:
+        """Wrap an open and checked connection; use :meth:`open` instead."""
+        self._connection: sqlite3.Connection | None = connection
+        self._lock = threading.Lock()
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, exclusive: bool = True) -> Self:
+        """Open the journal at ``path``, creating the file if it does not exist.
+
+        The parent directory must exist. An empty SQLite file (or a new one)
+        becomes a journal; any other SQLite database, or any other file, is
+        refused without being changed.
+
+        Args:
+            path: The journal file.
+            exclusive: Hold a lock on the file until :meth:`close`, so that a
+                second open of the same journal (from this process or another)
+                fails instead of running the same batch twice, which would
+                create and bill its tasks twice. The lock goes with the process
+                if it dies.
+
+        Raises:
+            InvalidRequestError: The file cannot be opened, is not a journal,
+                was written by a newer version of ``banana_async``, or is in
+                use by another open journal.
+        """
+        name = os.fspath(path)
+        try:
+            connection = sqlite3.connect(
+                name, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise InvalidRequestError(f"cannot open journal {name!r}: {exc}") from exc
+        try:
+            if exclusive:
+                connection.execute("PRAGMA locking_mode=EXCLUSIVE")
+            _prepare(connection, name)
+            # The write-ahead log is switched on only once the file is known to
+            # be a journal: someone else's database is never converted. With
+            # synchronous=NORMAL a commit appends to the log without fsync;
+            # the log's frames are then in the operating system's page cache,
+            # which outlives the process, so a SIGKILL loses no commit (a power
+            # cut may lose the last few, never corrupt the file).
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as exc:
+            connection.close()
+            if exc.sqlite_errorname in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+                raise InvalidRequestError(
+                    f"journal {name!r} is in use by another open journal "
+                    "(is the same batch running twice?)"
+                ) from exc
+            raise InvalidRequestError(f"{name!r} is not a banana_async journal: {exc}") from exc
+        except BaseException:
+            connection.close()
+            raise
+        return cls(connection, name)
+
+    def close(self) -> None:
+        """Close the file (and release its lock); closing twice is harmless."""
+        with self._lock:
+            if self._connection is not None:
+                connection, self._connection = self._connection, None
+                connection.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._connection is None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<Journal {self.path!r} {state}>"
+
+    # -- reading -------------------------------------------------------------
+
+    def get(self, index: int) -> JournalEntry | None:
+        """Return the entry of input ``index``, or None if nothing is recorded."""
+        _check_index(index)
+        with self._transaction() as connection:
+            return self._get(connection, index)
+
+    def entries(self) -> Iterator[JournalEntry]:
+        """Iterate over all entries in index order (read at once, when called)."""
+        with self._transaction() as connection:
+            rows = connection.execute(f"SELECT {_COLUMNS} FROM entries ORDER BY idx").fetchall()
+        return iter([self._entry(row) for row in rows])
+
+    def counts(self) -> dict[EntryState, int]:
+        """Count the entries in each state; every state is a key, zero included."""
+        with self._transaction() as connection:
+            rows = connection.execute("SELECT state, COUNT(*) FROM entries GROUP BY state")
+            found = {str(state): int(count) for state, count in rows}
+        unknown = set(found) - set(EntryState)
+        if unknown:
+            raise self._corrupt(f"unknown states {sorted(unknown)}")
+        return {state: found.get(state.value, 0) for state in EntryState}
+
+    def request_matches(
+        self, index: int, request: GenerationRequest | None, *, raw_input: str | None = None
+    ) -> bool:
+        """Tell whether the entry of ``index`` was recorded for this same input.
+
+        Requests are compared by their :func:`canonical_request` text, so a
+        journal reused with a different list of inputs is detected. For an
+        input that was not a valid request, pass None and its ``raw_input``.
+
+        Returns:
+            False when the inputs differ, or when nothing is recorded for ``index``.
+        """
+        _check_index(index)
+        with self._transaction() as connection:
+            row = connection.execute(
+                "SELECT request, raw_input FROM entries WHERE idx = ?", (index,)
+            ).fetchone()
+        if row is None:
+            return False
+        stored_request, stored_raw = row
+        if request is None:
+            return stored_request is None and stored_raw == raw_input
+        return stored_request is not None and stored_request == canonical_request(request)
+
+    @property
+    def fingerprint(self) -> str | None:
+        """A text identifying the batch's inputs (chosen by the batch), or None.
+
+        Setting it commits at once.
+        """
+        with self._transaction() as connection:
+            row = connection.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
+        return None if row is None else str(row[0])
+
+    @fingerprint.setter
+    def fingerprint(self, value: str | None) -> None:
+        with self._transaction(write=True) as connection:
+            if value is None:
+                connection.execute("DELETE FROM meta WHERE key = 'fingerprint'")
+            else:
+                connection.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('fingerprint', ?)",
+                    (str(value),),
+                )
+
+    # -- writing -------------------------------------------------------------
+
+    def record_sending(self, index: int, request: GenerationRequest) -> JournalEntry:
+        """Record that the create of ``request`` is about to be sent.
+
+        Call it before sending, and send only once it has returned. An
+        ``ERROR`` entry may be sent again: nothing was created for it.
+
+        Raises:
+            ValueError: Anything but an ``ERROR`` is already recorded for
+                ``index`` (a second create would bill a second task; see
+                :meth:`mark_resend`).
+        """
+        _check_index(index)
+        with self._transaction(write=True) as connection:
+            entry = self._expect_new_or(
+                connection, index, (EntryState.ERROR,), "record a new create"
+            )
+            return self._write(
+                connection,
+                JournalEntry(index, EntryState.SENDING, request=request, updated_at=time.time()),
+                insert=entry is None,
+            )
+
+    def record_created(self, index: int, task: Task) -> JournalEntry:
+        """Record the task the create returned (or a newer snapshot of it).
+
+        Raises:
+            ValueError: The entry is not ``SENDING`` or ``CREATED``, or it holds
+                another task id.
+        """
+        _check_index(index)
+        with self._transaction(write=True) as connection:
+            entry = self._expect(
+                connection, index, (EntryState.SENDING, EntryState.CREATED), "record its task"
+            )
+            self._check_task_id(entry, task)
+            return self._write(
+                connection,
+                attrs.evolve(
+                    entry,
+                    state=EntryState.CREATED,
+                    task_id=task.id,
+                    task=task,
+                    error=None,
+                    error_type=None,
+                    updated_at=time.time(),
+                ),
+            )
+
+    def record_finished(self, index: int, task: Task) -> JournalEntry:
+        """Record a task that ended: ``COMPLETED`` or ``FAILED`` from its status.
+
+        A failed task's message is kept as the error, typed ``TaskFailedError``.
+        Recording the same end again is allowed (a downloaded path is kept);
+        turning ``COMPLETED`` into ``FAILED`` or back is not.
+
+        Raises:
+            ValueError: The task has not ended; the entry is not ``SENDING``,
+                ``CREATED`` or already in the task's end state; or it holds
+                another task id.
+        """
+        _check_index(index)
+        if not task.status.terminal:
+            raise ValueError(f"task {task.id} has not finished (status {task.status.value!r})")
+        completed = task.status is TaskStatus.COMPLETED
+        state = EntryState.COMPLETED if completed else EntryState.FAILED
+        with self._transaction(write=True) as connection:
+            entry = self._expect(
+                connection, index, (EntryState.SENDING, EntryState.CREATED, state), "record its end"
+            )
+            self._check_task_id(entry, task)
+            return self._write(
+                connection,
+                attrs.evolve(
+                    entry,
+                    state=state,
+                    task_id=task.id,
+                    task=task,
+                    error=None if completed else (task.error or f"task {task.id} failed"),
+                    error_type=None if completed else "TaskFailedError",
+                    updated_at=time.time(),
+                ),
+            )
+
+    def record_error(
+        self,
+        index: int,
+        request: GenerationRequest | None,
+        error: BaseException,
+        *,
+        raw_input: str | None = None,
+    ) -> JournalEntry:
+        """Record that input ``index`` failed with certainly nothing created.
+
+        For an invalid request, a create the provider refused (a 400), or one
+        that was never sent. A resumed batch tries the input again
+        (recording an error again over an ``ERROR`` entry replaces it).
+
+        Args:
+            index: The input's position.
+            request: The request, or None if the input is not a valid one
+                (None keeps a request recorded by :meth:`record_sending`).
+            error: The exception; its message and class name are recorded.
+            raw_input: The input as text, when there is no request.
+
+        Raises:
+            ValueError: The entry is not new, ``SENDING`` or ``ERROR``.
+        """
+        _check_index(index)
+        with self._transaction(write=True) as connection:
+            entry = self._expect_new_or(
+                connection, index, (EntryState.SENDING, EntryState.ERROR), "record an error"
+            )
+            base = entry or JournalEntry(index, EntryState.ERROR)
+            return self._write(
+                connection,
+                attrs.evolve(
+                    base,
+                    state=EntryState.ERROR,
+                    request=request if request is not None else base.request,
+                    raw_input=raw_input if raw_input is not None else base.raw_input,
+                    error=_error_text(error),
+                    error_type=type(error).__name__,
+                    updated_at=time.time(),
+                ),
+                insert=entry is None,
+            )
+
+    def record_unconfirmed(
+        self, index: int, request: GenerationRequest, error: BaseException
+    ) -> JournalEntry:
+        """Record that the create of a ``SENDING`` entry may have created a task.
+
+        For a create that failed after it was sent (a 5xx, a reset, a read
+        timeout), or a ``SENDING`` entry found when a batch resumes. The entry
+        is final unless :meth:`mark_resend` is called.
+
+        Raises:
+            ValueError: The entry is not ``SENDING``.
+        """
+        _check_index(index)
+        with self._transaction(write=True) as connection:
+            entry = self._expect(
+                connection, index, (EntryState.SENDING,), "record an unconfirmed create"
+            )
+            return self._write(
+                connection,
+                attrs.evolve(
+                    entry,
+                    state=EntryState.UNCONFIRMED,
+                    request=request,
+                    error=_error_text(error),
+                    error_type=type(error).__name__,
+                    updated_at=time.time(),
+                ),
+            )
+
+    def record_download(self, index: int, path: str | os.PathLike[str]) -> JournalEntry:
+        """Record where the image of a ``COMPLETED`` entry was saved.
+
+        Recording again replaces the path; an error noted before is cleared.
+
+        Raises:
+            ValueError: The entry is not ``COMPLETED``.
+        """
+        _check_index(index)
+        with self._transaction(write=True) as connection:
+            entry = self._expect(connection, index, (EntryState.COMPLETED,), "record a download")
+            return self._write(
+                connection,
+                attrs.evolve(
+                    entry,
+                    path=os.fspath(path),
+                    error=None,
+                    error_type=None,
+                    updated_at=time.time(),
+                ),
+            )
+
+    def note_error(self, index: int, error: BaseException) -> JournalEntry:
+        """Keep an error on an entry without changing its state.
+
+        For failures that leave the entry where it is: a wait that timed out
+        (still ``CREATED``, polled again on resume) or a download that failed
+        (still ``COMPLETED``, without a path).
+
+        Raises:
+            ValueError: Nothing is recorded for ``index``.
+        """
+        _check_index(index)
+        with self._transaction(write=True) as connection:
+            entry = self._expect(connection, index, tuple(EntryState), "note an error")
+            return self._write(
+                connection,
+                attrs.evolve(
+                    entry,
+                    error=_error_text(error),
+                    error_type=type(error).__name__,
+                    updated_at=time.time(),
+                ),
+            )
+
+    def mark_resend(self, index: int) -> None:
+        """Forget a ``SENDING`` or ``UNCONFIRMED`` entry so that it is created again.
+
+        The provider may already have created (and billed) a task for it:
+        call this only when the user asked to resend unconfirmed creates.
+
+        Raises:
+            ValueError: The entry is not ``SENDING`` or ``UNCONFIRMED``.
+        """
+        _check_index(index)
+        with self._transaction(write=True) as connection:
+            self._expect(
+                connection, index, (EntryState.SENDING, EntryState.UNCONFIRMED), "mark it to resend"
+            )
+            connection.execute("DELETE FROM entries WHERE idx = ?", (index,))
+
+    # -- internals -----------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            connection = self._connection
+            if connection is None:
+                raise ValueError(f"journal {self.path!r} is closed")
+            connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield connection
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+
+    def _get(self, connection: sqlite3.Connection, index: int) -> JournalEntry | None:
+        row = connection.execute(
+            f"SELECT {_COLUMNS} FROM entries WHERE idx = ?", (index,)
+        ).fetchone()
+        return None if row is None else self._entry(row)
+
+    def _expect_new_or(
+        self,
+        connection: sqlite3.Connection,
+        index: int,
+        allowed: tuple[EntryState, ...],
+        action: str,
+    ) -> JournalEntry | None:
+        """Return the entry of ``index`` (None if there is none) if its state is allowed."""
+        entry = self._get(connection, index)
+        if entry is not None and entry.state not in allowed:
+            raise _illegal(index, entry, action)
+        return entry
+
+    def _expect(
+        self,
+        connection: sqlite3.Connection,
+        index: int,
+        allowed: tuple[EntryState, ...],
+        action: str,
+    ) -> JournalEntry:
+        """Return the entry of ``index`` if it exists and its state is allowed."""
+        entry = self._get(connection, index)
+        if entry is None or entry.state not in allowed:
+            raise _illegal(index, entry, action)
+        return entry
+
+    @staticmethod
+    def _check_task_id(entry: JournalEntry, task: Task) -> None:
+        if entry.task_id is not None and entry.task_id != task.id:
+            raise ValueError(f"input {entry.index} already has task {entry.task_id}, not {task.id}")
+
+    def _write(
+        self, connection: sqlite3.Connection, entry: JournalEntry, *, insert: bool = False
+    ) -> JournalEntry:
+        values = (
+            entry.state.value,
+            None if entry.request is None else canonical_request(entry.request),
+            entry.raw_input,
+            entry.task_id,
+            None if entry.task is None else _dumps(CONVERTER.unstructure(entry.task, Task)),
+            entry.error,
+            entry.error_type,
+            entry.path,
+            entry.updated_at,
+            entry.index,
+        )
+        if insert:
+            connection.execute(
+                "INSERT INTO entries (state, request, raw_input, task_id, task, error,"
+                " error_type, path, updated_at, idx) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )
+        else:
+            connection.execute(
+                "UPDATE entries SET state = ?, request = ?, raw_input = ?, task_id = ?, task = ?,"
+                " error = ?, error_type = ?, path = ?, updated_at = ? WHERE idx = ?",
+                values,
+            )
+        return entry
+
+    def _entry(self, row: tuple[Any, ...]) -> JournalEntry:
+        index, state, request, raw_input, task_id, task, error, error_type, path, updated = row
+        try:
+            return JournalEntry(
+                index=int(index),
+                state=EntryState(state),
+                request=None
+                if request is None
+                else CONVERTER.structure(json.loads(request), GenerationRequest),
+                raw_input=raw_input,
+                task_id=task_id,
+                task=None if task is None else CONVERTER.structure(json.loads(task), Task),
+                error=error,
+                error_type=error_type,
+                path=path,
+                updated_at=float(updated),
+            )
+        except Exception as exc:
+            raise self._corrupt(f"entry {index} cannot be read ({exc})") from exc
+
+    def _corrupt(self, detail: str) -> InvalidRequestError:
+        return InvalidRequestError(f"journal {self.path!r} is damaged: {detail}")
+
+
+def _illegal(index: int, entry: JournalEntry | None, action: str) -> ValueError:
+    shown = "nothing recorded" if entry is None else f"state {entry.state.value!r}"
+    return ValueError(f"cannot {action} for input {index}: it has {shown}")
+
+
+def _prepare(connection: sqlite3.Connection, name: str) -> None:
+    """Check that the file is a journal of this version, or make an empty file one."""
+    if not _tables(connection):
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            if not _tables(connection):  # still empty now that we hold the write lock
+                for statement in _SCHEMA:
+                    connection.execute(statement)
+                connection.executemany(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)",
+                    [("application", _APPLICATION), ("schema_version", str(SCHEMA_VERSION))],
+                )
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+    tables = _tables(connection)
+    if "meta" not in tables:
+        raise InvalidRequestError(f"{name!r} is an SQLite database but not a banana_async journal")
+    meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
+    if meta.get("application") != _APPLICATION:
+        raise InvalidRequestError(f"{name!r} is an SQLite database but not a banana_async journal")
+    version = str(meta.get("schema_version"))
+    if not version.isdigit() or int(version) != SCHEMA_VERSION:
+        newer = version.isdigit() and int(version) > SCHEMA_VERSION
+        raise InvalidRequestError(
+            f"journal {name!r} has layout version {version}"
+            + (", written by a newer banana_async; upgrade to read it" if newer else "")
+            + f" (this banana_async reads version {SCHEMA_VERSION})"
+        )
+    if "entries" not in tables:
+        raise InvalidRequestError(f"journal {name!r} is damaged: it has no entries table")
+
+
+def _tables(connection: sqlite3.Connection) -> set[str]:
+    rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {str(name) for (name,) in rows}
