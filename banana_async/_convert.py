@@ -29,6 +29,10 @@ def _structure_str(value: Any, _type: Any) -> str:
     raise TypeError(f"expected a string, got {type(value).__name__}")
 
 
+def _structure_optional_str(value: Any, _type: Any) -> str | None:
+    return None if value is None else _structure_str(value, str)
+
+
 def _structure_datetime(value: Any, _type: Any) -> datetime:
     if isinstance(value, bool):
         raise TypeError("expected a Unix timestamp, got a boolean")
@@ -65,7 +69,6 @@ def make_converter() -> cattrs.Converter:
     """Build the converter: every hook the package needs, registered here."""
     # Extra keys are ignored: providers add fields (a cost ``amount``) freely.
     conv = cattrs.Converter(forbid_extra_keys=False)
-    conv.register_structure_hook(str, _structure_str)
     conv.register_structure_hook(datetime, _structure_datetime)
     # Journals store times as ISO 8601 text, which the hook above reads back.
     conv.register_unstructure_hook(datetime, datetime.isoformat)
@@ -78,9 +81,20 @@ def make_converter() -> cattrs.Converter:
             size=override(omit_if_default=True),
         ),
     )
+    # Strict text for wire fields only: cattrs' own str hook would turn a dict
+    # or null into text, and a global str hook would also catch StrEnums.
     conv.register_structure_hook(
         WireTask,
-        make_dict_structure_fn(WireTask, conv, error=override(struct_hook=_structure_message)),
+        make_dict_structure_fn(
+            WireTask,
+            conv,
+            id=override(struct_hook=_structure_str),
+            status=override(struct_hook=_structure_optional_str),
+            object=override(struct_hook=_structure_optional_str),
+            model=override(struct_hook=_structure_optional_str),
+            image_url=override(struct_hook=_structure_optional_str),
+            error=override(struct_hook=_structure_message),
+        ),
     )
     return conv
 

@@ -217,7 +217,7 @@ def parse_body(response: HTTPResponse) -> dict[str, Any]:
 
 def _structure(data: dict[str, Any], response: HTTPResponse) -> WireTask:
     try:
-        return CONVERTER.structure(data, WireTask)
+        wire = CONVERTER.structure(data, WireTask)
     except (cattrs.BaseValidationError, ValueError, TypeError, OverflowError, OSError) as exc:
         problems = (
             "; ".join(cattrs.transform_error(exc))
@@ -229,6 +229,14 @@ def _structure(data: dict[str, Any], response: HTTPResponse) -> WireTask:
             body=_text(response.body),
             status_code=response.status,
         ) from None
+    if not wire.id.strip():
+        # A task that can never be queried is no task.
+        raise ResponseValidationError(
+            "the provider's response has an empty task id",
+            body=_text(response.body),
+            status_code=response.status,
+        )
+    return wire
 
 
 def _task(wire: WireTask, *, default_status: str | None = None) -> Task:

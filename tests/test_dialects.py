@@ -1,0 +1,842 @@
+"""The pure dialect layer: requests built, recorded responses read, errors mapped.
+
+No event loop and no network: every case is bytes in, a Task or an exception out.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+import warnings
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import attrs
+import pytest
+
+from banana_async import (
+    NANO,
+    NAVO,
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    BananaError,
+    Dialect,
+    GenerationRequest,
+    HTTPRequest,
+    HTTPResponse,
+    InvalidRequestError,
+    Model,
+    NotFoundError,
+    ProviderError,
+    RateLimitError,
+    Resolution,
+    ResolutionIgnoredWarning,
+    ResponseValidationError,
+    ServerError,
+    Task,
+    TaskStatus,
+    get_dialect,
+)
+
+SAMPLES = Path(__file__).parent / "samples"
+CREATED_TS = 1761635478
+CREATED = datetime.fromtimestamp(CREATED_TS, UTC)
+DIALECTS = pytest.mark.parametrize("dialect", [NANO, NAVO], ids=["nano", "navo"])
+
+NANO_CREATE = "https://zcbservice.aizfw.cn/kyyReactApiServer/v1/banana/images"
+NAVO_CREATE = "https://api.globalaiopc.com/v1/image/banana/"
+NANO_QUERY = "https://zcbservice.aizfw.cn/kyyReactApiServer/v1/result/"
+NAVO_QUERY = "https://zcbservice.aizfw.cn/kyyAiPower/v1/result/"
+
+
+def sample(name: str) -> bytes:
+    return (SAMPLES / name).read_bytes()
+
+
+def response(
+    body: bytes | dict[str, Any] | list[Any], status: int = 200, **headers: str
+) -> HTTPResponse:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return HTTPResponse(status, {k.replace("_", "-"): v for k, v in headers.items()}, raw)
+
+
+def task_body(**fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": "abc123def456",
+        "object": "image.generation",
+        "created": CREATED_TS,
+        "model": "nano-banana-2",
+        "status": "processing",
+        "image_url": None,
+        "error": None,
+    }
+    body.update(fields)
+    return body
+
+
+def parsers(dialect: Dialect) -> list[Any]:
+    return [dialect.parse_create, dialect.parse_task]
+
+
+# --------------------------------------------------------------------------- create_request
+
+
+@pytest.mark.parametrize(
+    ("dialect", "url"), [(NANO, NANO_CREATE), (NAVO, NAVO_CREATE)], ids=["nano", "navo"]
+)
+def test_create_request_default_url_and_method(dialect: Dialect, url: str) -> None:
+    req = dialect.create_request(GenerationRequest("a cat"))
+    assert isinstance(req, HTTPRequest)
+    assert req.method == "POST"
+    assert req.url == url
+    assert req.headers["Content-Type"] == "application/json"
+    assert "Authorization" not in req.headers  # the client adds credentials, not the dialect
+
+
+def test_navo_create_path_keeps_its_trailing_slash() -> None:
+    assert NAVO.create_request(GenerationRequest("a cat")).url.endswith("/v1/image/banana/")
+    url = NAVO.create_request(GenerationRequest("a cat"), base_url="http://127.0.0.1:9").url
+    assert url == "http://127.0.0.1:9/v1/image/banana/"
+
+
+@pytest.mark.parametrize(
+    ("dialect", "base", "expected"),
+    [
+        (NANO, "http://127.0.0.1:8080", "http://127.0.0.1:8080/v1/banana/images"),
+        (NANO, "http://127.0.0.1:8080/", "http://127.0.0.1:8080/v1/banana/images"),
+        (NANO, "http://127.0.0.1:8080///", "http://127.0.0.1:8080/v1/banana/images"),
+        (NANO, "https://proxy.example/api/", "https://proxy.example/api/v1/banana/images"),
+        (NAVO, "http://127.0.0.1:8080", "http://127.0.0.1:8080/v1/image/banana/"),
+        (NAVO, "http://127.0.0.1:8080//", "http://127.0.0.1:8080/v1/image/banana/"),
+        (NAVO, "https://proxy.example/api", "https://proxy.example/api/v1/image/banana/"),
+    ],
+)
+def test_create_request_base_url_override(dialect: Dialect, base: str, expected: str) -> None:
+    assert dialect.create_request(GenerationRequest("a cat"), base_url=base).url == expected
+
+
+@pytest.mark.parametrize(
+    ("dialect", "example"),
+    [(NANO, "nano-create-request.json"), (NAVO, "navo-create-request.json")],
+    ids=["nano", "navo"],
+)
+def test_create_body_equals_documented_example(dialect: Dialect, example: str) -> None:
+    documented = json.loads(sample(example))
+    request = GenerationRequest(**documented)
+    req = dialect.create_request(request)
+    assert req.body is not None
+    assert json.loads(req.body) == documented
+
+
+@DIALECTS
+def test_create_body_omits_resolution_and_size_when_none(dialect: Dialect) -> None:
+    req = dialect.create_request(GenerationRequest("a cat", model="nano-banana-pro"))
+    assert req.body is not None
+    assert json.loads(req.body) == {"prompt": "a cat", "model": "nano-banana-pro", "image_urls": []}
+
+
+@DIALECTS
+def test_create_body_carries_every_field_as_wire_strings(dialect: Dialect) -> None:
+    urls = ["https://example.com/a.png", "http://example.com/b.jpg"]
+    request = GenerationRequest(
+        "一只猫", model=Model.NANO_BANANA_PRO, resolution="4K", size="21:9", image_urls=urls
+    )
+    req = dialect.create_request(request)
+    assert req.body is not None
+    assert json.loads(req.body.decode("utf-8")) == {
+        "prompt": "一只猫",
+        "model": "nano-banana-pro",
+        "resolution": "4k",
+        "size": "21:9",
+        "image_urls": urls,
+    }
+
+
+# --------------------------------------------------------------------------- query_request
+
+
+@pytest.mark.parametrize(
+    ("dialect", "prefix"), [(NANO, NANO_QUERY), (NAVO, NAVO_QUERY)], ids=["nano", "navo"]
+)
+def test_query_request_default_url(dialect: Dialect, prefix: str) -> None:
+    req = dialect.query_request("abc123def456")
+    assert req.method == "GET"
+    assert req.body is None
+    assert req.url == prefix + "abc123def456"
+
+
+@DIALECTS
+@pytest.mark.parametrize(
+    "base", ["http://127.0.0.1:8080", "http://127.0.0.1:8080/", "http://127.0.0.1:8080//"]
+)
+def test_query_request_base_url_override(dialect: Dialect, base: str) -> None:
+    assert dialect.query_request("abc", base_url=base).url == "http://127.0.0.1:8080/v1/result/abc"
+
+
+@DIALECTS
+@pytest.mark.parametrize(
+    ("task_id", "segment"),
+    [
+        ("a/b", "a%2Fb"),
+        ("a b", "a%20b"),
+        ("a?b=c", "a%3Fb%3Dc"),
+        ("100%", "100%25"),
+        ("x#y", "x%23y"),
+        ("ça-猫", "%C3%A7a-%E7%8C%AB"),
+        ("../../admin", "..%2F..%2Fadmin"),
+    ],
+)
+def test_query_request_quotes_the_id(dialect: Dialect, task_id: str, segment: str) -> None:
+    url = dialect.query_request(task_id, base_url="http://h.example").url
+    assert url == "http://h.example/v1/result/" + segment
+    path = urlsplit(url).path
+    assert unquote(path.rsplit("/", 1)[1]) == task_id
+    assert urlsplit(url).query == ""
+    assert urlsplit(url).fragment == ""
+
+
+@DIALECTS
+@pytest.mark.parametrize("task_id", ["", "   ", "\t\n"])
+def test_query_request_rejects_an_empty_id(dialect: Dialect, task_id: str) -> None:
+    with pytest.raises(InvalidRequestError):
+        dialect.query_request(task_id)
+
+
+@DIALECTS
+def test_query_request_rejects_a_non_string_id(dialect: Dialect) -> None:
+    with pytest.raises(InvalidRequestError):
+        dialect.query_request(123)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- recorded samples
+
+# What each sample reads as, through parse_create and parse_task alike: either the
+# fields of the task, or the exception class.
+EXPECTED: dict[str, dict[str, Any] | type[BananaError]] = {
+    "nano-create-response.json": {
+        "id": "abc123def456",
+        "status": TaskStatus.QUEUED,
+        "raw_status": "queued",
+        "object": "image",
+        "model": "nano-banana-2",
+        "image_url": None,
+        "error": None,
+    },
+    "navo-create-response.json": {
+        "id": "abc123def456",
+        "status": TaskStatus.QUEUED,
+        "raw_status": "queued",
+        "object": "navobanana",
+        "model": "navobanana",
+        "image_url": None,
+        "error": None,
+    },
+    "nano-result-processing.json": {
+        "id": "abc123def456",
+        "status": TaskStatus.PROCESSING,
+        "raw_status": "processing",
+        "object": "image.generation",
+        "model": "nano-banana-2",
+        "image_url": None,
+        "error": None,
+    },
+    "navo-result-processing.json": {
+        "id": "abc123def456",
+        "status": TaskStatus.PROCESSING,
+        "raw_status": "processing",
+        "object": "image.generation",
+        "model": "NanoBanana2",
+        "image_url": None,
+        "error": None,
+    },
+    "result-completed.json": {
+        "id": "abc123def456",
+        "status": TaskStatus.COMPLETED,
+        "raw_status": "completed",
+        "object": "image.generation",
+        "model": "nano-banana-2",
+        "image_url": "https://cdn.example.com/images/abc123def456.png",
+        "error": None,
+    },
+    "result-failed.json": {
+        "id": "abc123def456",
+        "status": TaskStatus.FAILED,
+        "raw_status": "failed",
+        "object": "image.generation",
+        "model": "nano-banana-2",
+        "image_url": None,
+        "error": "content policy violation",
+    },
+    "wrapped-data.json": {
+        "id": "wrap0001",
+        "status": TaskStatus.COMPLETED,
+        "raw_status": "completed",
+        "object": "image.generation",
+        "model": "nano-banana-2",
+        "image_url": "https://cdn.example.com/images/wrap0001.png",
+        "error": None,
+    },
+    "wrapped-codemsg-ok.json": {
+        "id": "wrap0002",
+        "status": TaskStatus.PROCESSING,
+        "raw_status": "processing",
+        "object": "image.generation",
+        "model": "nano-banana-pro",
+        "image_url": None,
+        "error": None,
+    },
+    "extra-fields.json": {
+        "id": "extra0001",
+        "status": TaskStatus.COMPLETED,
+        "raw_status": "completed",
+        "object": "image.generation",
+        "model": "nano-banana-pro",
+        "image_url": "https://cdn.example.com/images/extra0001.png",
+        "error": None,
+    },
+    "status-uppercase.json": {
+        "id": "upper0001",
+        "status": TaskStatus.COMPLETED,
+        "raw_status": "SUCCEEDED",
+        "object": "image.generation",
+        "model": "nano-banana-2",
+        "image_url": "https://cdn.example.com/images/upper0001.png",
+        "error": None,
+    },
+    "created-string.json": {
+        "id": "str0001",
+        "status": TaskStatus.QUEUED,
+        "raw_status": "queued",
+        "object": "image.generation",
+        "model": "nano-banana-2",
+        "image_url": None,
+        "error": None,
+    },
+    # A request body is not a response: no id.
+    "nano-create-request.json": ResponseValidationError,
+    "navo-create-request.json": ResponseValidationError,
+    # Two levels of "data" are not unwrapped: the outer object holds no task.
+    "double-wrapped.json": ResponseValidationError,
+    "provider-error-codemsg.json": ProviderError,
+    "gateway-502.html": ResponseValidationError,
+    "server-500.txt": ResponseValidationError,
+}
+# Differs between create (a missing status means queued) and query (no status, no task).
+SPLIT_SAMPLES = {"create-no-status.json"}
+
+
+def test_every_sample_has_an_expectation() -> None:
+    on_disk = {p.name for p in SAMPLES.iterdir() if p.is_file()}
+    assert on_disk == set(EXPECTED) | SPLIT_SAMPLES
+
+
+def test_samples_include_every_documented_example_verbatim() -> None:
+    examples = Path("/work/shared/api/examples")
+    if not examples.is_dir():
+        pytest.skip("the shared API examples are not present on this machine")
+    for path in examples.iterdir():
+        assert (SAMPLES / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+@DIALECTS
+@pytest.mark.parametrize("method", ["parse_create", "parse_task"])
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_sample(dialect: Dialect, method: str, name: str) -> None:
+    parse = getattr(dialect, method)
+    expected = EXPECTED[name]
+    if isinstance(expected, type):
+        with pytest.raises(expected):
+            parse(response(sample(name)))
+        return
+    task = parse(response(sample(name)))
+    assert isinstance(task, Task)
+    assert {field: getattr(task, field) for field in expected} == expected
+    assert task.created == CREATED
+    assert task.created is not None
+    assert task.created.utcoffset() == timedelta(0)
+    assert task.created.timestamp() == CREATED_TS
+    assert task.done is expected["status"].terminal
+    assert task.ok is (expected["status"] is TaskStatus.COMPLETED)
+
+
+@DIALECTS
+def test_create_without_status_reads_as_queued(dialect: Dialect) -> None:
+    task = dialect.parse_create(response(sample("create-no-status.json")))
+    assert task.id == "nostatus0001"
+    assert task.status is TaskStatus.QUEUED
+    assert task.created == CREATED
+    assert not task.done
+
+
+@DIALECTS
+def test_query_without_status_is_a_validation_error(dialect: Dialect) -> None:
+    with pytest.raises(ResponseValidationError) as info:
+        dialect.parse_task(response(sample("create-no-status.json")))
+    assert "status" in str(info.value)
+    assert info.value.status_code == 200
+    assert "nostatus0001" in info.value.body
+
+
+@DIALECTS
+def test_provider_error_sample_carries_code_and_msg(dialect: Dialect) -> None:
+    for parse in parsers(dialect):
+        with pytest.raises(ProviderError) as info:
+            parse(response(sample("provider-error-codemsg.json")))
+        assert info.value.code == "204"
+        assert info.value.msg == "login verification failed"
+        assert "login verification failed" in str(info.value)
+        assert "login verification failed" in info.value.body
+
+
+@DIALECTS
+def test_provider_error_with_numeric_code(dialect: Dialect) -> None:
+    with pytest.raises(ProviderError) as info:
+        dialect.parse_task(response({"code": 1001, "msg": "insufficient balance"}))
+    assert info.value.code == "1001"
+    assert info.value.msg == "insufficient balance"
+
+
+@DIALECTS
+def test_provider_error_wrapped_in_data(dialect: Dialect) -> None:
+    with pytest.raises(ProviderError) as info:
+        dialect.parse_task(response({"data": {"code": "401", "msg": "bad key"}}))
+    assert info.value.code == "401"
+    assert info.value.msg == "bad key"
+
+
+@DIALECTS
+def test_unknown_extra_fields_are_ignored(dialect: Dialect) -> None:
+    body = task_body(amount=0.05, cost={"usd": 0.05}, tags=["x"], progress=None)
+    assert dialect.parse_task(response(body)) == dialect.parse_task(response(task_body()))
+
+
+@DIALECTS
+def test_one_level_of_data_is_unwrapped(dialect: Dialect) -> None:
+    plain = dialect.parse_task(response(task_body()))
+    assert dialect.parse_task(response({"data": task_body()})) == plain
+    assert dialect.parse_create(response({"code": 0, "msg": "ok", "data": task_body()})) == plain
+
+
+@DIALECTS
+def test_two_levels_of_data_are_not_unwrapped(dialect: Dialect) -> None:
+    for parse in parsers(dialect):
+        with pytest.raises(ResponseValidationError):
+            parse(response({"data": {"data": task_body()}}))
+
+
+@DIALECTS
+def test_data_is_not_unwrapped_when_the_outer_object_is_a_task(dialect: Dialect) -> None:
+    body = task_body(id="outer", data={"id": "inner", "status": "completed"})
+    task = dialect.parse_task(response(body))
+    assert task.id == "outer"
+    assert task.status is TaskStatus.PROCESSING
+
+
+@DIALECTS
+def test_created_as_string_is_read(dialect: Dialect) -> None:
+    task = dialect.parse_task(response(task_body(created=str(CREATED_TS))))
+    assert task.created == CREATED
+    assert task.created is not None
+    assert task.created.tzinfo is not None
+
+
+@DIALECTS
+def test_created_missing_or_null_is_none(dialect: Dialect) -> None:
+    body = task_body()
+    del body["created"]
+    assert dialect.parse_task(response(body)).created is None
+    assert dialect.parse_task(response(task_body(created=None))).created is None
+
+
+# --------------------------------------------------------------------------- status words
+
+STATUS_WORDS: list[tuple[str, TaskStatus]] = [
+    *((w, TaskStatus.COMPLETED) for w in ["completed", "succeeded", "success", "done", "finished"]),
+    *(
+        (w, TaskStatus.FAILED)
+        for w in ["failed", "fail", "error", "timeout", "canceled", "cancelled"]
+    ),
+    *(
+        (w, TaskStatus.QUEUED if i < 5 else TaskStatus.PROCESSING)
+        for i, w in enumerate(
+            [
+                "queued",
+                "pending",
+                "waiting",
+                "submitted",
+                "in_queue",
+                "processing",
+                "running",
+                "generating",
+                "in_progress",
+            ]
+        )
+    ),
+]
+
+
+@DIALECTS
+@pytest.mark.parametrize(("word", "status"), STATUS_WORDS)
+@pytest.mark.parametrize(
+    "spell", [str.lower, str.upper, str.title], ids=["lower", "upper", "title"]
+)
+def test_status_words_case_insensitive(
+    dialect: Dialect, word: str, status: TaskStatus, spell: Callable[[str], str]
+) -> None:
+    raw = spell(word)
+    task = dialect.parse_task(response(task_body(status=raw)))
+    assert task.status is status
+    assert task.raw_status == raw
+    assert task.done is (status in (TaskStatus.COMPLETED, TaskStatus.FAILED))
+
+
+@DIALECTS
+def test_in_progress_words_never_read_as_terminal(dialect: Dialect) -> None:
+    for word, status in STATUS_WORDS:
+        if status in (TaskStatus.QUEUED, TaskStatus.PROCESSING):
+            assert not dialect.parse_task(response(task_body(status=word))).done
+
+
+@DIALECTS
+@pytest.mark.parametrize("word", ["Baking 🍌", "completed!", "OK", "", "  weird  "])
+def test_unknown_status_word_is_kept_verbatim(dialect: Dialect, word: str) -> None:
+    task = dialect.parse_task(response(task_body(status=word)))
+    assert task.status is TaskStatus.UNKNOWN
+    assert task.raw_status == word
+    assert not task.done
+    assert not task.ok
+
+
+# --------------------------------------------------------------------------- HTTP errors
+
+
+@DIALECTS
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, BadRequestError),
+        (422, BadRequestError),
+        (401, AuthenticationError),
+        (403, AuthenticationError),
+        (404, NotFoundError),
+        (429, RateLimitError),
+        (500, ServerError),
+        (502, ServerError),
+        (503, ServerError),
+        (599, ServerError),
+        (418, APIStatusError),
+        (302, APIStatusError),
+        (409, APIStatusError),
+    ],
+)
+def test_http_status_maps_to_error_class(
+    dialect: Dialect, status: int, cls: type[APIStatusError]
+) -> None:
+    body = b'{"error": {"message": "something precise went wrong"}}'
+    for parse in parsers(dialect):
+        with pytest.raises(APIStatusError) as info:
+            parse(response(body, status))
+        assert type(info.value) is cls
+        assert info.value.status_code == status
+        assert info.value.body == body.decode()
+        assert str(status) in str(info.value)
+        assert "something precise went wrong" in str(info.value)
+        assert info.value.retry_after is None
+
+
+@DIALECTS
+def test_error_status_even_with_a_task_body(dialect: Dialect) -> None:
+    with pytest.raises(ServerError):
+        dialect.parse_task(response(task_body(status="completed"), 500))
+
+
+@DIALECTS
+def test_redirect_is_not_followed_and_says_where(dialect: Dialect) -> None:
+    with pytest.raises(APIStatusError) as info:
+        dialect.parse_task(response(b"", 302, Location="https://elsewhere.example/x"))
+    assert type(info.value) is APIStatusError
+    assert "https://elsewhere.example/x" in str(info.value)
+    assert info.value.headers["Location"] == "https://elsewhere.example/x"
+
+
+@DIALECTS
+@pytest.mark.parametrize("header", ["Retry-After", "retry-after", "RETRY-AFTER"])
+def test_rate_limit_retry_after_seconds(dialect: Dialect, header: str) -> None:
+    resp = HTTPResponse(429, {header: "7"}, b'{"error": "slow down"}')
+    with pytest.raises(RateLimitError) as info:
+        dialect.parse_create(resp)
+    assert info.value.retry_after == 7.0
+    assert "slow down" in str(info.value)
+
+
+@DIALECTS
+def test_rate_limit_retry_after_http_date(dialect: Dialect) -> None:
+    when = email.utils.formatdate(time.time() + 120, usegmt=True)
+    with pytest.raises(RateLimitError) as info:
+        dialect.parse_task(response(b"", 429, Retry_After=when))
+    assert info.value.retry_after is not None
+    assert 100.0 <= info.value.retry_after <= 121.0
+
+
+@DIALECTS
+def test_rate_limit_without_or_with_junk_retry_after(dialect: Dialect) -> None:
+    with pytest.raises(RateLimitError) as info:
+        dialect.parse_task(response(b"", 429))
+    assert info.value.retry_after is None
+    with pytest.raises(RateLimitError) as info:
+        dialect.parse_task(response(b"", 429, Retry_After="soon-ish"))
+    assert info.value.retry_after is None
+
+
+@DIALECTS
+def test_server_error_retry_after_is_kept(dialect: Dialect) -> None:
+    with pytest.raises(ServerError) as info:
+        dialect.parse_task(response(b"", 503, Retry_After="30"))
+    assert info.value.retry_after == 30.0
+
+
+@DIALECTS
+def test_html_error_page_message_names_its_title(dialect: Dialect) -> None:
+    page = sample("gateway-502.html")
+    with pytest.raises(ServerError) as info:
+        dialect.parse_task(response(page, 502))
+    assert "502 Bad Gateway" in str(info.value)
+    assert "<center>" not in str(info.value)
+    assert info.value.body == page.decode()
+    assert info.value.status_code == 502
+
+
+@DIALECTS
+def test_html_page_with_200_is_a_validation_error_naming_its_title(dialect: Dialect) -> None:
+    for parse in parsers(dialect):
+        with pytest.raises(ResponseValidationError) as info:
+            parse(response(sample("gateway-502.html"), 200))
+        assert "502 Bad Gateway" in str(info.value)
+        assert info.value.status_code == 200
+
+
+@DIALECTS
+def test_plain_text_500(dialect: Dialect) -> None:
+    with pytest.raises(ServerError) as info:
+        dialect.parse_task(response(sample("server-500.txt"), 500))
+    assert "upstream worker crashed" in str(info.value)
+    assert info.value.body == sample("server-500.txt").decode()
+
+
+@DIALECTS
+def test_huge_error_body_is_bounded(dialect: Dialect) -> None:
+    body = b"x" * 100_000
+    with pytest.raises(ServerError) as info:
+        dialect.parse_task(response(body, 500))
+    assert len(str(info.value)) < 1000
+    assert len(info.value.body) < 10_000
+
+
+@DIALECTS
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (b"", "empty"),
+        (b"   \n", "empty"),
+        (b"this is not json", "not JSON"),
+        (b"{truncated", "not JSON"),
+        (b"[1, 2, 3]", "list"),
+        (b'"just a string"', "str"),
+        (b"42", "int"),
+        (b"null", "NoneType"),
+        (b"\xff\xfe\x00garbage", "not JSON"),
+    ],
+)
+def test_bodies_that_are_not_a_json_object(dialect: Dialect, body: bytes, needle: str) -> None:
+    for parse in parsers(dialect):
+        with pytest.raises(ResponseValidationError) as info:
+            parse(response(body))
+        assert needle in str(info.value)
+        assert info.value.status_code == 200
+
+
+@DIALECTS
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"id": {"nested": "object"}},
+        {"id": ["abc"]},
+        {"id": True},
+        {"id": 1.5},
+        {"id": None},
+        {"status": {"word": "completed"}},
+        {"status": ["completed"]},
+        {"created": "yesterday"},
+        {"created": True},
+        {"created": [CREATED_TS]},
+        {"image_url": {"url": "https://x"}},
+        {"model": ["nano-banana-2"]},
+    ],
+    ids=repr,
+)
+def test_wrong_types_are_validation_errors(dialect: Dialect, fields: dict[str, Any]) -> None:
+    for parse in parsers(dialect):
+        with pytest.raises(ResponseValidationError) as info:
+            parse(response(task_body(**fields)))
+        assert info.value.status_code == 200
+        assert info.value.body
+
+
+@DIALECTS
+def test_missing_id_is_a_validation_error(dialect: Dialect) -> None:
+    body = task_body()
+    del body["id"]
+    for parse in parsers(dialect):
+        with pytest.raises(ResponseValidationError, match="id"):
+            parse(response(body))
+
+
+@DIALECTS
+def test_numeric_id_is_accepted_as_text(dialect: Dialect) -> None:
+    task = dialect.parse_task(response(task_body(id=1234567890123)))
+    assert task.id == "1234567890123"
+    assert isinstance(task.id, str)
+
+
+@DIALECTS
+def test_error_object_is_read_as_its_message(dialect: Dialect) -> None:
+    body = task_body(status="failed", error={"code": 7, "message": "NSFW content"})
+    task = dialect.parse_task(response(body))
+    assert task.status is TaskStatus.FAILED
+    assert task.error == "NSFW content"
+
+
+@DIALECTS
+def test_empty_image_url_reads_as_none(dialect: Dialect) -> None:
+    assert dialect.parse_task(response(task_body(image_url=""))).image_url is None
+
+
+# --------------------------------------------------------------------------- validate
+
+
+def request(model: str = "nano-banana-2", **fields: Any) -> GenerationRequest:
+    return GenerationRequest("a cat", model=model, **fields)
+
+
+@DIALECTS
+def test_validate_rejects_an_unknown_model(dialect: Dialect) -> None:
+    with pytest.raises(InvalidRequestError, match="nano-banana-9"):
+        dialect.validate(request("nano-banana-9"))
+
+
+@DIALECTS
+def test_validate_allows_an_unknown_model_when_asked(dialect: Dialect) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dialect.validate(request("nano-banana-9", resolution="4k"), allow_unknown_models=True)
+
+
+@pytest.mark.parametrize(
+    ("dialect", "model"),
+    [(NANO, "nano-banana-fast"), (NAVO, "nano-banana"), (NAVO, "nano-banana-pro-stable")],
+)
+def test_validate_rejects_the_other_dialects_models(dialect: Dialect, model: str) -> None:
+    with pytest.raises(InvalidRequestError):
+        dialect.validate(request(model))
+
+
+@pytest.mark.parametrize(
+    ("dialect", "models"),
+    [
+        (
+            NANO,
+            [
+                "nano-banana",
+                "nano-banana-pro",
+                "nano-banana-pro-stable",
+                "nano-banana-2-stable",
+                "nano-banana-2",
+            ],
+        ),
+        (NAVO, ["nano-banana-fast", "nano-banana-pro", "nano-banana-2"]),
+    ],
+    ids=["nano", "navo"],
+)
+def test_validate_accepts_documented_models(dialect: Dialect, models: list[str]) -> None:
+    for model in models:
+        dialect.validate(request(model))
+        dialect.validate(request(Model(model)))
+
+
+def test_nano_takes_at_most_six_reference_images() -> None:
+    urls = [f"https://example.com/{i}.png" for i in range(7)]
+    NANO.validate(request(image_urls=urls[:6]))
+    with pytest.raises(InvalidRequestError, match="6"):
+        NANO.validate(request(image_urls=urls))
+
+
+def test_navo_takes_any_number_of_reference_images() -> None:
+    NAVO.validate(request(image_urls=[f"https://example.com/{i}.png" for i in range(100)]))
+
+
+def test_nano_warns_when_nano_banana_2_gets_2k() -> None:
+    with pytest.warns(ResolutionIgnoredWarning, match="2k"):
+        NANO.validate(request("nano-banana-2", resolution="2k"))
+
+
+@pytest.mark.parametrize("resolution", list(Resolution))
+def test_navo_warns_for_any_resolution_on_nano_banana_fast(resolution: Resolution) -> None:
+    with pytest.warns(ResolutionIgnoredWarning, match="nano-banana-fast"):
+        NAVO.validate(request("nano-banana-fast", resolution=resolution))
+
+
+@pytest.mark.parametrize(
+    ("dialect", "model", "resolution"),
+    [
+        (NANO, "nano-banana-pro", "4k"),
+        (NANO, "nano-banana-pro-stable", "2k"),
+        (NANO, "nano-banana-2", "1k"),
+        (NANO, "nano-banana", None),
+        (NAVO, "nano-banana-pro", "4k"),
+        (NAVO, "nano-banana-2", "2k"),
+        (NAVO, "nano-banana-fast", None),
+    ],
+)
+def test_no_warning_when_the_resolution_is_honoured(
+    dialect: Dialect, model: str, resolution: str | None
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dialect.validate(request(model, resolution=resolution))
+
+
+def test_resolution_warning_is_a_user_warning() -> None:
+    assert issubclass(ResolutionIgnoredWarning, UserWarning)
+
+
+# --------------------------------------------------------------------------- get_dialect
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("nano", NANO), ("NANO", NANO), (" Nano ", NANO), ("navo", NAVO), ("NaVo", NAVO)],
+)
+def test_get_dialect_by_name(name: str, expected: Dialect) -> None:
+    assert get_dialect(name) is expected
+
+
+def test_get_dialect_passes_an_instance_through() -> None:
+    custom = attrs.evolve(NANO, name="custom", create_base_url="https://other.example")
+    assert get_dialect(custom) is custom
+    assert get_dialect(NAVO) is NAVO
+
+
+@pytest.mark.parametrize("name", ["nanoo", "", "openai"])
+def test_get_dialect_rejects_an_unknown_name(name: str) -> None:
+    with pytest.raises(InvalidRequestError, match="nano"):
+        get_dialect(name)
+
+
+def test_dialect_names() -> None:
+    assert NANO.name == "nano"
+    assert NAVO.name == "navo"
