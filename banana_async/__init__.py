@@ -12,6 +12,7 @@ Create a task, poll it until it is done, get the image URL; in two dialects
 
 from banana_async._polling import Clock, SystemClock
 from banana_async._version import __version__
+from banana_async.batch import BatchInput, Outcome
 from banana_async.client import API_KEY_ENV, BananaClient
 from banana_async.dialects import (
     NANO,
@@ -21,7 +22,9 @@ from banana_async.dialects import (
     HTTPResponse,
     ResolutionIgnoredWarning,
     get_dialect,
+    parse_body,
 )
+from banana_async.download import DEFAULT_MAX_IMAGE_BYTES
 from banana_async.errors import (
     APIConnectionError,
     APIStatusError,
@@ -40,6 +43,7 @@ from banana_async.errors import (
     TaskTimeoutError,
     UnconfirmedCreateError,
 )
+from banana_async.journal import EntryState, Journal, JournalEntry
 from banana_async.models import (
     AspectRatio,
     GenerationRequest,
@@ -51,6 +55,7 @@ from banana_async.models import (
 
 __all__ = [
     "API_KEY_ENV",
+    "DEFAULT_MAX_IMAGE_BYTES",
     "NANO",
     "NAVO",
     "APIConnectionError",
@@ -61,15 +66,20 @@ __all__ = [
     "BadRequestError",
     "BananaClient",
     "BananaError",
+    "BatchInput",
     "Clock",
     "Dialect",
     "DownloadError",
+    "EntryState",
     "GenerationRequest",
     "HTTPRequest",
     "HTTPResponse",
     "InvalidRequestError",
+    "Journal",
+    "JournalEntry",
     "Model",
     "NotFoundError",
+    "Outcome",
     "ProviderError",
     "RateLimitError",
     "Resolution",
@@ -84,4 +94,5 @@ __all__ = [
     "UnconfirmedCreateError",
     "__version__",
     "get_dialect",
+    "parse_body",
 ]

@@ -20,6 +20,8 @@ import random
 from collections import deque
 from typing import Protocol
 
+from banana_async.errors import InvalidRequestError
+
 DEFAULT_POLL_INTERVAL = 2.0
 """Seconds between status queries of one task: the providers' recommendation."""
 
@@ -69,16 +71,16 @@ class SystemClock:
 
 
 def poll_delay(interval: float, *, rng: random.Random | None = None) -> float:
-    """The delay before the next poll: ``interval`` plus up to 25 % jitter."""
+    """The delay before the next poll: ``interval`` plus up to :data:`POLL_JITTER` of it."""
     return interval * (1.0 + (rng or random).uniform(0.0, POLL_JITTER))
 
 
 def check_interval(value: float, name: str = "poll_interval") -> float:
     """Validate a poll interval given by a caller."""
     if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        raise InvalidRequestError(f"{name} must be a positive number of seconds, not {value!r}")
     if math.isinf(value):
-        raise ValueError(f"{name} must be finite")
+        raise InvalidRequestError(f"{name} must be finite")
     return float(value)
 
 
@@ -87,7 +89,9 @@ def check_timeout(value: float | None, name: str = "timeout") -> float | None:
     if value is None:
         return None
     if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds or None, not {value!r}")
+        raise InvalidRequestError(
+            f"{name} must be a positive number of seconds or None, not {value!r}"
+        )
     return None if math.isinf(value) else float(value)
 
 

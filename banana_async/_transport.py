@@ -106,6 +106,8 @@ async def send(
             data=request.body,
             headers=headers,
             timeout=timeout,
+            # A borrowed session may raise on error statuses; ours are read here.
+            raise_for_status=False,
             # A redirected POST would be replayed as a GET, and a redirect could
             # carry the Authorization header to another host: follow none.
             allow_redirects=False,

@@ -352,7 +352,7 @@ def run(
     if isinstance(inputs, str | bytes):
         raise InvalidRequestError("inputs must be an iterable of prompts, not a single string")
     if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
-        raise ValueError(f"concurrency must be a positive integer, not {concurrency!r}")
+        raise InvalidRequestError(f"concurrency must be a positive integer, not {concurrency!r}")
     defaults = {"model": model, "resolution": resolution, "size": size, "image_urls": image_urls}
     # Bad defaults fail here, once, rather than once per input.
     request_from("check", **defaults)

@@ -196,9 +196,11 @@ class BananaClient:
         )
 
         if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
-            raise ValueError(f"max_retries must be a non-negative integer, not {max_retries!r}")
+            raise InvalidRequestError(
+                f"max_retries must be a non-negative integer, not {max_retries!r}"
+            )
         if not isinstance(connection_limit, int) or connection_limit < 1:
-            raise ValueError(
+            raise InvalidRequestError(
                 f"connection_limit must be a positive integer, not {connection_limit!r}"
             )
         self._max_retries = max_retries

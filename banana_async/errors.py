@@ -131,7 +131,7 @@ class NotFoundError(APIStatusError):
 
 
 class RateLimitError(APIStatusError):
-    """429: too many requests; :attr:`retry_after` says for how long, if known."""
+    """429: too many requests; ``retry_after`` says for how long, if known."""
 
 
 class ServerError(APIStatusError):

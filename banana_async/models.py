@@ -42,7 +42,7 @@ class TaskStatus(enum.StrEnum):
 
     @property
     def terminal(self) -> bool:
-        """True for ``COMPLETED`` and ``FAILED``: such a task never changes again."""
+        """Whether the status is ``COMPLETED`` or ``FAILED``, which never change again."""
         return self is TaskStatus.COMPLETED or self is TaskStatus.FAILED
 
     @classmethod

@@ -1,0 +1,247 @@
+"""generate_many with a journal: resume without losing or double-paying a task."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import signal
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import banana_async as ba
+from banana_async.journal import EntryState, Journal
+from banana_async.testing import FakeBananaServer, Fault, TaskScript
+
+from .conftest import API_KEY
+
+
+@pytest.fixture
+async def live() -> AsyncIterator[FakeBananaServer]:
+    async with FakeBananaServer(api_key=API_KEY, duration=0.05) as server:
+        yield server
+
+
+def _client(server: FakeBananaServer, **kwargs: Any) -> ba.BananaClient:
+    return ba.BananaClient(API_KEY, base_url=server.url, poll_interval=0.02, **kwargs)
+
+
+async def _run(client: ba.BananaClient, inputs: list[str], **kwargs: Any) -> dict[int, ba.Outcome]:
+    return {o.index: o async for o in client.generate_many(inputs, **kwargs)}
+
+
+def _creates_per_prompt(server: FakeBananaServer) -> collections.Counter[str]:
+    return collections.Counter(r.json["prompt"] for r in server.requests if r.kind == "create")
+
+
+PROMPTS = [f"prompt {i}" for i in range(8)]
+
+
+async def test_a_finished_batch_replays_without_http(
+    live: FakeBananaServer, tmp_path: Path
+) -> None:
+    journal = tmp_path / "batch.sqlite"
+    async with _client(live) as client:
+        first = await _run(client, PROMPTS, journal=journal)
+        sent = len(live.requests)
+        second = await _run(client, PROMPTS, journal=journal)
+    assert all(o.ok and not o.from_journal for o in first.values())
+    assert len(live.requests) == sent  # no HTTP request at all
+    assert sorted(second) == list(range(8))
+    for index, outcome in second.items():
+        assert outcome.from_journal
+        assert outcome.task == first[index].task
+        assert outcome.request == first[index].request
+
+
+async def test_created_tasks_are_polled_not_created_again(
+    live: FakeBananaServer, tmp_path: Path
+) -> None:
+    live.script_for = lambda body: TaskScript(duration=None if body["prompt"] < "prompt 4" else 0)
+    journal = tmp_path / "batch.sqlite"
+    async with _client(live) as client:
+        first = await _run(client, PROMPTS, journal=journal, timeout=0.3)
+        stuck = [o for o in first.values() if isinstance(o.error, ba.TaskTimeoutError)]
+        assert len(stuck) == 4
+        for outcome in stuck:
+            assert outcome.task is not None
+            live.finish(outcome.task.id)
+        queries_before = live.count("query")
+        second = await _run(client, PROMPTS, journal=journal)
+    assert all(o.ok for o in second.values())
+    assert sum(not o.from_journal for o in second.values()) == 4
+    assert live.count("query") - queries_before == 4  # one poll each, no create
+    assert set(_creates_per_prompt(live).values()) == {1}
+    with Journal.open(journal) as j:
+        assert j.counts()[EntryState.COMPLETED] == 8
+
+
+async def test_inputs_that_created_nothing_are_tried_again(
+    live: FakeBananaServer, tmp_path: Path
+) -> None:
+    journal = tmp_path / "batch.sqlite"
+    live.inject(Fault.status(400, body='{"error": "try later"}'), on="create")
+    async with _client(live) as client:
+        first = await _run(client, PROMPTS[:1], journal=journal)
+        assert isinstance(first[0].error, ba.BadRequestError)
+        second = await _run(client, PROMPTS[:1], journal=journal)
+    assert second[0].ok
+    assert _creates_per_prompt(live)[PROMPTS[0]] == 2  # a 400 created nothing
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Fault.status(500, process=True), Fault.reset(process=True), Fault.stall(5, process=True)],
+    ids=["500", "reset", "read-timeout"],
+)
+async def test_unconfirmed_creates_are_reported_not_resent(
+    live: FakeBananaServer, tmp_path: Path, fault: Fault
+) -> None:
+    journal = tmp_path / "batch.sqlite"
+    live.inject(fault, on="create")
+    async with _client(live, timeout=0.5) as client:
+        first = await _run(client, PROMPTS[:1], journal=journal)
+        assert first[0].error is not None
+        second = await _run(client, PROMPTS[:1], journal=journal)
+        assert isinstance(second[0].error, ba.UnconfirmedCreateError)
+        assert second[0].from_journal
+        assert _creates_per_prompt(live)[PROMPTS[0]] == 1
+        assert len(live.tasks) == 1  # the provider did create (and bill) it
+        third = await _run(client, PROMPTS[:1], journal=journal, resend_unconfirmed=True)
+    assert third[0].ok
+    assert _creates_per_prompt(live)[PROMPTS[0]] == 2
+
+
+async def test_a_journal_of_another_batch_is_refused(
+    live: FakeBananaServer, tmp_path: Path
+) -> None:
+    journal = tmp_path / "batch.sqlite"
+    async with _client(live) as client:
+        await _run(client, PROMPTS, journal=journal)
+        sent = len(live.requests)
+        with pytest.raises(ba.InvalidRequestError, match="another batch"):
+            await _run(client, ["something else", *PROMPTS[1:]], journal=journal)
+    assert len(live.requests) == sent
+
+
+async def test_downloads_resume_too(live: FakeBananaServer, tmp_path: Path) -> None:
+    journal = tmp_path / "batch.sqlite"
+    out = tmp_path / "out"
+    async with _client(live) as client:
+        first = await _run(client, PROMPTS[:4], journal=journal, download_to=out)
+        sent = len(live.requests)
+        again = await _run(client, PROMPTS[:4], journal=journal, download_to=out)
+        assert len(live.requests) == sent
+        assert all(o.from_journal and o.path == first[o.index].path for o in again.values())
+        lost = first[2].path
+        assert lost is not None
+        lost.unlink()
+        third = await _run(client, PROMPTS[:4], journal=journal, download_to=out)
+    assert third[2].path == lost
+    assert lost.exists()
+    new = live.requests[sent:]
+    assert [r.kind for r in new] == ["image"]  # just the missing file, nothing else
+
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    import banana_async as ba
+
+    async def main(url: str, journal: str) -> None:
+        prompts = [f"prompt {i:02d}" for i in range(int(sys.argv[3]))]
+        async with ba.BananaClient("KEY", base_url=url, poll_interval=0.02) as client:
+            async for o in client.generate_many(prompts, concurrency=8, journal=journal):
+                print(o.index, "ok" if o.ok else type(o.error).__name__, flush=True)
+
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    """
+).replace("KEY", API_KEY)
+
+
+async def test_sigkill_mid_batch_loses_nothing(live: FakeBananaServer, tmp_path: Path) -> None:
+    count = 24
+    prompts = [f"prompt {i:02d}" for i in range(count)]
+    journal = tmp_path / "batch.sqlite"
+
+    def script(body: dict[str, Any]) -> TaskScript:
+        number = int(body["prompt"].split()[1])
+        # Every fifth task hangs: at the kill those are CREATED, mid-poll. With
+        # the stalled create below that holds 6 of the child's 8 slots.
+        return TaskScript(duration=None if number % 5 == 1 else 0.05)
+
+    live.script_for = script
+    # The very first create is processed and then hangs: at the kill it is the
+    # create "in flight at that very moment".
+    live.inject(Fault.stall(120, process=True), on="create")
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CHILD,
+        live.url,
+        str(journal),
+        str(count),
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    printed: list[str] = []
+    try:
+        assert child.stdout is not None
+        async with asyncio.timeout(60):
+            while len(printed) < 6:
+                line = await child.stdout.readline()
+                assert line, "the child exited early"
+                printed.append(line.decode().strip())
+        child.send_signal(signal.SIGKILL)
+        await child.wait()
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    assert child.returncode == -signal.SIGKILL
+    done_before = {int(line.split()[0]) for line in printed}
+
+    # The tasks that were mid-poll finish while nobody watches, and tasks
+    # created from now on finish by themselves.
+    live.script_for = None
+    for task in list(live.tasks.values()):
+        if task.finished_at is None:
+            live.finish(task.id)
+    creates_before = _creates_per_prompt(live)
+
+    async with _client(live) as client:
+        resumed = await _run(client, prompts, journal=journal, concurrency=4, timeout=30)
+
+    assert sorted(resumed) == list(range(count))  # an outcome for every input
+    for index in done_before:
+        assert resumed[index].from_journal
+        assert resumed[index].ok
+    unconfirmed = {i for i, o in resumed.items() if not o.ok}
+    assert 0 in unconfirmed  # the create that hung at the provider
+    for index in unconfirmed:
+        # Only creates in flight at the kill, reported rather than sent again.
+        assert isinstance(resumed[index].error, ba.UnconfirmedCreateError)
+        assert resumed[index].task is None
+    creates = _creates_per_prompt(live)
+    assert set(creates.values()) == {1}  # no prompt was ever created twice
+    # Every task the provider created is in an outcome, except the unconfirmed.
+    by_prompt = {t.body["prompt"]: t.id for t in live.tasks.values()}
+    for index, outcome in resumed.items():
+        if index not in unconfirmed:
+            assert outcome.task is not None
+            assert outcome.task.id == by_prompt[prompts[index]]
+    # An unconfirmed create may or may not have reached the provider.
+    assert count - len(unconfirmed) <= len(live.tasks) <= count
+    # Tasks created before the kill were polled, not created again.
+    for prompt, n in creates_before.items():
+        assert creates[prompt] == n
+    with contextlib.suppress(ProcessLookupError):
+        child.kill()
