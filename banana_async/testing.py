@@ -53,10 +53,11 @@ __all__ = [
     "FakeClock",
     "FakeTask",
     "Fault",
+    "FaultAction",
     "FaultTarget",
-    "Outcome",
     "RecordedRequest",
     "RequestKind",
+    "TaskOutcome",
     "TaskScript",
 ]
 
@@ -96,13 +97,13 @@ class FakeClock:
 #: The two API dialects the fake serves.
 DialectName = Literal["nano", "navo"]
 #: How a task ends once its duration has elapsed.
-Outcome = Literal["complete", "fail"]
+TaskOutcome = Literal["complete", "fail"]
 #: What a recorded request was, by route.
 RequestKind = Literal["create", "query", "image", "other"]
 #: Which requests an injected fault applies to.
 FaultTarget = Literal["create", "query", "image", "any"]
-
-_FaultAction = Literal["respond", "reset", "stall", "status_word"]
+#: What an injected fault does.
+FaultAction = Literal["respond", "reset", "stall", "status_word"]
 
 _NANO_CREATE_PATHS = frozenset({"/v1/banana/images", "/v1/banana/images/"})
 _NAVO_CREATE_PATHS = frozenset({"/v1/image/banana/", "/v1/image/banana"})
@@ -154,6 +155,13 @@ def _non_negative(_instance: object, attribute: attrs.Attribute[Any], value: flo
         raise ValueError(msg)
 
 
+def _positive_count(_instance: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    """Attrs validator: ``None`` or an integer of at least one."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        msg = f"{attribute.name} must be None or an integer >= 1, got {value!r}"
+        raise ValueError(msg)
+
+
 @attrs.frozen
 class TaskScript:
     """How one fake task behaves.
@@ -169,10 +177,18 @@ class TaskScript:
             e.g. ``{"completed": "SUCCEEDED", "processing": "running"}``.
         task_id: The id to give the task instead of a random one (for
             example, one that needs URL quoting). Must be unused.
+        queries: When set, the task reaches its terminal state at its Nth
+            status query (counted per task; the first query is 1) instead of
+            after ``duration``, which is then ignored: ``queries=2`` answers
+            ``processing`` once, then ``completed`` (or ``failed``). Handy
+            when a test or benchmark must not depend on timing. Queries
+            answered by an injected fault that skips processing do not count.
+            :meth:`FakeBananaServer.finish` and :meth:`FakeBananaServer.fail`
+            still end the task earlier.
     """
 
     duration: float | None = attrs.field(default=0.0, validator=_non_negative)
-    outcome: Outcome = attrs.field(
+    outcome: TaskOutcome = attrs.field(
         default="complete", validator=attrs.validators.in_(("complete", "fail"))
     )
     error: str = "generation failed"
@@ -180,6 +196,7 @@ class TaskScript:
         factory=dict, converter=_freeze_mapping, hash=False
     )
     task_id: str | None = None
+    queries: int | None = attrs.field(default=None, validator=_positive_count)
 
     def word(self, status: str) -> str:
         """The word sent on the wire for a canonical status.
@@ -206,9 +223,11 @@ class FakeTask:
         script: The script it follows.
         finished_at: Clock time at which it becomes terminal; ``None`` while it
             waits for a manual :meth:`FakeBananaServer.finish` or
-            :meth:`FakeBananaServer.fail`.
+            :meth:`FakeBananaServer.fail`, or for the status query that
+            :attr:`TaskScript.queries` names.
         outcome: How it ends.
         error: The error message once failed, else ``None``.
+        queries: Status queries of this task answered so far.
     """
 
     id: str
@@ -218,8 +237,9 @@ class FakeTask:
     created_unix: int
     script: TaskScript
     finished_at: float | None
-    outcome: Outcome
+    outcome: TaskOutcome
     error: str | None
+    queries: int = 0
 
     @property
     def model(self) -> str:
@@ -313,7 +333,7 @@ class Fault:
         word: The status word of a ``status_word`` fault.
     """
 
-    action: _FaultAction
+    action: FaultAction
     status_code: int = 200
     payload: bytes = b""
     headers: Mapping[str, str] = attrs.field(factory=dict, converter=_freeze_mapping, hash=False)
@@ -694,7 +714,7 @@ class FakeBananaServer:
         task = self.tasks[task_id]
         self._terminate(task_id, "fail", task.script.error if message is None else message)
 
-    def _terminate(self, task_id: str, outcome: Outcome, error: str | None) -> None:
+    def _terminate(self, task_id: str, outcome: TaskOutcome, error: str | None) -> None:
         task = self.tasks[task_id]
         now = self.now()
         if task.is_terminal(now):
@@ -888,7 +908,11 @@ class FakeBananaServer:
             created_at=now,
             created_unix=int(time.time()),
             script=script,
-            finished_at=None if script.duration is None else now + script.duration,
+            finished_at=(
+                None
+                if script.duration is None or script.queries is not None
+                else now + script.duration
+            ),
             outcome=script.outcome,
             error=script.error if script.outcome == "fail" else None,
         )
@@ -911,7 +935,12 @@ class FakeBananaServer:
         task = self.tasks.get(route.task_id or "")
         if task is None:
             return _error(404, "task not found", "not_found")
-        status = task.status(self.now())
+        now = self.now()
+        task.queries += 1
+        scripted = task.script.queries
+        if scripted is not None and task.finished_at is None and task.queries >= scripted:
+            task.finished_at = now
+        status = task.status(now)
         model = task.model
         if task.dialect == "navo":
             model = _NAVO_DISPLAY_NAMES.get(model, model)
