@@ -75,7 +75,7 @@ def safe_file_stem(task_id: str) -> str:
 
     An id made of ``A-Z a-z 0-9 . _ -`` only, without uppercase letters, not
     starting with a dot, not a reserved Windows device name and at most
-    :data:`MAX_STEM_LENGTH` characters long is its own stem. Any other id is
+    ``MAX_STEM_LENGTH`` (100) characters long is its own stem. Any other id is
     sanitised (other characters become ``_``, a leading dot becomes ``_``, a
     reserved name gets a ``_`` prefix, the text is shortened) and gets
     ``-`` plus a short hash of the original id appended, so that two

@@ -144,7 +144,7 @@ def canonical_request(request: GenerationRequest) -> str:
     """Return the canonical JSON text of a request (sorted keys, no whitespace).
 
     Equal requests give equal texts: the journal compares inputs by it, and a
-    batch may hash the texts of all its inputs into a :attr:`Journal.fingerprint`.
+    batch may hash the texts of all its inputs into a :attr:`~banana_async.Journal.fingerprint`.
     """
     return _dumps(CONVERTER.unstructure(request, GenerationRequest))
 
@@ -295,7 +295,7 @@ class Journal:
     ) -> bool:
         """Tell whether the entry of ``index`` was recorded for this same input.
 
-        Requests are compared by their :func:`canonical_request` text, so a
+        Requests are compared by their :func:`~banana_async.journal.canonical_request` text, so a
         journal reused with a different list of inputs is detected. For an
         input that was not a valid request, pass None and its ``raw_input``.
 

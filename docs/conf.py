@@ -68,6 +68,7 @@ _EXTERNAL_MODULES = (
     "multidict",
     # the standard library (builtins such as str and int are already exempt)
     "asyncio",
+    "sqlite3",
     "collections",
     "contextlib",
     "datetime",
@@ -80,6 +81,9 @@ _EXTERNAL_MODULES = (
     "typing",
     "typing_extensions",
 )
+# autodoc sometimes renders pathlib.Path by its bare imported name.
+nitpick_ignore = [("py:class", "Path")]
+
 nitpick_ignore_regex = [
     (r"py:.*", rf"(?:{'|'.join(re.escape(name) for name in _EXTERNAL_MODULES)})(?:\..+)?"),
 ]
