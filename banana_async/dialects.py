@@ -295,7 +295,7 @@ class Dialect:
         if not known and not allow_unknown_models:
             listed = ", ".join(sorted(self.models))
             raise InvalidRequestError(
-                f"model {request.model!r} is not listed by the {self.name!r} dialect "
+                f"model {str(request.model)!r} is not listed by the {self.name!r} dialect "
                 f"(known: {listed}); pass allow_unknown_models=True to send it anyway"
             )
         if self.max_image_urls is not None and len(request.image_urls) > self.max_image_urls:
@@ -307,7 +307,7 @@ class Dialect:
             honoured = self.resolutions.get(request.model, _ALL_RESOLUTIONS)
             if request.resolution not in honoured:
                 warnings.warn(
-                    f"model {request.model!r} ignores resolution {request.resolution.value!r} "
+                    f"model {str(request.model)!r} ignores resolution {request.resolution.value!r} "
                     f"on the {self.name!r} dialect",
                     ResolutionIgnoredWarning,
                     stacklevel=3,
