@@ -32,6 +32,7 @@ import attrs
 from banana_async.errors import (
     APIConnectionError,
     BananaError,
+    DownloadError,
     InvalidRequestError,
     ResponseValidationError,
     ServerError,
@@ -197,6 +198,9 @@ class _Batch:
             request = self.build(index, item)
         except BananaError as exc:
             if journal is not None:
+                recorded = journal.get(index)
+                if recorded is not None and recorded.request is not None:
+                    raise self.mismatch(index, journal) from exc
                 journal.record_error(index, None, exc, raw_input=repr(item)[:1000])
             return Outcome(index, None, error=exc)
         if journal is None:
@@ -204,22 +208,36 @@ class _Batch:
         entry = journal.get(index)
         if entry is None:
             return request, None
+        # An entry without a request was an invalid input that created nothing:
+        # a corrected input may take its place.
         if entry.request is not None and not journal.request_matches(index, request):
-            raise InvalidRequestError(
-                f"input {index} differs from the one recorded in the journal "
-                f"{journal.path}: the journal belongs to another batch"
-            )
+            raise self.mismatch(index, journal)
         resumed = self.from_entry(index, request, entry)
         return resumed if resumed is not None else (request, entry)
 
+    @staticmethod
+    def mismatch(index: int, journal: Journal) -> InvalidRequestError:
+        return InvalidRequestError(
+            f"input {index} differs from the one recorded in the journal "
+            f"{journal.path}: the journal belongs to another batch"
+        )
+
     async def run(self, index: int, request: GenerationRequest, entry: JournalEntry | None) -> None:
-        async with self.in_flight:
-            created = await self.create(index, request, entry)
-            if isinstance(created, Outcome):
-                outcome = created
-            else:
-                outcome = await self.wait(index, request, created)
-        self.outcomes.put_nowait(await self.download(outcome))
+        try:
+            async with self.in_flight:
+                created = await self.create(index, request, entry)
+                if isinstance(created, Outcome):
+                    outcome = created
+                else:
+                    outcome = await self.wait(index, request, created)
+            outcome = await self.download(outcome)
+        except Exception as exc:  # a journal write failed, or a bug
+            # Not one input's problem: without the journal's durability the
+            # batch must stop, and the caller must hear why at once, not after
+            # every other worker is done.
+            self.outcomes.put_nowait(_Failed(exc))
+            return
+        self.outcomes.put_nowait(outcome)
 
     def from_entry(
         self, index: int, request: GenerationRequest, entry: JournalEntry
@@ -288,8 +306,12 @@ class _Batch:
             return Outcome(index, request, exc.task, error=exc)
         except TaskTimeoutError as exc:
             # Still CREATED in the journal: a resumed run polls it again.
+            if self.journal is not None:
+                self.journal.note_error(index, exc)
             return Outcome(index, request, exc.task or task, error=exc)
         except BananaError as exc:
+            if self.journal is not None:
+                self.journal.note_error(index, exc)
             return Outcome(index, request, task, error=exc)
         if self.journal is not None:
             self.journal.record_finished(index, done)
@@ -298,13 +320,24 @@ class _Batch:
     async def download(self, outcome: Outcome) -> Outcome:
         if self.download_to is None or not outcome.ok or outcome.task is None:
             return outcome
+        error: BananaError
         try:
             path = await self.client.download(outcome.task, self.download_to)
+        except OSError as exc:
+            error = DownloadError(
+                f"could not save the image of task {outcome.task.id} in {self.download_to}: {exc}",
+                url=outcome.task.image_url,
+                reason="io_error",
+            )
         except BananaError as exc:
-            return attrs.evolve(outcome, error=exc)
+            error = exc
+        else:
+            if self.journal is not None:
+                self.journal.record_download(outcome.index, path)
+            return attrs.evolve(outcome, path=path)
         if self.journal is not None:
-            self.journal.record_download(outcome.index, path)
-        return attrs.evolve(outcome, path=path)
+            self.journal.note_error(outcome.index, error)
+        return attrs.evolve(outcome, error=error)
 
     # -- consumer -----------------------------------------------------------------
 

@@ -288,3 +288,24 @@ async def test_a_plain_break_cleans_up_soon_after(live: FakeBananaServer) -> Non
                 break
             await asyncio.sleep(0.01)
         assert _batch_tasks() == []
+
+
+async def test_an_unwritable_download_dir_gives_outcomes_not_a_hang(
+    live: FakeBananaServer, tmp_path: Path
+) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("I am a file")
+    async with _client(live) as client:
+        async with asyncio.timeout(20):
+            outcomes = [
+                o
+                async for o in client.generate_many(
+                    range_prompts(5), concurrency=2, download_to=not_a_dir
+                )
+            ]
+    assert len(outcomes) == 5
+    for outcome in outcomes:
+        assert isinstance(outcome.error, ba.DownloadError)
+        assert outcome.error.reason == "io_error"
+        assert outcome.task is not None
+        assert outcome.task.ok

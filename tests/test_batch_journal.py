@@ -245,3 +245,64 @@ async def test_sigkill_mid_batch_loses_nothing(live: FakeBananaServer, tmp_path:
         assert creates[prompt] == n
     with contextlib.suppress(ProcessLookupError):
         child.kill()
+
+
+async def test_an_input_recorded_valid_and_now_invalid_is_another_batch(
+    live: FakeBananaServer, tmp_path: Path
+) -> None:
+    journal = tmp_path / "batch.sqlite"
+    async with _client(live) as client:
+        await _run(client, ["a", "b"], journal=journal)
+        with pytest.raises(ba.InvalidRequestError, match="another batch"):
+            await _run(client, ["a", "   "], journal=journal)
+
+
+async def test_a_corrected_invalid_input_is_created(live: FakeBananaServer, tmp_path: Path) -> None:
+    journal = tmp_path / "batch.sqlite"
+    async with _client(live) as client:
+        first = await _run(client, ["a", "   "], journal=journal)
+        assert isinstance(first[1].error, ba.InvalidRequestError)
+        second = await _run(client, ["a", "b"], journal=journal)
+    assert second[0].from_journal
+    assert second[1].ok
+    assert not second[1].from_journal
+
+
+async def test_timeouts_and_download_failures_are_noted(
+    live: FakeBananaServer, tmp_path: Path
+) -> None:
+    journal = tmp_path / "batch.sqlite"
+    live.script_for = lambda body: TaskScript(duration=None if body["prompt"] == "slow" else 0)
+    live.inject(Fault.status(404), on="image")
+    async with _client(live) as client:
+        outcomes = await _run(
+            client, ["slow", "fast"], journal=journal, timeout=0.2, download_to=tmp_path / "o"
+        )
+    assert isinstance(outcomes[0].error, ba.TaskTimeoutError)
+    assert isinstance(outcomes[1].error, ba.NotFoundError)
+    with Journal.open(journal) as j:
+        slow, fast = j.get(0), j.get(1)
+    assert slow is not None
+    assert slow.state is EntryState.CREATED
+    assert slow.error_type == "TaskTimeoutError"
+    assert fast is not None
+    assert fast.state is EntryState.COMPLETED
+    assert fast.error_type == "NotFoundError"
+    assert fast.path is None
+
+
+async def test_a_broken_journal_stops_the_batch_at_once(
+    live: FakeBananaServer, tmp_path: Path
+) -> None:
+    live.script_for = lambda body: TaskScript(duration=0.2)
+    journal = Journal.open(tmp_path / "batch.sqlite")
+    async with _client(live) as client:
+        batch = client.generate_many([f"p{i}" for i in range(6)], concurrency=2, journal=journal)
+        async with contextlib.aclosing(batch):
+            await asyncio.sleep(0.05)  # two creates recorded, both polling
+            journal.close()
+            async with asyncio.timeout(10):
+                with pytest.raises(Exception) as info:  # noqa: PT011 - any journal error
+                    _ = [o async for o in batch]
+    assert not isinstance(info.value, ba.BananaError)
+    assert [t for t in asyncio.all_tasks() if t.get_name().startswith("banana_async-batch")] == []
