@@ -1,4 +1,4 @@
-"""Nox sessions for banana_async: tests, lint, typing and docs.
+"""Nox sessions for banana_async: tests, lint, typing and docs (bench on request).
 
 Run every default session with ``python3 -m nox``; pick one with ``-s``,
 for example ``python3 -m nox -s tests-3.12`` or ``python3 -m nox -s lint``.
@@ -51,11 +51,23 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=MAIN_PYTHON, name="typing")
 def type_check(session: nox.Session) -> None:
     """Type-check the package, its tests and the helper scripts strictly."""
-    # nox itself is installed so that mypy can check this file's imports.
-    session.install(".[typing]", "nox")
+    # nox itself is installed so that mypy can check this file's imports, and
+    # httpx for the benchmarks' httpx baseline.
+    session.install(".[typing]", "nox", "httpx")
     targets = ["banana_async", "tests", "noxfile.py"]
     targets += [name for name in ("benchmarks", "examples") if (ROOT / name).is_dir()]
     session.run("mypy", "--strict", *targets)
+
+
+@nox.session(python=MAIN_PYTHON, default=False)
+def bench(session: nox.Session) -> None:
+    """Measure banana_async against plain aiohttp/httpx loops (not run by default).
+
+    ``python3 -m nox -s bench`` for the full run (several minutes), or
+    ``python3 -m nox -s bench -- --quick`` for a smoke run; see benchmarks/README.md.
+    """
+    session.install(".[test]", "httpx")
+    session.run("python", "benchmarks/bench.py", *session.posargs)
 
 
 @nox.session(python=MAIN_PYTHON)

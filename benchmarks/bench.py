@@ -1,0 +1,518 @@
+"""Benchmarks of banana_async, each beside a baseline measured in the same run.
+
+Usage: ``python benchmarks/bench.py [--quick] [--part cpu|memory|polling ...]``
+(or ``python3 -m nox -s bench -- --quick``). See ``benchmarks/README.md``.
+
+Every measurement runs the fake provider (``provider.py``) and the client
+(``workload.py``) in two fresh processes of their own, so neither the
+server's work nor an earlier variant's garbage shows in a figure. The table
+at the end sets banana_async beside its baseline as a ratio; the same figures
+and the raw samples go to ``benchmarks/results/latest.json``. Missing a
+target is reported, never an error: this is a measurement, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+HERE = Path(__file__).resolve().parent
+PROVIDER = HERE / "provider.py"
+WORKLOAD = HERE / "workload.py"
+DEFAULT_OUTPUT = HERE / "results" / "latest.json"
+WORKER_TIMEOUT = 1800.0
+PARTS = ("cpu", "memory", "polling")
+
+
+@attrs.frozen
+class Sizes:
+    """How big each part is; ``--quick`` shrinks all of them."""
+
+    cpu_count: int
+    cpu_warmup: int
+    cpu_concurrency: int
+    cpu_repeats: int
+    cpu_interval: float
+    mem_count: int
+    mem_connections: int
+    mem_duration: float
+    mem_interval: float
+    mem_repeats: int
+    poll_count: int
+    poll_concurrency: int
+    poll_min: float
+    poll_max: float
+    poll_interval: float
+    poll_seed: int
+
+
+FULL = Sizes(
+    cpu_count=2000,
+    cpu_warmup=200,
+    cpu_concurrency=200,
+    cpu_repeats=3,
+    cpu_interval=0.001,
+    mem_count=10_000,
+    mem_connections=1000,
+    mem_duration=15.0,
+    mem_interval=2.0,
+    mem_repeats=3,
+    poll_count=600,
+    poll_concurrency=100,
+    poll_min=5.0,
+    poll_max=15.0,
+    poll_interval=2.0,
+    poll_seed=20_240_601,
+)
+# The quick polling run keeps the full run's proportions (durations of 2.5 to
+# 7.5 poll intervals), so its figures scale by poll_interval / 2.
+QUICK = attrs.evolve(
+    FULL,
+    cpu_count=400,
+    cpu_repeats=1,
+    mem_count=1000,
+    mem_connections=200,
+    mem_duration=3.0,
+    mem_interval=1.0,
+    mem_repeats=1,
+    poll_count=80,
+    poll_concurrency=20,
+    poll_min=1.25,
+    poll_max=3.75,
+    poll_interval=0.5,
+)
+
+CPU_TARGET = 1.25
+MEMORY_TARGET = 1.25
+QUERIES_TARGET = 3.0
+DELAY_TARGET_INTERVALS = 0.75
+"""The delay target in poll intervals: 1.5 s at the default 2 s interval."""
+
+
+@attrs.frozen
+class Row:
+    """One line of the table (and of the JSON)."""
+
+    metric: str
+    banana: float
+    baseline: float
+    baseline_name: str
+    target: str = "-"
+    met: bool | None = None
+    unit: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        return self.banana / self.baseline if self.baseline else None
+
+
+# -- processes --------------------------------------------------------------------------
+
+
+@contextmanager
+def provider(*args: str, dump: Path | None = None) -> Iterator[str]:
+    """Run provider.py; yield its URL; stop it by closing its stdin."""
+    command = [sys.executable, str(PROVIDER), *args]
+    if dump is not None:
+        command += ["--dump", str(dump)]
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        if not url.startswith("http://"):
+            raise RuntimeError(f"provider.py did not start (first line {url!r})")
+        yield url
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run workload.py with ``spec`` in a fresh process; return its JSON result."""
+    done = subprocess.run(
+        [sys.executable, str(WORKLOAD), json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=WORKER_TIMEOUT,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def measure(
+    provider_args: Sequence[str], spec: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """One client run against a fresh provider: the client's result and the provider's tasks."""
+    with tempfile.TemporaryDirectory(prefix="banana-bench-") as tmp:
+        dump = Path(tmp) / "tasks.json"
+        with provider(*provider_args, dump=dump) as url:
+            result = run_workload({**spec, "url": url})
+        tasks: dict[str, dict[str, Any]] = json.loads(dump.read_text())["tasks"]
+    return result, tasks
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+# -- a. CPU per task --------------------------------------------------------------------
+
+
+def bench_cpu(sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
+    variants = ["banana", "aiohttp"]
+    if importlib.util.find_spec("httpx") is not None:
+        variants.append("httpx")
+    else:
+        say("  httpx is not installed: the httpx baseline is skipped (pip install httpx)")
+    samples: dict[str, list[float]] = {v: [] for v in variants}
+    details: dict[str, Any] = {"runs": []}
+    for repeat in range(sizes.cpu_repeats):
+        # Rotate the order so that no variant always runs first (or last).
+        order = variants[repeat % len(variants) :] + variants[: repeat % len(variants)]
+        for variant in order:
+            spec = {
+                "part": "cpu",
+                "variant": variant,
+                "count": sizes.cpu_count,
+                "warmup": sizes.cpu_warmup,
+                "concurrency": sizes.cpu_concurrency,
+                "connections": sizes.cpu_concurrency,
+                "interval": sizes.cpu_interval,
+            }
+            result, tasks = measure(["--mode", "instant2"], spec)
+            per_task = result["cpu_s"] / sizes.cpu_count * 1e6
+            samples[variant].append(per_task)
+            queries = sum(t["queries"] for t in tasks.values())
+            details["runs"].append({**result, "variant": variant, "cpu_us_per_task": per_task})
+            say(
+                f"  cpu {repeat + 1}/{sizes.cpu_repeats} {variant:8} {per_task:8.1f} us/task "
+                f"(wall {result['wall_s']:.2f} s, ok {result['ok']}/{sizes.cpu_count}, "
+                f"{queries / len(tasks):.2f} queries/task incl. warm-up)"
+            )
+            if result["ok"] != sizes.cpu_count:
+                say(f"  WARNING: {variant} completed {result['ok']} of {sizes.cpu_count} tasks")
+    medians = {v: statistics.median(s) for v, s in samples.items()}
+    details["median_cpu_us_per_task"] = medians
+    ratio = medians["banana"] / medians["aiohttp"]
+    rows = [
+        Row(
+            "CPU per task vs plain aiohttp",
+            medians["banana"],
+            medians["aiohttp"],
+            "aiohttp loop",
+            f"<= {CPU_TARGET:.2f}x",
+            ratio <= CPU_TARGET,
+            "us",
+        )
+    ]
+    if "httpx" in medians:
+        rows.append(
+            Row(
+                "CPU per task vs plain httpx",
+                medians["banana"],
+                medians["httpx"],
+                "httpx loop",
+                unit="us",
+            )
+        )
+    return rows, details
+
+
+# -- b. peak memory ---------------------------------------------------------------------
+
+
+def max_in_flight(tasks: dict[str, dict[str, Any]]) -> int:
+    """The most tasks created and not yet finished at the provider at one moment."""
+    events: list[tuple[float, int]] = []
+    for task in tasks.values():
+        events.append((task["created_at"], 1))
+        events.append((task["finished_at"], -1))
+    events.sort()  # at equal times, -1 sorts first: a task that ends as one starts
+    current = peak = 0
+    for _, step in events:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def bench_memory(sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
+    variants = ("banana", "aiohttp")
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    provider_args = ["--mode", "fixed", "--duration", str(sizes.mem_duration)]
+    for repeat in range(sizes.mem_repeats):
+        for variant in variants if repeat % 2 == 0 else variants[::-1]:
+            spec = {
+                "part": "memory",
+                "variant": variant,
+                "count": sizes.mem_count,
+                "concurrency": sizes.mem_count,
+                "connections": sizes.mem_connections,
+                "interval": sizes.mem_interval,
+            }
+            result, tasks = measure(provider_args, spec)
+            created = [t["created_at"] for t in tasks.values()]
+            result["max_in_flight"] = max_in_flight(tasks)
+            result["create_spread_s"] = max(created) - min(created)
+            result["queries_per_task"] = sum(t["queries"] for t in tasks.values()) / len(tasks)
+            result["delta_rss_kib"] = result["peak_rss_kib"] - result["baseline_rss_kib"]
+            runs[variant].append(result)
+            mib = {
+                k: result[k] / 1024 for k in ("peak_rss_kib", "delta_rss_kib", "baseline_rss_kib")
+            }
+            say(
+                f"  memory {repeat + 1}/{sizes.mem_repeats} {variant:8} peak "
+                f"{mib['peak_rss_kib']:6.1f} MiB, +{mib['delta_rss_kib']:.1f} MiB over "
+                f"{mib['baseline_rss_kib']:.1f} MiB; {result['max_in_flight']} in flight at once "
+                f"(creates spread over {result['create_spread_s']:.1f} s); "
+                f"wall {result['wall_s']:.1f} s"
+            )
+            if result["ok"] != sizes.mem_count:
+                say(f"  WARNING: {variant} completed {result['ok']} of {sizes.mem_count} tasks")
+
+    def median(variant: str, key: str) -> float:
+        return float(statistics.median(run[key] for run in runs[variant]))
+
+    def fewest_in_flight(variant: str) -> int:
+        return min(int(run["max_in_flight"]) for run in runs[variant])
+
+    details: dict[str, Any] = {
+        variant: {
+            "runs": runs[variant],
+            "median_peak_rss_kib": median(variant, "peak_rss_kib"),
+            "median_delta_rss_kib": median(variant, "delta_rss_kib"),
+        }
+        for variant in variants
+    }
+    delta_ratio = median("banana", "delta_rss_kib") / median("aiohttp", "delta_rss_kib")
+    rows = [
+        Row(
+            "peak RSS (absolute)",
+            median("banana", "peak_rss_kib") / 1024,
+            median("aiohttp", "peak_rss_kib") / 1024,
+            "aiohttp loop",
+            unit="MiB",
+        ),
+        Row(
+            f"RSS growth, {sizes.mem_count:,} in flight",
+            median("banana", "delta_rss_kib") / 1024,
+            median("aiohttp", "delta_rss_kib") / 1024,
+            "aiohttp loop",
+            f"<= {MEMORY_TARGET:.2f}x",
+            delta_ratio <= MEMORY_TARGET,
+            "MiB",
+        ),
+        Row(
+            "tasks in flight at once (fewest of runs)",
+            fewest_in_flight("banana"),
+            fewest_in_flight("aiohttp"),
+            "aiohttp loop",
+            f"= {sizes.mem_count:,}",
+            fewest_in_flight("banana") == sizes.mem_count,
+        ),
+    ]
+    return rows, details
+
+
+# -- c. polling efficiency --------------------------------------------------------------
+
+
+def polling_figures(
+    result: dict[str, Any], tasks: dict[str, dict[str, Any]], first_wave: int
+) -> dict[str, Any]:
+    """Queries per task and detection delay, over all tasks and after the first wave.
+
+    The delay of a task is when the caller saw it done (``time.monotonic()`` in
+    the client process) minus when it finished (``created_at + duration`` on
+    the provider's ``time.monotonic()``): on Linux both read the one
+    machine-wide CLOCK_MONOTONIC, so the two processes' times compare directly.
+    """
+    rows = []
+    for index, task_id, seen_at in result["seen"]:
+        task = tasks[task_id]
+        rows.append((index, task["queries"], seen_at - task["finished_at"]))
+    figures: dict[str, Any] = {"tasks": len(rows), "ok": result["ok"], "wall_s": result["wall_s"]}
+    for name, subset in (
+        ("all", rows),
+        ("steady", [r for r in rows if r[0] >= first_wave]),
+    ):
+        delays = [r[2] for r in subset]
+        figures[name] = {
+            "tasks": len(subset),
+            "queries_per_task": statistics.fmean(r[1] for r in subset),
+            "mean_delay_s": statistics.fmean(delays),
+            "median_delay_s": statistics.median(delays),
+            "max_delay_s": max(delays),
+            "min_delay_s": min(delays),
+        }
+    return figures
+
+
+def bench_polling(sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
+    details: dict[str, Any] = {}
+    provider_args = [
+        "--mode",
+        "uniform",
+        "--min",
+        str(sizes.poll_min),
+        "--max",
+        str(sizes.poll_max),
+        "--seed",
+        str(sizes.poll_seed),
+    ]
+    for variant in ("banana", "fixed"):
+        spec = {
+            "part": "polling",
+            "variant": variant,
+            "count": sizes.poll_count,
+            "concurrency": sizes.poll_concurrency,
+            "connections": sizes.poll_concurrency,
+            "interval": sizes.poll_interval,
+        }
+        result, tasks = measure(provider_args, spec)
+        figures = polling_figures(result, tasks, sizes.poll_concurrency)
+        details[variant] = figures
+        say(
+            f"  polling {variant:8} all: {figures['all']['queries_per_task']:.2f} queries/task, "
+            f"mean delay {figures['all']['mean_delay_s']:.2f} s; steady: "
+            f"{figures['steady']['queries_per_task']:.2f} queries/task, mean delay "
+            f"{figures['steady']['mean_delay_s']:.2f} s; wall {figures['wall_s']:.1f} s"
+        )
+        if figures["ok"] != sizes.poll_count:
+            say(f"  WARNING: {variant} completed {figures['ok']} of {sizes.poll_count} tasks")
+    delay_target = DELAY_TARGET_INTERVALS * sizes.poll_interval
+    ours, theirs = details["banana"], details["fixed"]
+    rows = []
+    for name, label in (("all", "all tasks"), ("steady", "after 1st wave")):
+        queries = ours[name]["queries_per_task"]
+        delay = ours[name]["mean_delay_s"]
+        rows += [
+            Row(
+                f"queries/task, {label}",
+                queries,
+                theirs[name]["queries_per_task"],
+                f"fixed {sizes.poll_interval:g} s",
+                f"<= {QUERIES_TARGET:g}",
+                queries <= QUERIES_TARGET,
+            ),
+            Row(
+                f"mean detection delay, {label}",
+                delay,
+                theirs[name]["mean_delay_s"],
+                f"fixed {sizes.poll_interval:g} s",
+                f"<= {delay_target:g} s",
+                delay <= delay_target,
+                "s",
+            ),
+        ]
+    return rows, details
+
+
+# -- the report -------------------------------------------------------------------------
+
+
+def _number(value: float, unit: str) -> str:
+    text = (
+        f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}" if value < 10 else f"{value:.1f}"
+    )
+    return f"{text} {unit}".rstrip()
+
+
+def table(rows: Sequence[Row]) -> str:
+    header = ("metric", "banana_async", "baseline", "ratio", "target", "met")
+    lines = [header]
+    for row in rows:
+        met = "-" if row.met is None else "yes" if row.met else "NO"
+        lines.append(
+            (
+                row.metric,
+                _number(row.banana, row.unit),
+                f"{_number(row.baseline, row.unit)} ({row.baseline_name})",
+                "-" if row.ratio is None else f"{row.ratio:.2f}x",
+                row.target,
+                met,
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for number, line in enumerate(lines):
+        out.append("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+        if number == 0:
+            out.append("  ".join("-" * width for width in widths))
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Benchmark banana_async against plain loops.")
+    parser.add_argument("--quick", action="store_true", help="a small, fast smoke run")
+    parser.add_argument(
+        "--part", action="append", choices=PARTS, help="run only this part (repeatable)"
+    )
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="the JSON file")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    parts = args.part or list(PARTS)
+    benches = {"cpu": bench_cpu, "memory": bench_memory, "polling": bench_polling}
+    titles = {
+        "cpu": f"a. CPU per task ({sizes.cpu_count} tasks, concurrency {sizes.cpu_concurrency})",
+        "memory": f"b. peak memory ({sizes.mem_count:,} tasks in flight)",
+        "polling": (
+            f"c. polling ({sizes.poll_count} tasks of {sizes.poll_min:g}-{sizes.poll_max:g} s, "
+            f"concurrency {sizes.poll_concurrency}, interval {sizes.poll_interval:g} s)"
+        ),
+    }
+    started = time.time()
+    rows: list[Row] = []
+    details: dict[str, Any] = {}
+    for part in parts:
+        say(titles[part])
+        part_rows, details[part] = benches[part](sizes)
+        rows += part_rows
+    report = {
+        "meta": {
+            "quick": args.quick,
+            "parts": parts,
+            "sizes": attrs.asdict(sizes),
+            "started_unix": started,
+            "seconds": time.time() - started,
+            "python": sys.version,
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+        },
+        "rows": [{**attrs.asdict(row), "ratio": row.ratio} for row in rows],
+        "details": details,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    say("")
+    if args.quick:
+        say("QUICK RUN: smoke-test sizes; the targets are meant for the full run.")
+    say(table(rows))
+    missed = [row.metric for row in rows if row.met is False]
+    say("")
+    say(f"targets missed: {', '.join(missed)}" if missed else "every target met")
+    say(f"results written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
