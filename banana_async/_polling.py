@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import time
 from collections import deque
 from typing import Protocol
 
@@ -62,17 +63,38 @@ class SystemClock:
     """The real clock: the event loop's monotonic time and :func:`asyncio.sleep`."""
 
     def time(self) -> float:
-        """The running loop's time."""
-        return asyncio.get_running_loop().time()
+        """Monotonic seconds: what the event loop's own clock reads by default."""
+        return time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
         """Sleep with :func:`asyncio.sleep`."""
         await asyncio.sleep(seconds)
 
 
+WAKE_GRID = POLL_JITTER / 4
+"""Wake-ups are rounded up to multiples of this fraction of the interval.
+
+Timer coalescing: thousands of pollers whose jittered wake-ups land on a
+shared grid wake in one event-loop iteration instead of one iteration each,
+which costs far less CPU; the jitter survives in grid-sized steps. The
+random part of a delay is drawn from the jitter less one grid step, so a
+rounded delay still never exceeds :data:`POLL_JITTER`.
+"""
+
+
 def poll_delay(interval: float, *, rng: random.Random | None = None) -> float:
-    """The delay before the next poll: ``interval`` plus up to :data:`POLL_JITTER` of it."""
-    return interval * (1.0 + (rng or random).uniform(0.0, POLL_JITTER))
+    """The delay before the next poll: ``interval`` plus up to :data:`POLL_JITTER` of it.
+
+    Before rounding to the wake grid (:func:`wake_delay`) the added part is
+    at most ``POLL_JITTER - WAKE_GRID`` of the interval.
+    """
+    return interval * (1.0 + (rng or random).uniform(0.0, POLL_JITTER - WAKE_GRID))
+
+
+def wake_delay(now: float, delay: float, interval: float) -> float:
+    """``delay`` lengthened so that ``now + delay`` falls on the interval's wake grid."""
+    step = interval * WAKE_GRID
+    return math.ceil((now + delay) / step) * step - now
 
 
 def check_interval(value: float, name: str = "poll_interval") -> float:
@@ -135,7 +157,8 @@ class PollPolicy:
         expected = None if key is None else self.expected_duration(key)
         if expected is None or expected <= interval:
             return max(0.0, self.poll_delay(interval) - elapsed)
-        return max(0.0, expected * (1.0 + self._rng.uniform(0.0, POLL_JITTER)) - elapsed)
+        jitter = self._rng.uniform(0.0, POLL_JITTER - WAKE_GRID)
+        return max(0.0, expected * (1.0 + jitter) - elapsed)
 
     def observe(
         self, key: DurationKey, *, last_pending: float | None, first_done: float, interval: float

@@ -85,11 +85,14 @@ async def send(
     session: aiohttp.ClientSession,
     request: HTTPRequest,
     *,
-    auth_headers: Mapping[str, str],
+    headers: Mapping[str, str],
     timeout: aiohttp.ClientTimeout,
     max_body: int = MAX_RESPONSE_BYTES,
 ) -> HTTPResponse:
-    """Send ``request`` once and read the whole (bounded) response.
+    """Send ``request`` once with ``headers`` and read the whole (bounded) response.
+
+    ``headers`` replace the request's own: the caller merges in credentials
+    once, as a multidict that aiohttp takes without converting it again.
 
     Raises:
         APIConnectionError: no complete response; ``request_sent`` tells
@@ -97,8 +100,6 @@ async def send(
         APITimeoutError: the same, because a timeout fired.
         ResponseValidationError: the body is larger than ``max_body``.
     """
-    headers = {**request.headers, **auth_headers}
-    what = f"{request.method} {request.url}"
     try:
         async with session.request(
             request.method,
@@ -115,20 +116,27 @@ async def send(
             body = await _read_body(response, max_body)
             return HTTPResponse(response.status, response.headers, body)
     except aiohttp.ConnectionTimeoutError:
-        raise APITimeoutError(f"timed out connecting for {what}", request_sent=False) from None
+        raise APITimeoutError(
+            f"timed out connecting for {request.method} {request.url}", request_sent=False
+        ) from None
     except aiohttp.ClientConnectorError as exc:
         # Refused, DNS failure, TLS handshake failure: the request never left.
         raise APIConnectionError(
-            f"could not connect for {what}: {exc.os_error}", request_sent=False
+            f"could not connect for {request.method} {request.url}: {exc.os_error}",
+            request_sent=False,
         ) from None
     except TimeoutError:
-        raise APITimeoutError(f"timed out waiting for the response to {what}") from None
+        raise APITimeoutError(
+            f"timed out waiting for the response to {request.method} {request.url}"
+        ) from None
     except aiohttp.ClientError as exc:
         raise APIConnectionError(
-            f"connection failed during {what}: {type(exc).__name__}: {exc}"
+            f"connection failed during {request.method} {request.url}: {type(exc).__name__}: {exc}"
         ) from None
     except OSError as exc:
-        raise APIConnectionError(f"connection failed during {what}: {exc}") from None
+        raise APIConnectionError(
+            f"connection failed during {request.method} {request.url}: {exc}"
+        ) from None
 
 
 def _shown_url(url: str) -> str:

@@ -283,7 +283,7 @@ class _Batch:
         if journal is not None:
             journal.record_sending(index, request)
         try:
-            task = await self.client.create(request)
+            task = await self.client._create(request)  # validated in prepare()
         except BananaError as exc:
             if journal is not None:
                 if _may_have_created(exc):
@@ -340,22 +340,6 @@ class _Batch:
         return attrs.evolve(outcome, error=error)
 
     # -- consumer -----------------------------------------------------------------
-
-    async def results(
-        self, inputs: Iterable[Any] | AsyncIterable[Any]
-    ) -> AsyncGenerator[Outcome, None]:
-        producer = asyncio.create_task(self.produce(inputs), name="banana_async-batch-producer")
-        try:
-            while True:
-                item = await self.outcomes.get()
-                if isinstance(item, _Done):
-                    return
-                if isinstance(item, _Failed):
-                    raise item.error
-                self.undelivered.release()
-                yield item
-        finally:
-            await self.cancel(producer)
 
     async def cancel(self, producer: asyncio.Task[None]) -> None:
         pending = [producer, *self.workers]
@@ -427,10 +411,18 @@ async def _results(
             resend_unconfirmed=resend_unconfirmed,
             defaults=defaults,
         )
-        # Closing this generator must close the inner one now, not at GC time.
-        async with contextlib.aclosing(batch.results(inputs)) as outcomes:
-            async for outcome in outcomes:
-                yield outcome
+        producer = asyncio.create_task(batch.produce(inputs), name="banana_async-batch-producer")
+        try:
+            while True:
+                item = await batch.outcomes.get()
+                if isinstance(item, _Done):
+                    return
+                if isinstance(item, _Failed):
+                    raise item.error
+                batch.undelivered.release()
+                yield item
+        finally:
+            await batch.cancel(producer)
     finally:
         if own_journal and opened is not None:
             opened.close()

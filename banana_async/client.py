@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Self
 from urllib.parse import urlsplit
 
 import aiohttp
+from multidict import CIMultiDict
 
 from banana_async import _retry, _transport
 from banana_async import batch as _batch
@@ -31,6 +32,7 @@ from banana_async._polling import (
     SystemClock,
     check_interval,
     check_timeout,
+    wake_delay,
 )
 from banana_async._version import __version__
 from banana_async.batch import BatchInput, Outcome
@@ -151,6 +153,10 @@ class BananaClient:
         requests_per_second: A client-wide limit on requests (creates and
             status queries together); off by default. Needs the
             ``ratelimit`` extra (aiolimiter).
+        adaptive_polling: Learn how long tasks take (per model and
+            resolution) and aim the first poll of a new task near its expected
+            completion. When False, every poll comes ``poll_interval`` (plus
+            jitter) after the previous one, starting at the create.
         clock: Where time is read and sleeping happens; tests inject a fake one.
 
     Whatever the limit, a 429 pauses every request of the client for as long
@@ -174,6 +180,7 @@ class BananaClient:
         connection_limit: int = DEFAULT_CONNECTION_LIMIT,
         allow_unknown_models: bool = False,
         requests_per_second: float | None = None,
+        adaptive_polling: bool = True,
         clock: Clock | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
@@ -185,6 +192,8 @@ class BananaClient:
             raise InvalidRequestError("the API key contains a line break")
         self._secret = _Secret(key.strip())
         self._auth_headers = {"Authorization": f"Bearer {self._secret.reveal()}"}
+        # Request headers merged with the credentials, per distinct header set.
+        self._merged_headers: dict[tuple[tuple[str, str], ...], CIMultiDict[str]] = {}
         self._secret_bytes = self._secret.reveal().encode()
 
         self._dialect = get_dialect(dialect)
@@ -222,6 +231,7 @@ class BananaClient:
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._rng = random.Random()
         self._policy = PollPolicy(rng=self._rng)
+        self._adaptive = adaptive_polling
         # task id -> (model, resolution), creation time: lets wait() time its
         # first poll for tasks this client created.
         self._created: dict[str, tuple[DurationKey, float]] = {}
@@ -299,11 +309,13 @@ class BananaClient:
 
     # -- one request ---------------------------------------------------------------
 
-    async def _send_once(self, request: HTTPRequest) -> HTTPResponse:
+    async def _request(self, request: HTTPRequest, parse: Callable[[HTTPResponse], Task]) -> Task:
+        """Send once and parse the answer; a 429 also pauses the whole client."""
         session = self._session_for_call()
-        await self._wait_for_turn()
+        if self._limiter is not None or self._paused_until > self._clock.time():
+            await self._wait_for_turn()
         response = await _transport.send(
-            session, request, auth_headers=self._auth_headers, timeout=self._timeout
+            session, request, headers=self._headers_for(request), timeout=self._timeout
         )
         logger.debug("%s %s -> %d", request.method, request.url, response.status)
         if self._secret_bytes in response.body:
@@ -313,7 +325,22 @@ class BananaClient:
                 response.headers,
                 response.body.replace(self._secret_bytes, _REDACTED),
             )
-        return response
+        try:
+            return parse(response)
+        except RateLimitError as exc:
+            self._note_rate_limit(exc)
+            raise
+
+    def _headers_for(self, request: HTTPRequest) -> CIMultiDict[str]:
+        key = tuple(request.headers.items())
+        merged = self._merged_headers.get(key)
+        if merged is None:
+            if len(self._merged_headers) >= 64:  # a dialect inventing headers per request
+                self._merged_headers.clear()
+            merged = self._merged_headers[key] = CIMultiDict(
+                {**request.headers, **self._auth_headers}
+            )
+        return merged
 
     async def _wait_for_turn(self) -> None:
         """Hold a request while the client is paused by a 429, then rate-limit it."""
@@ -329,14 +356,6 @@ class BananaClient:
         if until > self._paused_until:
             logger.info("rate limited: pausing all requests for %.2f s", delay)
             self._paused_until = until
-
-    async def _request(self, request: HTTPRequest, parse: Callable[[HTTPResponse], Task]) -> Task:
-        """Send once and parse; a 429 also pauses the whole client."""
-        try:
-            return parse(await self._send_once(request))
-        except RateLimitError as exc:
-            self._note_rate_limit(exc)
-            raise
 
     async def _call(
         self,
@@ -408,11 +427,15 @@ class BananaClient:
             ProviderError: the provider answered with an error body.
             ResponseValidationError: the answer was not a task.
         """
-        request = self._prepare(prompt, model, resolution, size, image_urls)
+        return await self._create(self._prepare(prompt, model, resolution, size, image_urls))
+
+    async def _create(self, request: GenerationRequest) -> Task:
+        """Create a task for a request already validated against the dialect."""
         http = self._dialect.create_request(request, base_url=self._create_base)
         task = await self._call(http, self._dialect.parse_create, _retry.should_retry_create)
         logger.debug("created task %s (%s)", task.id, task.raw_status)
-        self._remember(task.id, request)
+        if self._adaptive:
+            self._remember(task.id, request)
         return task
 
     def _remember(self, task_id: str, request: GenerationRequest) -> None:
@@ -479,56 +502,67 @@ class BananaClient:
         delay = self._first_delay(last, context, interval)
         last_pending: float | None = None
         failures = 0
-        while True:
-            if delay > 0:
-                if deadline is not None and clock.time() + delay >= deadline:
-                    await clock.sleep(max(0.0, deadline - clock.time()))
-                    raise TaskTimeoutError(task_id, limit or 0.0, last)
-                await clock.sleep(delay)
-            remaining = None if deadline is None else deadline - clock.time()
-            if remaining is not None and remaining <= 0:
-                raise TaskTimeoutError(task_id, limit or 0.0, last)
-            try:
-                async with asyncio.timeout(remaining):
-                    last = await self._request(http, self._dialect.parse_task)
-            except TimeoutError:
-                # Only the deadline raises the builtin: the transport maps its own
-                # timeouts to APITimeoutError.
-                raise TaskTimeoutError(task_id, limit or 0.0, last) from None
-            except BananaError as exc:
-                if not _retry.is_transient(exc):
-                    raise
-                failures += 1
-                # Never poll faster than asked, even when a retry could come sooner.
-                delay = max(
-                    policy.poll_delay(interval), _retry.retry_delay(failures, exc, rng=self._rng)
-                )
-                logger.info("polling %s failed (%s); next poll in %.2f s", task_id, exc, delay)
-                continue
-            failures = 0
-            if last.done:
-                if context is not None:
-                    del self._created[task_id]
-                    if last.ok:
-                        policy.observe(
-                            context[0],
-                            last_pending=last_pending,
-                            first_done=clock.time() - context[1],
-                            interval=interval,
+        # One timer for the whole wait, not one per poll: with thousands of
+        # waits, timers are a real share of the event loop's work. It bounds a
+        # request in flight at the deadline; the checks below end the wait
+        # between requests (on the injected clock, which tests make virtual).
+        try:
+            async with asyncio.timeout(None if deadline is None else deadline - clock.time()):
+                while True:
+                    if delay > 0:
+                        delay = wake_delay(clock.time(), delay, interval)
+                        if deadline is not None and clock.time() + delay >= deadline:
+                            await clock.sleep(max(0.0, deadline - clock.time()))
+                            raise TaskTimeoutError(task_id, limit or 0.0, last)
+                        await clock.sleep(delay)
+                    if deadline is not None and deadline - clock.time() <= 0:
+                        raise TaskTimeoutError(task_id, limit or 0.0, last)
+                    try:
+                        last = await self._request(http, self._dialect.parse_task)
+                    except BananaError as exc:
+                        if not _retry.is_transient(exc):
+                            raise
+                        failures += 1
+                        # Never poll faster than asked, even when a retry could come sooner.
+                        delay = max(
+                            policy.poll_delay(interval),
+                            _retry.retry_delay(failures, exc, rng=self._rng),
                         )
-                return _finished(last)
-            if context is not None:
-                last_pending = clock.time() - context[1]
-            if last.status is TaskStatus.UNKNOWN:
-                logger.debug("task %s: unknown status %r, still waiting", task_id, last.raw_status)
-            delay = policy.poll_delay(interval)
+                        logger.info(
+                            "polling %s failed (%s); next poll in %.2f s", task_id, exc, delay
+                        )
+                        continue
+                    failures = 0
+                    if last.done:
+                        break
+                    if context is not None:
+                        last_pending = clock.time() - context[1]
+                    if last.status is TaskStatus.UNKNOWN:
+                        logger.debug(
+                            "task %s: unknown status %r, still waiting", task_id, last.raw_status
+                        )
+                    delay = policy.poll_delay(interval)
+        except TimeoutError:
+            # Only the deadline raises the builtin: the transport maps its own
+            # timeouts to APITimeoutError.
+            raise TaskTimeoutError(task_id, limit or 0.0, last) from None
+        if context is not None:
+            del self._created[task_id]
+            if last.ok:
+                policy.observe(
+                    context[0],
+                    last_pending=last_pending,
+                    first_done=clock.time() - context[1],
+                    interval=interval,
+                )
+        return _finished(last)
 
     def _first_delay(
         self, last: Task | None, context: tuple[DurationKey, float] | None, interval: float
     ) -> float:
         if last is None:
             return 0.0  # a bare id may be finished already: look at once
-        if context is None:
+        if context is None or not self._adaptive:
             return self._policy.poll_delay(interval)
         key, created_at = context
         return self._policy.first_delay(key, interval, self._clock.time() - created_at)

@@ -174,19 +174,22 @@ def parse_body(response: HTTPResponse) -> dict[str, Any]:
     if not 200 <= response.status <= 299:
         raise _status_error(response)
     body = response.body
-    if not body.strip():
-        raise ResponseValidationError(
-            "the provider sent an empty body", body="", status_code=response.status
-        )
-    if _looks_like_html(body):
-        raise ResponseValidationError(
-            f"the provider sent {_describe(body)} instead of JSON (often a proxy or gateway error)",
-            body=_text(body),
-            status_code=response.status,
-        )
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
+        # Neither an empty body nor an HTML page is JSON, so they are told
+        # apart only here, off the path every good response takes.
+        if not body.strip():
+            raise ResponseValidationError(
+                "the provider sent an empty body", body="", status_code=response.status
+            ) from None
+        if _looks_like_html(body):
+            raise ResponseValidationError(
+                f"the provider sent {_describe(body)} instead of JSON "
+                "(often a proxy or gateway error)",
+                body=_text(body),
+                status_code=response.status,
+            ) from None
         raise ResponseValidationError(
             f"the provider's response is not JSON: {_describe(body)}",
             body=_text(body),

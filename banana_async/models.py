@@ -53,9 +53,11 @@ class TaskStatus(enum.StrEnum):
         ``in_queue``, ``cancelled``, ...); anything unrecognised becomes
         :attr:`UNKNOWN`.
         """
-        return _STATUS_WORDS.get(
-            word.strip().lower().replace("-", "_").replace(" ", "_"), cls.UNKNOWN
-        )
+        found = _STATUS_WORDS.get(word)  # the documented spelling, most of the time
+        if found is not None:
+            return found
+        key = word.strip().lower().replace("-", "_").replace(" ", "_")
+        return _STATUS_WORDS.get(key, cls.UNKNOWN)
 
 
 _STATUS_WORDS: dict[str, TaskStatus] = {

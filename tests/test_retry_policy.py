@@ -27,9 +27,11 @@ from banana_async import (
 from banana_async._polling import (
     DEFAULT_POLL_INTERVAL,
     POLL_JITTER,
+    WAKE_GRID,
     check_interval,
     check_timeout,
     poll_delay,
+    wake_delay,
 )
 from banana_async._retry import (
     INITIAL_RETRY_DELAY,
@@ -281,9 +283,33 @@ def test_retry_delay_without_rng_stays_in_bounds() -> None:
 def test_poll_delay_bounds(interval: float) -> None:
     rng = random.Random(99)
     delays = [poll_delay(interval, rng=rng) for _ in range(2000)]
-    assert all(interval <= d <= interval * (1 + POLL_JITTER) for d in delays)
-    assert max(delays) > interval * (1 + 0.9 * POLL_JITTER)  # the jitter is really used
-    assert min(delays) < interval * (1 + 0.1 * POLL_JITTER)
+    # Drawn one wake-grid step short of the full jitter, which rounding restores.
+    drawn = POLL_JITTER - WAKE_GRID
+    assert all(interval <= d <= interval * (1 + drawn) for d in delays)
+    assert max(delays) > interval * (1 + 0.9 * drawn)  # the jitter is really used
+    assert min(delays) < interval * (1 + 0.1 * drawn)
+
+
+@pytest.mark.parametrize("interval", [0.001, 0.05, 2.0, 30.0])
+def test_wake_delays_land_on_a_shared_grid_within_the_jitter(interval: float) -> None:
+    rng = random.Random(7)
+    step = interval * WAKE_GRID
+    wakes = set()
+    for _ in range(2000):
+        now = rng.uniform(0, 10_000)
+        delay = poll_delay(interval, rng=rng)
+        rounded = wake_delay(now, delay, interval)
+        assert delay <= rounded < delay + step + 1e-9
+        assert interval <= rounded <= interval * (1 + POLL_JITTER) + 1e-9
+        ticks = (now + rounded) / step
+        assert abs(ticks - round(ticks)) < 1e-6  # on the grid
+        wakes.add(round(ticks))
+    # Pollers started at one moment share a handful of wake-up times.
+    same_start = {
+        round((500.0 + wake_delay(500.0, poll_delay(interval, rng=rng), interval)) / step)
+        for _ in range(1000)
+    }
+    assert len(same_start) <= int(POLL_JITTER / WAKE_GRID) + 1
 
 
 def test_poll_delay_without_rng_stays_in_bounds() -> None:
