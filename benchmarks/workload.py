@@ -82,6 +82,7 @@ def banana_client(spec: dict[str, Any]) -> ba.BananaClient:
         timeout=GENEROUS,
         connect_timeout=GENEROUS,
         connection_limit=spec["connections"],
+        adaptive_polling=spec.get("adaptive", True),
     )
 
 
@@ -206,8 +207,15 @@ async def run_banana(spec: dict[str, Any], measure: Callable[[Batch], Awaitable[
         await measure(batch)
 
 
+async def run_banana_fixed(
+    spec: dict[str, Any], measure: Callable[[Batch], Awaitable[None]]
+) -> None:
+    await run_banana({**spec, "adaptive": False}, measure)
+
+
 RUNNERS = {
     "banana": run_banana,
+    "banana-fixed": run_banana_fixed,
     "aiohttp": run_plain_aiohttp,
     "fixed": run_plain_aiohttp,
     "httpx": run_plain_httpx,
