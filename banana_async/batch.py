@@ -373,44 +373,28 @@ def run(
     defaults = {"model": model, "resolution": resolution, "size": size, "image_urls": image_urls}
     # Bad defaults fail here, once, rather than once per input.
     request_from("check", **defaults)
-    return _results(
+    batch = _Batch(
         client,
-        inputs,
         concurrency=concurrency,
         timeout=timeout,
         poll_interval=poll_interval,
         download_to=Path(download_to) if download_to is not None else None,
-        journal=journal,
+        journal=None,  # opened by the generator: only a run that starts holds its lock
         resend_unconfirmed=resend_unconfirmed,
         defaults=defaults,
     )
+    return _results(batch, inputs, journal)
 
 
 async def _results(
-    client: BananaClient,
+    batch: _Batch,
     inputs: Iterable[BatchInput] | AsyncIterable[BatchInput],
-    *,
-    concurrency: int,
-    timeout: float | None,
-    poll_interval: float | None,
-    download_to: Path | None,
     journal: str | os.PathLike[str] | Journal | None,
-    resend_unconfirmed: bool,
-    defaults: dict[str, Any],
 ) -> AsyncGenerator[Outcome, None]:
     own_journal = journal is not None and not isinstance(journal, Journal)
     opened = journal if journal is None or isinstance(journal, Journal) else Journal.open(journal)
+    batch.journal = opened
     try:
-        batch = _Batch(
-            client,
-            concurrency=concurrency,
-            timeout=timeout,
-            poll_interval=poll_interval,
-            download_to=download_to,
-            journal=opened,
-            resend_unconfirmed=resend_unconfirmed,
-            defaults=defaults,
-        )
         producer = asyncio.create_task(batch.produce(inputs), name="banana_async-batch-producer")
         try:
             while True:
