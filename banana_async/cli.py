@@ -1078,8 +1078,9 @@ async def _demo(args: argparse.Namespace, run: _Run) -> int:
             )
             if scripted:
                 _stdout(
-                    f"{len(scripted)} of them are scripted to fail, to show how a batch "
-                    "reports failures without stopping."
+                    f"{len(scripted)} of them "
+                    f"{'is' if len(scripted) == 1 else 'are'} scripted to fail, to show "
+                    "how a batch reports failures without stopping."
                 )
         async with BananaClient(
             DEMO_KEY,
@@ -1104,7 +1105,7 @@ def _demo_summary(
 ) -> int:
     unexpected = stats.failed - stats.expected_failures
     as_designed = unexpected == 0 and stats.expected_failures == scripted_count
-    if args.json:
+    if args.json or (args.quiet and as_designed):
         pass
     elif as_designed:
         _stdout(

@@ -616,3 +616,15 @@ async def test_ctrl_c_exits_130_and_the_journal_resumes(tmp_path: Path) -> None:
         records = json_lines(text)
         assert len(records) == 3
         assert all(r["ok"] and is_png(r["path"]) for r in records)
+
+
+def test_demo_quiet_prints_nothing_and_still_writes_images(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "quiet"
+    assert main(["demo", "--out", str(out), "--quiet", "--count", "4"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    pngs = list(out.glob("*.png"))
+    assert len(pngs) == 3  # one of four is scripted to fail
+    assert all(p.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)
