@@ -238,7 +238,6 @@ class BananaClient:
         self._paused_until = 0.0
         self._limiter = _make_limiter(requests_per_second)
 
-        self._borrowed = session
         self._session: aiohttp.ClientSession | None = session
         self._owns_session = session is None
         self._loop: asyncio.AbstractEventLoop | None = None
