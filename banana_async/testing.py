@@ -34,7 +34,9 @@ import json
 import secrets
 import time
 import types
+import zlib
 from collections import deque
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Literal, Self
 from urllib.parse import quote, unquote
 
@@ -103,7 +105,7 @@ RequestKind = Literal["create", "query", "image", "other"]
 #: Which requests an injected fault applies to.
 FaultTarget = Literal["create", "query", "image", "any"]
 #: What an injected fault does.
-FaultAction = Literal["respond", "reset", "stall", "status_word"]
+FaultAction = Literal["respond", "reset", "stall", "status_word", "edit"]
 
 _NANO_CREATE_PATHS = frozenset({"/v1/banana/images", "/v1/banana/images/"})
 _NAVO_CREATE_PATHS = frozenset({"/v1/image/banana/", "/v1/image/banana"})
@@ -132,6 +134,11 @@ _ERROR_TYPES: Mapping[int, str] = types.MappingProxyType(
 
 def _freeze_mapping(value: Mapping[str, str] | None) -> Mapping[str, str]:
     """Copy a mapping into a read-only view (``None`` becomes empty)."""
+    return types.MappingProxyType(dict(value or {}))
+
+
+def _freeze_any(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """Copy a mapping of JSON values into a read-only view (``None`` becomes empty)."""
     return types.MappingProxyType(dict(value or {}))
 
 
@@ -331,6 +338,8 @@ class Fault:
             before the fault strikes. Only meaningful for creates.
         seconds: How long a stall lasts.
         word: The status word of a ``status_word`` fault.
+        changes: JSON fields an ``edit`` fault sets in the normal answer.
+        remove: JSON fields an ``edit`` fault deletes from the normal answer.
     """
 
     action: FaultAction
@@ -341,6 +350,8 @@ class Fault:
     process: bool = False
     seconds: float = attrs.field(default=0.0, validator=_non_negative)
     word: str | None = None
+    changes: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_any, hash=False)
+    remove: tuple[str, ...] = ()
 
     @classmethod
     def status(
@@ -472,6 +483,55 @@ class Fault:
         """
         return cls(action="status_word", word=word)
 
+    @classmethod
+    def edit(
+        cls, changes: Mapping[str, Any] | None = None, *, remove: Collection[str] = ()
+    ) -> Self:
+        """Answer normally (a create creates its task), then change the JSON answer.
+
+        The way to meet a provider that answers with odd fields around a real
+        task: ``Fault.edit({"created": "yesterday"})``, a ``code``/``msg``
+        pair instead of a status (``Fault.edit({"code": 0, "msg": "task
+        submitted"}, remove=["status"])``), a query answer naming another
+        task (``Fault.edit({"id": "someone-else"})``) or an unusable
+        ``image_url``. Error answers (401, 404, ...) are sent unchanged.
+
+        Args:
+            changes: Fields to set (any JSON values) in the answer's object.
+            remove: Fields to delete from it.
+
+        Returns:
+            The fault.
+        """
+        return cls(action="edit", changes=changes, remove=tuple(remove))
+
+    @classmethod
+    def gzip_bomb(cls, expanded_bytes: int = 200 * 1024 * 1024, *, status: int = 200) -> Self:
+        """Answer with a small gzip body that expands to ``expanded_bytes`` of zeros.
+
+        A 200 MiB expansion takes about 200 KB on the wire. A client that caps
+        the size of what it reads must count the decoded bytes, not the
+        transferred ones.
+
+        Args:
+            expanded_bytes: The size once decompressed.
+            status: The HTTP status code.
+
+        Returns:
+            The fault.
+
+        Raises:
+            ValueError: If ``expanded_bytes`` is negative.
+        """
+        if expanded_bytes < 0:
+            msg = f"expanded_bytes must be >= 0, got {expanded_bytes}"
+            raise ValueError(msg)
+        return cls.status(
+            status,
+            body=_gzip_zeros(expanded_bytes),
+            headers={"Content-Encoding": "gzip"},
+        )
+
 
 @attrs.define
 class _PendingFault:
@@ -490,6 +550,30 @@ class _Route:
     dialect: DialectName | None = None
     task_id: str | None = None
     allowed: str | None = None  # set when the path is known but the method is not
+
+
+def _gzip_zeros(size: int) -> bytes:
+    """A gzip stream of ``size`` zero bytes, built without holding them in memory."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = bytes(1 << 20)
+    parts: list[bytes] = []
+    left = size
+    while left > 0:
+        parts.append(packer.compress(block[: min(left, len(block))]))
+        left -= len(block)
+    parts.append(packer.flush())
+    return b"".join(parts)
+
+
+def _edited(response: web.Response, fault: Fault) -> web.Response:
+    """The JSON ``response`` with the fields of an ``edit`` fault changed."""
+    if response.status >= 400 or not isinstance(response.body, bytes):
+        return response
+    data = json.loads(response.body)
+    for name in fault.remove:
+        data.pop(name, None)
+    data.update(fault.changes)
+    return web.json_response(data, status=response.status)
 
 
 def _error(status: int, message: str, error_type: str) -> web.Response:
@@ -681,6 +765,9 @@ class FakeBananaServer:
         if fault.action == "status_word" and on != "query":
             msg = "a status-word fault only applies to queries (on='query')"
             raise ValueError(msg)
+        if fault.action == "edit" and on not in ("create", "query"):
+            msg = "an edit fault only applies to JSON answers (on='create' or on='query')"
+            raise ValueError(msg)
         self._faults.append(_PendingFault(fault=fault, on=on, remaining=times))
 
     @property
@@ -812,6 +899,8 @@ class FakeBananaServer:
     ) -> web.StreamResponse:
         if fault.action == "status_word":
             return self._answer(request, route, record, word=fault.word)
+        if fault.action == "edit":
+            return _edited(self._answer(request, route, record), fault)
         if fault.action == "stall" and not fault.process:
             if await self._stall(fault.seconds):
                 return self._answer(request, route, record)

@@ -719,3 +719,42 @@ def test_scripts_are_frozen_and_validated() -> None:
         TaskScript(outcome="explode")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="seconds"):
         Fault.stall(-1.0)
+
+
+async def test_fault_edit_changes_a_real_answer(
+    server: FakeBananaServer, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    server.inject(Fault.edit({"code": 0, "msg": "task submitted"}, remove=["status"]), on="create")
+    data = await create(session, server)
+    assert set(data) == {"id", "object", "created", "model", "code", "msg"}
+    assert list(server.tasks) == [data["id"]]  # the task was created all the same
+    clock.advance(10.0)
+    server.inject(Fault.edit({"image_url": "http://[::1/x.png", "id": "other"}), on="query")
+    status, answer = await query(session, server, data["id"])
+    assert status == 200
+    assert answer["image_url"] == "http://[::1/x.png"
+    assert answer["id"] == "other"
+    assert answer["status"] == "completed"
+    # error answers pass unchanged
+    server.inject(Fault.edit({"id": "x"}), on="query")
+    status, answer = await query(session, server, "missing")
+    assert status == 404
+    assert "id" not in answer
+    with pytest.raises(ValueError, match="JSON answers"):
+        server.inject(Fault.edit({}), on="image")
+
+
+async def test_fault_gzip_bomb_is_small_on_the_wire(
+    server: FakeBananaServer, session: aiohttp.ClientSession
+) -> None:
+    fault = Fault.gzip_bomb(8 * 1024 * 1024)
+    assert len(fault.payload) < 64 * 1024
+    server.inject(fault, on="create")
+    async with session.post(server.url + NANO, json=BODY) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Encoding"] == "gzip"
+        assert int(resp.headers["Content-Length"]) == len(fault.payload)
+        body = await resp.read()
+    assert body == bytes(8 * 1024 * 1024)
+    with pytest.raises(ValueError, match="expanded_bytes"):
+        Fault.gzip_bomb(-1)
