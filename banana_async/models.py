@@ -7,6 +7,8 @@ wire names and shapes live in :mod:`banana_async.dialects`, never here.
 from __future__ import annotations
 
 import enum
+import ipaddress
+import re
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -23,6 +25,8 @@ __all__ = [
     "Resolution",
     "Task",
     "TaskStatus",
+    "text_problem",
+    "url_problem",
 ]
 
 
@@ -115,6 +119,9 @@ DEFAULT_MODEL = Model.NANO_BANANA_2  # listed by both dialects
 def _to_model(value: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InvalidRequestError(f"model must be a non-empty string, not {value!r}")
+    problem = text_problem(value)
+    if problem is not None:
+        raise InvalidRequestError(f"model {value!a} cannot be sent: {problem}")
     name = value.strip()
     try:
         return Model(name)
@@ -146,6 +153,79 @@ def _to_size(value: object) -> AspectRatio | None:
     raise InvalidRequestError(f"unknown size (aspect ratio) {value!r}; expected one of {allowed}")
 
 
+# What a host name may hold once IDNA-encoded (letters, digits, "-", "_", ".").
+_HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
+_MAX_HOST_LENGTH = 253
+
+
+def text_problem(text: str) -> str | None:
+    r"""Why ``text`` cannot be sent as UTF-8 (a lone surrogate), or None when it can.
+
+    JSON and Python strings may hold lone surrogates (``"\ud800"``), which no
+    UTF-8 encoder accepts: such text can reach neither the provider nor a
+    journal unchanged.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"it holds a lone surrogate at position {exc.start}, which is not valid Unicode"
+    return None
+
+
+def url_problem(url: object) -> str | None:
+    """Why ``url`` is not a usable http(s) URL, or None when it is usable.
+
+    One check for every URL the package acts on: reference images before a
+    create, a completed task's ``image_url`` and the download itself. It
+    refuses what the HTTP stack would choke on later (an unclosed IPv6
+    bracket, a port out of range, a host name that no DNS could hold).
+
+    Args:
+        url: Anything; only a string can be a URL.
+
+    Returns:
+        A short reason (to follow "the URL ..."), or None.
+    """
+    if not isinstance(url, str):
+        return f"is a {type(url).__name__}, not a string"
+    text = _text_problem_of_url(url)
+    if text is not None:
+        return text
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port  # raises for a port that is not a number in 0-65535
+    except ValueError as exc:
+        return f"cannot be parsed ({exc})"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "is not an http(s) URL"
+    if not host:
+        return "has no host"
+    return None if _usable_host(host) else "has an invalid host name"
+
+
+def _text_problem_of_url(url: str) -> str | None:
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        return "contains control characters"
+    if text_problem(url) is not None:
+        return "is not valid Unicode text"
+    return None
+
+
+def _usable_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return True
+    try:
+        encoded = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return False
+    return len(encoded) <= _MAX_HOST_LENGTH and bool(_HOST_NAME.match(encoded))
+
+
 def _to_image_urls(value: object) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -156,12 +236,12 @@ def _to_image_urls(value: object) -> tuple[str, ...]:
     for url in urls:
         if not isinstance(url, str):
             raise InvalidRequestError(f"image_urls must hold strings, not {url!r}")
-        parts = urlsplit(url)
-        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-            shown = url if len(url) <= 80 else url[:77] + "..."
+        problem = url_problem(url)
+        if problem is not None:
+            shown = ascii(url if len(url) <= 80 else url[:77] + "...")
             raise InvalidRequestError(
-                f"reference image {shown!r} is not an http(s) URL "
-                "(the providers take URLs, not file paths or inline data)"
+                f"reference image {shown} {problem} "
+                "(the providers take http(s) URLs, not file paths or inline data)"
             )
     return urls
 
@@ -169,6 +249,9 @@ def _to_image_urls(value: object) -> tuple[str, ...]:
 def _check_prompt(_instance: object, _attribute: attrs.Attribute[str], value: str) -> None:
     if not isinstance(value, str) or not value.strip():
         raise InvalidRequestError("prompt must be a non-empty string")
+    problem = text_problem(value)
+    if problem is not None:
+        raise InvalidRequestError(f"the prompt cannot be sent: {problem}")
 
 
 @attrs.frozen

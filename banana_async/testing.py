@@ -897,10 +897,9 @@ class FakeBananaServer:
     async def _answer_with_fault(
         self, request: web.Request, route: _Route, record: RecordedRequest, fault: Fault
     ) -> web.StreamResponse:
-        if fault.action == "status_word":
-            return self._answer(request, route, record, word=fault.word)
-        if fault.action == "edit":
-            return _edited(self._answer(request, route, record), fault)
+        if fault.action in ("status_word", "edit"):
+            answer = self._answer(request, route, record, word=fault.word)
+            return _edited(answer, fault) if fault.action == "edit" else answer
         if fault.action == "stall" and not fault.process:
             if await self._stall(fault.seconds):
                 return self._answer(request, route, record)

@@ -19,7 +19,7 @@ from banana_async import (
     Task,
     TaskStatus,
 )
-from banana_async.models import DEFAULT_MODEL, request_from
+from banana_async.models import DEFAULT_MODEL, request_from, text_problem, url_problem
 
 # --------------------------------------------------------------------------- enums
 
@@ -378,3 +378,54 @@ def test_task_defaults_and_frozen() -> None:
 )
 def test_task_status_from_word(word: str, status: TaskStatus) -> None:
     assert TaskStatus.from_word(word) is status
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::1/x.png",  # an unclosed IPv6 bracket
+        "http://" + "a" * 300 + "/x.png",  # a host no DNS can hold
+        "http://" + "a" * 64 + ".com/x.png",  # a label over 63 characters
+        "http://a..b/x.png",  # an empty label
+        "http://exa mple.com/x.png",
+        "http://h:99999/x.png",
+        "http://example.com/x\n.png",
+        "http://example.com/\ud800.png",
+        "ftp://example.com/x.png",
+        "http:///x.png",
+        "not a url",
+    ],
+)
+def test_url_problem_refuses_what_the_http_stack_would_choke_on(url: str) -> None:
+    assert url_problem(url) is not None
+    with pytest.raises(InvalidRequestError, match="reference image"):
+        GenerationRequest("a cat", image_urls=[url])
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://cdn.example.com/a/b.png?sig=abc&exp=1",
+        "http://127.0.0.1:8080/images/x.png",
+        "http://[::1]:8080/x.png",
+        "https://café.example/x.png",
+        "https://my_bucket.s3.amazonaws.com/x.png",
+    ],
+)
+def test_url_problem_accepts_usable_urls(url: str) -> None:
+    assert url_problem(url) is None
+
+
+def test_url_problem_of_non_strings() -> None:
+    assert url_problem(None) == "is a NoneType, not a string"
+    assert url_problem({"url": "x"}) is not None
+
+
+@pytest.mark.parametrize("field", ["prompt", "model"])
+def test_lone_surrogates_are_refused_before_anything_is_sent(field: str) -> None:
+    kwargs: dict[str, str] = {"prompt": "a cat"}
+    kwargs[field] = "bad \ud800"
+    with pytest.raises(InvalidRequestError, match="lone surrogate") as caught:
+        GenerationRequest(**kwargs)  # type: ignore[arg-type]
+    str(caught.value).encode("utf-8")  # the message itself is printable anywhere
+    assert text_problem("fine ✓") is None
