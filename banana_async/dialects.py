@@ -39,7 +39,15 @@ from banana_async.errors import (
     ResponseValidationError,
     ServerError,
 )
-from banana_async.models import GenerationRequest, Model, Resolution, Task, TaskStatus
+from banana_async.models import (
+    GenerationRequest,
+    Model,
+    Resolution,
+    Task,
+    TaskStatus,
+    text_problem,
+    url_problem,
+)
 
 __all__ = [
     "NANO",
@@ -142,7 +150,12 @@ _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
 }
 
 
-def _status_error(response: HTTPResponse) -> APIStatusError:
+def status_error(response: HTTPResponse) -> APIStatusError:
+    """The :class:`APIStatusError` subclass for a response's HTTP status.
+
+    Carries the status, the (bounded) body as text, the headers and the
+    provider's ``Retry-After``.
+    """
     status = response.status
     if status in _STATUS_ERRORS:
         cls = _STATUS_ERRORS[status]
@@ -163,8 +176,53 @@ def _status_error(response: HTTPResponse) -> APIStatusError:
     )
 
 
+# Codes that mean "no error" in a ``code``/``msg`` body: 0 and 200 by the two
+# common conventions, and words. Other numbers are the provider's own: the
+# documented error example uses code 204 for a failed login.
+_SUCCESS_CODES = frozenset({0, 200})
+_SUCCESS_WORDS = frozenset({"ok", "success", "succeeded", "true"})
+
+
+def _code_is_success(code: Any) -> bool:
+    if isinstance(code, bool):
+        return code
+    if isinstance(code, int):
+        return code in _SUCCESS_CODES
+    if isinstance(code, str):
+        text = code.strip().lower()
+        if text.isdigit():
+            return _code_is_success(int(text))
+        return text in _SUCCESS_WORDS
+    return False
+
+
+def _carried_id(data: dict[str, Any]) -> str | None:
+    """The task id a body carries, as text, or None when it has none usable."""
+    value = data.get("id")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    text = str(value)
+    return text if text.strip() else None
+
+
+def _unwrap(data: dict[str, Any]) -> dict[str, Any]:
+    """Unwrap one ``data`` level; an outer ``code``/``msg`` is kept beside the task."""
+    inner = data.get("data")
+    if not isinstance(inner, dict) or "id" in data or "status" in data:
+        return data
+    outer: dict[str, Any] = {
+        key: data[key] for key in ("code", "msg") if key in data and key not in inner
+    }
+    return {**outer, **inner} if outer else inner
+
+
 def parse_body(response: HTTPResponse) -> dict[str, Any]:
     """Check a response and return its JSON object, one ``data`` level unwrapped.
+
+    A body without a ``status`` but with ``code``/``msg`` is read by its code:
+    an error code is a :class:`ProviderError` (carrying the task id when the
+    body has one, since a task may exist); a success code (0, 200, "ok") or a
+    ``msg`` beside an id returns the body, for the caller to read as a task.
 
     Raises:
         APIStatusError: (or a subclass) for any status other than 2xx.
@@ -172,50 +230,64 @@ def parse_body(response: HTTPResponse) -> dict[str, Any]:
         ProviderError: a 2xx body that is an error (``code``/``msg``) rather than a task.
     """
     if not 200 <= response.status <= 299:
-        raise _status_error(response)
+        raise status_error(response)
     body = response.body
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
         # Neither an empty body nor an HTML page is JSON, so they are told
         # apart only here, off the path every good response takes.
-        if not body.strip():
-            raise ResponseValidationError(
-                "the provider sent an empty body", body="", status_code=response.status
-            ) from None
-        if _looks_like_html(body):
-            raise ResponseValidationError(
-                f"the provider sent {_describe(body)} instead of JSON "
-                "(often a proxy or gateway error)",
-                body=_text(body),
-                status_code=response.status,
-            ) from None
-        raise ResponseValidationError(
-            f"the provider's response is not JSON: {_describe(body)}",
-            body=_text(body),
-            status_code=response.status,
-        ) from None
+        raise _unreadable(response) from None
     if not isinstance(data, dict):
         raise ResponseValidationError(
             f"expected a JSON object, got {type(data).__name__}",
             body=_text(body),
             status_code=response.status,
         )
-    inner = data.get("data")
-    if isinstance(inner, dict) and "id" not in data and "status" not in data:
-        data = inner
+    data = _unwrap(data)
     if "status" not in data and ("code" in data or "msg" in data):
-        code = data.get("code")
-        msg = data.get("msg")
-        msg_text = msg if isinstance(msg, str) else "" if msg is None else str(msg)
-        code_text = "" if code is None else str(code)
-        raise ProviderError(
-            f"the provider reported an error (code {code_text or '?'}): {msg_text or '?'}",
-            code=code_text,
-            msg=msg_text,
-            body=_text(body),
-        )
+        _check_code(data, response)
     return data
+
+
+def _unreadable(response: HTTPResponse) -> ResponseValidationError:
+    body = response.body
+    if not body.strip():
+        return ResponseValidationError(
+            "the provider sent an empty body", body="", status_code=response.status
+        )
+    if _looks_like_html(body):
+        return ResponseValidationError(
+            f"the provider sent {_describe(body)} instead of JSON (often a proxy or gateway error)",
+            body=_text(body),
+            status_code=response.status,
+        )
+    return ResponseValidationError(
+        f"the provider's response is not JSON: {_describe(body)}",
+        body=_text(body),
+        status_code=response.status,
+    )
+
+
+def _check_code(data: dict[str, Any], response: HTTPResponse) -> None:
+    """Raise :class:`ProviderError` for a ``code``/``msg`` body that reports an error."""
+    code = data.get("code")
+    task_id = _carried_id(data)
+    if "code" in data and _code_is_success(code):
+        return
+    if "code" not in data and task_id is not None:
+        return  # a message beside a task id is news about that task, not an error
+    msg = data.get("msg")
+    msg_text = msg if isinstance(msg, str) else "" if msg is None else str(msg)
+    code_text = "" if code is None else str(code)
+    about = f" about task {task_id!a}" if task_id is not None else ""
+    raise ProviderError(
+        f"the provider reported an error{about} (code {code_text or '?'}): {msg_text or '?'}",
+        code=code_text,
+        msg=msg_text,
+        body=_text(response.body),
+        task_id=task_id,
+    )
 
 
 def _structure(data: dict[str, Any], response: HTTPResponse) -> WireTask:
@@ -239,21 +311,50 @@ def _structure(data: dict[str, Any], response: HTTPResponse) -> WireTask:
             body=_text(response.body),
             status_code=response.status,
         )
+    problem = text_problem(wire.id)
+    if problem is not None:
+        # No URL can carry it: the task exists but cannot be polled. Keep the
+        # id for a human rather than fail later with an encoding error.
+        raise ResponseValidationError(
+            f"the provider's task id {wire.id!a} cannot be used: {problem}",
+            body=_text(response.body),
+            status_code=response.status,
+            task_id=wire.id,
+        )
     return wire
 
 
 def _task(wire: WireTask, *, default_status: str | None = None) -> Task:
     raw = wire.status if wire.status is not None else default_status or ""
+    status = TaskStatus.from_word(raw)
+    error = wire.error
+    if status is TaskStatus.COMPLETED:
+        problem = "has no image URL" if not wire.image_url else None
+        problem = problem or _url_problem(wire.image_url)
+        if problem is not None:
+            # Waiting longer cannot mend a finished task: it failed to deliver.
+            status = TaskStatus.FAILED
+            error = f"the provider reported {raw!a} but the task {problem}"
     return Task(
         id=wire.id,
-        status=TaskStatus.from_word(raw),
+        status=status,
         raw_status=raw,
         created=wire.created,
         model=wire.model,
         object=wire.object,
         image_url=wire.image_url or None,
-        error=wire.error,
+        error=error,
     )
+
+
+def _url_problem(url: str | None) -> str | None:
+    problem = url_problem(url)
+    return None if problem is None else f"image URL {_shown(url)} {problem}"
+
+
+def _shown(url: str | None) -> str:
+    text = url or ""
+    return ascii(text if len(text) <= 80 else text[:77] + "...")
 
 
 @attrs.frozen
@@ -332,7 +433,10 @@ class Dialect:
         """The GET that asks for the status of task ``task_id``."""
         if not isinstance(task_id, str) or not task_id.strip():
             raise InvalidRequestError(f"task id must be a non-empty string, not {task_id!r}")
-        path = self.query_path.format(id=quote(task_id, safe=""))
+        problem = text_problem(task_id)
+        if problem is not None:
+            raise InvalidRequestError(f"task id {task_id!a} cannot be sent: {problem}")
+        path = self.query_path.format(id=_quote_id(task_id))
         return HTTPRequest(
             "GET",
             _join(base_url or self.query_base_url, path),
@@ -349,8 +453,20 @@ class Dialect:
         data = parse_body(response)
         return _task(_structure(data, response), default_status=TaskStatus.QUEUED.value)
 
-    def parse_task(self, response: HTTPResponse) -> Task:
-        """Read a status-query response into a task."""
+    def parse_task(self, response: HTTPResponse, *, task_id: str | None = None) -> Task:
+        """Read a status-query response into a task.
+
+        A completed task without a usable ``image_url`` is returned as failed
+        (``raw_status`` keeps the provider's word): no later poll can mend it.
+
+        Args:
+            response: The answer to a status query.
+            task_id: The id that was asked for; an answer about another task
+                is refused (a proxy or cache mixing answers up).
+
+        Raises:
+            ResponseValidationError: not a task, no status, or another task.
+        """
         data = parse_body(response)
         wire = _structure(data, response)
         if wire.status is None:
@@ -359,7 +475,24 @@ class Dialect:
                 body=_text(response.body),
                 status_code=response.status,
             )
+        if task_id is not None and wire.id != task_id:
+            raise ResponseValidationError(
+                f"the provider answered a query for task {task_id!a} with task {wire.id!a}",
+                body=_text(response.body),
+                status_code=response.status,
+            )
         return _task(wire)
+
+
+def _quote_id(task_id: str) -> str:
+    """The id as one path segment that no URL normalisation can change.
+
+    ``quote`` leaves ``.`` alone (it is unreserved), but a segment of dots
+    only (``.``, ``..``) would be resolved away as "this" or "the parent"
+    directory by URL libraries and proxies alike.
+    """
+    quoted = quote(task_id, safe="")
+    return quoted.replace(".", "%2E") if not quoted.strip(".") else quoted
 
 
 def _join(base: str, path: str) -> str:
@@ -430,3 +563,7 @@ def get_dialect(dialect: str | Dialect) -> Dialect:
             f"unknown dialect {dialect!r}; expected one of {', '.join(sorted(_BY_NAME))}"
         )
     return found
+
+
+# The transport still imports the old private name; kept until it moves over.
+_status_error = status_error

@@ -145,13 +145,25 @@ class ProviderError(BananaError):
         code: The provider's error code, as text (may be empty).
         msg: The provider's message.
         body: The whole body as text.
+        task_id: The task id the body carried beside the error, or None. A
+            create answered this way may have created (and billed) that
+            task: a journaled batch records it as unconfirmed, with its id.
     """
 
-    def __init__(self, message: str, *, code: str = "", msg: str = "", body: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "",
+        msg: str = "",
+        body: str = "",
+        task_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.msg = msg
         self.body = body
+        self.task_id = task_id
 
 
 class ResponseValidationError(BananaError):
@@ -160,12 +172,18 @@ class ResponseValidationError(BananaError):
     Attributes:
         body: The body as text (API key redacted).
         status_code: The HTTP status it came with.
+        task_id: A task id the body carried although it was unusable (a lone
+            surrogate in it, say), or None. A create answered this way
+            created a task that cannot be polled: the id is kept for a human.
     """
 
-    def __init__(self, message: str, *, body: str = "", status_code: int = 200) -> None:
+    def __init__(
+        self, message: str, *, body: str = "", status_code: int = 200, task_id: str | None = None
+    ) -> None:
         super().__init__(message)
         self.body = body
         self.status_code = status_code
+        self.task_id = task_id
 
 
 class TaskFailedError(BananaError):

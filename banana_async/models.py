@@ -25,8 +25,6 @@ __all__ = [
     "Resolution",
     "Task",
     "TaskStatus",
-    "text_problem",
-    "url_problem",
 ]
 
 

@@ -45,6 +45,7 @@ from banana_async import (
 
 SAMPLES = Path(__file__).parent / "samples"
 CREATED_TS = 1761635478
+IMAGE_URL = "https://cdn.example.com/abc123def456.png"
 CREATED = datetime.fromtimestamp(CREATED_TS, UTC)
 DIALECTS = pytest.mark.parametrize("dialect", [NANO, NAVO], ids=["nano", "navo"])
 
@@ -489,7 +490,7 @@ def test_status_words_case_insensitive(
     dialect: Dialect, word: str, status: TaskStatus, spell: Callable[[str], str]
 ) -> None:
     raw = spell(word)
-    task = dialect.parse_task(response(task_body(status=raw)))
+    task = dialect.parse_task(response(task_body(status=raw, image_url=IMAGE_URL)))
     assert task.status is status
     assert task.raw_status == raw
     assert task.done is (status in (TaskStatus.COMPLETED, TaskStatus.FAILED))
@@ -667,24 +668,93 @@ def test_bodies_that_are_not_a_json_object(dialect: Dialect, body: bytes, needle
         {"id": {"nested": "object"}},
         {"id": ["abc"]},
         {"id": True},
-        {"id": 1.5},
         {"id": None},
-        {"status": {"word": "completed"}},
-        {"status": ["completed"]},
-        {"created": "yesterday"},
-        {"created": True},
-        {"created": [CREATED_TS]},
-        {"image_url": {"url": "https://x"}},
-        {"model": ["nano-banana-2"]},
+        {"id": float("inf")},
     ],
     ids=repr,
 )
-def test_wrong_types_are_validation_errors(dialect: Dialect, fields: dict[str, Any]) -> None:
+def test_ids_of_wrong_types_are_validation_errors(dialect: Dialect, fields: dict[str, Any]) -> None:
     for parse in parsers(dialect):
         with pytest.raises(ResponseValidationError) as info:
             parse(response(task_body(**fields)))
         assert info.value.status_code == 200
         assert info.value.body
+
+
+@DIALECTS
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"created": "yesterday"}, {"created": None}),
+        ({"created": True}, {"created": None}),
+        ({"created": 1e300}, {"created": None}),
+        ({"created": [CREATED_TS]}, {"created": None}),
+        ({"model": ["nano-banana-2"]}, {"model": '["nano-banana-2"]'}),
+        ({"object": {"kind": "image"}}, {"object": '{"kind": "image"}'}),
+        ({"model": 2}, {"model": "2"}),
+        ({"status": {"word": "completed"}}, {"raw_status": '{"word": "completed"}'}),
+        ({"status": 2}, {"raw_status": "2", "status": TaskStatus.UNKNOWN}),
+        ({"id": 1.5}, {"id": "1.5"}),
+        ({"id": 12345.0}, {"id": "12345"}),
+        ({"id": 1e300}, {"id": "1e+300"}),
+    ],
+    ids=repr,
+)
+def test_fields_not_needed_to_act_never_cost_the_id(
+    dialect: Dialect, fields: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    # A billed task must not be lost over a field the client does not need.
+    for parse in parsers(dialect):
+        task = parse(response(task_body(**fields)))
+        for name, value in expected.items():
+            assert getattr(task, name) == value
+        if "id" not in expected:
+            assert task.id == "abc123def456"
+
+
+@DIALECTS
+@pytest.mark.parametrize(
+    ("image_url", "problem"),
+    [
+        (None, "has no image URL"),
+        ("", "has no image URL"),
+        ({"href": "https://x"}, "has no image URL"),
+        ("http://[::1/x.png", "cannot be parsed"),
+        ("http://" + "a" * 300 + "/x.png", "invalid host name"),
+        ("ftp://cdn.example.com/x.png", "not an http(s) URL"),
+        ("/relative/x.png", "not an http(s) URL"),
+    ],
+    ids=repr,
+)
+def test_a_completed_task_without_a_usable_image_url_is_a_failed_task(
+    dialect: Dialect, image_url: Any, problem: str
+) -> None:
+    # No later poll can mend a finished task: it ends now, clearly, not at the
+    # deadline of a wait that keeps polling.
+    task = dialect.parse_task(response(task_body(status="completed", image_url=image_url)))
+    assert task.status is TaskStatus.FAILED
+    assert task.raw_status == "completed"
+    assert task.error is not None
+    assert problem in task.error
+    assert "completed" in task.error
+
+
+@DIALECTS
+@pytest.mark.parametrize(
+    ("image_url", "read_as"),
+    [
+        ({"url": IMAGE_URL}, IMAGE_URL),
+        ([IMAGE_URL], IMAGE_URL),
+        (IMAGE_URL, IMAGE_URL),
+    ],
+    ids=repr,
+)
+def test_image_url_in_an_object_or_a_list_of_one(
+    dialect: Dialect, image_url: Any, read_as: str
+) -> None:
+    task = dialect.parse_task(response(task_body(status="completed", image_url=image_url)))
+    assert task.ok
+    assert task.image_url == read_as
 
 
 @DIALECTS
@@ -840,3 +910,94 @@ def test_get_dialect_rejects_an_unknown_name(name: str) -> None:
 def test_dialect_names() -> None:
     assert NANO.name == "nano"
     assert NAVO.name == "navo"
+
+
+# --------------------------------------------------------------------------- careless providers
+
+
+@DIALECTS
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"code": 0, "msg": "task submitted"},
+        {"code": "0", "msg": "ok"},
+        {"code": 200, "msg": "success"},
+        {"code": "SUCCESS"},
+        {"msg": "task submitted"},
+    ],
+    ids=repr,
+)
+def test_a_create_answer_with_an_id_and_a_success_code_is_a_created_task(
+    dialect: Dialect, extra: dict[str, Any]
+) -> None:
+    body = {"id": "abc123", **extra}
+    task = dialect.parse_create(response(body))
+    assert task.id == "abc123"
+    assert task.status is TaskStatus.QUEUED
+    # wrapped, the outer code travels with the inner task
+    task = dialect.parse_create(response({**extra, "data": {"id": "abc123"}}))
+    assert task.id == "abc123"
+
+
+@DIALECTS
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"id": "abc123", "code": 500, "msg": "insufficient balance"},
+        {"id": "abc123", "code": "E1001", "msg": "busy"},
+        {"code": 1001, "msg": "busy", "data": {"id": "abc123"}},
+    ],
+    ids=repr,
+)
+def test_an_error_code_beside_an_id_keeps_the_id(dialect: Dialect, body: dict[str, Any]) -> None:
+    for parse in parsers(dialect):
+        with pytest.raises(ProviderError) as info:
+            parse(response(body))
+        assert info.value.task_id == "abc123"
+        assert "abc123" in str(info.value)
+
+
+@DIALECTS
+def test_a_code_msg_error_without_an_id_has_no_task_id(dialect: Dialect) -> None:
+    with pytest.raises(ProviderError) as info:
+        dialect.parse_create(response(sample("provider-error-codemsg.json")))
+    assert info.value.task_id is None
+
+
+@DIALECTS
+def test_a_success_code_without_any_id_is_no_task(dialect: Dialect) -> None:
+    # It may have created a task whose id we never got: not "nothing created".
+    with pytest.raises(ResponseValidationError, match="id"):
+        dialect.parse_create(response({"code": 0, "msg": "ok"}))
+
+
+@DIALECTS
+def test_a_query_answer_about_another_task_is_refused(dialect: Dialect) -> None:
+    body = task_body(id="someone-else", status="completed", image_url=IMAGE_URL)
+    with pytest.raises(ResponseValidationError, match="someone-else"):
+        dialect.parse_task(response(body), task_id="abc123def456")
+    assert dialect.parse_task(response(body)).id == "someone-else"  # no id asked: no check
+
+
+@DIALECTS
+def test_a_task_id_with_a_lone_surrogate_is_refused_but_kept(dialect: Dialect) -> None:
+    body = json.dumps(task_body(id="bad\ud800")).encode()  # ensure_ascii: "\\ud800"
+    for parse in parsers(dialect):
+        with pytest.raises(ResponseValidationError, match="surrogate") as info:
+            parse(response(body))
+        assert info.value.task_id == "bad\ud800"
+        str(info.value).encode("utf-8")  # the message itself is printable
+    with pytest.raises(InvalidRequestError, match="surrogate"):
+        dialect.query_request("bad\ud800")
+
+
+@DIALECTS
+@pytest.mark.parametrize("task_id", [".", "..", "...", "a.b", "../x", "%2E%2E"])
+def test_no_task_id_can_change_the_query_path(dialect: Dialect, task_id: str) -> None:
+    url = dialect.query_request(task_id, base_url="http://127.0.0.1:1/api").url
+    prefix = "http://127.0.0.1:1/api/v1/result/"
+    assert url.startswith(prefix)
+    segment = url.removeprefix(prefix)
+    assert "/" not in segment
+    assert segment.strip(".")  # never a dot segment that a URL library resolves
+    assert unquote(segment) == task_id

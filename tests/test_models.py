@@ -426,6 +426,6 @@ def test_lone_surrogates_are_refused_before_anything_is_sent(field: str) -> None
     kwargs: dict[str, str] = {"prompt": "a cat"}
     kwargs[field] = "bad \ud800"
     with pytest.raises(InvalidRequestError, match="lone surrogate") as caught:
-        GenerationRequest(**kwargs)  # type: ignore[arg-type]
+        GenerationRequest(**kwargs)
     str(caught.value).encode("utf-8")  # the message itself is printable anywhere
     assert text_problem("fine ✓") is None

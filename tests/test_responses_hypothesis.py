@@ -6,13 +6,25 @@ No JSON, cattrs, Unicode, overflow or date error may escape the dialect layer.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from banana_async import NANO, NAVO, APIStatusError, BananaError, HTTPResponse, Task, TaskStatus
+from banana_async import (
+    NANO,
+    NAVO,
+    APIStatusError,
+    BananaError,
+    HTTPResponse,
+    ProviderError,
+    ResponseValidationError,
+    Task,
+    TaskStatus,
+)
+from banana_async.models import url_problem
 
 STATUS_WORDS = [
     "completed",
@@ -195,7 +207,15 @@ def check(parse: Callable[[HTTPResponse], Task], response: HTTPResponse) -> None
     assert isinstance(outcome.id, str)
     assert isinstance(outcome.status, TaskStatus)
     assert isinstance(outcome.raw_status, str)
-    assert outcome.status is TaskStatus.from_word(outcome.raw_status)
+    word = TaskStatus.from_word(outcome.raw_status)
+    if word is TaskStatus.COMPLETED and outcome.status is TaskStatus.FAILED:
+        # "completed" without a usable image is a failure of the task, said so
+        assert url_problem(outcome.image_url) is not None or not outcome.image_url
+        assert outcome.error
+    else:
+        assert outcome.status is word
+    if outcome.ok:
+        assert url_problem(outcome.image_url) is None
     assert outcome.created is None or outcome.created.utcoffset() is not None
     for text in (outcome.model, outcome.object, outcome.image_url, outcome.error):
         assert text is None or isinstance(text, str)
@@ -225,9 +245,13 @@ def test_task_shaped_objects_at_200(obj: dict[str, Any]) -> None:
     check(NANO.parse_create, response)
 
 
-def _is_text_like(value: object) -> bool:
-    """What the converter may read as text: a string, or an integer (never a bool)."""
-    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+def _is_id_like(value: object) -> bool:
+    """What may be read as a task id: text, an integer or a finite float (never a bool)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str | int)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -238,7 +262,7 @@ def _is_text_like(value: object) -> bool:
         {}, optional={k: v for k, v in task_fields.items() if k not in ("id", "status", "data")}
     ),
 )
-def test_a_task_is_only_read_from_text_like_id_and_status(
+def test_a_task_id_is_only_read_from_id_like_values(
     task_id: Any, status: Any, rest: dict[str, Any]
 ) -> None:
     # Lax string structuring (str() of a dict, a list, None, a bool) would turn a
@@ -249,11 +273,36 @@ def test_a_task_is_only_read_from_text_like_id_and_status(
             task = parse(response)
         except BananaError:
             continue
-        assert _is_text_like(task_id), f"id {task_id!r} was read as {task.id!r}"
-        assert task.id == str(task_id)
+        assert _is_id_like(task_id), f"id {task_id!r} was read as {task.id!r}"
+        if isinstance(task_id, str | int):
+            assert task.id == str(task_id)
         if status is None:  # null status: only a create may default it (to queued)
             assert parse == NAVO.parse_create
             assert task.status is TaskStatus.QUEUED
-        else:
-            assert _is_text_like(status), f"status {status!r} was read as {task.raw_status!r}"
-            assert task.raw_status == str(status)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    task_id=st.text(min_size=1, max_size=20).filter(lambda t: t.strip()) | st.integers(),
+    rest=st.fixed_dictionaries(
+        {}, optional={k: v for k, v in task_fields.items() if k not in ("id", "status")}
+    ),
+)
+def test_a_create_answer_with_an_id_never_loses_it(task_id: Any, rest: dict[str, Any]) -> None:
+    # Whatever else a 200 create answer holds (odd types, code/msg, a status of
+    # any shape), an id in it is a task the provider may have billed: the id
+    # comes back as a task or on the error.
+    body = {**rest, "id": task_id}
+    if isinstance(rest.get("data"), dict) and "id" not in rest["data"]:
+        body["data"] = {**rest["data"], "id": task_id}
+    for parse in (NANO.parse_create, NAVO.parse_create):
+        kept = _id_kept_by(parse, HTTPResponse(200, {}, json.dumps(body).encode()))
+        assert kept == str(task_id), f"the id {task_id!r} was dropped ({kept!r})"
+
+
+def _id_kept_by(parse: Callable[[HTTPResponse], Task], response: HTTPResponse) -> object:
+    """The id a create answer yields: on the task, or on the error it raised."""
+    try:
+        return parse(response).id
+    except (ProviderError, ResponseValidationError) as exc:
+        return exc.task_id if exc.task_id is not None else exc
