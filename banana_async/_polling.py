@@ -97,12 +97,31 @@ def wake_delay(now: float, delay: float, interval: float) -> float:
     return math.ceil((now + delay) / step) * step - now
 
 
-def check_interval(value: float, name: str = "poll_interval") -> float:
-    """Validate a poll interval given by a caller."""
+MIN_POLL_INTERVAL = 0.001
+"""The shortest ``poll_interval`` accepted (tests poll fast; providers want 2-5 s)."""
+
+MAX_POLL_INTERVAL = 86_400.0
+"""The longest ``poll_interval`` accepted: image URLs expire in about a day."""
+
+
+def check_interval(
+    value: float,
+    name: str = "poll_interval",
+    *,
+    low: float = MIN_POLL_INTERVAL,
+    high: float = MAX_POLL_INTERVAL,
+) -> float:
+    """Validate a positive rate or interval given by a caller, within ``[low, high]``.
+
+    A bound keeps the arithmetic of wake-ups and rate buckets finite: an
+    interval of ``1e-320`` seconds would overflow it.
+    """
     if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
-        raise InvalidRequestError(f"{name} must be a positive number of seconds, not {value!r}")
+        raise InvalidRequestError(f"{name} must be a positive number, not {value!r}")
     if math.isinf(value):
         raise InvalidRequestError(f"{name} must be finite")
+    if not low <= value <= high:
+        raise InvalidRequestError(f"{name} must be between {low:g} and {high:g}, not {value!r}")
     return float(value)
 
 

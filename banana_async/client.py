@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Self
 from urllib.parse import urlsplit
 
 import aiohttp
+import attrs
 from multidict import CIMultiDict
 
 from banana_async import _retry, _transport
@@ -34,11 +35,14 @@ from banana_async._polling import (
     check_timeout,
     wake_delay,
 )
+from banana_async._redact import Redactor
 from banana_async._version import __version__
 from banana_async.batch import BatchInput, Outcome
 from banana_async.dialects import Dialect, HTTPRequest, HTTPResponse, get_dialect
 from banana_async.download import DEFAULT_MAX_IMAGE_BYTES, download_task_image
 from banana_async.errors import (
+    APIStatusError,
+    APITimeoutError,
     BananaError,
     InvalidRequestError,
     RateLimitError,
@@ -68,7 +72,6 @@ API_KEY_ENV = "BANANA_API_KEY"
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_CONNECTION_LIMIT = 100
-_REDACTED = b"[redacted]"
 
 RATE_LIMIT_PAUSE = 1.0
 """Seconds the whole client pauses after a 429 that does not say how long."""
@@ -188,13 +191,11 @@ class BananaClient:
             raise InvalidRequestError(
                 f"no API key: pass api_key=... or set the {API_KEY_ENV} environment variable"
             )
-        if any(c in key for c in "\r\n"):
-            raise InvalidRequestError("the API key contains a line break")
-        self._secret = _Secret(key.strip())
+        self._secret = _Secret(_check_key(key))
         self._auth_headers = {"Authorization": f"Bearer {self._secret.reveal()}"}
         # Request headers merged with the credentials, per distinct header set.
         self._merged_headers: dict[tuple[tuple[str, str], ...], CIMultiDict[str]] = {}
-        self._secret_bytes = self._secret.reveal().encode()
+        self._redactor = Redactor(self._secret.reveal())
 
         self._dialect = get_dialect(dialect)
         self._create_base = _check_base_url(
@@ -237,6 +238,11 @@ class BananaClient:
         self._created: dict[str, tuple[DurationKey, float]] = {}
         self._paused_until = 0.0
         self._limiter = _make_limiter(requests_per_second)
+        # Requests in flight at once, sized to the session's connection pool
+        # (set on entry): a request waits here, untimed, rather than in the
+        # pool, where the wait would count against connect_timeout and fail
+        # hundreds of creates that were never sent.
+        self._slots: asyncio.Semaphore | None = None
 
         self._session: aiohttp.ClientSession | None = session
         self._owns_session = session is None
@@ -257,6 +263,8 @@ class BananaClient:
                 connection_limit=self._connection_limit,
                 user_agent=f"banana-async/{__version__}",
             )
+        slots = _pool_size(self._session)
+        self._slots = None if slots is None else asyncio.Semaphore(slots)
         self._entered = True
         return self
 
@@ -308,27 +316,66 @@ class BananaClient:
 
     # -- one request ---------------------------------------------------------------
 
-    async def _request(self, request: HTTPRequest, parse: Callable[[HTTPResponse], Task]) -> Task:
-        """Send once and parse the answer; a 429 also pauses the whole client."""
-        session = self._session_for_call()
-        if self._limiter is not None or self._paused_until > self._clock.time():
-            await self._wait_for_turn()
-        response = await _transport.send(
-            session, request, headers=self._headers_for(request), timeout=self._timeout
-        )
-        logger.debug("%s %s -> %d", request.method, request.url, response.status)
-        if self._secret_bytes in response.body:
-            # A provider that echoes the key back must not put it into our errors.
-            response = HTTPResponse(
-                response.status,
-                response.headers,
-                response.body.replace(self._secret_bytes, _REDACTED),
-            )
+    async def _request(
+        self,
+        request: HTTPRequest,
+        parse: Callable[[HTTPResponse], Task],
+        *,
+        deadline: float | None = None,
+    ) -> Task:
+        """Send once and parse the answer; a 429 also pauses the whole client.
+
+        Nothing is sent once ``deadline`` (on the client's clock) has passed:
+        the request fails with :class:`~banana_async.APITimeoutError`
+        (``request_sent=False``) instead. Every error is redacted here.
+        """
         try:
-            return parse(response)
+            session = self._session_for_call()
+            if self._limiter is not None or self._paused_until > self._clock.time():
+                await self._wait_for_turn(request, deadline)
+            if deadline is not None and self._clock.time() >= deadline:
+                raise _not_sent(request, "its deadline passed")
+            headers = self._headers_for(request)
+            if self._slots is None:
+                response = await _transport.send(
+                    session, request, headers=headers, timeout=self._timeout
+                )
+            else:
+                async with self._slots:
+                    response = await _transport.send(
+                        session, request, headers=headers, timeout=self._timeout
+                    )
+            logger.debug("%s %s -> %d", request.method, request.url, response.status)
+            task = parse(response)
         except RateLimitError as exc:
             self._note_rate_limit(exc)
-            raise
+            raise self._redacted(exc) from None
+        except BananaError as exc:
+            raise self._redacted(exc) from None
+        if task.error is not None and self._redactor.found_in(task.error):
+            # The provider's failure message is text for people: it goes into
+            # TaskFailedError, logs, the journal and the CLI.
+            task = attrs.evolve(task, error=self._redactor.text(task.error))
+        return task
+
+    def _redacted(self, exc: BananaError) -> BananaError:
+        """Remove the API key from an exception's message and every text it carries.
+
+        Headers and bodies are kept on exceptions for debugging, so they are
+        cleaned too; an exception is cleaned once however often it passes.
+        """
+        if getattr(exc, "_banana_redacted", False):
+            return exc
+        clean = self._redactor.text
+        exc.args = tuple(clean(arg) if isinstance(arg, str) else arg for arg in exc.args)
+        for name in ("body", "msg", "code", "error"):
+            value = getattr(exc, name, None)
+            if isinstance(value, str):
+                setattr(exc, name, clean(value))
+        if isinstance(exc, APIStatusError):
+            exc.headers = {name: clean(value) for name, value in exc.headers.items()}
+        exc._banana_redacted = True  # type: ignore[attr-defined]
+        return exc
 
     def _headers_for(self, request: HTTPRequest) -> CIMultiDict[str]:
         key = tuple(request.headers.items())
@@ -341,13 +388,27 @@ class BananaClient:
             )
         return merged
 
-    async def _wait_for_turn(self) -> None:
-        """Hold a request while the client is paused by a 429, then rate-limit it."""
+    async def _wait_for_turn(self, request: HTTPRequest, deadline: float | None) -> None:
+        """Hold a request while the client is paused by a 429, then rate-limit it.
+
+        A request that could only be sent after ``deadline`` fails at once
+        rather than wait for nothing.
+        """
         clock = self._clock
         while (pause := self._paused_until - clock.time()) > 0:
+            if deadline is not None and self._paused_until >= deadline:
+                raise _not_sent(request, "the client is paused by a 429 past its deadline")
             await clock.sleep(pause)
-        if self._limiter is not None:
+        if self._limiter is None:
+            return
+        if deadline is None:
             await self._limiter.acquire()
+            return
+        try:
+            async with asyncio.timeout(max(0.0, deadline - clock.time())):
+                await self._limiter.acquire()
+        except TimeoutError:
+            raise _not_sent(request, "the rate limit held it past its deadline") from None
 
     def _note_rate_limit(self, error: RateLimitError) -> None:
         delay = _retry.requested_delay(error) or RATE_LIMIT_PAUSE
@@ -361,16 +422,23 @@ class BananaClient:
         request: HTTPRequest,
         parse: Callable[[HTTPResponse], Task],
         should_retry: Callable[[BananaError], bool],
+        *,
+        deadline: float | None = None,
     ) -> Task:
+        """Send with retries; no attempt starts once ``deadline`` would be passed."""
         attempt = 0
         while True:
             try:
-                return await self._request(request, parse)
+                return await self._request(request, parse, deadline=deadline)
             except BananaError as exc:
                 if attempt >= self._max_retries or not should_retry(exc):
                     raise
                 attempt += 1
                 delay = _retry.retry_delay(attempt, exc, rng=self._rng)
+                if deadline is not None and self._clock.time() + delay >= deadline:
+                    # A create sent after its deadline would bill a task that
+                    # nobody waits for: give up with the error that stopped us.
+                    raise
                 logger.info(
                     "%s %s failed (%s); retry %d/%d in %.2f s",
                     request.method,
@@ -428,10 +496,15 @@ class BananaClient:
         """
         return await self._create(self._prepare(prompt, model, resolution, size, image_urls))
 
-    async def _create(self, request: GenerationRequest) -> Task:
-        """Create a task for a request already validated against the dialect."""
+    async def _create(self, request: GenerationRequest, *, deadline: float | None = None) -> Task:
+        """Create a task for a request already validated against the dialect.
+
+        No attempt (first or retry) is sent once ``deadline`` has passed.
+        """
         http = self._dialect.create_request(request, base_url=self._create_base)
-        task = await self._call(http, self._dialect.parse_create, _retry.should_retry_create)
+        task = await self._call(
+            http, self._dialect.parse_create, _retry.should_retry_create, deadline=deadline
+        )
         logger.debug("created task %s (%s)", task.id, task.raw_status)
         if self._adaptive:
             self._remember(task.id, request)
@@ -453,7 +526,16 @@ class BananaClient:
         """
         task_id = task.id if isinstance(task, Task) else task
         http = self._dialect.query_request(task_id, base_url=self._query_base)
-        return await self._call(http, self._dialect.parse_task, _retry.should_retry_query)
+        return await self._call(http, self._parser_for(task_id), _retry.should_retry_query)
+
+    def _parser_for(self, task_id: str) -> Callable[[HTTPResponse], Task]:
+        """Parse a query answer, refusing one about another task."""
+        parse_task = self._dialect.parse_task
+
+        def parse(response: HTTPResponse) -> Task:
+            return parse_task(response, task_id=task_id)
+
+        return parse
 
     async def wait(
         self,
@@ -494,9 +576,10 @@ class BananaClient:
         last = task if isinstance(task, Task) else None
         task_id = task.id if isinstance(task, Task) else task
         http = self._dialect.query_request(task_id, base_url=self._query_base)
+        parse = self._parser_for(task_id)
         self._session_for_call()  # fail fast on a client that is not open
         if last is not None and last.done:
-            return _finished(last)
+            return self._finished(last)
         context = self._created.get(task_id)
         delay = self._first_delay(last, context, interval)
         last_pending: float | None = None
@@ -517,7 +600,7 @@ class BananaClient:
                     if deadline is not None and deadline - clock.time() <= 0:
                         raise TaskTimeoutError(task_id, limit or 0.0, last)
                     try:
-                        last = await self._request(http, self._dialect.parse_task)
+                        last = await self._request(http, parse)
                     except BananaError as exc:
                         if not _retry.is_transient(exc):
                             raise
@@ -544,7 +627,9 @@ class BananaClient:
         except TimeoutError:
             # Only the deadline raises the builtin: the transport maps its own
             # timeouts to APITimeoutError.
-            raise TaskTimeoutError(task_id, limit or 0.0, last) from None
+            raise self._redacted(TaskTimeoutError(task_id, limit or 0.0, last)) from None
+        except TaskTimeoutError as exc:
+            raise self._redacted(exc) from None
         if context is not None:
             del self._created[task_id]
             if last.ok:
@@ -554,7 +639,12 @@ class BananaClient:
                     first_done=clock.time() - context[1],
                     interval=interval,
                 )
-        return _finished(last)
+        return self._finished(last)
+
+    def _finished(self, task: Task) -> Task:
+        if task.status is TaskStatus.FAILED:
+            raise self._redacted(TaskFailedError(task))
+        return task
 
     def _first_delay(
         self, last: Task | None, context: tuple[DurationKey, float] | None, interval: float
@@ -586,9 +676,8 @@ class BananaClient:
         interval = self._poll_interval if poll_interval is None else check_interval(poll_interval)
         limit = self._wait_timeout if timeout is None else check_timeout(timeout)
         deadline = None if limit is None else self._clock.time() + limit
-        created = await self.create(
-            prompt, model=model, resolution=resolution, size=size, image_urls=image_urls
-        )
+        request = self._prepare(prompt, model, resolution, size, image_urls)
+        created = await self._create(request, deadline=deadline)
         return await self._wait(created, interval=interval, limit=limit, deadline=deadline)
 
     async def download(
@@ -612,9 +701,17 @@ class BananaClient:
             APIConnectionError: the download failed in transit.
         """
         session = self._session_for_call()
-        return await download_task_image(
-            session, task, Path(dest), timeout=self._download_timeout, max_bytes=max_bytes
-        )
+        try:
+            if self._slots is None:
+                return await download_task_image(
+                    session, task, Path(dest), timeout=self._download_timeout, max_bytes=max_bytes
+                )
+            async with self._slots:
+                return await download_task_image(
+                    session, task, Path(dest), timeout=self._download_timeout, max_bytes=max_bytes
+                )
+        except BananaError as exc:
+            raise self._redacted(exc) from None
 
     def generate_many(
         self,
@@ -685,7 +782,7 @@ class BananaClient:
 def _make_limiter(requests_per_second: float | None) -> AsyncLimiter | None:
     if requests_per_second is None:
         return None
-    rate = check_interval(requests_per_second, "requests_per_second")
+    rate = check_interval(requests_per_second, "requests_per_second", low=0.001, high=1e6)
     try:
         from aiolimiter import AsyncLimiter  # noqa: PLC0415 - an optional extra
     except ImportError:  # pragma: no cover - the test environment has it
@@ -697,7 +794,32 @@ def _make_limiter(requests_per_second: float | None) -> AsyncLimiter | None:
     return AsyncLimiter(burst, burst / rate)
 
 
-def _finished(task: Task) -> Task:
-    if task.status is TaskStatus.FAILED:
-        raise TaskFailedError(task)
-    return task
+def _pool_size(session: aiohttp.ClientSession) -> int | None:
+    """How many connections the session's pool holds (None: no limit).
+
+    For a borrowed session with a per-host limit, the smaller one: the API
+    is one or two hosts.
+    """
+    connector = session.connector
+    if connector is None:
+        return None
+    limits = [n for n in (connector.limit, connector.limit_per_host) if n > 0]
+    return min(limits) if limits else None
+
+
+def _check_key(key: str) -> str:
+    """The key, stripped, if it can travel in an HTTP header; else a clear error."""
+    key = key.strip()
+    bad = next((c for c in key if not 0x21 <= ord(c) <= 0x7E), None)
+    if bad is not None:
+        # Never show the key itself, not even in part.
+        what = "a line break" if bad in "\r\n" else f"the character U+{ord(bad):04X}"
+        raise InvalidRequestError(
+            f"the API key contains {what}; a key is printable ASCII without spaces"
+        )
+    return key
+
+
+def _not_sent(request: HTTPRequest, why: str) -> APITimeoutError:
+    message = f"{request.method} {request.url} was not sent: {why}"
+    return APITimeoutError(message, request_sent=False)

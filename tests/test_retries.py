@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
+import aiohttp
 import pytest
 
 import banana_async as ba
@@ -110,11 +111,37 @@ async def test_create_retried_when_connection_never_established(clock: FakeClock
     assert len(clock.sleeps) == 2  # refused connections are safe to retry
 
 
-async def test_create_retried_when_no_connection_was_free(
+async def test_create_that_waited_too_long_for_a_shared_pool_was_not_sent(
     server: FakeBananaServer, clock: FakeClock
 ) -> None:
-    # One connection, held by a stalled query: the create times out waiting for
-    # the pool, was never sent, and is retried once the connection is free.
+    # A borrowed session's only connection is held by someone else's stalled
+    # request: the create times out waiting for the pool and was never sent.
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        server.inject(Fault.stall(0.6), on="query")
+        outside = asyncio.create_task(session.get(server.url + "/v1/result/x"))
+        await asyncio.sleep(0.05)
+        async with ba.BananaClient(
+            API_KEY,
+            base_url=server.url,
+            session=session,
+            clock=clock,
+            connect_timeout=0.2,
+            timeout=2.0,
+            max_retries=0,
+        ) as client:
+            with pytest.raises(ba.APITimeoutError) as info:
+                await client.create("a cat")
+            assert info.value.request_sent is False
+        (await outside).release()
+    assert server.count("create") == 0
+
+
+async def test_a_create_waits_for_a_free_connection_without_a_timer(
+    server: FakeBananaServer, clock: FakeClock
+) -> None:
+    # One connection, held by a stalled query longer than connect_timeout: the
+    # create waits for it (that wait is not connecting) and is sent once.
     server.inject(Fault.stall(0.6), on="query")
     async with ba.BananaClient(
         API_KEY,
@@ -127,12 +154,11 @@ async def test_create_retried_when_no_connection_was_free(
     ) as client:
         query = asyncio.create_task(client.get("missing"))
         await asyncio.sleep(0.05)
-        with pytest.raises(ba.APITimeoutError) as info:
-            await client.create("a cat")
-        assert info.value.request_sent is False
+        task = await client.create("a cat")
         with pytest.raises(ba.NotFoundError):
             await query
-    assert server.count("create") == 0
+    assert server.count("create") == 1
+    assert list(server.tasks) == [task.id]
 
 
 # -- queries: retried freely on transient failures ----------------------------------

@@ -1,0 +1,72 @@
+"""The redactor finds the key in every spelling a careless provider may echo it in."""
+
+from __future__ import annotations
+
+import html
+import json
+from urllib.parse import quote
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from banana_async._redact import REDACTED, Redactor
+
+keys = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=8, max_size=40)
+
+
+def spell(char: str, how: int) -> str:
+    """One character of the key, spelled one of the ways providers spell it."""
+    code = ord(char)
+    forms = [
+        char,
+        f"\\u{code:04x}",
+        f"\\u{code:04X}",
+        f"%{code:02X}",
+        f"%{code:02x}",
+        f"&#{code};",
+        f"&#x{code:x};",
+        json.dumps(char)[1:-1],  # JSON's own escape where it has one (\\" and \\\\)
+        html.escape(char),
+    ]
+    return forms[how % len(forms)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=keys, data=st.data(), before=st.text(max_size=20), after=st.text(max_size=20))
+def test_any_mix_of_spellings_is_redacted(
+    key: str, data: st.DataObject, before: str, after: str
+) -> None:
+    ways = data.draw(st.lists(st.integers(0, 8), min_size=len(key), max_size=len(key)))
+    echoed = "".join(spell(c, how) for c, how in zip(key, ways, strict=True))
+    cleaned = Redactor(key).text(before + echoed + after)
+    assert REDACTED in cleaned
+    assert key not in cleaned
+    assert echoed not in cleaned
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sk-abc/def",
+        "sk-abc\\/def",
+        quote("sk-abc/def", safe=""),
+        "sk-abc&#x2f;def",
+        json.dumps({"k": "sk-abc/def"}),
+    ],
+)
+def test_common_echoes(text: str) -> None:
+    assert "abc" not in Redactor("sk-abc/def").text(text)
+
+
+def test_other_text_is_left_alone() -> None:
+    redactor = Redactor("sk-abc/def")
+    for text in ("sk-ABC/def", "sk-abc/de", "nothing here", "sk-abc%2xdef"):
+        assert redactor.text(text) == text
+        assert not redactor.found_in(text)
+
+
+def test_the_redactor_never_shows_its_secret() -> None:
+    assert "abc" not in repr(Redactor("sk-abc/def"))
+    with pytest.raises(ValueError, match="nothing"):
+        Redactor("")
