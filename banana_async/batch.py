@@ -21,11 +21,18 @@ How the pieces fit:
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import os
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Sequence,
+)
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import attrs
 
@@ -34,6 +41,8 @@ from banana_async.errors import (
     BananaError,
     DownloadError,
     InvalidRequestError,
+    JournalError,
+    ProviderError,
     ResponseValidationError,
     ServerError,
     TaskFailedError,
@@ -48,6 +57,10 @@ if TYPE_CHECKING:
     from banana_async.journal import JournalEntry
 
 __all__ = ["BatchInput", "Outcome"]
+
+logger = logging.getLogger("banana_async")
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 BatchInput = str | GenerationRequest
 """One input of a batch: a prompt, or a complete request."""
@@ -87,9 +100,26 @@ def _may_have_created(error: BananaError) -> bool:
     """Whether a failed create can have made (and billed) a task anyway."""
     if isinstance(error, APIConnectionError):
         return error.request_sent
+    if isinstance(error, ProviderError):
+        # An error code beside a task id: a task may exist.
+        return error.task_id is not None
     # A 5xx may come after the work was done; an unreadable 2xx body was
     # most likely a created task whose answer got mangled.
-    return isinstance(error, ServerError | ResponseValidationError)
+    return isinstance(error, ServerError | ResponseValidationError | _Unexpected)
+
+
+def _carried_id(error: BananaError) -> str | None:
+    """The task id a failed create's error carries, if the provider sent one."""
+    task_id = getattr(error, "task_id", None)
+    return task_id if isinstance(task_id, str) else None
+
+
+class _Unexpected(BananaError):
+    """A failure of one input that no part of the client foresaw (a bug).
+
+    It becomes that input's outcome, logged with its traceback, instead of
+    ending a batch that thousands of other inputs are part of.
+    """
 
 
 class _Done:
@@ -103,6 +133,10 @@ class _Failed:
         self.error = error
 
 
+class _JournalBroke(Exception):
+    """Raised inside the batch once a journal write failed: this input stops here."""
+
+
 async def _aiter(inputs: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
     if isinstance(inputs, AsyncIterable):
         async for item in inputs:
@@ -110,6 +144,14 @@ async def _aiter(inputs: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[An
     else:
         for item in inputs:
             yield item
+
+
+def _safe_repr(item: object) -> str:
+    try:
+        text = repr(item)
+    except Exception:  # a user's object whose repr fails is still one bad input
+        text = f"<{type(item).__name__} object>"
+    return text[:1000]
 
 
 class _Batch:
@@ -138,6 +180,94 @@ class _Batch:
         self.undelivered = asyncio.Semaphore(2 * concurrency)
         self.outcomes: asyncio.Queue[Outcome | _Done | _Failed] = asyncio.Queue()
         self.workers: set[asyncio.Task[None]] = set()
+        # Whether the caller is waiting for an outcome right now; creates
+        # start only while it is, or while it has none left to read.
+        self.consumer_waiting = False
+        self.demand_changed = asyncio.Event()
+        # Creates sent and not yet answered.
+        self.creating = 0
+        # The first journal write that failed, and the created task ids the
+        # journal lacks since (input index -> id).
+        self.journal_error: Exception | None = None
+        self.unrecorded: dict[int, str] = {}
+        self.failure_delivered = False
+
+    # -- flow control --------------------------------------------------------------
+
+    def deliver(self, item: Outcome | _Done | _Failed) -> None:
+        self.outcomes.put_nowait(item)
+        self.demand_changed.set()
+
+    async def may_create(self) -> bool:
+        """Wait until a new create may start; False once the journal failed.
+
+        A caller that stopped asking (it left the loop but still holds the
+        iterator) must not keep buying tasks: while it is not waiting for an
+        outcome and outcomes are already waiting for it, no create starts.
+        """
+        while self.journal_error is None and not (self.consumer_waiting or self.outcomes.empty()):
+            self.demand_changed.clear()
+            await self.demand_changed.wait()
+        return self.journal_error is None
+
+    # -- the journal ---------------------------------------------------------------
+
+    def jot(
+        self, call: Callable[Concatenate[Journal, _P], _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T | None:
+        """Call a journal method (None without a journal).
+
+        A failure, read or write, stops all creating (see :class:`JournalError`)
+        and raises :class:`_JournalBroke` to end this input here.
+        """
+        journal = self.journal
+        if journal is None:
+            return None
+        try:
+            return call(journal, *args, **kwargs)
+        except Exception as exc:
+            if self.journal_error is None:
+                self.journal_error = exc
+                logger.error(
+                    "journal %s could not be written (%s: %s); creating no more tasks",
+                    journal.path,
+                    type(exc).__name__,
+                    exc,
+                )
+                self.demand_changed.set()
+                self.report_journal_failure()
+            raise _JournalBroke from exc
+
+    def lost_id(self, index: int, task_id: str) -> None:
+        """Remember (and log at once) a created task the journal could not record."""
+        self.unrecorded[index] = task_id
+        logger.error(
+            "input %d: task %s was created but is not in the journal; note its id",
+            index,
+            task_id,
+        )
+
+    def report_journal_failure(self) -> None:
+        """Raise :class:`JournalError` to the caller once no create is in flight."""
+        if self.journal_error is None or self.creating or self.failure_delivered:
+            return
+        self.failure_delivered = True
+        journal = self.journal
+        path = journal.path if journal is not None else ""
+        error = self.journal_error
+        message = (
+            f"the journal {path} could not be written ({type(error).__name__}: {error}); "
+            "no task was created after that"
+        )
+        if self.unrecorded:
+            ids = ", ".join(f"input {i}: {t}" for i, t in sorted(self.unrecorded.items()))
+            message += (
+                f". {len(self.unrecorded)} created task(s) are not in the journal, note "
+                f"their ids: {ids}"
+            )
+        failure = JournalError(message, path=path, unrecorded=self.unrecorded)
+        failure.__cause__ = error
+        self.deliver(_Failed(failure))
 
     # -- producer -----------------------------------------------------------------
 
@@ -146,9 +276,14 @@ class _Batch:
             index = 0
             async for item in _aiter(inputs):
                 await self.undelivered.acquire()
-                prepared = self.prepare(index, item)
+                if self.journal_error is not None:
+                    break
+                try:
+                    prepared = self.prepare(index, item)
+                except _JournalBroke:
+                    break
                 if isinstance(prepared, Outcome):
-                    self.outcomes.put_nowait(prepared)
+                    self.deliver(prepared)
                 else:
                     self.start(index, *prepared)
                 index += 1
@@ -157,9 +292,10 @@ class _Batch:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # handed to the caller, not lost in a task
-            self.outcomes.put_nowait(_Failed(exc))
+            self.deliver(_Failed(exc))
         else:
-            self.outcomes.put_nowait(_Done())
+            if self.journal_error is None:
+                self.deliver(_Done())
 
     def start(self, index: int, request: GenerationRequest, entry: JournalEntry | None) -> None:
         worker = asyncio.create_task(
@@ -198,19 +334,19 @@ class _Batch:
             request = self.build(index, item)
         except BananaError as exc:
             if journal is not None:
-                recorded = journal.get(index)
+                recorded = self.jot(Journal.get, index)
                 if recorded is not None and recorded.request is not None:
                     raise self.mismatch(index, journal) from exc
-                journal.record_error(index, None, exc, raw_input=repr(item)[:1000])
+                self.jot(Journal.record_error, index, None, exc, raw_input=_safe_repr(item))
             return Outcome(index, None, error=exc)
         if journal is None:
             return request, None
-        entry = journal.get(index)
+        entry = self.jot(Journal.get, index)
         if entry is None:
             return request, None
         # An entry without a request was an invalid input that created nothing:
         # a corrected input may take its place.
-        if entry.request is not None and not journal.request_matches(index, request):
+        if entry.request is not None and not self.jot(Journal.request_matches, index, request):
             raise self.mismatch(index, journal)
         resumed = self.from_entry(index, request, entry)
         return resumed if resumed is not None else (request, entry)
@@ -231,13 +367,12 @@ class _Batch:
                 else:
                     outcome = await self.wait(index, request, created)
             outcome = await self.download(outcome)
-        except Exception as exc:  # a journal write failed, or a bug
-            # Not one input's problem: without the journal's durability the
-            # batch must stop, and the caller must hear why at once, not after
-            # every other worker is done.
-            self.outcomes.put_nowait(_Failed(exc))
+        except _JournalBroke:
+            return  # reported once, for the whole batch, by report_journal_failure
+        except Exception as exc:  # a bug in the batch itself
+            self.deliver(_Failed(exc))
             return
-        self.outcomes.put_nowait(outcome)
+        self.deliver(outcome)
 
     def from_entry(
         self, index: int, request: GenerationRequest, entry: JournalEntry
@@ -254,13 +389,13 @@ class _Batch:
             return Outcome(index, request, entry.task, error=failed, from_journal=True)
         if state in (EntryState.SENDING, EntryState.UNCONFIRMED):
             if self.resend_unconfirmed:
-                assert self.journal is not None
-                self.journal.mark_resend(index)
+                self.jot(Journal.mark_resend, index)
                 return None
+            known = f" (the provider named task {entry.task_id!a})" if entry.task_id else ""
             unconfirmed = UnconfirmedCreateError(
                 f"input {index}: a create was sent in an earlier run but its answer never "
-                "arrived; the provider may have created (and billed) a task. It is not sent "
-                "again unless resend_unconfirmed=True",
+                f"confirmed a task{known}; the provider may have created (and billed) one. "
+                "It is not sent again unless resend_unconfirmed=True",
                 index=index,
             )
             return Outcome(index, request, error=unconfirmed, from_journal=True)
@@ -269,31 +404,55 @@ class _Batch:
     async def create(
         self, index: int, request: GenerationRequest, entry: JournalEntry | None
     ) -> Task | Outcome:
-        journal = self.journal
         if (
             entry is not None
             and entry.task is not None
-            and entry.state
-            in (
-                EntryState.CREATED,
-                EntryState.COMPLETED,
-            )
+            and entry.state in (EntryState.CREATED, EntryState.COMPLETED)
         ):
             return entry.task  # created in an earlier run: never create it twice
-        if journal is not None:
-            journal.record_sending(index, request)
+        if not await self.may_create():
+            raise _JournalBroke
+        self.jot(Journal.record_sending, index, request)
+        self.creating += 1
+        try:
+            return await self.send(index, request)
+        finally:
+            self.creating -= 1
+            self.report_journal_failure()
+
+    async def send(self, index: int, request: GenerationRequest) -> Task | Outcome:
+        """Send one create and record what came of it."""
         try:
             task = await self.client._create(request)  # validated in prepare()
         except BananaError as exc:
-            if journal is not None:
-                if _may_have_created(exc):
-                    journal.record_unconfirmed(index, request, exc)
-                else:
-                    journal.record_error(index, request, exc)
+            self.record_create_failure(index, request, exc)
             return Outcome(index, request, error=exc)
-        if journal is not None:
-            journal.record_created(index, task)
+        except Exception as exc:
+            logger.exception("input %d: the create failed unexpectedly", index)
+            error = _Unexpected(f"input {index}: the create failed unexpectedly: {exc!r}")
+            error.__cause__ = exc
+            self.record_create_failure(index, request, error)
+            return Outcome(index, request, error=error)
+        try:
+            self.jot(Journal.record_created, index, task)
+        except _JournalBroke:
+            self.lost_id(index, task.id)
+            raise
         return task
+
+    def record_create_failure(
+        self, index: int, request: GenerationRequest, error: BananaError
+    ) -> None:
+        try:
+            if _may_have_created(error):
+                self.jot(Journal.record_unconfirmed, index, request, error)
+            else:
+                self.jot(Journal.record_error, index, request, error)
+        except _JournalBroke:
+            task_id = _carried_id(error)
+            if task_id is not None:
+                self.lost_id(index, task_id)
+            raise
 
     async def wait(self, index: int, request: GenerationRequest, task: Task) -> Outcome:
         try:
@@ -301,53 +460,70 @@ class _Batch:
                 task, timeout=self.timeout, poll_interval=self.poll_interval
             )
         except TaskFailedError as exc:
-            if self.journal is not None:
-                self.journal.record_finished(index, exc.task)
+            self.jot(Journal.record_finished, index, exc.task)
             return Outcome(index, request, exc.task, error=exc)
         except TaskTimeoutError as exc:
             # Still CREATED in the journal: a resumed run polls it again.
-            if self.journal is not None:
-                self.journal.note_error(index, exc)
+            self.jot(Journal.note_error, index, exc)
             return Outcome(index, request, exc.task or task, error=exc)
         except BananaError as exc:
-            if self.journal is not None:
-                self.journal.note_error(index, exc)
+            self.jot(Journal.note_error, index, exc)
             return Outcome(index, request, task, error=exc)
-        if self.journal is not None:
-            self.journal.record_finished(index, done)
+        except Exception as exc:
+            logger.exception("input %d: waiting for task %s failed unexpectedly", index, task.id)
+            error = _Unexpected(f"waiting for task {task.id} failed unexpectedly: {exc!r}")
+            error.__cause__ = exc
+            self.jot(Journal.note_error, index, error)
+            return Outcome(index, request, task, error=error)
+        self.jot(Journal.record_finished, index, done)
         return Outcome(index, request, done)
 
     async def download(self, outcome: Outcome) -> Outcome:
         if self.download_to is None or not outcome.ok or outcome.task is None:
             return outcome
         error: BananaError
+        task = outcome.task
         try:
-            path = await self.client.download(outcome.task, self.download_to)
+            path = await self.client.download(task, self.download_to)
         except OSError as exc:
             error = DownloadError(
-                f"could not save the image of task {outcome.task.id} in {self.download_to}: {exc}",
-                url=outcome.task.image_url,
+                f"could not save the image of task {task.id} in {self.download_to}: {exc}",
+                url=task.image_url,
                 reason="io_error",
             )
         except BananaError as exc:
             error = exc
+        except Exception as exc:
+            logger.exception("downloading the image of task %s failed unexpectedly", task.id)
+            error = _Unexpected(f"downloading task {task.id} failed unexpectedly: {exc!r}")
+            error.__cause__ = exc
         else:
-            if self.journal is not None:
-                self.journal.record_download(outcome.index, path)
+            self.jot(Journal.record_download, outcome.index, path)
             return attrs.evolve(outcome, path=path)
-        if self.journal is not None:
-            self.journal.note_error(outcome.index, error)
+        self.jot(Journal.note_error, outcome.index, error)
         return attrs.evolve(outcome, error=error)
 
     # -- consumer -----------------------------------------------------------------
 
     async def cancel(self, producer: asyncio.Task[None]) -> None:
+        """Cancel the producer and every worker, and wait until all have unwound.
+
+        The wait is finished even if the caller is cancelled meanwhile (no
+        worker may outlive the journal it writes to); that cancellation is
+        then raised, never swallowed.
+        """
         pending = [producer, *self.workers]
         for task in pending:
             task.cancel()
-        # Wait for every worker to unwind (a journal write in progress completes).
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*pending, return_exceptions=True)
+        gathered = asyncio.gather(*pending, return_exceptions=True)
+        cancelled: asyncio.CancelledError | None = None
+        while not gathered.done():
+            try:
+                await asyncio.shield(gathered)
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+        if cancelled is not None:
+            raise cancelled
 
 
 def run(
@@ -398,7 +574,12 @@ async def _results(
         producer = asyncio.create_task(batch.produce(inputs), name="banana_async-batch-producer")
         try:
             while True:
-                item = await batch.outcomes.get()
+                batch.consumer_waiting = True
+                batch.demand_changed.set()
+                try:
+                    item = await batch.outcomes.get()
+                finally:
+                    batch.consumer_waiting = False
                 if isinstance(item, _Done):
                     return
                 if isinstance(item, _Failed):

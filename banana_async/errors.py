@@ -22,14 +22,18 @@ that code validating user input can catch it the usual way.
     ├── TaskFailedError                        the task ended ``failed`` (task, error)
     ├── TaskTimeoutError                       the deadline passed (task: the last seen)
     ├── DownloadError                          an image could not be saved (url, reason)
-    └── UnconfirmedCreateError                 a journaled create may or may not exist
+    ├── UnconfirmedCreateError                 a journaled create may or may not exist
+    └── JournalError                           a batch's journal could not be written
+                                               (unrecorded: created task ids it lacks)
 
-Messages never contain the API key: the client redacts it from any body text
-before it reaches an exception.
+Messages never contain the API key: the client redacts it, in any spelling a
+provider may echo it in, from every message, body and header an exception
+carries.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -44,6 +48,7 @@ __all__ = [
     "BananaError",
     "DownloadError",
     "InvalidRequestError",
+    "JournalError",
     "NotFoundError",
     "ProviderError",
     "RateLimitError",
@@ -251,3 +256,27 @@ class UnconfirmedCreateError(BananaError):
     def __init__(self, message: str, *, index: int) -> None:
         super().__init__(message)
         self.index = index
+
+
+class JournalError(BananaError):
+    """A batch's journal could not be written (a full disk, a file size limit, ...).
+
+    The batch stops creating tasks at the first failed write, lets the
+    creates already sent come back, and raises this. Tasks recorded before
+    the failure are safe: a resumed run polls them. Tasks created after it
+    are not in the journal: their ids are here, logged at ERROR too, so that
+    nothing paid for is unknowable.
+
+    Attributes:
+        path: The journal's file name.
+        unrecorded: Input index -> task id, for every task the provider
+            created (or may have created, for an error that carried an id)
+            whose id the journal lacks.
+    """
+
+    def __init__(
+        self, message: str, *, path: str = "", unrecorded: Mapping[int, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.unrecorded = dict(unrecorded or {})

@@ -302,7 +302,10 @@ async def test_a_broken_journal_stops_the_batch_at_once(
             await asyncio.sleep(0.05)  # two creates recorded, both polling
             journal.close()
             async with asyncio.timeout(10):
-                with pytest.raises(Exception) as info:  # noqa: PT011 - any journal error
+                with pytest.raises(ba.JournalError) as info:
                     _ = [o async for o in batch]
-    assert not isinstance(info.value, ba.BananaError)
+    assert info.value.path == journal.path
+    assert info.value.unrecorded == {}
+    assert "is closed" in str(info.value)
+    assert live.count("create") == 0  # the journal failed before the first create
     assert [t for t in asyncio.all_tasks() if t.get_name().startswith("banana_async-batch")] == []
