@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sqlite3
 from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -132,6 +134,22 @@ async def test_a_key_inside_a_task_id_does_not_mangle_the_id(clock: FakeClock) -
     assert task.ok
     assert task.id == "abk123k"
     assert {r.path for r in server.requests if r.kind == "query"} == {"/v1/result/abk123k"}
+
+
+async def test_the_journal_stores_no_key(
+    keyed_server: FakeBananaServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    escaped = KEY.replace("/", "\\/")
+    keyed_server.inject(Fault.status(400, body='{"error": "bad ' + escaped + '"}'), on="create")
+    keyed_server.plan(TaskScript(outcome="fail", error=f"{KEY} refused"))
+    path = tmp_path / "batch.sqlite"
+    async with client_for(keyed_server, clock) as client:
+        outcomes = [o async for o in client.generate_many(["a", "b"], concurrency=1, journal=path)]
+    assert {type(o.error) for o in outcomes} == {ba.BadRequestError, ba.TaskFailedError}
+    with sqlite3.connect(path) as raw:  # every column, as stored on disk
+        rows = raw.execute("SELECT * FROM entries").fetchall()
+    assert len(rows) == 2
+    assert_no_key(str(value) for row in rows for value in row)
 
 
 @pytest.mark.parametrize("bad", ["\x00", "\x7f", "\x1b", "é", " "])

@@ -18,7 +18,7 @@ import banana_async as ba
 from banana_async import cli
 from banana_async._png import PNG_SIGNATURE
 from banana_async.cli import main
-from banana_async.testing import FakeBananaServer, TaskScript
+from banana_async.testing import FakeBananaServer, Fault, TaskScript
 
 KEY = "sk-cli-test-5eCr3t-0123456789"
 FAST = ["--poll-interval", "0.02"]
@@ -628,3 +628,40 @@ def test_demo_quiet_prints_nothing_and_still_writes_images(
     pngs = list(out.glob("*.png"))
     assert len(pngs) == 3  # one of four is scripted to fail
     assert all(p.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)
+
+
+def test_batch_jsonl_lone_surrogates_are_bad_lines_not_a_traceback(
+    capsys: pytest.CaptureFixture[str], env: ServerThread, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        '{"prompt": "bad \\ud800"}\n'
+        '{"prompt": "a fox", "model": "\\udfff"}\n'
+        '{"prompt": "a fox", "image_urls": ["http://[::1/x.png"]}\n'
+        '{"prompt": "a red fox"}\n'
+    )
+    code, out, err = run_main(
+        capsys, "--json", "batch", str(prompts), "--out", str(tmp_path), *FAST
+    )
+    assert code == 1
+    assert err == ""
+    by_line = {r["line"]: r for r in json_lines(out)}
+    assert sorted(by_line) == [1, 2, 3, 4]
+    assert by_line[4]["ok"] is True
+    for n in (1, 2, 3):
+        assert by_line[n]["ok"] is False
+        assert by_line[n]["error_type"] == "InvalidRequestError"
+    assert "surrogate" in by_line[1]["error"]
+    assert env.server.count("create") == 1
+
+
+def test_an_echoed_key_never_reaches_stderr(
+    capsys: pytest.CaptureFixture[str], env: ServerThread, tmp_path: Path
+) -> None:
+    escaped = "".join(f"\\u{ord(c):04x}" if c == "-" else c for c in KEY)
+    body = '{"error": "key ' + escaped + ' is not allowed"}'
+    env.run(lambda: env.server.inject(Fault.status(403, body=body), on="create"))
+    code, _, err = run_main(capsys, "generate", "a cat", "--out", str(tmp_path), *FAST)
+    assert code != 0
+    assert "[redacted]" in err
+    assert escaped not in err

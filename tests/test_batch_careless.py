@@ -1,0 +1,316 @@
+"""generate_many against careless callers, inputs and providers (issue #6), over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import banana_async as ba
+from banana_async.testing import FakeBananaServer, Fault, TaskScript
+
+from .conftest import API_KEY
+
+
+@pytest.fixture
+async def live() -> AsyncIterator[FakeBananaServer]:
+    async with FakeBananaServer(api_key=API_KEY, duration=0.05) as server:
+        yield server
+
+
+def _client(server: FakeBananaServer, **kwargs: Any) -> ba.BananaClient:
+    options: dict[str, Any] = {"base_url": server.url, "poll_interval": 0.02}
+    options.update(kwargs)
+    return ba.BananaClient(API_KEY, **options)
+
+
+def _batch_tasks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("banana_async-batch")]
+
+
+# -- 9. leaving early stops the creates -----------------------------------------------
+
+
+async def test_a_consumer_that_stopped_asking_buys_no_more_tasks(live: FakeBananaServer) -> None:
+    # Distinct durations: no two tasks finish in the same instant.
+    durations = iter(0.05 + 0.013 * i for i in range(1000))
+    live.script_for = lambda body: TaskScript(duration=next(durations))
+    async with _client(live) as client:
+        outcomes = client.generate_many([f"p{i}" for i in range(100)], concurrency=10)
+        async for _first in outcomes:
+            break  # ...while `outcomes` is still referenced
+        await asyncio.sleep(0.5)  # every task in flight has finished by now
+        created = live.count("create")
+        await asyncio.sleep(0.5)
+        assert live.count("create") == created  # nothing creeps on
+        # Ten in flight when the first finished, and at most the one whose
+        # slot it freed before the caller had left.
+        assert created <= 11
+        await outcomes.aclose()
+    assert _batch_tasks() == []
+
+
+async def test_a_slow_consumer_still_gets_every_outcome(live: FakeBananaServer) -> None:
+    async with _client(live) as client:
+        seen = []
+        async for outcome in client.generate_many([f"p{i}" for i in range(20)], concurrency=4):
+            await asyncio.sleep(0.03)  # slower than the tasks
+            seen.append(outcome.index)
+    assert sorted(seen) == list(range(20))
+    assert live.count("create") == 20
+
+
+# -- 8. cancellation is never swallowed -------------------------------------------------
+
+
+async def _slow_to_stop_inputs() -> AsyncIterator[str]:
+    """Inputs whose reading takes a while to unwind when cancelled."""
+    yield "first"
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        await asyncio.sleep(0.3)  # cleaning up takes a moment
+        raise
+
+
+async def _first_then_time_out(client: ba.BananaClient) -> None:
+    async with asyncio.timeout(None) as deadline:
+        async with contextlib.aclosing(client.generate_many(_slow_to_stop_inputs())) as outcomes:
+            async for _ in outcomes:
+                # Expires while aclose() waits for the producer to unwind.
+                deadline.reschedule(asyncio.get_running_loop().time() + 0.05)
+                break
+
+
+async def test_a_timeout_while_the_batch_unwinds_still_raises(live: FakeBananaServer) -> None:
+    async with _client(live) as client:
+        with pytest.raises(TimeoutError):
+            await _first_then_time_out(client)
+    assert _batch_tasks() == []
+
+
+async def test_a_consumer_cancelled_while_the_batch_unwinds_ends_cancelled(
+    live: FakeBananaServer,
+) -> None:
+    unwinding = asyncio.Event()
+
+    async def consume(client: ba.BananaClient) -> None:
+        async with contextlib.aclosing(client.generate_many(_slow_to_stop_inputs())) as outcomes:
+            async for _ in outcomes:
+                unwinding.set()
+                break
+
+    async with _client(live) as client:
+        consumer = asyncio.create_task(consume(client))
+        await unwinding.wait()
+        await asyncio.sleep(0.05)  # the consumer is inside aclose() now
+        consumer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await consumer
+        assert consumer.cancelled()
+    assert _batch_tasks() == []
+
+
+# -- 4. one bad input is one outcome -------------------------------------------------------
+
+
+@pytest.mark.parametrize("journaled", [False, True], ids=["plain", "journal"])
+async def test_bad_inputs_and_answers_are_outcomes_not_the_end(
+    live: FakeBananaServer, tmp_path: Path, journaled: bool
+) -> None:
+    def script(body: dict[str, Any]) -> TaskScript | None:
+        prompt = body["prompt"]
+        if prompt == "surrogate id":
+            return TaskScript(task_id="bad\ud800", duration=0.05)
+        if prompt in ("bad url", "other id"):
+            return TaskScript(queries=1)
+        return None
+
+    live.script_for = script
+    prompts = ["ok 0", "bad \ud800", "surrogate id", "bad url", "ok 4"]
+    journal = tmp_path / "batch.sqlite" if journaled else None
+    async with _client(live, timeout=2.0) as client:
+        batch = client.generate_many(prompts, concurrency=1, journal=journal)
+        outcomes: dict[int, ba.Outcome] = {}
+        async with contextlib.aclosing(batch):
+            async for outcome in batch:
+                outcomes[outcome.index] = outcome
+                if outcome.index == 2:  # the next create gets an unusable image URL
+                    live.inject(Fault.edit({"image_url": "http://[::1/x.png"}), on="query")
+    assert sorted(outcomes) == [0, 1, 2, 3, 4]
+    assert outcomes[0].ok
+    assert outcomes[4].ok
+    assert isinstance(outcomes[1].error, ba.InvalidRequestError)
+    assert "surrogate" in str(outcomes[1].error)
+    assert isinstance(outcomes[2].error, ba.ResponseValidationError)
+    assert outcomes[2].error.task_id == "bad\ud800"
+    assert isinstance(outcomes[3].error, ba.TaskFailedError)
+    assert "image URL" in str(outcomes[3].error)
+    if journal is not None:
+        with ba.Journal.open(journal) as opened:
+            states = {e.index: e.state for e in opened.entries()}
+        assert states == {
+            0: ba.EntryState.COMPLETED,
+            1: ba.EntryState.ERROR,
+            2: ba.EntryState.UNCONFIRMED,
+            3: ba.EntryState.FAILED,
+            4: ba.EntryState.COMPLETED,
+        }
+    assert live.count("create") == 4  # the bad prompt was never sent
+
+
+async def test_an_answer_about_another_task_is_that_inputs_timeout(
+    live: FakeBananaServer, tmp_path: Path
+) -> None:
+    live.script_for = lambda body: TaskScript(duration=None if body["prompt"] == "mixed" else 0.05)
+    async with _client(live) as client:
+        batch = client.generate_many(
+            ["mixed", "fine"], concurrency=2, timeout=0.5, journal=tmp_path / "b.sqlite"
+        )
+        live.inject(Fault.edit({"id": "someone-else"}), on="query", times=1000)
+        outcomes = {o.index: o async for o in batch}
+    assert isinstance(outcomes[0].error, ba.TaskTimeoutError)
+    assert isinstance(outcomes[1].error, ba.TaskTimeoutError)
+    with ba.Journal.open(tmp_path / "b.sqlite") as journal:
+        assert {e.state for e in journal.entries()} == {ba.EntryState.CREATED}
+
+
+async def test_an_input_whose_repr_fails_is_still_one_bad_input(
+    live: FakeBananaServer, tmp_path: Path
+) -> None:
+    class Odd:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr for you")
+
+    async with _client(live) as client:
+        batch = client.generate_many(["a", Odd(), "b"], journal=tmp_path / "b.sqlite")  # type: ignore[list-item]
+        outcomes = {o.index: o async for o in batch}
+    assert outcomes[0].ok
+    assert outcomes[2].ok
+    assert isinstance(outcomes[1].error, ba.InvalidRequestError)
+
+
+# -- 2. an id in a create answer is never "nothing created" --------------------------------
+
+
+async def test_a_resume_never_creates_twice_after_a_code_msg_answer(
+    live: FakeBananaServer, tmp_path: Path
+) -> None:
+    journal = tmp_path / "batch.sqlite"
+    live.script_for = lambda body: TaskScript(duration=None)
+    live.inject(Fault.edit({"code": 0, "msg": "task submitted"}, remove=["status"]), on="create")
+    live.inject(Fault.edit({"code": 7001, "msg": "queue full"}, remove=["status"]), on="create")
+    async with _client(live) as client:
+        first = {
+            o.index: o
+            async for o in client.generate_many(
+                ["accepted", "refused"], concurrency=1, timeout=0.2, journal=journal
+            )
+        }
+    assert isinstance(first[0].error, ba.TaskTimeoutError)  # created, still running
+    assert isinstance(first[1].error, ba.ProviderError)
+    refused_id = first[1].error.task_id
+    assert refused_id in live.tasks
+    with ba.Journal.open(journal) as opened:
+        entries = {e.index: e for e in opened.entries()}
+    assert entries[0].state is ba.EntryState.CREATED
+    assert entries[1].state is ba.EntryState.UNCONFIRMED
+    assert entries[1].task_id == refused_id
+
+    for task_id in live.tasks:
+        live.finish(task_id)
+    async with _client(live) as client:
+        again = {
+            o.index: o
+            async for o in client.generate_many(
+                ["accepted", "refused"], concurrency=1, journal=journal
+            )
+        }
+    assert live.count("create") == 2  # the resume created nothing
+    assert again[0].ok
+    assert isinstance(again[1].error, ba.UnconfirmedCreateError)
+    assert refused_id in str(again[1].error)
+
+
+# -- 5. a full disk loses no id ---------------------------------------------------------------
+
+
+# The child runs a journaled batch, and once three creates are on their way it
+# lowers its own file size limit (RLIMIT_FSIZE) to what the journal's files
+# hold: every later journal write fails with EFBIG, as on a full disk.
+FULL_DISK_CHILD = textwrap.dedent(
+    """
+    import asyncio, json, os, resource, signal, sys
+    import banana_async as ba
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write, do not kill us
+
+    async def main(url, path):
+        async with ba.BananaClient("KEY", base_url=url, poll_interval=0.02) as client:
+            batch = client.generate_many(
+                [f"p{i}" for i in range(50)], concurrency=3, journal=path
+            )
+            consumer = asyncio.ensure_future(batch.__anext__())
+            await asyncio.sleep(0.3)  # three creates sent, their answers stalled
+            full = max(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
+            resource.setrlimit(resource.RLIMIT_FSIZE, (full, resource.RLIM_INFINITY))
+            try:
+                await consumer
+            except ba.JournalError as exc:
+                report = {
+                    "unrecorded": exc.unrecorded,
+                    "message": str(exc),
+                    "cause": type(exc.__cause__).__name__,
+                }
+                print(json.dumps(report), flush=True)
+            finally:
+                await batch.aclose()
+
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    """
+).replace("KEY", API_KEY)
+
+
+async def test_a_full_disk_stops_creating_and_reports_every_unrecorded_id(
+    live: FakeBananaServer, tmp_path: Path
+) -> None:
+    live.script_for = lambda body: TaskScript(duration=None)
+    # The creates answer slowly, so that three are in flight when the disk fills.
+    live.inject(Fault.stall(0.6, process=True), on="create", times=3)
+    path = tmp_path / "batch.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        FULL_DISK_CHILD,
+        live.url,
+        str(path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    async with asyncio.timeout(60):
+        out, err = await child.communicate()
+    assert child.returncode == 0, err.decode()
+    report = json.loads(out)
+    # Nothing was created after the failure; every created id is reported.
+    assert live.count("create") == 3
+    assert report["cause"] in ("OperationalError", "OSError")
+    unrecorded = {int(index): task_id for index, task_id in report["unrecorded"].items()}
+    assert unrecorded.keys() == {0, 1, 2}
+    assert set(unrecorded.values()) == set(live.tasks)
+    for task_id in live.tasks:
+        assert task_id in report["message"]  # in the exception
+        assert task_id in err.decode()  # and logged at ERROR as it happened
+    # The journal is consistent: three creates whose answers it lacks, which a
+    # resumed run reports as unconfirmed instead of sending them again.
+    with ba.Journal.open(path) as reopened:
+        assert {e.state for e in reopened.entries()} == {ba.EntryState.SENDING}
