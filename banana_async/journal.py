@@ -34,6 +34,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -58,6 +59,10 @@ _APPLICATION: Final = "banana_async.journal"
 # Waiting longer for a lock is pointless: an open journal keeps its lock until
 # it is closed (see ``exclusive`` in :meth:`Journal.open`).
 _BUSY_TIMEOUT: Final = 1.0
+
+# Longest pause between two attempts of Journal.open on a busy file. Random,
+# so that openers that collided do not collide again in step.
+_RETRY_PAUSE: Final = 0.02
 
 _SCHEMA: Final = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -200,7 +205,9 @@ class Journal:
                 second open of the same journal (from this process or another)
                 fails instead of running the same batch twice, which would
                 create and bill its tasks twice. The lock goes with the process
-                if it dies.
+                if it dies. Of several processes opening the same file at the
+                same moment, exactly one gets it; the others keep trying for
+                about a second, then fail.
 
         Raises:
             InvalidRequestError: The file cannot be opened, is not a journal,
@@ -208,36 +215,17 @@ class Journal:
                 use by another open journal.
         """
         name = os.fspath(path)
-        try:
-            connection = sqlite3.connect(
-                name, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise InvalidRequestError(f"cannot open journal {name!r}: {exc}") from exc
-        try:
-            if exclusive:
-                connection.execute("PRAGMA locking_mode=EXCLUSIVE")
-            _prepare(connection, name)
-            # The write-ahead log is switched on only once the file is known to
-            # be a journal: someone else's database is never converted. With
-            # synchronous=NORMAL a commit appends to the log without fsync;
-            # the log's frames are then in the operating system's page cache,
-            # which outlives the process, so a SIGKILL loses no commit (a power
-            # cut may lose the last few, never corrupt the file).
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-        except sqlite3.Error as exc:
-            connection.close()
-            if exc.sqlite_errorname in ("SQLITE_BUSY", "SQLITE_LOCKED"):
-                raise InvalidRequestError(
-                    f"journal {name!r} is in use by another open journal "
-                    "(is the same batch running twice?)"
-                ) from exc
-            raise InvalidRequestError(f"{name!r} is not a banana_async journal: {exc}") from exc
-        except BaseException:
-            connection.close()
-            raise
-        return cls(connection, name)
+        deadline = time.monotonic() + _BUSY_TIMEOUT
+        while True:
+            try:
+                return cls(_connect(name, exclusive=exclusive), name)
+            except sqlite3.Error as exc:  # _connect lets only "busy" through
+                if time.monotonic() >= deadline:
+                    raise InvalidRequestError(
+                        f"journal {name!r} is in use by another open journal "
+                        "(is the same batch running twice?)"
+                    ) from exc
+            time.sleep(random.uniform(0.0, _RETRY_PAUSE))
 
     def close(self) -> None:
         """Close the file (and release its lock); closing twice is harmless."""
@@ -666,24 +654,86 @@ def _illegal(index: int, entry: JournalEntry | None, action: str) -> ValueError:
     return ValueError(f"cannot {action} for input {index}: it has {shown}")
 
 
-def _prepare(connection: sqlite3.Connection, name: str) -> None:
-    """Check that the file is a journal of this version, or make an empty file one."""
-    if not _tables(connection):
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            if not _tables(connection):  # still empty now that we hold the write lock
-                for statement in _SCHEMA:
-                    connection.execute(statement)
-                connection.executemany(
-                    "INSERT INTO meta (key, value) VALUES (?, ?)",
-                    [("application", _APPLICATION), ("schema_version", str(SCHEMA_VERSION))],
-                )
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
+def _connect(name: str, *, exclusive: bool) -> sqlite3.Connection:
+    """Make one attempt at opening ``name`` as a journal and return the connection.
+
+    Raises:
+        sqlite3.Error: Only when the file is busy (locked by another
+            connection); the connection is closed, so a new attempt can win.
+        InvalidRequestError: For every other failure.
+    """
+    try:
+        # No busy wait inside an attempt (timeout=0): see _prepare for why the
+        # waiting is done by closing and trying again instead.
+        connection = sqlite3.connect(
+            name, timeout=0.0, isolation_level=None, check_same_thread=False
+        )
+    except sqlite3.Error as exc:
+        raise InvalidRequestError(f"cannot open journal {name!r}: {exc}") from exc
+    try:
+        if exclusive:
+            connection.execute("PRAGMA locking_mode=EXCLUSIVE")
+        _prepare(connection, name)
+        # The write-ahead log is switched on only once the file is known to
+        # be a journal: someone else's database is never converted. With
+        # synchronous=NORMAL a commit appends to the log without fsync;
+        # the log's frames are then in the operating system's page cache,
+        # which outlives the process, so a SIGKILL loses no commit (a power
+        # cut may lose the last few, never corrupt the file).
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        # From here on, a short wait is right: with exclusive=False, other
+        # connections hold the write lock for one short transaction at a time.
+        connection.execute(f"PRAGMA busy_timeout={round(_BUSY_TIMEOUT * 1000)}")
+    except sqlite3.Error as exc:
+        connection.close()
+        if _is_busy(exc):
             raise
-    tables = _tables(connection)
+        raise InvalidRequestError(f"{name!r} is not a banana_async journal: {exc}") from exc
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    # The low byte is the primary code (SQLITE_BUSY_RECOVERY is still busy).
+    return code is not None and (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _prepare(connection: sqlite3.Connection, name: str) -> None:
+    """Check that the file is a journal of this version, or make an empty file one.
+
+    Everything happens inside one ``BEGIN EXCLUSIVE``, taken before the file is
+    read at all. In exclusive locking mode a connection that failed to get a
+    lock keeps the SHARED lock it took on the way, so two openers that both
+    read first would each wait for the other and both fail. Taken first, the
+    exclusive lock goes to one opener; the others fail at once (no busy wait)
+    and :meth:`Journal.open` closes them, which releases what they held.
+    Refusals happen inside the transaction and roll it back, so a foreign file
+    is left exactly as it was.
+    """
+    connection.execute("BEGIN EXCLUSIVE")
+    try:
+        tables = _tables(connection)
+        if not tables:
+            for statement in _SCHEMA:
+                connection.execute(statement)
+            connection.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [("application", _APPLICATION), ("schema_version", str(SCHEMA_VERSION))],
+            )
+            tables = _tables(connection)
+        _check(connection, name, tables)
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
+def _check(connection: sqlite3.Connection, name: str, tables: set[str]) -> None:
     if "meta" not in tables:
         raise InvalidRequestError(f"{name!r} is an SQLite database but not a banana_async journal")
     meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
