@@ -118,7 +118,7 @@ _TERMINAL: Final = frozenset({EntryState.COMPLETED, EntryState.FAILED})
 
 @attrs.frozen
 class JournalEntry:
-    """What the journal holds about one input of a batch.
+    r"""What the journal holds about one input of a batch.
 
     Attributes:
         index: The input's position in the batch (0-based).
@@ -131,6 +131,16 @@ class JournalEntry:
         error_type: The class name of that error, e.g. ``BadRequestError``.
         path: Where the image was saved, once downloaded.
         updated_at: When the entry was last written (``time.time()``).
+
+    Strings from outside may hold lone surrogates (``"\ud800"`` in a JSON
+    answer decodes to one; so does an undecodable byte in a POSIX file
+    name), which SQLite cannot store as text. ``task`` and ``task_id`` keep
+    them exactly. ``raw_input``, ``error``, ``error_type`` and ``path`` keep
+    them escaped, as ``text.encode("utf-8", "backslashreplace")`` does: the
+    lone surrogate U+D800 becomes the six characters ``\ud800``, and every
+    other character is kept. The recording methods return the escaped text
+    too, so an entry reads back as it was returned. A ``path`` recorded that
+    way no longer names the file: a resumed batch downloads that image again.
     """
 
     index: int
@@ -158,6 +168,25 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def _dumps_task(task: Task) -> str:
+    # ensure_ascii=True: a task comes from the provider's JSON and may hold
+    # lone surrogates ("\ud800"), which SQLite cannot store as text; as \u
+    # escapes they round-trip exactly. Older rows (raw UTF-8) load the same.
+    # Requests keep _dumps: their canonical text must not change.
+    return json.dumps(
+        CONVERTER.unstructure(task, Task), sort_keys=True, separators=(",", ":"), ensure_ascii=True
+    )
+
+
+def _storable(text: str | None) -> str | None:
+    r"""Return ``text`` as the plain text columns keep it: encodable as UTF-8.
+
+    Lone surrogates become ``\uXXXX`` escapes; every other character,
+    backslashes included, is kept as it is (see :class:`JournalEntry`).
+    """
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _error_text(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
@@ -178,7 +207,9 @@ class Journal:
     :meth:`mark_resend`, for ``SENDING`` and ``UNCONFIRMED`` entries only.
 
     Methods are synchronous and fast enough to call from an event loop. A
-    lock makes them safe to call from several threads. Failures of the disk
+    lock makes them safe to call from several threads. They take any ``str``,
+    lone surrogates included (see :class:`JournalEntry` for how such text is
+    stored). Failures of the disk
     itself while writing raise :class:`sqlite3.Error`.
 
     Attributes:
@@ -299,7 +330,7 @@ class Journal:
             return False
         stored_request, stored_raw = row
         if request is None:
-            return stored_request is None and stored_raw == raw_input
+            return stored_request is None and stored_raw == _storable(raw_input)
         return stored_request is not None and stored_request == canonical_request(request)
 
     @property
@@ -599,12 +630,20 @@ class Journal:
     def _write(
         self, connection: sqlite3.Connection, entry: JournalEntry, *, insert: bool = False
     ) -> JournalEntry:
+        """Store ``entry`` and return it as it now reads back (see :class:`JournalEntry`)."""
+        entry = attrs.evolve(
+            entry,
+            raw_input=_storable(entry.raw_input),
+            error=_storable(entry.error),
+            error_type=_storable(entry.error_type),
+            path=_storable(entry.path),
+        )
         values = (
             entry.state.value,
             None if entry.request is None else canonical_request(entry.request),
             entry.raw_input,
-            entry.task_id,
-            None if entry.task is None else _dumps(CONVERTER.unstructure(entry.task, Task)),
+            _storable(entry.task_id),  # read back from the task's JSON, exactly
+            None if entry.task is None else _dumps_task(entry.task),
             entry.error,
             entry.error_type,
             entry.path,
@@ -628,6 +667,7 @@ class Journal:
     def _entry(self, row: tuple[Any, ...]) -> JournalEntry:
         index, state, request, raw_input, task_id, task, error, error_type, path, updated = row
         try:
+            stored_task = None if task is None else CONVERTER.structure(json.loads(task), Task)
             return JournalEntry(
                 index=int(index),
                 state=EntryState(state),
@@ -635,8 +675,10 @@ class Journal:
                 if request is None
                 else CONVERTER.structure(json.loads(request), GenerationRequest),
                 raw_input=raw_input,
-                task_id=task_id,
-                task=None if task is None else CONVERTER.structure(json.loads(task), Task),
+                # The column is escaped text; the task's JSON has the exact id
+                # (every write that sets the id sets the task with it).
+                task_id=task_id if stored_task is None else stored_task.id,
+                task=stored_task,
                 error=error,
                 error_type=error_type,
                 path=path,
