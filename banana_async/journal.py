@@ -42,6 +42,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Final, Self
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
@@ -49,8 +50,19 @@ from banana_async._convert import CONVERTER
 from banana_async.errors import InvalidRequestError
 from banana_async.models import GenerationRequest, Task, TaskStatus
 
-__all__ = ["SCHEMA_VERSION", "EntryState", "Journal", "JournalEntry", "canonical_request"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "EntryState",
+    "Journal",
+    "JournalEntry",
+    "JournalProvider",
+    "canonical_request",
+]
 
+# Still 1 with the "provider" key of meta (Journal.bind_provider): meta is a
+# key/value table, so a new key needs no new layout. Older versions of this
+# module open such a journal and ignore the key; this one opens journals
+# without it and records it at the first bind.
 SCHEMA_VERSION: Final = 1
 """The version of the file layout this module reads and writes."""
 
@@ -153,6 +165,59 @@ class JournalEntry:
     error_type: str | None = None
     path: str | None = None
     updated_at: float = 0.0
+
+
+@attrs.frozen
+class JournalProvider:
+    """The provider a journal's tasks belong to.
+
+    Recorded by :meth:`~banana_async.Journal.bind_provider`, as it was given.
+
+    Attributes:
+        dialect: The dialect's name, e.g. ``nano``.
+        create_base_url: The base URL that creates are sent to.
+        query_base_url: The base URL that status queries are sent to.
+    """
+
+    dialect: str
+    create_base_url: str
+    query_base_url: str
+
+    def __str__(self) -> str:
+        return f"{self.dialect!r} (create {self.create_base_url}, query {self.query_base_url})"
+
+    def same_as(self, other: JournalProvider) -> bool:
+        """Tell whether both name the same provider, however spelled.
+
+        Dialect names compare without case or surrounding blanks (as the
+        client reads them). URLs compare with the scheme and host in any case
+        and without trailing slashes, so ``https://Host/x/`` and
+        ``https://host/x`` are the same; the rest of the URL (path, port,
+        query) must be equal.
+        """
+        return _normal_provider(self) == _normal_provider(other)
+
+
+def _normal_provider(provider: JournalProvider) -> tuple[str, str, str]:
+    return (
+        provider.dialect.strip().lower(),
+        _normal_url(provider.create_base_url),
+        _normal_url(provider.query_base_url),
+    )
+
+
+def _normal_url(url: str) -> str:
+    parts = urlsplit(url.strip())
+    userinfo, at, host = parts.netloc.rpartition("@")
+    return urlunsplit(
+        (
+            parts.scheme.lower(),
+            userinfo + at + host.lower(),
+            parts.path.rstrip("/"),
+            parts.query,
+            parts.fragment,
+        )
+    )
 
 
 def canonical_request(request: GenerationRequest) -> str:
@@ -352,6 +417,47 @@ class Journal:
                 connection.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('fingerprint', ?)",
                     (str(value),),
+                )
+
+    @property
+    def provider(self) -> JournalProvider | None:
+        """The provider recorded by :meth:`bind_provider`, or None before the first bind."""
+        with self._transaction() as connection:
+            return self._provider(connection)
+
+    def bind_provider(self, dialect: str, create_base_url: str, query_base_url: str) -> None:
+        """Tie the journal to one provider, or check that it is the one recorded.
+
+        Task ids mean something only at the provider that created them: a
+        journal resumed against another dialect or other base URLs would
+        poll ids that do not exist there (or belong to someone else). The
+        first call records the provider, committed at once; every later
+        call, in this open or a later one, compares (see
+        :meth:`~banana_async.journal.JournalProvider.same_as`). A journal
+        written before this method existed has no provider and takes the
+        first one bound.
+
+        Args:
+            dialect: The dialect's name, e.g. ``nano``.
+            create_base_url: The base URL that creates are sent to.
+            query_base_url: The base URL that status queries are sent to.
+
+        Raises:
+            InvalidRequestError: Another provider is recorded; the message
+                names both. Nothing is written.
+            sqlite3.Error: The first bind could not be written (see
+                :class:`Journal`).
+        """
+        given = JournalProvider(dialect, create_base_url, query_base_url)
+        with self._transaction(write=True) as connection:
+            recorded = self._provider(connection)
+            if recorded is None:
+                value = json.dumps(attrs.asdict(given), sort_keys=True, ensure_ascii=True)
+                connection.execute("INSERT INTO meta (key, value) VALUES ('provider', ?)", (value,))
+            elif not recorded.same_as(given):
+                raise InvalidRequestError(
+                    f"journal {self.path!r} belongs to another provider: it was recorded "
+                    f"for {recorded}, not {given}; its task ids mean nothing there"
                 )
 
     # -- writing -------------------------------------------------------------
@@ -686,6 +792,20 @@ class Journal:
             )
         except Exception as exc:
             raise self._corrupt(f"entry {index} cannot be read ({exc})") from exc
+
+    def _provider(self, connection: sqlite3.Connection) -> JournalProvider | None:
+        row = connection.execute("SELECT value FROM meta WHERE key = 'provider'").fetchone()
+        if row is None:
+            return None
+        try:
+            fields = json.loads(row[0])
+            return JournalProvider(
+                str(fields["dialect"]),
+                str(fields["create_base_url"]),
+                str(fields["query_base_url"]),
+            )
+        except Exception as exc:
+            raise self._corrupt(f"its provider cannot be read ({exc})") from exc
 
     def _corrupt(self, detail: str) -> InvalidRequestError:
         return InvalidRequestError(f"journal {self.path!r} is damaged: {detail}")
