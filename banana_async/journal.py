@@ -274,8 +274,18 @@ class Journal:
     Methods are synchronous and fast enough to call from an event loop. A
     lock makes them safe to call from several threads. They take any ``str``,
     lone surrogates included (see :class:`JournalEntry` for how such text is
-    stored). Failures of the disk
-    itself while writing raise :class:`sqlite3.Error`.
+    stored).
+
+    A write that the file system refuses (a full disk, an I/O error) raises
+    :class:`sqlite3.Error`, usually :class:`sqlite3.OperationalError`: "database
+    or disk is full" (``SQLITE_FULL``, also when the file would grow past
+    :attr:`max_pages`) or "disk I/O error" (``SQLITE_IOERR``). Such a write
+    changes nothing: its transaction is rolled back before the error
+    propagates, the entry keeps its previous state, the journal stays
+    readable, and later writes succeed once there is room again. That error
+    is how a caller learns that a step was not recorded: a batch must stop
+    relying on the journal at the first one (a task created but not recorded
+    would be created again by the next run).
 
     Attributes:
         path: The journal's file name, as given to :meth:`open`.
@@ -402,7 +412,8 @@ class Journal:
     def fingerprint(self) -> str | None:
         """A text identifying the batch's inputs (chosen by the batch), or None.
 
-        Setting it commits at once.
+        Setting it commits at once; a write that fails raises
+        :class:`sqlite3.Error` and changes nothing (see :class:`Journal`).
         """
         with self._transaction() as connection:
             row = connection.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
@@ -418,6 +429,39 @@ class Journal:
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('fingerprint', ?)",
                     (str(value),),
                 )
+
+    @property
+    def max_pages(self) -> int:
+        """The most pages the file may grow to while this journal is open.
+
+        SQLite's ``max_page_count`` for this connection: it is not stored in
+        the file, and each :meth:`open` starts with SQLite's default (about a
+        billion pages, in effect no cap). A write that would grow the file
+        past it fails as on a full disk, with :class:`sqlite3.OperationalError`
+        ("database or disk is full"), and changes nothing. A value below the
+        file's current size caps it at that size, so ``journal.max_pages = 1``
+        makes the disk "full" from then on; setting the value read before
+        lifts the cap again.
+
+        Writes that fit in pages the file already has (free space in a page,
+        pages left free by earlier writes) still succeed: this caps the
+        file's size and is not a switch that fails every write. It exists for
+        quotas and for tests of what happens when the journal cannot be
+        written, with SQLite's own failure rather than a fake one.
+
+        Raises:
+            ValueError: Set to anything but an int >= 1, or the journal is closed.
+        """
+        with self._transaction() as connection:
+            return int(connection.execute("PRAGMA max_page_count").fetchone()[0])
+
+    @max_pages.setter
+    def max_pages(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            # 0 would not cap anything: SQLite reads it as a query.
+            raise ValueError(f"max_pages is an int >= 1, not {value!r}")
+        with self._transaction() as connection:
+            connection.execute(f"PRAGMA max_page_count = {value}")
 
     @property
     def provider(self) -> JournalProvider | None:
@@ -445,8 +489,8 @@ class Journal:
         Raises:
             InvalidRequestError: Another provider is recorded; the message
                 names both. Nothing is written.
-            sqlite3.Error: The first bind could not be written (see
-                :class:`Journal`).
+            sqlite3.Error: The first bind could not be written (a full
+                disk, an I/O error); nothing was changed. See :class:`Journal`.
         """
         given = JournalProvider(dialect, create_base_url, query_base_url)
         with self._transaction(write=True) as connection:
@@ -472,6 +516,8 @@ class Journal:
             ValueError: Anything but an ``ERROR`` is already recorded for
                 ``index`` (a second create would bill a second task; see
                 :meth:`mark_resend`).
+            sqlite3.Error: The write failed (a full disk, an I/O error) and
+                changed nothing; see :class:`Journal`.
         """
         _check_index(index)
         with self._transaction(write=True) as connection:
@@ -490,6 +536,8 @@ class Journal:
         Raises:
             ValueError: The entry is not ``SENDING`` or ``CREATED``, or it holds
                 another task id.
+            sqlite3.Error: The write failed (a full disk, an I/O error) and
+                changed nothing; see :class:`Journal`.
         """
         _check_index(index)
         with self._transaction(write=True) as connection:
@@ -521,6 +569,8 @@ class Journal:
             ValueError: The task has not ended; the entry is not ``SENDING``,
                 ``CREATED`` or already in the task's end state; or it holds
                 another task id.
+            sqlite3.Error: The write failed (a full disk, an I/O error) and
+                changed nothing; see :class:`Journal`.
         """
         _check_index(index)
         if not task.status.terminal:
@@ -568,6 +618,8 @@ class Journal:
 
         Raises:
             ValueError: The entry is not new, ``SENDING`` or ``ERROR``.
+            sqlite3.Error: The write failed (a full disk, an I/O error) and
+                changed nothing; see :class:`Journal`.
         """
         _check_index(index)
         with self._transaction(write=True) as connection:
@@ -600,6 +652,8 @@ class Journal:
 
         Raises:
             ValueError: The entry is not ``SENDING``.
+            sqlite3.Error: The write failed (a full disk, an I/O error) and
+                changed nothing; see :class:`Journal`.
         """
         _check_index(index)
         with self._transaction(write=True) as connection:
@@ -625,6 +679,8 @@ class Journal:
 
         Raises:
             ValueError: The entry is not ``COMPLETED``.
+            sqlite3.Error: The write failed (a full disk, an I/O error) and
+                changed nothing; see :class:`Journal`.
         """
         _check_index(index)
         with self._transaction(write=True) as connection:
@@ -649,6 +705,8 @@ class Journal:
 
         Raises:
             ValueError: Nothing is recorded for ``index``.
+            sqlite3.Error: The write failed (a full disk, an I/O error) and
+                changed nothing; see :class:`Journal`.
         """
         _check_index(index)
         with self._transaction(write=True) as connection:
@@ -671,6 +729,8 @@ class Journal:
 
         Raises:
             ValueError: The entry is not ``SENDING`` or ``UNCONFIRMED``.
+            sqlite3.Error: The write failed (a full disk, an I/O error) and
+                changed nothing; see :class:`Journal`.
         """
         _check_index(index)
         with self._transaction(write=True) as connection:
@@ -687,11 +747,18 @@ class Journal:
             connection = self._connection
             if connection is None:
                 raise ValueError(f"journal {self.path!r} is closed")
+            if connection.in_transaction:
+                # Only if the ROLLBACK below itself failed: end that transaction
+                # now, or every later call would fail at BEGIN.
+                connection.execute("ROLLBACK")
             connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield connection
                 connection.execute("COMMIT")
             except BaseException:
+                # A failed statement or COMMIT (a full disk: SQLITE_FULL or
+                # SQLITE_IOERR) may leave the transaction open; SQLite may also
+                # have rolled it back already. Either way nothing of it stays.
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
                 raise
@@ -851,7 +918,11 @@ def _connect(name: str, *, exclusive: bool) -> sqlite3.Connection:
         connection.close()
         if _is_busy(exc):
             raise
-        raise InvalidRequestError(f"{name!r} is not a banana_async journal: {exc}") from exc
+        if _primary_code(exc) == sqlite3.SQLITE_NOTADB:
+            raise InvalidRequestError(f"{name!r} is not a banana_async journal: {exc}") from exc
+        # A full disk, an I/O error, a file that cannot be opened: the file
+        # may well be a journal, so say what failed rather than "not one".
+        raise InvalidRequestError(f"cannot open journal {name!r}: {exc}") from exc
     except BaseException:
         connection.close()
         raise
@@ -859,9 +930,13 @@ def _connect(name: str, *, exclusive: bool) -> sqlite3.Connection:
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
+    return _primary_code(exc) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _primary_code(exc: sqlite3.Error) -> int | None:
     code = getattr(exc, "sqlite_errorcode", None)
     # The low byte is the primary code (SQLITE_BUSY_RECOVERY is still busy).
-    return code is not None and (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return None if code is None else int(code) & 0xFF
 
 
 def _prepare(connection: sqlite3.Connection, name: str) -> None:
