@@ -34,6 +34,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -41,6 +42,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Final, Self
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
@@ -48,8 +50,19 @@ from banana_async._convert import CONVERTER
 from banana_async.errors import InvalidRequestError
 from banana_async.models import GenerationRequest, Task, TaskStatus
 
-__all__ = ["SCHEMA_VERSION", "EntryState", "Journal", "JournalEntry", "canonical_request"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "EntryState",
+    "Journal",
+    "JournalEntry",
+    "JournalProvider",
+    "canonical_request",
+]
 
+# Still 1 with the "provider" key of meta (Journal.bind_provider): meta is a
+# key/value table, so a new key needs no new layout. Older versions of this
+# module open such a journal and ignore the key; this one opens journals
+# without it and records it at the first bind.
 SCHEMA_VERSION: Final = 1
 """The version of the file layout this module reads and writes."""
 
@@ -58,6 +71,10 @@ _APPLICATION: Final = "banana_async.journal"
 # Waiting longer for a lock is pointless: an open journal keeps its lock until
 # it is closed (see ``exclusive`` in :meth:`Journal.open`).
 _BUSY_TIMEOUT: Final = 1.0
+
+# Longest pause between two attempts of Journal.open on a busy file. Random,
+# so that openers that collided do not collide again in step.
+_RETRY_PAUSE: Final = 0.02
 
 _SCHEMA: Final = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -113,7 +130,7 @@ _TERMINAL: Final = frozenset({EntryState.COMPLETED, EntryState.FAILED})
 
 @attrs.frozen
 class JournalEntry:
-    """What the journal holds about one input of a batch.
+    r"""What the journal holds about one input of a batch.
 
     Attributes:
         index: The input's position in the batch (0-based).
@@ -126,6 +143,16 @@ class JournalEntry:
         error_type: The class name of that error, e.g. ``BadRequestError``.
         path: Where the image was saved, once downloaded.
         updated_at: When the entry was last written (``time.time()``).
+
+    Strings from outside may hold lone surrogates (``"\ud800"`` in a JSON
+    answer decodes to one; so does an undecodable byte in a POSIX file
+    name), which SQLite cannot store as text. ``task`` and ``task_id`` keep
+    them exactly. ``raw_input``, ``error``, ``error_type`` and ``path`` keep
+    them escaped, as ``text.encode("utf-8", "backslashreplace")`` does: the
+    lone surrogate U+D800 becomes the six characters ``\ud800``, and every
+    other character is kept. The recording methods return the escaped text
+    too, so an entry reads back as it was returned. A ``path`` recorded that
+    way no longer names the file: a resumed batch downloads that image again.
     """
 
     index: int
@@ -140,6 +167,59 @@ class JournalEntry:
     updated_at: float = 0.0
 
 
+@attrs.frozen
+class JournalProvider:
+    """The provider a journal's tasks belong to.
+
+    Recorded by :meth:`~banana_async.Journal.bind_provider`, as it was given.
+
+    Attributes:
+        dialect: The dialect's name, e.g. ``nano``.
+        create_base_url: The base URL that creates are sent to.
+        query_base_url: The base URL that status queries are sent to.
+    """
+
+    dialect: str
+    create_base_url: str
+    query_base_url: str
+
+    def __str__(self) -> str:
+        return f"{self.dialect!r} (create {self.create_base_url}, query {self.query_base_url})"
+
+    def same_as(self, other: JournalProvider) -> bool:
+        """Tell whether both name the same provider, however spelled.
+
+        Dialect names compare without case or surrounding blanks (as the
+        client reads them). URLs compare with the scheme and host in any case
+        and without trailing slashes, so ``https://Host/x/`` and
+        ``https://host/x`` are the same; the rest of the URL (path, port,
+        query) must be equal.
+        """
+        return _normal_provider(self) == _normal_provider(other)
+
+
+def _normal_provider(provider: JournalProvider) -> tuple[str, str, str]:
+    return (
+        provider.dialect.strip().lower(),
+        _normal_url(provider.create_base_url),
+        _normal_url(provider.query_base_url),
+    )
+
+
+def _normal_url(url: str) -> str:
+    parts = urlsplit(url.strip())
+    userinfo, at, host = parts.netloc.rpartition("@")
+    return urlunsplit(
+        (
+            parts.scheme.lower(),
+            userinfo + at + host.lower(),
+            parts.path.rstrip("/"),
+            parts.query,
+            parts.fragment,
+        )
+    )
+
+
 def canonical_request(request: GenerationRequest) -> str:
     """Return the canonical JSON text of a request (sorted keys, no whitespace).
 
@@ -151,6 +231,25 @@ def canonical_request(request: GenerationRequest) -> str:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _dumps_task(task: Task) -> str:
+    # ensure_ascii=True: a task comes from the provider's JSON and may hold
+    # lone surrogates ("\ud800"), which SQLite cannot store as text; as \u
+    # escapes they round-trip exactly. Older rows (raw UTF-8) load the same.
+    # Requests keep _dumps: their canonical text must not change.
+    return json.dumps(
+        CONVERTER.unstructure(task, Task), sort_keys=True, separators=(",", ":"), ensure_ascii=True
+    )
+
+
+def _storable(text: str | None) -> str | None:
+    r"""Return ``text`` as the plain text columns keep it: encodable as UTF-8.
+
+    Lone surrogates become ``\uXXXX`` escapes; every other character,
+    backslashes included, is kept as it is (see :class:`JournalEntry`).
+    """
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _error_text(error: BaseException) -> str:
@@ -173,8 +272,20 @@ class Journal:
     :meth:`mark_resend`, for ``SENDING`` and ``UNCONFIRMED`` entries only.
 
     Methods are synchronous and fast enough to call from an event loop. A
-    lock makes them safe to call from several threads. Failures of the disk
-    itself while writing raise :class:`sqlite3.Error`.
+    lock makes them safe to call from several threads. They take any ``str``,
+    lone surrogates included (see :class:`JournalEntry` for how such text is
+    stored).
+
+    A write that the file system refuses (a full disk, an I/O error) raises
+    :class:`sqlite3.Error`, usually :class:`sqlite3.OperationalError`: "database
+    or disk is full" (``SQLITE_FULL``, also when the file would grow past
+    :attr:`max_pages`) or "disk I/O error" (``SQLITE_IOERR``). Such a write
+    changes nothing: its transaction is rolled back before the error
+    propagates, the entry keeps its previous state, the journal stays
+    readable, and later writes succeed once there is room again. That error
+    is how a caller learns that a step was not recorded: a batch must stop
+    relying on the journal at the first one (a task created but not recorded
+    would be created again by the next run).
 
     Attributes:
         path: The journal's file name, as given to :meth:`open`.
@@ -200,7 +311,9 @@ class Journal:
                 second open of the same journal (from this process or another)
                 fails instead of running the same batch twice, which would
                 create and bill its tasks twice. The lock goes with the process
-                if it dies.
+                if it dies. Of several processes opening the same file at the
+                same moment, exactly one gets it; the others keep trying for
+                about a second, then fail.
 
         Raises:
             InvalidRequestError: The file cannot be opened, is not a journal,
@@ -208,36 +321,17 @@ class Journal:
                 use by another open journal.
         """
         name = os.fspath(path)
-        try:
-            connection = sqlite3.connect(
-                name, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise InvalidRequestError(f"cannot open journal {name!r}: {exc}") from exc
-        try:
-            if exclusive:
-                connection.execute("PRAGMA locking_mode=EXCLUSIVE")
-            _prepare(connection, name)
-            # The write-ahead log is switched on only once the file is known to
-            # be a journal: someone else's database is never converted. With
-            # synchronous=NORMAL a commit appends to the log without fsync;
-            # the log's frames are then in the operating system's page cache,
-            # which outlives the process, so a SIGKILL loses no commit (a power
-            # cut may lose the last few, never corrupt the file).
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-        except sqlite3.Error as exc:
-            connection.close()
-            if exc.sqlite_errorname in ("SQLITE_BUSY", "SQLITE_LOCKED"):
-                raise InvalidRequestError(
-                    f"journal {name!r} is in use by another open journal "
-                    "(is the same batch running twice?)"
-                ) from exc
-            raise InvalidRequestError(f"{name!r} is not a banana_async journal: {exc}") from exc
-        except BaseException:
-            connection.close()
-            raise
-        return cls(connection, name)
+        deadline = time.monotonic() + _BUSY_TIMEOUT
+        while True:
+            try:
+                return cls(_connect(name, exclusive=exclusive), name)
+            except sqlite3.Error as exc:  # _connect lets only "busy" through
+                if time.monotonic() >= deadline:
+                    raise InvalidRequestError(
+                        f"journal {name!r} is in use by another open journal "
+                        "(is the same batch running twice?)"
+                    ) from exc
+            time.sleep(random.uniform(0.0, _RETRY_PAUSE))
 
     def close(self) -> None:
         """Close the file (and release its lock); closing twice is harmless."""
@@ -311,14 +405,15 @@ class Journal:
             return False
         stored_request, stored_raw = row
         if request is None:
-            return stored_request is None and stored_raw == raw_input
+            return stored_request is None and stored_raw == _storable(raw_input)
         return stored_request is not None and stored_request == canonical_request(request)
 
     @property
     def fingerprint(self) -> str | None:
         """A text identifying the batch's inputs (chosen by the batch), or None.
 
-        Setting it commits at once.
+        Setting it commits at once; a write that fails raises
+        :class:`sqlite3.Error` and changes nothing (see :class:`Journal`).
         """
         with self._transaction() as connection:
             row = connection.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
@@ -335,6 +430,80 @@ class Journal:
                     (str(value),),
                 )
 
+    @property
+    def max_pages(self) -> int:
+        """The most pages the file may grow to while this journal is open.
+
+        SQLite's ``max_page_count`` for this connection: it is not stored in
+        the file, and each :meth:`open` starts with SQLite's default (about a
+        billion pages, in effect no cap). A write that would grow the file
+        past it fails as on a full disk, with :class:`sqlite3.OperationalError`
+        ("database or disk is full"), and changes nothing. A value below the
+        file's current size caps it at that size, so ``journal.max_pages = 1``
+        makes the disk "full" from then on; setting the value read before
+        lifts the cap again.
+
+        Writes that fit in pages the file already has (free space in a page,
+        pages left free by earlier writes) still succeed: this caps the
+        file's size and is not a switch that fails every write. It exists for
+        quotas and for tests of what happens when the journal cannot be
+        written, with SQLite's own failure rather than a fake one.
+
+        Raises:
+            ValueError: Set to anything but an int >= 1, or the journal is closed.
+        """
+        with self._transaction() as connection:
+            return int(connection.execute("PRAGMA max_page_count").fetchone()[0])
+
+    @max_pages.setter
+    def max_pages(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            # 0 would not cap anything: SQLite reads it as a query.
+            raise ValueError(f"max_pages is an int >= 1, not {value!r}")
+        with self._transaction() as connection:
+            connection.execute(f"PRAGMA max_page_count = {value}")
+
+    @property
+    def provider(self) -> JournalProvider | None:
+        """The provider recorded by :meth:`bind_provider`, or None before the first bind."""
+        with self._transaction() as connection:
+            return self._provider(connection)
+
+    def bind_provider(self, dialect: str, create_base_url: str, query_base_url: str) -> None:
+        """Tie the journal to one provider, or check that it is the one recorded.
+
+        Task ids mean something only at the provider that created them: a
+        journal resumed against another dialect or other base URLs would
+        poll ids that do not exist there (or belong to someone else). The
+        first call records the provider, committed at once; every later
+        call, in this open or a later one, compares (see
+        :meth:`~banana_async.journal.JournalProvider.same_as`). A journal
+        written before this method existed has no provider and takes the
+        first one bound.
+
+        Args:
+            dialect: The dialect's name, e.g. ``nano``.
+            create_base_url: The base URL that creates are sent to.
+            query_base_url: The base URL that status queries are sent to.
+
+        Raises:
+            InvalidRequestError: Another provider is recorded; the message
+                names both. Nothing is written.
+            sqlite3.Error: The first bind could not be written (a full
+                disk, an I/O error); nothing was changed. See :class:`Journal`.
+        """
+        given = JournalProvider(dialect, create_base_url, query_base_url)
+        with self._transaction(write=True) as connection:
+            recorded = self._provider(connection)
+            if recorded is None:
+                value = json.dumps(attrs.asdict(given), sort_keys=True, ensure_ascii=True)
+                connection.execute("INSERT INTO meta (key, value) VALUES ('provider', ?)", (value,))
+            elif not recorded.same_as(given):
+                raise InvalidRequestError(
+                    f"journal {self.path!r} belongs to another provider: it was recorded "
+                    f"for {recorded}, not {given}; its task ids mean nothing there"
+                )
+
     # -- writing -------------------------------------------------------------
 
     def record_sending(self, index: int, request: GenerationRequest) -> JournalEntry:
@@ -347,6 +516,8 @@ class Journal:
             ValueError: Anything but an ``ERROR`` is already recorded for
                 ``index`` (a second create would bill a second task; see
                 :meth:`mark_resend`).
+            sqlite3.Error: The write failed (a full disk, an I/O error) and
+                changed nothing; see :class:`Journal`.
         """
         _check_index(index)
         with self._transaction(write=True) as connection:
@@ -365,6 +536,8 @@ class Journal:
         Raises:
             ValueError: The entry is not ``SENDING`` or ``CREATED``, or it holds
                 another task id.
+            sqlite3.Error: The write failed (a full disk, an I/O error) and
+                changed nothing; see :class:`Journal`.
         """
         _check_index(index)
         with self._transaction(write=True) as connection:
@@ -396,6 +569,8 @@ class Journal:
             ValueError: The task has not ended; the entry is not ``SENDING``,
                 ``CREATED`` or already in the task's end state; or it holds
                 another task id.
+            sqlite3.Error: The write failed (a full disk, an I/O error) and
+                changed nothing; see :class:`Journal`.
         """
         _check_index(index)
         if not task.status.terminal:
@@ -443,6 +618,8 @@ class Journal:
 
         Raises:
             ValueError: The entry is not new, ``SENDING`` or ``ERROR``.
+            sqlite3.Error: The write failed (a full disk, an I/O error) and
+                changed nothing; see :class:`Journal`.
         """
         _check_index(index)
         with self._transaction(write=True) as connection:
@@ -475,6 +652,8 @@ class Journal:
 
         Raises:
             ValueError: The entry is not ``SENDING``.
+            sqlite3.Error: The write failed (a full disk, an I/O error) and
+                changed nothing; see :class:`Journal`.
         """
         _check_index(index)
         with self._transaction(write=True) as connection:
@@ -500,6 +679,8 @@ class Journal:
 
         Raises:
             ValueError: The entry is not ``COMPLETED``.
+            sqlite3.Error: The write failed (a full disk, an I/O error) and
+                changed nothing; see :class:`Journal`.
         """
         _check_index(index)
         with self._transaction(write=True) as connection:
@@ -524,6 +705,8 @@ class Journal:
 
         Raises:
             ValueError: Nothing is recorded for ``index``.
+            sqlite3.Error: The write failed (a full disk, an I/O error) and
+                changed nothing; see :class:`Journal`.
         """
         _check_index(index)
         with self._transaction(write=True) as connection:
@@ -546,6 +729,8 @@ class Journal:
 
         Raises:
             ValueError: The entry is not ``SENDING`` or ``UNCONFIRMED``.
+            sqlite3.Error: The write failed (a full disk, an I/O error) and
+                changed nothing; see :class:`Journal`.
         """
         _check_index(index)
         with self._transaction(write=True) as connection:
@@ -562,11 +747,18 @@ class Journal:
             connection = self._connection
             if connection is None:
                 raise ValueError(f"journal {self.path!r} is closed")
+            if connection.in_transaction:
+                # Only if the ROLLBACK below itself failed: end that transaction
+                # now, or every later call would fail at BEGIN.
+                connection.execute("ROLLBACK")
             connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield connection
                 connection.execute("COMMIT")
             except BaseException:
+                # A failed statement or COMMIT (a full disk: SQLITE_FULL or
+                # SQLITE_IOERR) may leave the transaction open; SQLite may also
+                # have rolled it back already. Either way nothing of it stays.
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
                 raise
@@ -611,12 +803,20 @@ class Journal:
     def _write(
         self, connection: sqlite3.Connection, entry: JournalEntry, *, insert: bool = False
     ) -> JournalEntry:
+        """Store ``entry`` and return it as it now reads back (see :class:`JournalEntry`)."""
+        entry = attrs.evolve(
+            entry,
+            raw_input=_storable(entry.raw_input),
+            error=_storable(entry.error),
+            error_type=_storable(entry.error_type),
+            path=_storable(entry.path),
+        )
         values = (
             entry.state.value,
             None if entry.request is None else canonical_request(entry.request),
             entry.raw_input,
-            entry.task_id,
-            None if entry.task is None else _dumps(CONVERTER.unstructure(entry.task, Task)),
+            _storable(entry.task_id),  # read back from the task's JSON, exactly
+            None if entry.task is None else _dumps_task(entry.task),
             entry.error,
             entry.error_type,
             entry.path,
@@ -640,6 +840,7 @@ class Journal:
     def _entry(self, row: tuple[Any, ...]) -> JournalEntry:
         index, state, request, raw_input, task_id, task, error, error_type, path, updated = row
         try:
+            stored_task = None if task is None else CONVERTER.structure(json.loads(task), Task)
             return JournalEntry(
                 index=int(index),
                 state=EntryState(state),
@@ -647,8 +848,10 @@ class Journal:
                 if request is None
                 else CONVERTER.structure(json.loads(request), GenerationRequest),
                 raw_input=raw_input,
-                task_id=task_id,
-                task=None if task is None else CONVERTER.structure(json.loads(task), Task),
+                # The column is escaped text; the task's JSON has the exact id
+                # (every write that sets the id sets the task with it).
+                task_id=task_id if stored_task is None else stored_task.id,
+                task=stored_task,
                 error=error,
                 error_type=error_type,
                 path=path,
@@ -656,6 +859,20 @@ class Journal:
             )
         except Exception as exc:
             raise self._corrupt(f"entry {index} cannot be read ({exc})") from exc
+
+    def _provider(self, connection: sqlite3.Connection) -> JournalProvider | None:
+        row = connection.execute("SELECT value FROM meta WHERE key = 'provider'").fetchone()
+        if row is None:
+            return None
+        try:
+            fields = json.loads(row[0])
+            return JournalProvider(
+                str(fields["dialect"]),
+                str(fields["create_base_url"]),
+                str(fields["query_base_url"]),
+            )
+        except Exception as exc:
+            raise self._corrupt(f"its provider cannot be read ({exc})") from exc
 
     def _corrupt(self, detail: str) -> InvalidRequestError:
         return InvalidRequestError(f"journal {self.path!r} is damaged: {detail}")
@@ -666,24 +883,94 @@ def _illegal(index: int, entry: JournalEntry | None, action: str) -> ValueError:
     return ValueError(f"cannot {action} for input {index}: it has {shown}")
 
 
-def _prepare(connection: sqlite3.Connection, name: str) -> None:
-    """Check that the file is a journal of this version, or make an empty file one."""
-    if not _tables(connection):
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            if not _tables(connection):  # still empty now that we hold the write lock
-                for statement in _SCHEMA:
-                    connection.execute(statement)
-                connection.executemany(
-                    "INSERT INTO meta (key, value) VALUES (?, ?)",
-                    [("application", _APPLICATION), ("schema_version", str(SCHEMA_VERSION))],
-                )
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
+def _connect(name: str, *, exclusive: bool) -> sqlite3.Connection:
+    """Make one attempt at opening ``name`` as a journal and return the connection.
+
+    Raises:
+        sqlite3.Error: Only when the file is busy (locked by another
+            connection); the connection is closed, so a new attempt can win.
+        InvalidRequestError: For every other failure.
+    """
+    try:
+        # No busy wait inside an attempt (timeout=0): see _prepare for why the
+        # waiting is done by closing and trying again instead.
+        connection = sqlite3.connect(
+            name, timeout=0.0, isolation_level=None, check_same_thread=False
+        )
+    except sqlite3.Error as exc:
+        raise InvalidRequestError(f"cannot open journal {name!r}: {exc}") from exc
+    try:
+        if exclusive:
+            connection.execute("PRAGMA locking_mode=EXCLUSIVE")
+        _prepare(connection, name)
+        # The write-ahead log is switched on only once the file is known to
+        # be a journal: someone else's database is never converted. With
+        # synchronous=NORMAL a commit appends to the log without fsync;
+        # the log's frames are then in the operating system's page cache,
+        # which outlives the process, so a SIGKILL loses no commit (a power
+        # cut may lose the last few, never corrupt the file).
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        # From here on, a short wait is right: with exclusive=False, other
+        # connections hold the write lock for one short transaction at a time.
+        connection.execute(f"PRAGMA busy_timeout={round(_BUSY_TIMEOUT * 1000)}")
+    except sqlite3.Error as exc:
+        connection.close()
+        if _is_busy(exc):
             raise
-    tables = _tables(connection)
+        if _primary_code(exc) == sqlite3.SQLITE_NOTADB:
+            raise InvalidRequestError(f"{name!r} is not a banana_async journal: {exc}") from exc
+        # A full disk, an I/O error, a file that cannot be opened: the file
+        # may well be a journal, so say what failed rather than "not one".
+        raise InvalidRequestError(f"cannot open journal {name!r}: {exc}") from exc
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    return _primary_code(exc) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    # The low byte is the primary code (SQLITE_BUSY_RECOVERY is still busy).
+    return None if code is None else int(code) & 0xFF
+
+
+def _prepare(connection: sqlite3.Connection, name: str) -> None:
+    """Check that the file is a journal of this version, or make an empty file one.
+
+    Everything happens inside one ``BEGIN EXCLUSIVE``, taken before the file is
+    read at all. In exclusive locking mode a connection that failed to get a
+    lock keeps the SHARED lock it took on the way, so two openers that both
+    read first would each wait for the other and both fail. Taken first, the
+    exclusive lock goes to one opener; the others fail at once (no busy wait)
+    and :meth:`Journal.open` closes them, which releases what they held.
+    Refusals happen inside the transaction and roll it back, so a foreign file
+    is left exactly as it was.
+    """
+    connection.execute("BEGIN EXCLUSIVE")
+    try:
+        tables = _tables(connection)
+        if not tables:
+            for statement in _SCHEMA:
+                connection.execute(statement)
+            connection.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [("application", _APPLICATION), ("schema_version", str(SCHEMA_VERSION))],
+            )
+            tables = _tables(connection)
+        _check(connection, name, tables)
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
+def _check(connection: sqlite3.Connection, name: str, tables: set[str]) -> None:
     if "meta" not in tables:
         raise InvalidRequestError(f"{name!r} is an SQLite database but not a banana_async journal")
     meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
