@@ -445,7 +445,8 @@ class _Batch:
     ) -> None:
         try:
             if _may_have_created(error):
-                self.jot(Journal.record_unconfirmed, index, request, error)
+                task_id = _carried_id(error)
+                self.jot(Journal.record_unconfirmed, index, request, error, task_id=task_id)
             else:
                 self.jot(Journal.record_error, index, request, error)
         except _JournalBroke:
@@ -571,6 +572,8 @@ async def _results(
     opened = journal if journal is None or isinstance(journal, Journal) else Journal.open(journal)
     batch.journal = opened
     try:
+        if opened is not None:
+            _bind(opened, batch.client)
         producer = asyncio.create_task(batch.produce(inputs), name="banana_async-batch-producer")
         try:
             while True:
@@ -591,3 +594,22 @@ async def _results(
     finally:
         if own_journal and opened is not None:
             opened.close()
+
+
+def _bind(journal: Journal, client: BananaClient) -> None:
+    """Tie the journal to the client's provider: ids mean nothing anywhere else.
+
+    Raises:
+        InvalidRequestError: the journal belongs to another provider.
+        JournalError: the journal cannot be written.
+    """
+    try:
+        journal.bind_provider(client.dialect.name, client.create_base_url, client.query_base_url)
+    except InvalidRequestError:
+        raise
+    except Exception as exc:
+        raise JournalError(
+            f"the journal {journal.path} could not be written ({type(exc).__name__}: {exc}); "
+            "nothing was sent",
+            path=journal.path,
+        ) from exc

@@ -297,6 +297,16 @@ class BananaClient:
         """The dialect this client speaks."""
         return self._dialect
 
+    @property
+    def create_base_url(self) -> str:
+        """The base URL creates are sent to (the dialect's path is appended)."""
+        return self._create_base
+
+    @property
+    def query_base_url(self) -> str:
+        """The base URL status queries are sent to (the dialect's path is appended)."""
+        return self._query_base
+
     def _session_for_call(self) -> aiohttp.ClientSession:
         if self._closed:
             raise RuntimeError("this BananaClient is closed")

@@ -642,13 +642,26 @@ class Journal:
             )
 
     def record_unconfirmed(
-        self, index: int, request: GenerationRequest, error: BaseException
+        self,
+        index: int,
+        request: GenerationRequest,
+        error: BaseException,
+        *,
+        task_id: str | None = None,
     ) -> JournalEntry:
         """Record that the create of a ``SENDING`` entry may have created a task.
 
         For a create that failed after it was sent (a 5xx, a reset, a read
         timeout), or a ``SENDING`` entry found when a batch resumes. The entry
         is final unless :meth:`mark_resend` is called.
+
+        Args:
+            index: The input's position.
+            request: The request whose create failed.
+            error: The exception; its message and class name are recorded.
+            task_id: A task id the failed answer carried anyway (an error code
+                beside an id, an id no URL can hold), kept for a human to
+                check; stored as plain text (see :class:`JournalEntry`).
 
         Raises:
             ValueError: The entry is not ``SENDING``.
@@ -666,6 +679,7 @@ class Journal:
                     entry,
                     state=EntryState.UNCONFIRMED,
                     request=request,
+                    task_id=task_id if task_id is not None else entry.task_id,
                     error=_error_text(error),
                     error_type=type(error).__name__,
                     updated_at=time.time(),

@@ -314,3 +314,29 @@ async def test_a_full_disk_stops_creating_and_reports_every_unrecorded_id(
     # resumed run reports as unconfirmed instead of sending them again.
     with ba.Journal.open(path) as reopened:
         assert {e.state for e in reopened.entries()} == {ba.EntryState.SENDING}
+
+
+# -- 10. a journal belongs to one provider ---------------------------------------------------
+
+
+async def test_a_journal_is_never_resumed_against_another_provider(
+    live: FakeBananaServer, tmp_path: Path
+) -> None:
+    journal = tmp_path / "batch.sqlite"
+    live.script_for = lambda body: TaskScript(duration=None)
+    async with _client(live, dialect="nano") as client:
+        first = [o async for o in client.generate_many(["a", "b"], timeout=0.1, journal=journal)]
+    assert all(isinstance(o.error, ba.TaskTimeoutError) for o in first)
+    requests = len(live.requests)
+    async with FakeBananaServer(api_key=API_KEY) as elsewhere:
+        for other in (_client(live, dialect="navo"), _client(elsewhere, dialect="nano")):
+            async with other as client:
+                with pytest.raises(ba.InvalidRequestError, match="provider"):
+                    _ = [o async for o in client.generate_many(["a", "b"], journal=journal)]
+        assert elsewhere.requests == []
+    assert len(live.requests) == requests  # nothing was sent to poll foreign ids
+    with ba.Journal.open(journal) as opened:
+        provider = opened.provider
+    assert provider is not None
+    assert provider.dialect == "nano"
+    assert provider.query_base_url.rstrip("/") == live.url
