@@ -220,9 +220,10 @@ def parse_body(response: HTTPResponse) -> dict[str, Any]:
     """Check a response and return its JSON object, one ``data`` level unwrapped.
 
     A body without a ``status`` but with ``code``/``msg`` is read by its code:
-    an error code is a :class:`ProviderError` (carrying the task id when the
-    body has one, since a task may exist); a success code (0, 200, "ok") or a
-    ``msg`` beside an id returns the body, for the caller to read as a task.
+    an error code is a :class:`~banana_async.ProviderError` (carrying the
+    task id when the body has one, since a task may exist); a success code
+    (0, 200, "ok") or a ``msg`` beside an id returns the body, for the caller
+    to read as a task.
 
     Raises:
         APIStatusError: (or a subclass) for any status other than 2xx.
