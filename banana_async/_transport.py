@@ -38,6 +38,9 @@ MAX_DOWNLOAD_REDIRECTS = 5
 ERROR_BODY_BYTES = 16 * 1024
 """How much of an image host's error page is read for the exception."""
 
+_READ_STEP = 64 * 1024
+# The most one read of a capped body takes at once: the cap is checked between reads.
+
 
 def make_session(*, connection_limit: int, user_agent: str) -> aiohttp.ClientSession:
     """A session for the client to own, tuned for many small JSON requests."""
@@ -61,21 +64,27 @@ def make_timeout(
 
 
 async def _read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The decoded body, refused as soon as it grows past ``limit`` bytes.
+
+    Content-Length counts the bytes on the wire; under a Content-Encoding the
+    decoded body can be a thousand times larger (a gzip bomb), so it only
+    refuses early. The cap itself is on what ``response.content`` yields,
+    which is decoded, read in bounded steps and never whole.
+    """
     length = response.content_length
-    if length is not None and length <= limit:
-        return await response.read()
-    if length is not None:
+    if length is not None and length > limit:
         raise ResponseValidationError(
             f"response body of {length} bytes exceeds the {limit}-byte limit",
             status_code=response.status,
         )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.content.iter_chunked(64 * 1024):
+    async for chunk in response.content.iter_chunked(_READ_STEP):
         size += len(chunk)
         if size > limit:
             raise ResponseValidationError(
-                f"response body exceeds the {limit}-byte limit", status_code=response.status
+                f"response body exceeds the {limit}-byte limit once decoded",
+                status_code=response.status,
             )
         chunks.append(chunk)
     return b"".join(chunks)
