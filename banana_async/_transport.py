@@ -150,16 +150,22 @@ async def send(
 
 def _shown_url(url: str) -> str:
     """The URL for a message, without its query: signed URLs carry tokens there."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        # Unparsable (an unclosed IPv6 bracket), yet it may still carry a token.
+        return url.partition("?")[0].partition("#")[0]
     return parts._replace(query="", fragment="").geturl() if parts.query else url
 
 
 @contextlib.contextmanager
-def _download_errors(url: str) -> Iterator[None]:
+def _download_errors(url: str, *, opening: bool = False) -> Iterator[None]:
     """Map aiohttp's exceptions during a download as :func:`send` maps them.
 
     Only aiohttp calls go inside, so that an error raised by the sink (an
     OSError of a full disk, say) is never taken for a connection failure.
+    With ``opening`` (the request and its redirects, before any body), a
+    ValueError is a URL that yarl or the resolver could not take.
     """
     what = f"GET {_shown_url(url)}"
     try:
@@ -174,6 +180,14 @@ def _download_errors(url: str) -> Iterator[None]:
         # Also a redirect to a non-http(s) or malformed location.
         raise DownloadError(
             f"not an http(s) URL for {what}: {exc}", url=url, reason="bad_url"
+        ) from None
+    except ValueError as exc:
+        if not opening:
+            raise
+        # yarl refusing a URL (or a redirect's Location) that aiohttp did not
+        # wrap, or a host name too long to resolve (UnicodeError from IDNA).
+        raise DownloadError(
+            f"unusable URL for {what}: {type(exc).__name__}: {exc}", url=url, reason="bad_url"
         ) from None
     except aiohttp.ConnectionTimeoutError:
         raise APITimeoutError(f"timed out connecting for {what}", request_sent=False) from None
@@ -256,12 +270,13 @@ async def stream_to(
         APIStatusError: (or a subclass) for a final status other than 2xx,
             with the first :data:`ERROR_BODY_BYTES` of the body.
         DownloadError: ``too_large`` when Content-Length (before anything is
-            read) or the bytes received exceed ``max_bytes``;
-            ``too_many_redirects``; ``bad_url`` for a URL (or a redirect
-            target) that is not http(s).
+            read) or the bytes received (decoded, when the host compressed
+            them) exceed ``max_bytes``; ``too_many_redirects``; ``bad_url``
+            for a URL (or a redirect target) that is not http(s) or that
+            cannot be requested at all (a malformed host or port).
         APIConnectionError: no complete response; APITimeoutError on a timeout.
     """
-    with _download_errors(url):
+    with _download_errors(url, opening=True):
         response = await session.get(
             url,
             timeout=timeout,

@@ -22,13 +22,12 @@ import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
-from urllib.parse import urlsplit
 
 from banana_async import _transport
 from banana_async._png import PNG_SIGNATURE
 from banana_async._transport import _shown_url
 from banana_async.errors import DownloadError
-from banana_async.models import TaskStatus
+from banana_async.models import TaskStatus, url_problem
 
 if TYPE_CHECKING:
     import aiohttp
@@ -244,10 +243,10 @@ def _check_url(task: Task) -> str:
             url=url,
             reason="no_image_url",
         )
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+    problem = url_problem(url)
+    if problem is not None:
         raise DownloadError(
-            f"the image URL of task {task.id} is not an http(s) URL: {_shown_url(url)!r}",
+            f"the image URL of task {task.id} {problem}: {_shown_url(url)!r}",
             url=url,
             reason="bad_url",
         )
