@@ -12,19 +12,23 @@ established. That single bit decides whether a create may be retried.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
+import yarl
 
 from banana_async.dialects import HTTPRequest, HTTPResponse, _status_error
 from banana_async.errors import (
     APIConnectionError,
     APITimeoutError,
     DownloadError,
+    InvalidRequestError,
     ResponseValidationError,
 )
+from banana_async.models import url_problem
 
 if TYPE_CHECKING:
     from banana_async.download import DownloadSink
@@ -90,6 +94,35 @@ async def _read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+# Characters a path or query may hold as they are (RFC 3986), "%" included so
+# that escapes already made stay as they are.
+_URL_SAFE = "/:@!$&'()*+,;=-._~%"
+# Anything else in a URL (a space, a quote, a letter outside ASCII) needs escaping.
+_NEEDS_ESCAPES = re.compile(r"[^A-Za-z0-9/:@!$&'()*+,;=\-._~%?#\[\]]")
+
+
+def _wire_url(url: str) -> yarl.URL:
+    """``url`` for aiohttp to send byte for byte, without yarl's re-normalising.
+
+    Given a plain string, yarl decodes escapes of unreserved characters and
+    resolves dot segments: the path ``/v1/result/%2E%2E`` of task ``..`` would
+    become ``/v1/``. The dialects quote what they put into a URL, so a URL
+    made of URL characters only is taken as encoded. Only a base URL typed
+    with others (a space, a letter outside ASCII) needs encoding: IDNA for
+    its host, UTF-8 escapes for the rest.
+
+    Raises:
+        ValueError: the URL cannot be parsed (yarl's own check).
+    """
+    if _NEEDS_ESCAPES.search(url):
+        parts = urlsplit(url)
+        authority = yarl.URL.build(scheme=parts.scheme, authority=parts.netloc).raw_authority
+        url = f"{parts.scheme}://{authority}{quote(parts.path, safe=_URL_SAFE)}"
+        if parts.query:
+            url += "?" + quote(parts.query, safe=_URL_SAFE + "?")
+    return yarl.URL(url, encoded=True)
+
+
 async def send(
     session: aiohttp.ClientSession,
     request: HTTPRequest,
@@ -103,16 +136,22 @@ async def send(
     ``headers`` replace the request's own: the caller merges in credentials
     once, as a multidict that aiohttp takes without converting it again.
 
+    The URL is sent exactly as given (see :func:`_wire_url`).
+
     Raises:
+        InvalidRequestError: the URL cannot be requested (malformed, a host
+            no DNS could hold, a port out of range); nothing was sent.
         APIConnectionError: no complete response; ``request_sent`` tells
             whether the provider may have seen the request.
         APITimeoutError: the same, because a timeout fired.
-        ResponseValidationError: the body is larger than ``max_body``.
+        ResponseValidationError: the body is larger than ``max_body`` once
+            decoded.
     """
+    url = _checked_url(request)
     try:
         async with session.request(
             request.method,
-            request.url,
+            url,
             data=request.body,
             headers=headers,
             timeout=timeout,
@@ -124,6 +163,12 @@ async def send(
         ) as response:
             body = await _read_body(response, max_body)
             return HTTPResponse(response.status, response.headers, body)
+    except aiohttp.InvalidURL as exc:
+        # Raised while building the request, before any connection: with no
+        # redirects followed, never for a URL the provider sent.
+        raise InvalidRequestError(
+            f"cannot send {request.method} {_shown_url(request.url)}: {exc}"
+        ) from None
     except aiohttp.ConnectionTimeoutError:
         raise APITimeoutError(
             f"timed out connecting for {request.method} {request.url}", request_sent=False
@@ -146,6 +191,23 @@ async def send(
         raise APIConnectionError(
             f"connection failed during {request.method} {request.url}: {exc}"
         ) from None
+
+
+def _checked_url(request: HTTPRequest) -> yarl.URL:
+    """The request's URL for aiohttp, or InvalidRequestError before any I/O.
+
+    aiohttp would refuse some of these itself, but others only fail deep in
+    the connector (a host too long for IDNA raises UnicodeError there).
+    """
+    problem = url_problem(request.url)
+    if problem is None:
+        try:
+            return _wire_url(request.url)
+        except ValueError as exc:
+            problem = f"cannot be parsed ({exc})"
+    raise InvalidRequestError(
+        f"the URL of {request.method} {_shown_url(request.url)} {problem}; nothing was sent"
+    )
 
 
 def _shown_url(url: str) -> str:

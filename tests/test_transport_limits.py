@@ -141,3 +141,78 @@ async def test_a_gzip_bombed_image_is_too_large(
     assert "announced" not in str(outcome)
     assert peak < PEAK_LIMIT, f"peak {peak / 2**20:.1f} MiB"
     assert list(tmp_path.iterdir()) == []
+
+
+# -- the API request's URL ------------------------------------------------------------------
+
+
+async def send_get(session: aiohttp.ClientSession, url: str) -> int:
+    response = await _transport.send(
+        session, HTTPRequest("GET", url), headers={}, timeout=aiohttp.ClientTimeout(total=10)
+    )
+    return response.status
+
+
+async def test_send_keeps_the_path_byte_for_byte(server: FakeBananaServer) -> None:
+    # Re-normalised, %2E%2E would be ".." and the path would climb to /v1/.
+    async with aiohttp.ClientSession() as session:
+        await send_get(session, server.url + "/v1/result/%2E%2E")
+        await send_get(session, server.url + "/v1/result/a%2Fb%20c")
+    assert [r.path for r in server.requests] == ["/v1/result/%2E%2E", "/v1/result/a%2Fb%20c"]
+    assert [r.task_id for r in server.requests] == ["..", "a/b c"]
+
+
+async def test_send_escapes_what_a_typed_base_url_left_unescaped(
+    server: FakeBananaServer,
+) -> None:
+    async with aiohttp.ClientSession() as session:
+        await send_get(session, server.url + "/my prefix/ü/v1/result/%2E%2E")
+    assert server.requests[0].path == "/my%20prefix/%C3%BC/v1/result/%2E%2E"
+
+
+@pytest.mark.parametrize("task_id", ["..", ".", "a/../b", "%2E", "x?y#z", "猫"])
+async def test_dialect_urls_reach_the_server_as_built(
+    client: ba.BananaClient, server: FakeBananaServer, task_id: str
+) -> None:
+    with pytest.raises(ba.NotFoundError):
+        await client.get(task_id)
+    assert [r.kind for r in server.requests] == ["query"]
+    assert server.requests[0].path.startswith("/v1/result/")
+    assert server.requests[0].task_id == task_id
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::1/v1/result/x",
+        f"http://{'a' * 300}/v1/result/x",
+        "http://127.0.0.1:99999/v1/result/x",
+        "http:///v1/result/x",
+    ],
+)
+async def test_send_refuses_an_unusable_url_before_sending(url: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(ba.InvalidRequestError, match="URL"):
+            await send_get(session, url)
+
+
+@pytest.mark.parametrize(
+    ("given", "host", "path"),
+    [
+        ("http://127.0.0.1:1234/v1/result/%2E%2E", "127.0.0.1", "/v1/result/%2E%2E"),
+        ("https://host/prefix/v1/result/a%2Fb", "host", "/prefix/v1/result/a%2Fb"),
+        ("http://[::1]:8080/v1/banana/images", "::1", "/v1/banana/images"),
+        # Not ASCII (a base URL a user typed): IDNA for the host, UTF-8 escapes
+        # for the path, and the escapes already there are left alone.
+        (
+            "https://bücher.example/ä/v1/result/%2E%2E",
+            "xn--bcher-kva.example",
+            "/%C3%A4/v1/result/%2E%2E",
+        ),
+        ("http://127.0.0.1:1234/my prefix/v1/result/x", "127.0.0.1", "/my%20prefix/v1/result/x"),
+    ],
+)
+def test_the_wire_url_is_the_url_as_given(given: str, host: str, path: str) -> None:
+    url = _transport._wire_url(given)
+    assert url.raw_host == host
+    assert url.raw_path == path
