@@ -12,19 +12,23 @@ established. That single bit decides whether a create may be retried.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
+import yarl
 
 from banana_async.dialects import HTTPRequest, HTTPResponse, _status_error
 from banana_async.errors import (
     APIConnectionError,
     APITimeoutError,
     DownloadError,
+    InvalidRequestError,
     ResponseValidationError,
 )
+from banana_async.models import url_problem
 
 if TYPE_CHECKING:
     from banana_async.download import DownloadSink
@@ -37,6 +41,9 @@ MAX_DOWNLOAD_REDIRECTS = 5
 
 ERROR_BODY_BYTES = 16 * 1024
 """How much of an image host's error page is read for the exception."""
+
+_READ_STEP = 64 * 1024
+# The most one read of a capped body takes at once: the cap is checked between reads.
 
 
 def make_session(*, connection_limit: int, user_agent: str) -> aiohttp.ClientSession:
@@ -61,24 +68,59 @@ def make_timeout(
 
 
 async def _read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The decoded body, refused as soon as it grows past ``limit`` bytes.
+
+    Content-Length counts the bytes on the wire; under a Content-Encoding the
+    decoded body can be a thousand times larger (a gzip bomb), so it only
+    refuses early. The cap itself is on what ``response.content`` yields,
+    which is decoded, read in bounded steps and never whole.
+    """
     length = response.content_length
-    if length is not None and length <= limit:
-        return await response.read()
-    if length is not None:
+    if length is not None and length > limit:
         raise ResponseValidationError(
             f"response body of {length} bytes exceeds the {limit}-byte limit",
             status_code=response.status,
         )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.content.iter_chunked(64 * 1024):
+    async for chunk in response.content.iter_chunked(_READ_STEP):
         size += len(chunk)
         if size > limit:
             raise ResponseValidationError(
-                f"response body exceeds the {limit}-byte limit", status_code=response.status
+                f"response body exceeds the {limit}-byte limit once decoded",
+                status_code=response.status,
             )
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+# Characters a path or query may hold as they are (RFC 3986), "%" included so
+# that escapes already made stay as they are.
+_URL_SAFE = "/:@!$&'()*+,;=-._~%"
+# Anything else in a URL (a space, a quote, a letter outside ASCII) needs escaping.
+_NEEDS_ESCAPES = re.compile(r"[^A-Za-z0-9/:@!$&'()*+,;=\-._~%?#\[\]]")
+
+
+def _wire_url(url: str) -> yarl.URL:
+    """``url`` for aiohttp to send byte for byte, without yarl's re-normalising.
+
+    Given a plain string, yarl decodes escapes of unreserved characters and
+    resolves dot segments: the path ``/v1/result/%2E%2E`` of task ``..`` would
+    become ``/v1/``. The dialects quote what they put into a URL, so a URL
+    made of URL characters only is taken as encoded. Only a base URL typed
+    with others (a space, a letter outside ASCII) needs encoding: IDNA for
+    its host, UTF-8 escapes for the rest.
+
+    Raises:
+        ValueError: the URL cannot be parsed (yarl's own check).
+    """
+    if _NEEDS_ESCAPES.search(url):
+        parts = urlsplit(url)
+        authority = yarl.URL.build(scheme=parts.scheme, authority=parts.netloc).raw_authority
+        url = f"{parts.scheme}://{authority}{quote(parts.path, safe=_URL_SAFE)}"
+        if parts.query:
+            url += "?" + quote(parts.query, safe=_URL_SAFE + "?")
+    return yarl.URL(url, encoded=True)
 
 
 async def send(
@@ -94,16 +136,22 @@ async def send(
     ``headers`` replace the request's own: the caller merges in credentials
     once, as a multidict that aiohttp takes without converting it again.
 
+    The URL is sent exactly as given (see :func:`_wire_url`).
+
     Raises:
+        InvalidRequestError: the URL cannot be requested (malformed, a host
+            no DNS could hold, a port out of range); nothing was sent.
         APIConnectionError: no complete response; ``request_sent`` tells
             whether the provider may have seen the request.
         APITimeoutError: the same, because a timeout fired.
-        ResponseValidationError: the body is larger than ``max_body``.
+        ResponseValidationError: the body is larger than ``max_body`` once
+            decoded.
     """
+    url = _checked_url(request)
     try:
         async with session.request(
             request.method,
-            request.url,
+            url,
             data=request.body,
             headers=headers,
             timeout=timeout,
@@ -115,6 +163,12 @@ async def send(
         ) as response:
             body = await _read_body(response, max_body)
             return HTTPResponse(response.status, response.headers, body)
+    except aiohttp.InvalidURL as exc:
+        # Raised while building the request, before any connection: with no
+        # redirects followed, never for a URL the provider sent.
+        raise InvalidRequestError(
+            f"cannot send {request.method} {_shown_url(request.url)}: {exc}"
+        ) from None
     except aiohttp.ConnectionTimeoutError:
         raise APITimeoutError(
             f"timed out connecting for {request.method} {request.url}", request_sent=False
@@ -139,18 +193,41 @@ async def send(
         ) from None
 
 
+def _checked_url(request: HTTPRequest) -> yarl.URL:
+    """The request's URL for aiohttp, or InvalidRequestError before any I/O.
+
+    aiohttp would refuse some of these itself, but others only fail deep in
+    the connector (a host too long for IDNA raises UnicodeError there).
+    """
+    problem = url_problem(request.url)
+    if problem is None:
+        try:
+            return _wire_url(request.url)
+        except ValueError as exc:
+            problem = f"cannot be parsed ({exc})"
+    raise InvalidRequestError(
+        f"the URL of {request.method} {_shown_url(request.url)} {problem}; nothing was sent"
+    )
+
+
 def _shown_url(url: str) -> str:
     """The URL for a message, without its query: signed URLs carry tokens there."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        # Unparsable (an unclosed IPv6 bracket), yet it may still carry a token.
+        return url.partition("?")[0].partition("#")[0]
     return parts._replace(query="", fragment="").geturl() if parts.query else url
 
 
 @contextlib.contextmanager
-def _download_errors(url: str) -> Iterator[None]:
+def _download_errors(url: str, *, opening: bool = False) -> Iterator[None]:
     """Map aiohttp's exceptions during a download as :func:`send` maps them.
 
     Only aiohttp calls go inside, so that an error raised by the sink (an
     OSError of a full disk, say) is never taken for a connection failure.
+    With ``opening`` (the request and its redirects, before any body), a
+    ValueError is a URL that yarl or the resolver could not take.
     """
     what = f"GET {_shown_url(url)}"
     try:
@@ -165,6 +242,14 @@ def _download_errors(url: str) -> Iterator[None]:
         # Also a redirect to a non-http(s) or malformed location.
         raise DownloadError(
             f"not an http(s) URL for {what}: {exc}", url=url, reason="bad_url"
+        ) from None
+    except ValueError as exc:
+        if not opening:
+            raise
+        # yarl refusing a URL (or a redirect's Location) that aiohttp did not
+        # wrap, or a host name too long to resolve (UnicodeError from IDNA).
+        raise DownloadError(
+            f"unusable URL for {what}: {type(exc).__name__}: {exc}", url=url, reason="bad_url"
         ) from None
     except aiohttp.ConnectionTimeoutError:
         raise APITimeoutError(f"timed out connecting for {what}", request_sent=False) from None
@@ -247,12 +332,13 @@ async def stream_to(
         APIStatusError: (or a subclass) for a final status other than 2xx,
             with the first :data:`ERROR_BODY_BYTES` of the body.
         DownloadError: ``too_large`` when Content-Length (before anything is
-            read) or the bytes received exceed ``max_bytes``;
-            ``too_many_redirects``; ``bad_url`` for a URL (or a redirect
-            target) that is not http(s).
+            read) or the bytes received (decoded, when the host compressed
+            them) exceed ``max_bytes``; ``too_many_redirects``; ``bad_url``
+            for a URL (or a redirect target) that is not http(s) or that
+            cannot be requested at all (a malformed host or port).
         APIConnectionError: no complete response; APITimeoutError on a timeout.
     """
-    with _download_errors(url):
+    with _download_errors(url, opening=True):
         response = await session.get(
             url,
             timeout=timeout,

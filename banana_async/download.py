@@ -10,6 +10,13 @@ or the server claims.
 
 The request goes to the image host without the API key: only the headers the
 session itself carries are sent.
+
+A process killed mid-download (SIGKILL, a power cut) leaves its temporary
+file behind. The next download into that directory removes such leftovers
+(:func:`_sweep_stale_parts`), never one that a live download, in this process
+or another, is still writing: a writer holds an exclusive ``flock`` on its
+temporary file for the file's whole life, and the OS drops it when the
+process dies.
 """
 
 from __future__ import annotations
@@ -19,16 +26,24 @@ import functools
 import hashlib
 import os
 import re
+import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
-from urllib.parse import urlsplit
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; stale files are told by their age alone
+    _fcntl = None
+else:
+    _fcntl = fcntl
 
 from banana_async import _transport
 from banana_async._png import PNG_SIGNATURE
 from banana_async._transport import _shown_url
 from banana_async.errors import DownloadError
-from banana_async.models import TaskStatus
+from banana_async.models import TaskStatus, url_problem
 
 if TYPE_CHECKING:
     import aiohttp
@@ -61,6 +76,15 @@ _LOOKS_HASHED = re.compile(rf"-[0-9a-f]{{{_HASH_LENGTH}}}\Z")
 # ("con.png", "Nul.tar.gz").
 _WINDOWS_RESERVED = frozenset(
     {"CON", "PRN", "AUX", "NUL"} | {f"COM{n}" for n in range(10)} | {f"LPT{n}" for n in range(10)}
+)
+
+
+# A temporary file is named f".{stem}.{random}{_PART_SUFFIX}" (tempfile.mkstemp).
+# The marker keeps the sweep off other programs' hidden ".part" files.
+_PART_SUFFIX = ".banana.part"
+_PART_NAME = re.compile(
+    rf"\.[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{MAX_STEM_LENGTH - 1}}}\.[a-z0-9_]+"
+    + re.escape(_PART_SUFFIX)
 )
 
 
@@ -161,10 +185,13 @@ class _ImageFile:
     """
 
     def __init__(self, directory: Path, stem: str, url: str) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".part", dir=directory)
+        fd, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=_PART_SUFFIX, dir=directory)
         self._temp = Path(name)
         self._file = os.fdopen(fd, "wb")
+        # Held until the file is renamed or removed, and dropped by the OS if
+        # the process dies: the sign to a sweep that this file is still live.
+        # A sweep holds a lock only for a moment, so waiting for it is brief.
+        _lock(fd, wait=True)
         self._directory = directory
         self._stem = stem
         self._url = url
@@ -208,20 +235,136 @@ class _ImageFile:
         assert self._extension is not None
         self._file.flush()
         os.fsync(self._file.fileno())
-        self._file.close()
+        if _fcntl is None:
+            self._file.close()  # Windows renames no open file
         self._temp.chmod(_file_mode())
         final = self._directory / (self._stem + self._extension)
+        # Renamed before the close that drops the lock: a sweep never finds
+        # this file unlocked under its temporary name.
         os.replace(self._temp, final)
         self._committed = True
+        self._file.close()
         return final
 
     def discard(self) -> None:
         """Remove the temporary file, unless it was committed."""
         if self._committed:
             return
-        self._file.close()
+        if _fcntl is None:
+            self._file.close()  # Windows removes no open file
         with contextlib.suppress(OSError):
             self._temp.unlink()
+        self._file.close()
+
+
+# -- leftovers of killed downloads ----------------------------------------------------
+
+_SWEEP_INTERVAL = 300.0
+"""Seconds before one process lists the same directory for leftovers again."""
+
+_LOCKABLE_GRACE = 10.0
+"""Age below which an unlocked temporary file is left alone: its writer may be
+between creating it and locking it."""
+
+_UNLOCKABLE_AGE = 3600.0
+"""Where there is no flock (Windows, some network file systems), the age past
+which a temporary file is taken for a leftover; a live download writes far
+more often, and a stalled one times out long before."""
+
+_MAX_SWEEP_MEMO = 1024
+
+_last_sweeps: dict[str, float] = {}
+"""Directory (absolute) -> ``time.monotonic()`` of its last sweep in this process."""
+
+
+def _lock(fd: int, *, wait: bool) -> bool | None:
+    """Take an exclusive flock on ``fd``.
+
+    flock, not fcntl's record locks: a flock belongs to one open file, so a
+    sweep in this process cannot take the lock of a download in this process,
+    and closing some other descriptor of the file does not drop it.
+
+    Returns:
+        True when taken, False when someone else holds it (only without
+        ``wait``), None when locks are unavailable here.
+    """
+    if _fcntl is None:
+        return None
+    flags = _fcntl.LOCK_EX if wait else _fcntl.LOCK_EX | _fcntl.LOCK_NB
+    try:
+        _fcntl.flock(fd, flags)
+    except BlockingIOError:
+        return False
+    except OSError:  # a file system without flock (ENOLCK, EOPNOTSUPP)
+        return None
+    return True
+
+
+def _sweep_stale_parts(directory: Path, *, force: bool = False) -> list[Path]:
+    """Remove the temporary files that dead downloads left in ``directory``.
+
+    Only names that :class:`_ImageFile` makes are considered, and one is
+    removed only when its lock can be taken at once (no live writer) and it is
+    older than :data:`_LOCKABLE_GRACE`; without flock, only when older than
+    :data:`_UNLOCKABLE_AGE`. A directory is listed at most once per
+    :data:`_SWEEP_INTERVAL` per process, so that a batch of thousands of
+    downloads into one directory lists it once. Failures are ignored: this is
+    housekeeping, never a reason for a download to fail.
+
+    Args:
+        directory: The download directory.
+        force: Sweep even if this directory was swept recently.
+
+    Returns:
+        The files removed.
+    """
+    key = os.path.abspath(directory)
+    now = time.monotonic()
+    last = _last_sweeps.get(key)
+    if not force and last is not None and now - last < _SWEEP_INTERVAL:
+        return []
+    if len(_last_sweeps) >= _MAX_SWEEP_MEMO:  # a batch saving into many directories
+        _last_sweeps.clear()
+    _last_sweeps[key] = now
+    try:
+        with os.scandir(directory) as entries:
+            candidates = [
+                entry.path
+                for entry in entries
+                if _PART_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)
+            ]
+    except OSError:
+        return []
+    return [Path(path) for path in candidates if _remove_if_stale(path)]
+
+
+def _remove_if_stale(path: str) -> bool:
+    # O_NOFOLLOW and O_NONBLOCK: a symlink or FIFO swapped in under the name
+    # since the listing is neither followed nor waited on.
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return False
+    try:
+        locked = _lock(fd, wait=False)
+        if locked is False:
+            return False  # a live download
+        min_age = _LOCKABLE_GRACE if locked else _UNLOCKABLE_AGE
+        checked = os.fstat(fd)
+        if not stat.S_ISREG(checked.st_mode) or time.time() - checked.st_mtime < min_age:
+            return False
+        # The writer may have renamed the file into place since it was
+        # opened: remove the name only while it is still the file checked.
+        current = os.stat(path, follow_symlinks=False)
+        if (current.st_dev, current.st_ino) != (checked.st_dev, checked.st_ino):
+            return False
+        os.unlink(path)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 # -- the download ---------------------------------------------------------------------
@@ -235,6 +378,12 @@ def _file_mode() -> int:
     return 0o666 & ~mask
 
 
+def _prepare_directory(directory: Path) -> None:
+    """Create ``directory`` if missing, and clear what killed downloads left in it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _sweep_stale_parts(directory)
+
+
 def _check_url(task: Task) -> str:
     url = task.image_url
     if task.status is not TaskStatus.COMPLETED or not url:
@@ -244,10 +393,10 @@ def _check_url(task: Task) -> str:
             url=url,
             reason="no_image_url",
         )
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+    problem = url_problem(url)
+    if problem is not None:
         raise DownloadError(
-            f"the image URL of task {task.id} is not an http(s) URL: {_shown_url(url)!r}",
+            f"the image URL of task {task.id} {problem}: {_shown_url(url)!r}",
             url=url,
             reason="bad_url",
         )
@@ -295,7 +444,9 @@ async def download_task_image(
         raise ValueError(f"max_bytes must be positive, not {max_bytes!r}")
     if isinstance(timeout, int | float):
         timeout = _transport.make_timeout(total=float(timeout), connect=None)
-    image = _ImageFile(Path(dest), safe_file_stem(task.id), url)
+    directory = Path(dest)
+    _prepare_directory(directory)
+    image = _ImageFile(directory, safe_file_stem(task.id), url)
     try:
         await _transport.stream_to(session, url, image, timeout=timeout, max_bytes=max_bytes)
         return image.commit()

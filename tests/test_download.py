@@ -310,6 +310,77 @@ async def test_non_http_urls_are_refused(
     assert files_in(tmp_path) == []
 
 
+LONG_HOST = "a" * 300
+
+UNUSABLE_URLS = [
+    "http://[::1/x.png",  # an IPv6 bracket never closed
+    f"http://{LONG_HOST}/x.png",  # longer than any DNS name
+    f"http://{'a' * 64}.example/x.png",  # one label longer than 63
+    "http://127.0.0.1:99999/x.png",  # a port out of range
+]
+
+
+@pytest.fixture
+async def banana(server: FakeBananaServer) -> AsyncIterator[ba.BananaClient]:
+    async with ba.BananaClient(API_KEY, base_url=server.url, timeout=TIMEOUT) as client:
+        yield client
+
+
+@pytest.mark.parametrize("url", UNUSABLE_URLS)
+async def test_unusable_image_urls_are_bad_urls(
+    banana: ba.BananaClient, server: FakeBananaServer, tmp_path: Path, url: str
+) -> None:
+    task = ba.Task(id="t", status=ba.TaskStatus.COMPLETED, image_url=url)
+    with pytest.raises(ba.DownloadError) as info:
+        await banana.download(task, tmp_path)
+    assert info.value.reason == "bad_url"
+    assert info.value.url == url
+    assert files_in(tmp_path) == []
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("url", UNUSABLE_URLS)
+async def test_stream_to_maps_unusable_urls_to_bad_url(
+    session: aiohttp.ClientSession, url: str
+) -> None:
+    """Even without the check of download_task_image, no aiohttp or yarl error escapes."""
+
+    class NoSink:
+        def begin(self, content_type: str, content_length: int | None) -> None:
+            raise AssertionError("no response expected")
+
+        def write(self, chunk: bytes) -> None:
+            raise AssertionError("no response expected")
+
+    with pytest.raises(ba.DownloadError) as info:
+        await _transport.stream_to(
+            session, url, NoSink(), timeout=aiohttp.ClientTimeout(total=TIMEOUT), max_bytes=10
+        )
+    assert info.value.reason == "bad_url"
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://[::1/x",
+        f"http://{LONG_HOST}/x.png",
+        "http://127.0.0.1:99999/x.png",
+        "ftp://example.test/x.png",
+    ],
+)
+async def test_a_redirect_to_an_unusable_location_is_a_bad_url(
+    banana: ba.BananaClient, server: FakeBananaServer, tmp_path: Path, location: str
+) -> None:
+    task = ba.Task(id="t", status=ba.TaskStatus.COMPLETED, image_url=server.image_url("t"))
+    server.inject(Fault.status(302, headers={"Location": location}), on="image")
+    with pytest.raises(ba.DownloadError) as info:
+        await banana.download(task, tmp_path)
+    assert info.value.reason == "bad_url"
+    assert info.value.url == task.image_url
+    assert files_in(tmp_path) == []
+    assert [r.kind for r in server.requests] == ["image"]
+
+
 async def test_max_bytes_must_be_positive(session: aiohttp.ClientSession, tmp_path: Path) -> None:
     task = ba.Task(id="t", status=ba.TaskStatus.COMPLETED, image_url="http://127.0.0.1:9/a.png")
     with pytest.raises(ValueError, match="max_bytes"):
