@@ -20,7 +20,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import yarl
 
-from banana_async.dialects import HTTPRequest, HTTPResponse, _status_error
+from banana_async.dialects import HTTPRequest, HTTPResponse, status_error
 from banana_async.errors import (
     APIConnectionError,
     APITimeoutError,
@@ -295,7 +295,7 @@ async def _stream_body(
     if not 200 <= response.status <= 299:
         with _download_errors(url):
             body = await _read_prefix(response, ERROR_BODY_BYTES)
-        raise _status_error(HTTPResponse(response.status, response.headers, body))
+        raise status_error(HTTPResponse(response.status, response.headers, body))
     length = response.content_length
     if length is not None and length > max_bytes:
         raise _too_large(url, max_bytes, length)

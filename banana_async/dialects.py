@@ -564,7 +564,3 @@ def get_dialect(dialect: str | Dialect) -> Dialect:
             f"unknown dialect {dialect!r}; expected one of {', '.join(sorted(_BY_NAME))}"
         )
     return found
-
-
-# The transport still imports the old private name; kept until it moves over.
-_status_error = status_error
