@@ -7,6 +7,7 @@ wire names and shapes live in :mod:`banana_async.dialects`, never here.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -202,15 +203,24 @@ def url_problem(url: object) -> str | None:
     return None if _usable_host(host) else "has an invalid host name"
 
 
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _text_problem_of_url(url: str) -> str | None:
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+    if _CONTROL_CHARACTERS.search(url):
         return "contains control characters"
-    if text_problem(url) is not None:
+    if not url.isascii() and text_problem(url) is not None:
         return "is not valid Unicode text"
     return None
 
 
+@functools.lru_cache(maxsize=1024)
 def _usable_host(host: str) -> bool:
+    """Whether DNS could hold ``host`` (or it is an IP address).
+
+    Cached: every request of a client goes to one or two hosts, and images
+    come from a few CDNs, so each is checked once rather than per request.
+    """
     try:
         ipaddress.ip_address(host)
     except ValueError:

@@ -331,3 +331,17 @@ def test_edit_faults_round_trip_as_json() -> None:
     # Sanity of the helper used above: the edit's values are JSON values.
     fault = Fault.edit({"created": 1e300, "id": 5})
     assert json.loads(json.dumps(dict(fault.changes))) == {"created": 1e300, "id": 5}
+
+
+@pytest.mark.parametrize("task_id", [".", "..", "../../v1/banana/images", "a/b?c#d"])
+async def test_no_task_id_changes_the_path_it_is_polled_at(
+    server: FakeBananaServer, client: ba.BananaClient, task_id: str
+) -> None:
+    server.plan(TaskScript(task_id=task_id, queries=1))
+    task = await client.generate("a cat")
+    assert task.ok
+    assert task.id == task_id
+    (query,) = [r for r in server.requests if r.kind == "query"]
+    assert query.task_id == task_id
+    assert query.path.startswith("/v1/result/")
+    assert "/" not in query.path.removeprefix("/v1/result/")
