@@ -13,41 +13,24 @@ import pytest
 import banana_async as ba
 from banana_async.testing import FakeBananaServer, Fault, TaskScript
 
-from .conftest import API_KEY
-
-
-@pytest.fixture
-async def live() -> AsyncIterator[FakeBananaServer]:
-    """A fake provider on the real clock (batches run many tasks at once)."""
-    async with FakeBananaServer(api_key=API_KEY, duration=0.05) as server:
-        yield server
-
-
-def _client(server: FakeBananaServer, **kwargs: Any) -> ba.BananaClient:
-    options: dict[str, Any] = {"base_url": server.url, "poll_interval": 0.02}
-    options.update(kwargs)
-    return ba.BananaClient(API_KEY, **options)
-
-
-def _batch_tasks() -> list[asyncio.Task[Any]]:
-    return [t for t in asyncio.all_tasks() if t.get_name().startswith("banana_async-batch")]
+from .conftest import batch_tasks, live_client
 
 
 async def test_one_outcome_per_input(live: FakeBananaServer) -> None:
     prompts = [f"prompt {i}" for i in range(30)]
-    async with _client(live) as client:
+    async with live_client(live) as client:
         outcomes = [o async for o in client.generate_many(prompts, concurrency=5)]
     assert sorted(o.index for o in outcomes) == list(range(30))
     assert all(o.ok for o in outcomes)
     assert all(o.request is not None and o.request.prompt == prompts[o.index] for o in outcomes)
     assert {o.task.id for o in outcomes if o.task} == set(live.tasks)
     assert live.count("create") == 30
-    assert _batch_tasks() == []
+    assert batch_tasks() == []
 
 
 async def test_concurrency_bounds_tasks_in_flight(live: FakeBananaServer) -> None:
     live.script_for = lambda body: TaskScript(duration=0.1)
-    async with _client(live) as client:
+    async with live_client(live) as client:
         outcomes = [o async for o in client.generate_many(range_prompts(24), concurrency=4)]
     assert len(outcomes) == 24
     spans = [(t.created_at, t.finished_at) for t in live.tasks.values()]
@@ -64,7 +47,7 @@ def range_prompts(n: int) -> list[str]:
 async def test_outcomes_come_in_completion_order(live: FakeBananaServer) -> None:
     durations = {"slow": 0.6, "medium": 0.3, "fast": 0.0}
     live.script_for = lambda body: TaskScript(duration=durations[body["prompt"]])
-    async with _client(live) as client:
+    async with live_client(live) as client:
         order = [o.request.prompt async for o in client.generate_many(durations) if o.request]
     assert order == ["fast", "medium", "slow"]
 
@@ -88,7 +71,7 @@ async def test_failures_never_stop_the_batch(live: FakeBananaServer) -> None:
         "rejected",
     ]
     live.inject(Fault.status(400, body='{"error": "prompt rejected"}'), on="create")
-    async with _client(live) as client:
+    async with live_client(live) as client:
         # The 400 goes to whichever create comes first; send that one alone first.
         first = [o async for o in client.generate_many(["rejected"])]
         outcomes = {
@@ -110,7 +93,7 @@ async def test_failures_never_stop_the_batch(live: FakeBananaServer) -> None:
 
 
 async def test_defaults_apply_to_plain_prompts(live: FakeBananaServer) -> None:
-    async with _client(live) as client:
+    async with live_client(live) as client:
         outcomes = [
             o
             async for o in client.generate_many(
@@ -126,7 +109,7 @@ async def test_defaults_apply_to_plain_prompts(live: FakeBananaServer) -> None:
 
 
 async def test_bad_arguments_fail_at_once(live: FakeBananaServer) -> None:
-    async with _client(live) as client:
+    async with live_client(live) as client:
         with pytest.raises(ValueError, match="concurrency"):
             client.generate_many(["a"], concurrency=0)
         with pytest.raises(ba.InvalidRequestError, match="single string"):
@@ -146,7 +129,7 @@ async def test_inputs_are_read_lazily(live: FakeBananaServer) -> None:
             pulled += 1
             yield f"p{i}"
 
-    async with _client(live) as client:
+    async with live_client(live) as client:
         batch = client.generate_many(prompts(), concurrency=3)
         async with contextlib.aclosing(batch):
             first = await anext(batch)
@@ -155,7 +138,7 @@ async def test_inputs_are_read_lazily(live: FakeBananaServer) -> None:
             # while waiting for room.
             assert pulled <= 2 * 3 + 1
     assert pulled < 20
-    assert _batch_tasks() == []
+    assert batch_tasks() == []
 
 
 async def test_async_iterable_inputs(live: FakeBananaServer) -> None:
@@ -164,7 +147,7 @@ async def test_async_iterable_inputs(live: FakeBananaServer) -> None:
             await asyncio.sleep(0)
             yield f"p{i}"
 
-    async with _client(live) as client:
+    async with live_client(live) as client:
         outcomes = [o async for o in client.generate_many(prompts())]
     assert sorted(o.index for o in outcomes) == [0, 1, 2, 3, 4]
 
@@ -174,20 +157,20 @@ async def test_an_input_iterable_that_raises_ends_the_batch(live: FakeBananaServ
         yield "fine"
         raise OSError("disk gone")
 
-    async with _client(live) as client:
+    async with live_client(live) as client:
         with pytest.raises(OSError, match="disk gone"):
             _ = [o async for o in client.generate_many(prompts())]
-    assert _batch_tasks() == []
+    assert batch_tasks() == []
 
 
 async def test_stopping_early_cancels_every_poller(live: FakeBananaServer) -> None:
     live.script_for = lambda body: TaskScript(duration=0.0 if body["prompt"] == "p0" else None)
-    async with _client(live) as client:
+    async with live_client(live) as client:
         async with contextlib.aclosing(client.generate_many(range_prompts(10))) as batch:
             async for outcome in batch:
                 assert outcome.index == 0
                 break
-        assert _batch_tasks() == []
+        assert batch_tasks() == []
         await asyncio.sleep(0.05)  # let a query already on the wire land
         queries = live.count("query")
         await asyncio.sleep(0.2)
@@ -197,7 +180,7 @@ async def test_stopping_early_cancels_every_poller(live: FakeBananaServer) -> No
 async def test_cancelling_the_consumer_cancels_every_poller(live: FakeBananaServer) -> None:
     live.script_for = lambda body: TaskScript(duration=None)
 
-    async with _client(live) as client:
+    async with live_client(live) as client:
 
         async def consume() -> None:
             async for _ in client.generate_many(range_prompts(10)):
@@ -205,16 +188,16 @@ async def test_cancelling_the_consumer_cancels_every_poller(live: FakeBananaServ
 
         consumer = asyncio.create_task(consume())
         await asyncio.sleep(0.2)
-        assert len(_batch_tasks()) > 1
+        assert len(batch_tasks()) > 1
         consumer.cancel()
         with pytest.raises(asyncio.CancelledError):
             await consumer
-        assert _batch_tasks() == []
+        assert batch_tasks() == []
 
 
 async def test_download_to_saves_each_image(live: FakeBananaServer, tmp_path: Path) -> None:
     out = tmp_path / "images"
-    async with _client(live) as client:
+    async with live_client(live) as client:
         outcomes = [o async for o in client.generate_many(range_prompts(6), download_to=out)]
     assert all(o.ok for o in outcomes)
     paths = sorted(o.path for o in outcomes if o.path)
@@ -235,7 +218,7 @@ async def test_a_failed_download_is_an_outcome_error(
     live: FakeBananaServer, tmp_path: Path
 ) -> None:
     live.inject(Fault.body("<html>nope</html>", content_type="text/html"), on="image")
-    async with _client(live) as client:
+    async with live_client(live) as client:
         outcomes = [o async for o in client.generate_many(["a"], download_to=tmp_path)]
     assert isinstance(outcomes[0].error, ba.DownloadError)
     assert outcomes[0].task is not None
@@ -245,7 +228,7 @@ async def test_a_failed_download_is_an_outcome_error(
 
 
 async def test_requests_per_second_limits_the_whole_client(live: FakeBananaServer) -> None:
-    async with _client(live, requests_per_second=20.0) as client:
+    async with live_client(live, requests_per_second=20.0) as client:
         outcomes = [o async for o in client.generate_many(range_prompts(8), concurrency=8)]
     assert all(o.ok for o in outcomes)
     times = sorted(r.at for r in live.requests if r.kind in ("create", "query"))
@@ -259,7 +242,7 @@ async def test_requests_per_second_limits_the_whole_client(live: FakeBananaServe
 
 async def test_a_429_pauses_every_request(live: FakeBananaServer) -> None:
     live.script_for = lambda body: TaskScript(duration=1.5)
-    async with _client(live, poll_interval=0.05) as client:
+    async with live_client(live, poll_interval=0.05) as client:
         batch = client.generate_many(range_prompts(5), concurrency=5)
         async with contextlib.aclosing(batch):
             await asyncio.sleep(0.3)  # all five are polling now
@@ -278,16 +261,16 @@ async def test_a_429_pauses_every_request(live: FakeBananaServer) -> None:
 
 async def test_a_plain_break_cleans_up_soon_after(live: FakeBananaServer) -> None:
     live.script_for = lambda body: TaskScript(duration=0.0 if body["prompt"] == "p0" else None)
-    async with _client(live) as client:
+    async with live_client(live) as client:
         async for outcome in client.generate_many(range_prompts(10)):
             assert outcome.index == 0
             break
         # Without aclosing, the event loop closes the abandoned generator.
         for _ in range(50):
-            if not _batch_tasks():
+            if not batch_tasks():
                 break
             await asyncio.sleep(0.01)
-        assert _batch_tasks() == []
+        assert batch_tasks() == []
 
 
 async def test_an_unwritable_download_dir_gives_outcomes_not_a_hang(
@@ -295,7 +278,7 @@ async def test_an_unwritable_download_dir_gives_outcomes_not_a_hang(
 ) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("I am a file")
-    async with _client(live) as client:
+    async with live_client(live) as client:
         async with asyncio.timeout(20):
             outcomes = [
                 o

@@ -17,24 +17,7 @@ import pytest
 import banana_async as ba
 from banana_async.testing import FakeBananaServer, Fault, TaskScript
 
-from .conftest import API_KEY
-
-
-@pytest.fixture
-async def live() -> AsyncIterator[FakeBananaServer]:
-    async with FakeBananaServer(api_key=API_KEY, duration=0.05) as server:
-        yield server
-
-
-def _client(server: FakeBananaServer, **kwargs: Any) -> ba.BananaClient:
-    options: dict[str, Any] = {"base_url": server.url, "poll_interval": 0.02}
-    options.update(kwargs)
-    return ba.BananaClient(API_KEY, **options)
-
-
-def _batch_tasks() -> list[asyncio.Task[Any]]:
-    return [t for t in asyncio.all_tasks() if t.get_name().startswith("banana_async-batch")]
-
+from .conftest import API_KEY, batch_tasks, live_client
 
 # -- 9. leaving early stops the creates -----------------------------------------------
 
@@ -43,7 +26,7 @@ async def test_a_consumer_that_stopped_asking_buys_no_more_tasks(live: FakeBanan
     # Distinct durations: no two tasks finish in the same instant.
     durations = iter(0.05 + 0.013 * i for i in range(1000))
     live.script_for = lambda body: TaskScript(duration=next(durations))
-    async with _client(live) as client:
+    async with live_client(live) as client:
         outcomes = client.generate_many([f"p{i}" for i in range(100)], concurrency=10)
         async for _first in outcomes:
             break  # ...while `outcomes` is still referenced
@@ -55,11 +38,11 @@ async def test_a_consumer_that_stopped_asking_buys_no_more_tasks(live: FakeBanan
         # slot it freed before the caller had left.
         assert created <= 11
         await outcomes.aclose()
-    assert _batch_tasks() == []
+    assert batch_tasks() == []
 
 
 async def test_a_slow_consumer_still_gets_every_outcome(live: FakeBananaServer) -> None:
-    async with _client(live) as client:
+    async with live_client(live) as client:
         seen = []
         async for outcome in client.generate_many([f"p{i}" for i in range(20)], concurrency=4):
             await asyncio.sleep(0.03)  # slower than the tasks
@@ -91,10 +74,10 @@ async def _first_then_time_out(client: ba.BananaClient) -> None:
 
 
 async def test_a_timeout_while_the_batch_unwinds_still_raises(live: FakeBananaServer) -> None:
-    async with _client(live) as client:
+    async with live_client(live) as client:
         with pytest.raises(TimeoutError):
             await _first_then_time_out(client)
-    assert _batch_tasks() == []
+    assert batch_tasks() == []
 
 
 async def test_a_consumer_cancelled_while_the_batch_unwinds_ends_cancelled(
@@ -108,7 +91,7 @@ async def test_a_consumer_cancelled_while_the_batch_unwinds_ends_cancelled(
                 unwinding.set()
                 break
 
-    async with _client(live) as client:
+    async with live_client(live) as client:
         consumer = asyncio.create_task(consume(client))
         await unwinding.wait()
         await asyncio.sleep(0.05)  # the consumer is inside aclose() now
@@ -116,7 +99,7 @@ async def test_a_consumer_cancelled_while_the_batch_unwinds_ends_cancelled(
         with pytest.raises(asyncio.CancelledError):
             await consumer
         assert consumer.cancelled()
-    assert _batch_tasks() == []
+    assert batch_tasks() == []
 
 
 # -- 4. one bad input is one outcome -------------------------------------------------------
@@ -137,7 +120,7 @@ async def test_bad_inputs_and_answers_are_outcomes_not_the_end(
     live.script_for = script
     prompts = ["ok 0", "bad \ud800", "surrogate id", "bad url", "ok 4"]
     journal = tmp_path / "batch.sqlite" if journaled else None
-    async with _client(live, timeout=2.0) as client:
+    async with live_client(live, timeout=2.0) as client:
         batch = client.generate_many(prompts, concurrency=1, journal=journal)
         outcomes: dict[int, ba.Outcome] = {}
         async with contextlib.aclosing(batch):
@@ -171,7 +154,7 @@ async def test_an_answer_about_another_task_is_that_inputs_timeout(
     live: FakeBananaServer, tmp_path: Path
 ) -> None:
     live.script_for = lambda body: TaskScript(duration=None if body["prompt"] == "mixed" else 0.05)
-    async with _client(live) as client:
+    async with live_client(live) as client:
         batch = client.generate_many(
             ["mixed", "fine"], concurrency=2, timeout=0.5, journal=tmp_path / "b.sqlite"
         )
@@ -190,7 +173,7 @@ async def test_an_input_whose_repr_fails_is_still_one_bad_input(
         def __repr__(self) -> str:
             raise RuntimeError("no repr for you")
 
-    async with _client(live) as client:
+    async with live_client(live) as client:
         batch = client.generate_many(["a", Odd(), "b"], journal=tmp_path / "b.sqlite")  # type: ignore[list-item]
         outcomes = {o.index: o async for o in batch}
     assert outcomes[0].ok
@@ -208,7 +191,7 @@ async def test_a_resume_never_creates_twice_after_a_code_msg_answer(
     live.script_for = lambda body: TaskScript(duration=None)
     live.inject(Fault.edit({"code": 0, "msg": "task submitted"}, remove=["status"]), on="create")
     live.inject(Fault.edit({"code": 7001, "msg": "queue full"}, remove=["status"]), on="create")
-    async with _client(live) as client:
+    async with live_client(live) as client:
         first = {
             o.index: o
             async for o in client.generate_many(
@@ -227,7 +210,7 @@ async def test_a_resume_never_creates_twice_after_a_code_msg_answer(
 
     for task_id in live.tasks:
         live.finish(task_id)
-    async with _client(live) as client:
+    async with live_client(live) as client:
         again = {
             o.index: o
             async for o in client.generate_many(
@@ -324,12 +307,12 @@ async def test_a_journal_is_never_resumed_against_another_provider(
 ) -> None:
     journal = tmp_path / "batch.sqlite"
     live.script_for = lambda body: TaskScript(duration=None)
-    async with _client(live, dialect="nano") as client:
+    async with live_client(live, dialect="nano") as client:
         first = [o async for o in client.generate_many(["a", "b"], timeout=0.1, journal=journal)]
     assert all(isinstance(o.error, ba.TaskTimeoutError) for o in first)
     requests = len(live.requests)
     async with FakeBananaServer(api_key=API_KEY) as elsewhere:
-        for other in (_client(live, dialect="navo"), _client(elsewhere, dialect="nano")):
+        for other in (live_client(live, dialect="navo"), live_client(elsewhere, dialect="nano")):
             async with other as client:
                 with pytest.raises(ba.InvalidRequestError, match="provider"):
                     _ = [o async for o in client.generate_many(["a", "b"], journal=journal)]

@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +18,7 @@ import banana_async as ba
 from banana_async.journal import EntryState, Journal
 from banana_async.testing import FakeBananaServer, Fault, TaskScript
 
-from .conftest import API_KEY
-
-
-@pytest.fixture
-async def live() -> AsyncIterator[FakeBananaServer]:
-    async with FakeBananaServer(api_key=API_KEY, duration=0.05) as server:
-        yield server
-
-
-def _client(server: FakeBananaServer, **kwargs: Any) -> ba.BananaClient:
-    return ba.BananaClient(API_KEY, base_url=server.url, poll_interval=0.02, **kwargs)
+from .conftest import API_KEY, live_client
 
 
 async def _run(client: ba.BananaClient, inputs: list[str], **kwargs: Any) -> dict[int, ba.Outcome]:
@@ -47,7 +36,7 @@ async def test_a_finished_batch_replays_without_http(
     live: FakeBananaServer, tmp_path: Path
 ) -> None:
     journal = tmp_path / "batch.sqlite"
-    async with _client(live) as client:
+    async with live_client(live) as client:
         first = await _run(client, PROMPTS, journal=journal)
         sent = len(live.requests)
         second = await _run(client, PROMPTS, journal=journal)
@@ -65,7 +54,7 @@ async def test_created_tasks_are_polled_not_created_again(
 ) -> None:
     live.script_for = lambda body: TaskScript(duration=None if body["prompt"] < "prompt 4" else 0)
     journal = tmp_path / "batch.sqlite"
-    async with _client(live) as client:
+    async with live_client(live) as client:
         first = await _run(client, PROMPTS, journal=journal, timeout=0.3)
         stuck = [o for o in first.values() if isinstance(o.error, ba.TaskTimeoutError)]
         assert len(stuck) == 4
@@ -87,7 +76,7 @@ async def test_inputs_that_created_nothing_are_tried_again(
 ) -> None:
     journal = tmp_path / "batch.sqlite"
     live.inject(Fault.status(400, body='{"error": "try later"}'), on="create")
-    async with _client(live) as client:
+    async with live_client(live) as client:
         first = await _run(client, PROMPTS[:1], journal=journal)
         assert isinstance(first[0].error, ba.BadRequestError)
         second = await _run(client, PROMPTS[:1], journal=journal)
@@ -105,7 +94,7 @@ async def test_unconfirmed_creates_are_reported_not_resent(
 ) -> None:
     journal = tmp_path / "batch.sqlite"
     live.inject(fault, on="create")
-    async with _client(live, timeout=0.5) as client:
+    async with live_client(live, timeout=0.5) as client:
         first = await _run(client, PROMPTS[:1], journal=journal)
         assert first[0].error is not None
         second = await _run(client, PROMPTS[:1], journal=journal)
@@ -122,7 +111,7 @@ async def test_a_journal_of_another_batch_is_refused(
     live: FakeBananaServer, tmp_path: Path
 ) -> None:
     journal = tmp_path / "batch.sqlite"
-    async with _client(live) as client:
+    async with live_client(live) as client:
         await _run(client, PROMPTS, journal=journal)
         sent = len(live.requests)
         with pytest.raises(ba.InvalidRequestError, match="another batch"):
@@ -133,7 +122,7 @@ async def test_a_journal_of_another_batch_is_refused(
 async def test_downloads_resume_too(live: FakeBananaServer, tmp_path: Path) -> None:
     journal = tmp_path / "batch.sqlite"
     out = tmp_path / "out"
-    async with _client(live) as client:
+    async with live_client(live) as client:
         first = await _run(client, PROMPTS[:4], journal=journal, download_to=out)
         sent = len(live.requests)
         again = await _run(client, PROMPTS[:4], journal=journal, download_to=out)
@@ -217,7 +206,7 @@ async def test_sigkill_mid_batch_loses_nothing(live: FakeBananaServer, tmp_path:
             live.finish(task.id)
     creates_before = _creates_per_prompt(live)
 
-    async with _client(live) as client:
+    async with live_client(live) as client:
         resumed = await _run(client, prompts, journal=journal, concurrency=4, timeout=30)
 
     assert sorted(resumed) == list(range(count))  # an outcome for every input
@@ -251,7 +240,7 @@ async def test_an_input_recorded_valid_and_now_invalid_is_another_batch(
     live: FakeBananaServer, tmp_path: Path
 ) -> None:
     journal = tmp_path / "batch.sqlite"
-    async with _client(live) as client:
+    async with live_client(live) as client:
         await _run(client, ["a", "b"], journal=journal)
         with pytest.raises(ba.InvalidRequestError, match="another batch"):
             await _run(client, ["a", "   "], journal=journal)
@@ -259,7 +248,7 @@ async def test_an_input_recorded_valid_and_now_invalid_is_another_batch(
 
 async def test_a_corrected_invalid_input_is_created(live: FakeBananaServer, tmp_path: Path) -> None:
     journal = tmp_path / "batch.sqlite"
-    async with _client(live) as client:
+    async with live_client(live) as client:
         first = await _run(client, ["a", "   "], journal=journal)
         assert isinstance(first[1].error, ba.InvalidRequestError)
         second = await _run(client, ["a", "b"], journal=journal)
@@ -274,7 +263,7 @@ async def test_timeouts_and_download_failures_are_noted(
     journal = tmp_path / "batch.sqlite"
     live.script_for = lambda body: TaskScript(duration=None if body["prompt"] == "slow" else 0)
     live.inject(Fault.status(404), on="image")
-    async with _client(live) as client:
+    async with live_client(live) as client:
         outcomes = await _run(
             client, ["slow", "fast"], journal=journal, timeout=0.2, download_to=tmp_path / "o"
         )
@@ -296,7 +285,7 @@ async def test_a_broken_journal_stops_the_batch_at_once(
 ) -> None:
     live.script_for = lambda body: TaskScript(duration=0.2)
     journal = Journal.open(tmp_path / "batch.sqlite")
-    async with _client(live) as client:
+    async with live_client(live) as client:
         batch = client.generate_many([f"p{i}" for i in range(6)], concurrency=2, journal=journal)
         async with contextlib.aclosing(batch):
             await asyncio.sleep(0.05)  # two creates recorded, both polling

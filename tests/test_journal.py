@@ -12,7 +12,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +27,8 @@ from banana_async.journal import (
     JournalEntry,
     canonical_request,
 )
+
+from .conftest import reopened
 
 REQUEST = ba.GenerationRequest(
     "a cat on a windowsill",
@@ -54,22 +55,6 @@ def task(status: ba.TaskStatus, task_id: str = "task-1", **fields: str) -> ba.Ta
 QUEUED = task(ba.TaskStatus.QUEUED)
 COMPLETED = task(ba.TaskStatus.COMPLETED, image_url="https://cdn.example.com/1.png")
 FAILED = task(ba.TaskStatus.FAILED, error="content policy")
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "batch.sqlite"
-
-
-@pytest.fixture
-def journal(path: Path) -> Iterator[Journal]:
-    with Journal.open(path) as j:
-        yield j
-
-
-def reopened(path: Path) -> list[JournalEntry]:
-    with Journal.open(path) as j:
-        return list(j.entries())
 
 
 # -- round trips -----------------------------------------------------------------

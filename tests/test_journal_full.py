@@ -21,7 +21,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,17 +36,6 @@ BIG = ba.GenerationRequest(BIG_TEXT)
 
 def task(task_id: str, status: ba.TaskStatus) -> ba.Task:
     return ba.Task(task_id, status, status.value)
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "batch.sqlite"
-
-
-@pytest.fixture
-def journal(path: Path) -> Iterator[Journal]:
-    with Journal.open(path) as j:
-        yield j
 
 
 def fill(journal: Journal) -> None:

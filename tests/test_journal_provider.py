@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -16,17 +15,6 @@ from banana_async.journal import EntryState, Journal, JournalEntry, JournalProvi
 CREATE = "https://create.example.com/api"
 QUERY = "https://query.example.com/power"
 REQUEST = ba.GenerationRequest("a cat")
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "batch.sqlite"
-
-
-@pytest.fixture
-def journal(path: Path) -> Iterator[Journal]:
-    with Journal.open(path) as j:
-        yield j
 
 
 def test_first_bind_records_the_provider(journal: Journal, path: Path) -> None:

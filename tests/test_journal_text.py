@@ -9,33 +9,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
-import pytest
-
 import banana_async as ba
-from banana_async.journal import EntryState, Journal, JournalEntry, canonical_request
+from banana_async.journal import EntryState, Journal, canonical_request
+
+from .conftest import reopened
 
 BAD_ID = "bad\ud800"
 REQUEST = ba.GenerationRequest("a cat")
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "batch.sqlite"
-
-
-@pytest.fixture
-def journal(path: Path) -> Iterator[Journal]:
-    with Journal.open(path) as j:
-        yield j
-
-
-def reopened(path: Path) -> list[JournalEntry]:
-    with Journal.open(path) as j:
-        return list(j.entries())
 
 
 def column(path: Path, name: str, index: int = 0) -> object:
