@@ -8,6 +8,7 @@ out), and :mod:`banana_async._transport` is the only code that touches aiohttp.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
@@ -346,27 +347,25 @@ class BananaClient:
             if deadline is not None and self._clock.time() >= deadline:
                 raise _not_sent(request, "its deadline passed")
             headers = self._headers_for(request)
-            if self._slots is None:
+            async with self._slot():
                 response = await _transport.send(
                     session, request, headers=headers, timeout=self._timeout
                 )
-            else:
-                async with self._slots:
-                    response = await _transport.send(
-                        session, request, headers=headers, timeout=self._timeout
-                    )
             logger.debug("%s %s -> %d", request.method, request.url, response.status)
             task = parse(response)
-        except RateLimitError as exc:
-            self._note_rate_limit(exc)
-            raise self._redacted(exc) from None
         except BananaError as exc:
+            if isinstance(exc, RateLimitError):
+                self._note_rate_limit(exc)
             raise self._redacted(exc) from None
         if task.error is not None and self._redactor.found_in(task.error):
             # The provider's failure message is text for people: it goes into
             # TaskFailedError, logs, the journal and the CLI.
             task = attrs.evolve(task, error=self._redactor.text(task.error))
         return task
+
+    def _slot(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """A connection slot to hold while a request is on the wire (see ``_slots``)."""
+        return self._slots if self._slots is not None else contextlib.nullcontext()
 
     def _redacted(self, exc: BananaError) -> BananaError:
         """Remove the API key from an exception's message and every text it carries.
@@ -712,11 +711,7 @@ class BananaClient:
         """
         session = self._session_for_call()
         try:
-            if self._slots is None:
-                return await download_task_image(
-                    session, task, Path(dest), timeout=self._download_timeout, max_bytes=max_bytes
-                )
-            async with self._slots:
+            async with self._slot():
                 return await download_task_image(
                     session, task, Path(dest), timeout=self._download_timeout, max_bytes=max_bytes
                 )
