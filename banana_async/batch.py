@@ -9,13 +9,21 @@ How the pieces fit:
   in memory.
 - One *worker* (an asyncio task) per input creates its task, waits on it,
   downloads the image if asked, and puts its :class:`Outcome` on a queue.
-  Workers never raise for a bad prompt: the error goes into the outcome.
+  Workers never raise for a bad prompt, nor for a failure nobody foresaw:
+  the error goes into that input's outcome.
+- A worker starts a create only while the caller is waiting for an outcome
+  or has none left to read: a caller that stopped asking (it left the loop
+  but holds the iterator) buys no more tasks.
 - The caller iterates the outcomes in completion order. Leaving the loop
   early, or being cancelled, cancels the producer and every worker; use
   :func:`contextlib.aclosing` to make that happen at once rather than when
-  the generator is garbage-collected.
+  the generator is garbage-collected. A cancellation that arrives during
+  that cleanup is raised once the cleanup is done, never swallowed.
 - With a journal, every step is recorded before the next one starts, so a
   run killed at any moment can be resumed (see :mod:`banana_async.journal`).
+  The first journal failure stops all creating; once the creates on the wire
+  have answered, the caller gets :class:`~banana_async.JournalError` with
+  every created task id the journal lacks.
 """
 
 from __future__ import annotations
