@@ -323,3 +323,18 @@ async def test_a_journal_is_never_resumed_against_another_provider(
     assert provider is not None
     assert provider.dialect == "nano"
     assert provider.query_base_url.rstrip("/") == live.url
+
+
+async def test_concurrency_far_above_the_connection_limit_loses_no_input(
+    live: FakeBananaServer,
+) -> None:
+    # 200 tasks in flight through 4 connections: most requests wait far longer
+    # than connect_timeout for a connection. That wait is not connecting.
+    live.script_for = lambda body: TaskScript(duration=0.3)
+    live.inject(Fault.stall(0.02), on="any", times=400)  # every answer takes a moment
+    async with live_client(live, connection_limit=4, connect_timeout=0.05) as client:
+        outcomes = [
+            o async for o in client.generate_many([f"p{i}" for i in range(200)], concurrency=200)
+        ]
+    assert [o.error for o in outcomes if not o.ok] == []
+    assert live.count("create") == 200
