@@ -8,6 +8,7 @@ its deadline, and inputs that raised foreign exceptions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -146,7 +147,7 @@ async def test_the_journal_stores_no_key(
     async with client_for(keyed_server, clock) as client:
         outcomes = [o async for o in client.generate_many(["a", "b"], concurrency=1, journal=path)]
     assert {type(o.error) for o in outcomes} == {ba.BadRequestError, ba.TaskFailedError}
-    with sqlite3.connect(path) as raw:  # every column, as stored on disk
+    with contextlib.closing(sqlite3.connect(path)) as raw:  # every column, as stored
         rows = raw.execute("SELECT * FROM entries").fetchall()
     assert len(rows) == 2
     assert_no_key(str(value) for row in rows for value in row)
