@@ -11,9 +11,9 @@ How the pieces fit:
   downloads the image if asked, and puts its :class:`Outcome` on a queue.
   Workers never raise for a bad prompt, nor for a failure nobody foresaw:
   the error goes into that input's outcome.
-- A worker starts a create only while the caller is waiting for an outcome
-  or has none left to read: a caller that stopped asking (it left the loop
-  but holds the iterator) buys no more tasks.
+- A worker starts a create only while the caller is waiting for an
+  outcome and none is waiting for it: a caller that stopped asking (it left
+  the loop but holds the iterator) buys no more tasks.
 - The caller iterates the outcomes in completion order. Leaving the loop
   early, or being cancelled, cancels the producer and every worker; use
   :func:`contextlib.aclosing` to make that happen at once rather than when
@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import attrs
 
+from banana_async._polling import check_interval, check_timeout
 from banana_async.errors import (
     APIConnectionError,
     BananaError,
@@ -188,8 +189,8 @@ class _Batch:
         self.undelivered = asyncio.Semaphore(2 * concurrency)
         self.outcomes: asyncio.Queue[Outcome | _Done | _Failed] = asyncio.Queue()
         self.workers: set[asyncio.Task[None]] = set()
-        # Whether the caller is waiting for an outcome right now; creates
-        # start only while it is, or while it has none left to read.
+        # Whether the caller is waiting for an outcome right now: creates
+        # start only while it is and no outcome is waiting for it.
         self.consumer_waiting = False
         self.demand_changed = asyncio.Event()
         # Creates sent and not yet answered.
@@ -210,10 +211,13 @@ class _Batch:
         """Wait until a new create may start; False once the journal failed.
 
         A caller that stopped asking (it left the loop but still holds the
-        iterator) must not keep buying tasks: while it is not waiting for an
-        outcome and outcomes are already waiting for it, no create starts.
+        iterator) must not keep buying tasks, and a caller busy with an
+        outcome cannot be told from one that left: a create starts only
+        while the caller is waiting for its next outcome and none is waiting
+        for it (one that is may be the last it reads). Creates held meanwhile
+        go out together as soon as it asks again.
         """
-        while self.journal_error is None and not (self.consumer_waiting or self.outcomes.empty()):
+        while self.journal_error is None and not (self.consumer_waiting and self.outcomes.empty()):
             self.demand_changed.clear()
             await self.demand_changed.wait()
         return self.journal_error is None
@@ -556,8 +560,12 @@ def run(
     if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
         raise InvalidRequestError(f"concurrency must be a positive integer, not {concurrency!r}")
     defaults = {"model": model, "resolution": resolution, "size": size, "image_urls": image_urls}
-    # Bad defaults fail here, once, rather than once per input.
+    # Bad defaults and deadlines fail here, once and before anything is
+    # sent: a bad timeout found by each wait would come after each billed create.
     request_from("check", **defaults)
+    check_timeout(timeout)
+    if poll_interval is not None:
+        check_interval(poll_interval)
     batch = _Batch(
         client,
         concurrency=concurrency,

@@ -34,9 +34,8 @@ async def test_a_consumer_that_stopped_asking_buys_no_more_tasks(live: FakeBanan
         created = live.count("create")
         await asyncio.sleep(0.5)
         assert live.count("create") == created  # nothing creeps on
-        # Ten in flight when the first finished, and at most the one whose
-        # slot it freed before the caller had left.
-        assert created <= 11
+        # The ten in flight when the first finished, and no more.
+        assert created == 10
         await outcomes.aclose()
     assert batch_tasks() == []
 
@@ -338,3 +337,33 @@ async def test_concurrency_far_above_the_connection_limit_loses_no_input(
         ]
     assert [o.error for o in outcomes if not o.ok] == []
     assert live.count("create") == 200
+
+
+async def test_breaking_on_an_outcome_that_needed_no_task_buys_none(
+    live: FakeBananaServer,
+) -> None:
+    # The first outcome is an invalid input: nothing was in flight, and the
+    # queue is empty after it, yet the caller has left.
+    live.script_for = lambda body: TaskScript(duration=0.2)
+    async with live_client(live) as client:
+        outcomes = client.generate_many([" "] + [f"p{i}" for i in range(100)], concurrency=50)
+        async for first in outcomes:
+            assert isinstance(first.error, ba.InvalidRequestError)
+            break
+        await asyncio.sleep(0.5)
+        assert live.count("create") == 0
+        await outcomes.aclose()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"timeout": -1}, {"timeout": "x"}, {"poll_interval": 1e-320}, {"poll_interval": 0}],
+    ids=repr,
+)
+async def test_bad_deadlines_fail_at_the_call_before_any_create(
+    live: FakeBananaServer, options: dict[str, Any]
+) -> None:
+    async with live_client(live) as client:
+        with pytest.raises(ba.InvalidRequestError):
+            client.generate_many(["a", "b"], **options)
+    assert live.requests == []
