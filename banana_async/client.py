@@ -8,7 +8,6 @@ out), and :mod:`banana_async._transport` is the only code that touches aiohttp.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import os
@@ -244,6 +243,10 @@ class BananaClient:
         # pool, where the wait would count against connect_timeout and fail
         # hundreds of creates that were never sent.
         self._slots: asyncio.Semaphore | None = None
+        # Images come from other hosts, and a slow one must not hold the API
+        # connections every poll needs: an owned client downloads through a
+        # session of its own, opened at the first download.
+        self._image_session: aiohttp.ClientSession | None = None
 
         self._session: aiohttp.ClientSession | None = session
         self._owns_session = session is None
@@ -283,8 +286,16 @@ class BananaClient:
             return
         self._closed = True
         session, self._session = self._session, None
+        images, self._image_session = self._image_session, None
+        if images is not None:
+            await images.close()
         if session is not None and self._owns_session:
             await session.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once the client was closed (it cannot be opened again)."""
+        return self._closed
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._entered else "not opened"
@@ -347,10 +358,14 @@ class BananaClient:
             if deadline is not None and self._clock.time() >= deadline:
                 raise _not_sent(request, "its deadline passed")
             headers = self._headers_for(request)
-            async with self._slot():
+            await self._take_slot(request, deadline)
+            try:
                 response = await _transport.send(
                     session, request, headers=headers, timeout=self._timeout
                 )
+            finally:
+                if self._slots is not None:
+                    self._slots.release()
             logger.debug("%s %s -> %d", request.method, request.url, response.status)
             task = parse(response)
         except BananaError as exc:
@@ -363,9 +378,19 @@ class BananaClient:
             task = attrs.evolve(task, error=self._redactor.text(task.error))
         return task
 
-    def _slot(self) -> contextlib.AbstractAsyncContextManager[object]:
-        """A connection slot to hold while a request is on the wire (see ``_slots``)."""
-        return self._slots if self._slots is not None else contextlib.nullcontext()
+    async def _take_slot(self, request: HTTPRequest, deadline: float | None) -> None:
+        """Wait for a connection slot (see ``_slots``); never past ``deadline``."""
+        slots = self._slots
+        if slots is None:
+            return
+        if deadline is None or not slots.locked():
+            await slots.acquire()
+            return
+        try:
+            async with asyncio.timeout(max(0.0, deadline - self._clock.time())):
+                await slots.acquire()
+        except TimeoutError:
+            raise _not_sent(request, "no connection was free before its deadline") from None
 
     def _redacted(self, exc: BananaError) -> BananaError:
         """Remove the API key from an exception's message and every text it carries.
@@ -709,14 +734,25 @@ class BananaClient:
                 URL gives 403 or 404).
             APIConnectionError: the download failed in transit.
         """
-        session = self._session_for_call()
+        session = self._images_session()
         try:
-            async with self._slot():
-                return await download_task_image(
-                    session, task, Path(dest), timeout=self._download_timeout, max_bytes=max_bytes
-                )
+            return await download_task_image(
+                session, task, Path(dest), timeout=self._download_timeout, max_bytes=max_bytes
+            )
         except BananaError as exc:
             raise self._redacted(exc) from None
+
+    def _images_session(self) -> aiohttp.ClientSession:
+        """The session for image downloads: the borrowed one, or one of our own."""
+        session = self._session_for_call()
+        if not self._owns_session:
+            return session
+        if self._image_session is None:
+            self._image_session = _transport.make_session(
+                connection_limit=self._connection_limit,
+                user_agent=f"banana-async/{__version__}",
+            )
+        return self._image_session
 
     def generate_many(
         self,

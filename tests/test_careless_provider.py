@@ -8,6 +8,7 @@ its deadline, and inputs that raised foreign exceptions.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -21,6 +22,8 @@ import pytest
 
 import banana_async as ba
 from banana_async.testing import FakeBananaServer, FakeClock, Fault, TaskScript
+
+from .conftest import API_KEY
 
 # A key with characters that JSON, URLs and HTML each spell differently.
 KEY = "sk-live/ab+cd=ef&gh<9>"
@@ -346,3 +349,44 @@ async def test_no_task_id_changes_the_path_it_is_polled_at(
     assert query.task_id == task_id
     assert query.path.startswith("/v1/result/")
     assert "/" not in query.path.removeprefix("/v1/result/")
+
+
+async def test_a_create_never_waits_for_a_connection_past_its_deadline(
+    server: FakeBananaServer, clock: FakeClock
+) -> None:
+    # The only connection is held by a stalled query (real seconds; the
+    # deadline is on the virtual clock, which the stall does not move, so the
+    # slot wait is bounded by a real-time deadline here: timeout= is small).
+    server.inject(Fault.stall(3.0), on="query")
+    async with ba.BananaClient(
+        API_KEY, base_url=server.url, connection_limit=1, max_retries=0
+    ) as client:
+        held = asyncio.create_task(client.get("missing"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(ba.APITimeoutError, match="no connection was free") as info:
+            await client.generate("a cat", timeout=0.3)
+        assert info.value.request_sent is False
+        held.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await held
+    assert server.count("create") == 0
+
+
+async def test_slow_image_downloads_never_hold_up_the_api(
+    server: FakeBananaServer, tmp_path: Path
+) -> None:
+    # Two connections; two downloads stall on the image host. Creates and
+    # polls still go out at once: images travel on connections of their own.
+    server.plan(TaskScript(duration=0.0), TaskScript(duration=0.0))
+    async with ba.BananaClient(
+        API_KEY, base_url=server.url, connection_limit=2, poll_interval=0.01
+    ) as client:
+        done = [await client.generate(f"cat {i}") for i in range(2)]
+        server.inject(Fault.stall(2.0), on="image", times=2)
+        downloads = [asyncio.create_task(client.download(t, tmp_path)) for t in done]
+        await asyncio.sleep(0.1)
+        server.plan(TaskScript(queries=1))
+        async with asyncio.timeout(1.0):  # long before the stalls end
+            assert (await client.generate("a dog")).ok
+        paths = await asyncio.gather(*downloads)
+    assert all(p.exists() for p in paths)
