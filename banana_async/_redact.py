@@ -14,10 +14,15 @@ id would mangle the id.
 
 from __future__ import annotations
 
+import html
 import re
 from typing import Final
+from urllib.parse import unquote
+
+from banana_async.errors import CUT
 
 REDACTED: Final = "[redacted]"
+REDACTED_TEXT: Final = "[redacted: this text echoed the API key]"
 
 # JSON's two-character escapes, for the characters that have one.
 _JSON_SHORT: Final = {"/": r"\/", "\\": r"\\", '"': r"\"", "\b": r"\b", "\f": r"\f"}
@@ -57,27 +62,84 @@ def _utf16_units(char: str) -> list[int]:
     return [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
 
 
+# How much of the key must be left before a cut to count as a piece of it.
+_MIN_PIECE = 4
+# What a cut may leave of one escaped character: "\u00", "%2", "&#x2".
+_PARTIAL_ESCAPE = r"(?:\\u?[0-9a-fA-F]{0,3}|%[0-9a-fA-F]?|&#?[xX]?[0-9a-fA-F]*)?"
+# The marker of a shortened text (see banana_async.errors.CUT), as is or as
+# ascii() writes it.
+_BEFORE_CUT = "(?=" + re.escape(CUT) + r"|\\u2026)"
+# One round of unescaping: JSON escapes, HTML entities, percent-encoding.
+_JSON_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|([/\\\"]))")
+
+
+def _json_unescape(text: str) -> str:
+    if "\\" not in text:
+        return text
+
+    def one(match: re.Match[str]) -> str:
+        code, char = match.groups()
+        return chr(int(code, 16)) if code else char
+
+    return _JSON_ESCAPE.sub(one, text)
+
+
+def _unescaped(text: str) -> str:
+    return unquote(html.unescape(_json_unescape(text)))
+
+
 class Redactor:
     r"""Replaces a secret, however it is escaped, with :data:`REDACTED`.
 
-    Hex digits in escapes match in either case (``\u002F`` and ``%2f``
-    alike); the secret's own characters match exactly.
+    Three nets, from the finest to the coarsest:
+
+    - Each character of the secret in any spelling, mixed freely (hex digits
+      of escapes in either case, like ``\u002F`` and ``%2f``; the secret's
+      own characters exactly): that occurrence is replaced.
+    - A piece of the secret (at least four characters) that a shortened text
+      cut off at its end, before the marker ``…``: that piece is replaced.
+    - The secret found only after unescaping the text again, up to three
+      times (``%252F``, an entity inside percent-encoding, ...): the whole
+      text is replaced by :data:`REDACTED_TEXT`, since there is no saying
+      which of its characters spell the secret.
     """
 
-    __slots__ = ("_pattern",)
+    __slots__ = ("_cut", "_pattern")
 
     def __init__(self, secret: str) -> None:
         if not secret:
             raise ValueError("nothing to redact")
-        self._pattern = re.compile("".join(_spellings(char) for char in secret))
+        spelled = [_spellings(char) for char in secret]
+        self._pattern = re.compile("".join(spelled))
+        needed = min(_MIN_PIECE, len(spelled))
+        rest = ""
+        for piece in reversed(spelled[needed:]):
+            rest = f"(?:{piece}{rest})?"
+        self._cut = re.compile("".join(spelled[:needed]) + rest + _PARTIAL_ESCAPE + _BEFORE_CUT)
 
     def __repr__(self) -> str:
         return "Redactor('***')"
 
     def text(self, text: str) -> str:
-        """``text`` with every spelling of the secret replaced."""
-        return self._pattern.sub(REDACTED, text)
+        """``text`` with every spelling of the secret replaced (see the class)."""
+        cleaned = self._pattern.sub(REDACTED, text)
+        cleaned = self._cut.sub(REDACTED, cleaned)
+        return REDACTED_TEXT if self._hidden_in(cleaned) else cleaned
 
     def found_in(self, text: str) -> bool:
-        """Whether any spelling of the secret occurs in ``text``."""
-        return self._pattern.search(text) is not None
+        """Whether the secret, or a piece of it before a cut, occurs in ``text``."""
+        return (
+            self._pattern.search(text) is not None
+            or self._cut.search(text) is not None
+            or self._hidden_in(text)
+        )
+
+    def _hidden_in(self, text: str) -> bool:
+        for _ in range(3):
+            decoded = _unescaped(text)
+            if decoded == text:
+                return False
+            if self._pattern.search(decoded):
+                return True
+            text = decoded
+        return False

@@ -15,7 +15,7 @@ import random
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -118,6 +118,21 @@ class _Secret:
         return "_Secret('***')"
 
 
+class _Credentials(CIMultiDict[str]):
+    """Request headers with the API key, whose repr never shows it.
+
+    They are a local variable of the frames that send a request, and error
+    trackers print the locals of a traceback's frames.
+    """
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{name!r}: {'***' if name.lower() == 'authorization' else value!r}"
+            for name, value in self.items()
+        )
+        return f"<_Credentials({shown})>"
+
+
 class BananaClient:
     """An async client for one dialect of the Nano Banana task API.
 
@@ -194,8 +209,10 @@ class BananaClient:
         self._secret = _Secret(_check_key(key))
         self._auth_headers = {"Authorization": f"Bearer {self._secret.reveal()}"}
         # Request headers merged with the credentials, per distinct header set.
-        self._merged_headers: dict[tuple[tuple[str, str], ...], CIMultiDict[str]] = {}
+        self._merged_headers: dict[tuple[tuple[str, str], ...], _Credentials] = {}
         self._redactor = Redactor(self._secret.reveal())
+        # Status words, models and object types seen, and whether each echoes the key.
+        self._words: dict[str, bool] = {}
 
         self._dialect = get_dialect(dialect)
         self._create_base = _check_base_url(
@@ -351,6 +368,7 @@ class BananaClient:
         the request fails with :class:`~banana_async.APITimeoutError`
         (``request_sent=False``) instead. Every error is redacted here.
         """
+        response: HTTPResponse | None = None
         try:
             session = self._session_for_call()
             if self._limiter is not None or self._paused_until > self._clock.time():
@@ -371,12 +389,39 @@ class BananaClient:
         except BananaError as exc:
             if isinstance(exc, RateLimitError):
                 self._note_rate_limit(exc)
-            raise self._redacted(exc) from None
-        if task.error is not None and self._redactor.found_in(task.error):
-            # The provider's failure message is text for people: it goes into
-            # TaskFailedError, logs, the journal and the CLI.
-            task = attrs.evolve(task, error=self._redactor.text(task.error))
-        return task
+            # Error trackers print the locals of a traceback's frames: the raw
+            # answer (which may echo the key) is in this frame and in those of
+            # the parser below it, so the error leaves without them.
+            response = None
+            raise self._redacted(exc).with_traceback(None) from None
+        return self._clean(task)
+
+    def _clean(self, task: Task) -> Task:
+        """The task with the API key redacted from the text fields people read.
+
+        The failure message, the status word, the model and the object type
+        go into messages, logs, the journal and the command line's output.
+        The id and the image URL are left as they came: they are used, not
+        read, and changing them would lose the task or its image.
+        """
+        changes: dict[str, Any] = {}
+        error = task.error
+        if error is not None and self._redactor.found_in(error):
+            changes["error"] = self._redactor.text(error)
+        for name in ("raw_status", "model", "object"):
+            word: str | None = getattr(task, name)
+            if word and self._echoes_key(word):
+                changes[name] = self._redactor.text(word)
+        return attrs.evolve(task, **changes) if changes else task
+
+    def _echoes_key(self, word: str) -> bool:
+        """Whether a short field echoes the key; remembered, as words repeat every poll."""
+        known = self._words.get(word)
+        if known is None:
+            if len(self._words) >= 1024:
+                self._words.clear()
+            known = self._words[word] = self._redactor.found_in(word)
+        return known
 
     async def _take_slot(self, request: HTTPRequest, deadline: float | None) -> None:
         """Wait for a connection slot (see ``_slots``); never past ``deadline``."""
@@ -407,7 +452,12 @@ class BananaClient:
             if isinstance(value, str):
                 setattr(exc, name, clean(value))
         if isinstance(exc, APIStatusError):
-            exc.headers = {name: clean(value) for name, value in exc.headers.items()}
+            exc.headers = {clean(name): clean(value) for name, value in exc.headers.items()}
+        # What an exception was raised from (aiohttp's, with the request's
+        # headers; the JSON decoder's, with the whole body) stays behind: the
+        # client's errors say what happened in their own words.
+        exc.__cause__ = None
+        exc.__context__ = None
         exc._banana_redacted = True  # type: ignore[attr-defined]
         return exc
 
@@ -417,7 +467,7 @@ class BananaClient:
         if merged is None:
             if len(self._merged_headers) >= 64:  # a dialect inventing headers per request
                 self._merged_headers.clear()
-            merged = self._merged_headers[key] = CIMultiDict(
+            merged = self._merged_headers[key] = _Credentials(
                 {**request.headers, **self._auth_headers}
             )
         return merged

@@ -38,6 +38,7 @@ from banana_async.errors import (
     RateLimitError,
     ResponseValidationError,
     ServerError,
+    shorten,
 )
 from banana_async.models import (
     GenerationRequest,
@@ -103,8 +104,7 @@ class HTTPResponse:
 
 
 def _text(body: bytes, limit: int = _STORED_BODY_LIMIT) -> str:
-    text = body[: limit * 4].decode("utf-8", errors="replace")
-    return text if len(text) <= limit else text[:limit] + "..."
+    return shorten(body[: limit * 4].decode("utf-8", errors="replace"), limit)
 
 
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
@@ -124,6 +124,7 @@ def _describe(body: bytes) -> str:
     if _looks_like_html(body):
         match = _TITLE.search(body[:8192])
         title = match.group(1).decode("utf-8", "replace").strip() if match else ""
+        title = shorten(" ".join(title.split()), 200)
         return f"HTML page {title!r}" if title else "an HTML page"
     try:
         data = json.loads(body)
@@ -135,7 +136,7 @@ def _describe(body: bytes) -> str:
             if isinstance(value, dict):
                 value = value.get("message") or value.get("msg")
             if isinstance(value, str) and value.strip():
-                return " ".join(value.split())[:200]
+                return shorten(" ".join(value.split()), 200)
     text = " ".join(_text(body, 200).split())
     return text or "empty body"
 
@@ -355,7 +356,7 @@ def _url_problem(url: str | None) -> str | None:
 
 def _shown(url: str | None) -> str:
     text = url or ""
-    return ascii(text if len(text) <= 80 else text[:77] + "...")
+    return ascii(shorten(text, 80))
 
 
 @attrs.frozen

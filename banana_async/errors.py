@@ -63,10 +63,21 @@ __all__ = [
 # large, so the text shown in messages is cut to this many characters.
 _MESSAGE_BODY_LIMIT = 200
 
+CUT = "\u2026"
+"""Ends every text this package shortens ("…").
+
+One marker, always the same, lets the client find a cut that fell inside
+an echoed API key and redact the part of the key left before it.
+"""
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, ending in :data:`CUT` if cut."""
+    return text if len(text) <= limit else text[: max(0, limit - 1)] + CUT
+
 
 def _excerpt(text: str, limit: int = _MESSAGE_BODY_LIMIT) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return shorten(" ".join(text.split()), limit)
 
 
 class BananaError(Exception):

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from banana_async.errors import InvalidRequestError
+from banana_async.errors import InvalidRequestError, shorten
 
 __all__ = [
     "AspectRatio",
@@ -246,7 +246,7 @@ def _to_image_urls(value: object) -> tuple[str, ...]:
             raise InvalidRequestError(f"image_urls must hold strings, not {url!r}")
         problem = url_problem(url)
         if problem is not None:
-            shown = ascii(url if len(url) <= 80 else url[:77] + "...")
+            shown = ascii(shorten(url, 80))
             raise InvalidRequestError(
                 f"reference image {shown} {problem} "
                 "(the providers take http(s) URLs, not file paths or inline data)"

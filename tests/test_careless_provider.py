@@ -14,8 +14,10 @@ import json
 import logging
 import math
 import sqlite3
+import traceback
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -138,6 +140,102 @@ async def test_a_key_inside_a_task_id_does_not_mangle_the_id(clock: FakeClock) -
     assert task.ok
     assert task.id == "abk123k"
     assert {r.path for r in server.requests if r.kind == "query"} == {"/v1/result/abk123k"}
+
+
+async def test_a_key_echoed_in_a_good_answer_is_redacted_from_what_people_read(
+    keyed_server: FakeBananaServer,
+    clock: FakeClock,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="banana_async")
+    echo = {"model": f"model for {KEY}", "object": f"obj {KEY}"}
+    keyed_server.inject(Fault.edit({**echo, "status": f"queued for {KEY}"}), on="create")
+    keyed_server.inject(Fault.edit({**echo, "status": f"throttled {KEY}"}), on="query", times=50)
+    path = tmp_path / "batch.sqlite"
+    async with client_for(keyed_server, clock) as client:
+        (outcome,) = [o async for o in client.generate_many(["a"], timeout=10, journal=path)]
+    assert isinstance(outcome.error, ba.TaskTimeoutError)
+    task = outcome.task
+    assert task is not None
+    assert task.id in keyed_server.tasks  # the id is used, not read: kept as it came
+    shown = [task.raw_status, task.model or "", task.object or "", repr(task), str(outcome.error)]
+    assert_no_key([*shown, caplog.text, path.read_bytes().decode("utf-8", "replace")])
+    assert task.raw_status == "throttled [redacted]"
+
+
+async def test_an_error_keeps_no_trace_of_the_key_in_what_it_came_from(
+    keyed_server: FakeBananaServer, clock: FakeClock
+) -> None:
+    keyed_server.inject(
+        Fault.body(f"gateway: bad key {KEY}", content_type="text/plain"), on="create"
+    )
+    async with client_for(keyed_server, clock) as client:
+        with pytest.raises(ba.ResponseValidationError) as info:
+            await client.create("a cat")
+    exc = info.value
+    assert exc.__context__ is None  # the JSON decoder's error held the whole body
+    assert exc.__cause__ is None
+    # An error tracker prints the locals of every frame of the traceback.
+    report = "".join(traceback.TracebackException.from_exception(exc, capture_locals=True).format())
+    assert "_request" in report
+    assert_no_key([report])
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        pytest.param(lambda k: quote(quote(k, safe=""), safe=""), id="percent-twice"),
+        pytest.param(lambda k: "".join(f"&#{ord(c)}" for c in k), id="entities-without-semicolon"),
+        pytest.param(lambda k: quote(k.replace("/", "\\/"), safe=""), id="percent-of-json-escape"),
+    ],
+)
+async def test_a_key_under_two_layers_of_escaping_is_redacted(
+    keyed_server: FakeBananaServer, clock: FakeClock, echo: Any
+) -> None:
+    hidden = echo(KEY)
+    keyed_server.inject(
+        Fault.status(401, body='{"error": "' + hidden + '"}', headers={"Location": hidden}),
+        on="create",
+    )
+    async with client_for(keyed_server, clock) as client:
+        with pytest.raises(ba.AuthenticationError) as info:
+            await client.create("a cat")
+    exc = info.value
+    texts = [str(exc), exc.body, *exc.headers.values()]
+    assert all(hidden not in text for text in texts)
+    assert_no_key(texts)
+
+
+async def test_header_names_are_redacted_too(
+    keyed_server: FakeBananaServer, clock: FakeClock
+) -> None:
+    plain = "sk-plain-0123456789abcdef"
+    async with FakeBananaServer(api_key=plain) as server:
+        server.inject(Fault.status(401, headers={f"X-Bad-Key-{plain}": "1"}), on="create")
+        async with ba.BananaClient(plain, base_url=server.url) as client:
+            with pytest.raises(ba.AuthenticationError) as info:
+                await client.create("a cat")
+    assert all(plain not in name for name in info.value.headers)
+
+
+@pytest.mark.parametrize(
+    "filler", [180, 190, 4080], ids=["excerpt-cut", "excerpt-cut-2", "body-cut"]
+)
+async def test_a_key_cut_in_two_by_a_shortened_text_is_redacted(
+    keyed_server: FakeBananaServer, clock: FakeClock, filler: int
+) -> None:
+    # Messages quote 200 characters of the provider's message and errors keep
+    # 4096 of the body: a key straddling the cut loses its tail, not its cover.
+    message = "x" * filler + KEY + " y" * 100
+    keyed_server.inject(Fault.status(400, body=json.dumps({"error": message})), on="create")
+    async with client_for(keyed_server, clock) as client:
+        with pytest.raises(ba.BadRequestError) as info:
+            await client.create("a cat")
+    exc = info.value
+    for text in (str(exc), exc.body):
+        assert KEY[:4] not in text or "[redacted]" in text
+        assert KEY[:6] not in text
 
 
 async def test_the_journal_stores_no_key(

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from banana_async._redact import REDACTED, Redactor
+from banana_async._redact import REDACTED, REDACTED_TEXT, Redactor
+from banana_async.errors import shorten
 
 keys = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=8, max_size=40)
 
@@ -70,3 +71,24 @@ def test_the_redactor_never_shows_its_secret() -> None:
     assert "abc" not in repr(Redactor("sk-abc/def"))
     with pytest.raises(ValueError, match="nothing"):
         Redactor("")
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=keys, cut=st.integers(min_value=5, max_value=60), escaped=st.booleans())
+def test_a_piece_of_the_key_left_before_a_cut_is_redacted(
+    key: str, cut: int, escaped: bool
+) -> None:
+    echoed = "".join(f"\\u{ord(c):04x}" for c in key) if escaped else key
+    shortened = shorten("x " + echoed, 2 + cut)
+    piece = shortened.removeprefix("x ").removesuffix("\u2026")
+    cleaned = Redactor(key).text(shortened)
+    if len(piece) >= (24 if escaped else 4):  # four characters of the key, at least
+        assert piece not in cleaned
+        assert REDACTED in cleaned
+
+
+def test_a_key_under_nested_escapes_hides_the_whole_text() -> None:
+    twice = quote(quote("sk-abc/def", safe=""), safe="")
+    assert Redactor("sk-abc/def").text(f"next={twice}") == REDACTED_TEXT
+    assert Redactor("sk-abc/def").found_in(twice)
+    assert Redactor("sk-abc/def").text("next=%2541") == "next=%2541"
