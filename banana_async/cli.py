@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import random
+import re
 import sqlite3
 import sys
 import time
@@ -324,12 +325,28 @@ def build_parser() -> argparse.ArgumentParser:
 # -- output -----------------------------------------------------------------------
 
 
+# Control characters other than newline and tab: a provider's text holding
+# them could move the cursor, clear the screen or set the clipboard.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _for_terminal(text: str) -> str:
+    r"""``text`` safe to print: control characters and lone surrogates escaped.
+
+    Task ids, status words and error messages come from the provider; a
+    lone surrogate (JSON ``"\ud800"``) cannot even be encoded for output.
+    """
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
 def _stdout(text: str) -> None:
-    print(text, file=sys.stdout)
+    print(_for_terminal(text), file=sys.stdout)
 
 
 def _stderr(text: str) -> None:
-    print(text, file=sys.stderr)
+    print(_for_terminal(text), file=sys.stderr)
 
 
 def _one_line(error: BaseException) -> str:
@@ -338,7 +355,11 @@ def _one_line(error: BaseException) -> str:
 
 
 def _json_line(record: dict[str, Any]) -> str:
-    return json.dumps(record, ensure_ascii=False)
+    line = json.dumps(record, ensure_ascii=False)
+    if line.isascii() or _for_terminal(line) == line:
+        return line
+    # Lone surrogates or C1 controls in the provider's text: all as \u escapes.
+    return json.dumps(record, ensure_ascii=True)
 
 
 def _preview(prompt: str | None) -> str:
@@ -382,7 +403,7 @@ class _StderrHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.write(_for_terminal(self.format(record)) + "\n")
         except Exception:  # logging must never break the command
             self.handleError(record)
 

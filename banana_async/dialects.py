@@ -18,7 +18,7 @@ import re
 import time
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, overload
 from urllib.parse import quote
 
 import attrs
@@ -136,7 +136,7 @@ def _describe(body: bytes) -> str:
             if isinstance(value, dict):
                 value = value.get("message") or value.get("msg")
             if isinstance(value, str) and value.strip():
-                return shorten(" ".join(value.split()), 200)
+                return shorten(" ".join(_readable(value).split()), 200)
     text = " ".join(_text(body, 200).split())
     return text or "empty body"
 
@@ -280,8 +280,8 @@ def _check_code(data: dict[str, Any], response: HTTPResponse) -> None:
     if "code" not in data and task_id is not None:
         return  # a message beside a task id is news about that task, not an error
     msg = data.get("msg")
-    msg_text = msg if isinstance(msg, str) else "" if msg is None else str(msg)
-    code_text = "" if code is None else str(code)
+    msg_text = _readable(msg if isinstance(msg, str) else "" if msg is None else str(msg))
+    code_text = _readable("" if code is None else str(code))
     about = f" about task {task_id!a}" if task_id is not None else ""
     raise ProviderError(
         f"the provider reported an error{about} (code {code_text or '?'}): {msg_text or '?'}",
@@ -340,13 +340,33 @@ def _task(wire: WireTask, *, default_status: str | None = None) -> Task:
     return Task(
         id=wire.id,
         status=status,
-        raw_status=raw,
+        raw_status=_readable(raw),
         created=wire.created,
-        model=wire.model,
-        object=wire.object,
+        model=_readable(wire.model),
+        object=_readable(wire.object),
         image_url=wire.image_url or None,
-        error=error,
+        error=_readable(error),
     )
+
+
+@overload
+def _readable(text: str) -> str: ...
+@overload
+def _readable(text: None) -> None: ...
+def _readable(text: str | None) -> str | None:
+    r"""Text for people with any lone surrogate escaped (``\ud800``).
+
+    JSON may carry one (``"\ud800"``) and Python keeps it, but no stream
+    can print it: a task's words and an error's message must be printable.
+    Ids and URLs are not touched here: they are refused instead.
+    """
+    if text is None or text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _url_problem(url: str | None) -> str | None:

@@ -665,3 +665,33 @@ def test_an_echoed_key_never_reaches_stderr(
     assert code != 0
     assert "[redacted]" in err
     assert escaped not in err
+
+
+@pytest.mark.parametrize("words", ["refused \ud800", "refused \x1b]52;c;cHduZWQ=\x07\x1b[2J \x85"])
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_provider_text_reaches_the_terminal_escaped(
+    capsys: pytest.CaptureFixture[str],
+    env: ServerThread,
+    tmp_path: Path,
+    words: str,
+    as_json: bool,
+) -> None:
+    # A lone surrogate cannot be printed at all, and control characters
+    # would drive the terminal: both arrive escaped, in every command.
+    env.run(lambda: env.server.plan(TaskScript(duration=0.0, outcome="fail", error=words)))
+    json_flag = ["--json"] if as_json else []
+    code, out, err = run_main(
+        capsys, *json_flag, "generate", "a cat", "--out", str(tmp_path), *FAST
+    )
+    assert code == 1
+    task_id = next(iter(env.server.tasks))
+    status_code, status_out, status_err = run_main(capsys, *json_flag, "status", task_id)
+    assert status_code == 0
+    for text in (out, err, status_out, status_err):
+        text.encode("utf-8")  # printable
+        assert "\x1b" not in text
+        assert "\x85" not in text
+    if as_json:
+        for line in (*out.splitlines(), *status_out.splitlines()):
+            json.loads(line)  # still JSON
+    assert "refused" in out + err

@@ -1001,3 +1001,15 @@ def test_no_task_id_can_change_the_query_path(dialect: Dialect, task_id: str) ->
     assert "/" not in segment
     assert segment.strip(".")  # never a dot segment that a URL library resolves
     assert unquote(segment) == task_id
+
+
+@DIALECTS
+def test_text_for_people_never_holds_a_lone_surrogate(dialect: Dialect) -> None:
+    body = task_body(status="failed", error="refused \ud800", model="m\udfff")
+    task = dialect.parse_task(response(json.dumps(body).encode()))
+    assert task.error == "refused \\ud800"
+    assert task.model == "m\\udfff"
+    with pytest.raises(ProviderError) as info:
+        dialect.parse_create(response(json.dumps({"code": "E\ud800", "msg": "no \ud800"}).encode()))
+    str(info.value).encode("utf-8")
+    assert info.value.msg == "no \\ud800"
