@@ -142,7 +142,11 @@ class _Failed:
         self.error = error
 
 
-class _JournalBroke(Exception):
+class _Stop(Exception):
+    """Raised inside the batch to end one input's worker without an outcome."""
+
+
+class _JournalBroke(_Stop):
     """Raised inside the batch once a journal write failed: this input stops here."""
 
 
@@ -344,7 +348,16 @@ class _Batch:
         journal = self.journal
         try:
             request = self.build(index, item)
-        except BananaError as exc:
+        except Exception as failure:
+            # A user's object may fail anywhere it is looked at (its type,
+            # its text): that is one bad input, not the end of the batch.
+            exc = (
+                failure
+                if isinstance(failure, BananaError)
+                else InvalidRequestError(
+                    f"input {index} cannot be read as a prompt: {type(failure).__name__}: {failure}"
+                )
+            )
             if journal is not None:
                 recorded = self.jot(Journal.get, index)
                 if recorded is not None and recorded.request is not None:
@@ -379,8 +392,10 @@ class _Batch:
                 else:
                     outcome = await self.wait(index, request, created)
             outcome = await self.download(outcome)
-        except _JournalBroke:
-            return  # reported once, for the whole batch, by report_journal_failure
+        except _Stop:
+            # A journal failure is reported once, for the whole batch, by
+            # report_journal_failure; a closed client ends every worker.
+            return
         except Exception as exc:  # a bug in the batch itself
             self.deliver(_Failed(exc))
             return
@@ -440,9 +455,7 @@ class _Batch:
             self.record_create_failure(index, request, exc)
             return Outcome(index, request, error=exc)
         except Exception as exc:
-            logger.exception("input %d: the create failed unexpectedly", index)
-            error = _Unexpected(f"input {index}: the create failed unexpectedly: {exc!r}")
-            error.__cause__ = exc
+            error = self.unexpected(exc, f"input {index}: the create")
             self.record_create_failure(index, request, error)
             return Outcome(index, request, error=error)
         try:
@@ -451,6 +464,22 @@ class _Batch:
             self.lost_id(index, task.id)
             raise
         return task
+
+    def unexpected(self, exc: Exception, what: str) -> _Unexpected:
+        """One input's failure that nothing foresaw, as its outcome's error.
+
+        Logged with its traceback (it is a bug somewhere). A client closed
+        under a batch that is still referenced is no bug: the worker ends.
+
+        Raises:
+            _Stop: the client is closed.
+        """
+        if self.client.closed:
+            raise _Stop from exc
+        logger.exception("%s failed unexpectedly", what)
+        error = _Unexpected(f"{what} failed unexpectedly: {exc!r}")
+        error.__cause__ = exc
+        return error
 
     def record_create_failure(
         self, index: int, request: GenerationRequest, error: BananaError
@@ -483,9 +512,7 @@ class _Batch:
             self.jot(Journal.note_error, index, exc)
             return Outcome(index, request, task, error=exc)
         except Exception as exc:
-            logger.exception("input %d: waiting for task %s failed unexpectedly", index, task.id)
-            error = _Unexpected(f"waiting for task {task.id} failed unexpectedly: {exc!r}")
-            error.__cause__ = exc
+            error = self.unexpected(exc, f"input {index}: waiting for task {task.id}")
             self.jot(Journal.note_error, index, error)
             return Outcome(index, request, task, error=error)
         self.jot(Journal.record_finished, index, done)
@@ -507,9 +534,7 @@ class _Batch:
         except BananaError as exc:
             error = exc
         except Exception as exc:
-            logger.exception("downloading the image of task %s failed unexpectedly", task.id)
-            error = _Unexpected(f"downloading task {task.id} failed unexpectedly: {exc!r}")
-            error.__cause__ = exc
+            error = self.unexpected(exc, f"input {outcome.index}: downloading task {task.id}")
         else:
             self.jot(Journal.record_download, outcome.index, path)
             return attrs.evolve(outcome, path=path)

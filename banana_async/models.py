@@ -115,9 +115,28 @@ class AspectRatio(enum.StrEnum):
 DEFAULT_MODEL = Model.NANO_BANANA_2  # listed by both dialects
 
 
+def _plain_str(value: object) -> str | None:
+    """``value`` as a plain ``str`` if it is text (a subclass too), else None.
+
+    Whatever is sent or stored is a real string: a subclass (``numpy.str_``,
+    a StrEnum) becomes its plain value, and an object that only claims to be
+    one (a mock with ``spec=str``) is not text.
+    """
+    if type(value) is str:
+        return value
+    if isinstance(value, str):
+        try:
+            return str.__str__(value)
+        except TypeError:
+            return None
+    return None
+
+
 def _to_model(value: str) -> str:
-    if not isinstance(value, str) or not value.strip():
+    text = _plain_str(value)
+    if text is None or not text.strip():
         raise InvalidRequestError(f"model must be a non-empty string, not {value!r}")
+    value = text
     problem = text_problem(value)
     if problem is not None:
         raise InvalidRequestError(f"model {value!a} cannot be sent: {problem}")
@@ -240,10 +259,11 @@ def _to_image_urls(value: object) -> tuple[str, ...]:
     # A lone string is iterable too; taking it letter by letter is never meant.
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
         raise InvalidRequestError("image_urls must be a list of URL strings")
-    urls = tuple(value)
-    for url in urls:
-        if not isinstance(url, str):
-            raise InvalidRequestError(f"image_urls must hold strings, not {url!r}")
+    urls: list[str] = []
+    for item in value:
+        url = _plain_str(item)
+        if url is None:
+            raise InvalidRequestError(f"image_urls must hold strings, not {item!r}")
         problem = url_problem(url)
         if problem is not None:
             shown = ascii(shorten(url, 80))
@@ -251,15 +271,18 @@ def _to_image_urls(value: object) -> tuple[str, ...]:
                 f"reference image {shown} {problem} "
                 "(the providers take http(s) URLs, not file paths or inline data)"
             )
-    return urls
+        urls.append(url)
+    return tuple(urls)
 
 
-def _check_prompt(_instance: object, _attribute: attrs.Attribute[str], value: str) -> None:
-    if not isinstance(value, str) or not value.strip():
+def _to_prompt(value: str) -> str:
+    text = _plain_str(value)
+    if text is None or not text.strip():
         raise InvalidRequestError("prompt must be a non-empty string")
-    problem = text_problem(value)
+    problem = text_problem(text)
     if problem is not None:
         raise InvalidRequestError(f"the prompt cannot be sent: {problem}")
+    return text
 
 
 @attrs.frozen
@@ -279,7 +302,7 @@ class GenerationRequest:
         image_urls: Reference image URLs (http or https) that guide the style.
     """
 
-    prompt: str = attrs.field(validator=_check_prompt)
+    prompt: str = attrs.field(converter=_to_prompt)
     model: str = attrs.field(default=DEFAULT_MODEL, converter=_to_model)
     resolution: Resolution | None = attrs.field(default=None, converter=_to_resolution)
     size: AspectRatio | None = attrs.field(default=None, converter=_to_size)

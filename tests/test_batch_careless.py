@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import sys
 import textwrap
@@ -367,3 +368,56 @@ async def test_bad_deadlines_fail_at_the_call_before_any_create(
         with pytest.raises(ba.InvalidRequestError):
             client.generate_many(["a", "b"], **options)
     assert live.requests == []
+
+
+class _Liar:
+    """An input that fails wherever it is looked at, its very type included."""
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        raise RuntimeError("proxy target unavailable")
+
+
+class _Impostor:
+    """An input that claims to be a str (isinstance agrees) without being one."""
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        return str
+
+
+class _Text(str):
+    """A str subclass, as numpy.str_ is."""
+
+
+@pytest.mark.parametrize("journaled", [False, True], ids=["plain", "journal"])
+async def test_objects_that_only_pretend_are_one_bad_input_each(
+    live: FakeBananaServer, tmp_path: Path, journaled: bool
+) -> None:
+    assert isinstance(_Impostor(), str)
+    inputs: list[Any] = ["a", _Liar(), _Impostor(), _Text("b")]
+    journal = tmp_path / "b.sqlite" if journaled else None
+    async with live_client(live) as client:
+        outcomes = {o.index: o async for o in client.generate_many(inputs, journal=journal)}
+    assert sorted(outcomes) == [0, 1, 2, 3]
+    assert outcomes[0].ok
+    assert outcomes[3].ok
+    assert isinstance(outcomes[1].error, ba.InvalidRequestError)
+    assert isinstance(outcomes[2].error, ba.InvalidRequestError)
+    assert sorted(t.body["prompt"] for t in live.tasks.values()) == ["a", "b"]
+    assert outcomes[3].request is not None
+    assert type(outcomes[3].request.prompt) is str
+
+
+async def test_a_batch_that_outlives_its_client_ends_quietly(
+    live: FakeBananaServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    live.script_for = lambda body: TaskScript(duration=0.5)
+    async with live_client(live) as client:
+        outcomes = client.generate_many([f"p{i}" for i in range(20)], concurrency=5)
+        async for _ in outcomes:
+            break  # still referenced, never closed, when the client closes
+    await asyncio.sleep(0.3)  # the pollers meet the closed client
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    await outcomes.aclose()
+    assert batch_tasks() == []
