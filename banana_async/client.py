@@ -202,7 +202,9 @@ class BananaClient:
         clock: Clock | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
-        if not key or not key.strip():
+        if isinstance(key, str) and not key.strip():
+            key = None
+        if key is None:
             raise InvalidRequestError(
                 f"no API key: pass api_key=... or set the {API_KEY_ENV} environment variable"
             )
@@ -900,6 +902,8 @@ def _pool_size(session: aiohttp.ClientSession) -> int | None:
 
 def _check_key(key: str) -> str:
     """The key, stripped, if it can travel in an HTTP header; else a clear error."""
+    if not isinstance(key, str):
+        raise InvalidRequestError(f"the API key must be a str, not {type(key).__name__}")
     key = key.strip()
     bad = next((c for c in key if not 0x21 <= ord(c) <= 0x7E), None)
     if bad is not None:

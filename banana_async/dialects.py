@@ -187,6 +187,8 @@ _SUCCESS_WORDS = frozenset({"ok", "success", "succeeded", "true"})
 def _code_is_success(code: Any) -> bool:
     if isinstance(code, bool):
         return code
+    if isinstance(code, float) and code.is_integer():
+        code = int(code)
     if isinstance(code, int):
         return code in _SUCCESS_CODES
     if isinstance(code, str):
@@ -275,9 +277,9 @@ def _check_code(data: dict[str, Any], response: HTTPResponse) -> None:
     """Raise :class:`ProviderError` for a ``code``/``msg`` body that reports an error."""
     code = data.get("code")
     task_id = _carried_id(data)
-    if "code" in data and _code_is_success(code):
+    if code is not None and _code_is_success(code):
         return
-    if "code" not in data and task_id is not None:
+    if code is None and task_id is not None:
         return  # a message beside a task id is news about that task, not an error
     msg = data.get("msg")
     msg_text = _readable(msg if isinstance(msg, str) else "" if msg is None else str(msg))

@@ -506,7 +506,13 @@ class Fault:
         return cls(action="edit", changes=changes, remove=tuple(remove))
 
     @classmethod
-    def gzip_bomb(cls, expanded_bytes: int = 200 * 1024 * 1024, *, status: int = 200) -> Self:
+    def gzip_bomb(
+        cls,
+        expanded_bytes: int = 200 * 1024 * 1024,
+        *,
+        status: int = 200,
+        content_type: str = "application/json",
+    ) -> Self:
         """Answer with a small gzip body that expands to ``expanded_bytes`` of zeros.
 
         A 200 MiB expansion takes about 200 KB on the wire. A client that caps
@@ -516,6 +522,9 @@ class Fault:
         Args:
             expanded_bytes: The size once decompressed.
             status: The HTTP status code.
+            content_type: The ``Content-Type`` it claims; ``"image/png"`` to
+                try an image download's size cap (a JSON type is refused as
+                not an image before anything is inflated).
 
         Returns:
             The fault.
@@ -530,6 +539,7 @@ class Fault:
             status,
             body=_gzip_zeros(expanded_bytes),
             headers={"Content-Encoding": "gzip"},
+            content_type=content_type,
         )
 
 

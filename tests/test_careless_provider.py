@@ -488,3 +488,9 @@ async def test_slow_image_downloads_never_hold_up_the_api(
             assert (await client.generate("a dog")).ok
         paths = await asyncio.gather(*downloads)
     assert all(p.exists() for p in paths)
+
+
+@pytest.mark.parametrize("key", [b"sk-bytes", 12345, ["sk"]], ids=["bytes", "int", "list"])
+def test_a_key_that_is_not_text_is_refused_clearly(key: object) -> None:
+    with pytest.raises(ba.InvalidRequestError, match="must be a str"):
+        ba.BananaClient(key)  # type: ignore[arg-type]

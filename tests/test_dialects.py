@@ -1013,3 +1013,10 @@ def test_text_for_people_never_holds_a_lone_surrogate(dialect: Dialect) -> None:
         dialect.parse_create(response(json.dumps({"code": "E\ud800", "msg": "no \ud800"}).encode()))
     str(info.value).encode("utf-8")
     assert info.value.msg == "no \\ud800"
+
+
+@DIALECTS
+@pytest.mark.parametrize("code", [None, 0.0, 200.0], ids=repr)
+def test_a_null_or_float_success_code_beside_an_id_is_a_task(dialect: Dialect, code: Any) -> None:
+    task = dialect.parse_create(response({"id": "abc123", "code": code, "msg": "task submitted"}))
+    assert task.id == "abc123"

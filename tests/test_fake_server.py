@@ -758,3 +758,7 @@ async def test_fault_gzip_bomb_is_small_on_the_wire(
     assert body == bytes(8 * 1024 * 1024)
     with pytest.raises(ValueError, match="expanded_bytes"):
         Fault.gzip_bomb(-1)
+
+
+def test_gzip_bomb_can_claim_any_type() -> None:
+    assert Fault.gzip_bomb(10, content_type="image/png").content_type == "image/png"
