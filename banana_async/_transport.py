@@ -12,6 +12,7 @@ established. That single bit decides whether a create may be retried.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
@@ -199,15 +200,28 @@ def _checked_url(request: HTTPRequest) -> yarl.URL:
     aiohttp would refuse some of these itself, but others only fail deep in
     the connector (a host too long for IDNA raises UnicodeError there).
     """
-    problem = url_problem(request.url)
-    if problem is None:
-        try:
-            return _wire_url(request.url)
-        except ValueError as exc:
-            problem = f"cannot be parsed ({exc})"
+    wire = _usable_wire_url(request.url)
+    if isinstance(wire, yarl.URL):
+        return wire
     raise InvalidRequestError(
-        f"the URL of {request.method} {_shown_url(request.url)} {problem}; nothing was sent"
+        f"the URL of {request.method} {_shown_url(request.url)} {wire}; nothing was sent"
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _usable_wire_url(url: str) -> yarl.URL | str:
+    """The URL for aiohttp, or why it cannot be one.
+
+    Cached: a client sends every create to one URL and polls each task's URL
+    several times; checking once is enough.
+    """
+    problem = url_problem(url)
+    if problem is not None:
+        return problem
+    try:
+        return _wire_url(url)
+    except ValueError as exc:
+        return f"cannot be parsed ({exc})"
 
 
 def _shown_url(url: str) -> str:

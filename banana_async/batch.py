@@ -208,8 +208,16 @@ class _Batch:
     # -- flow control --------------------------------------------------------------
 
     def deliver(self, item: Outcome | _Done | _Failed) -> None:
+        # Never opens the way for creates (see may_create), so wakes nobody.
         self.outcomes.put_nowait(item)
-        self.demand_changed.set()
+
+    def asking(self) -> None:
+        """The caller is about to wait for an outcome: let held creates go if none waits."""
+        self.consumer_waiting = True
+        if self.outcomes.empty():
+            # Only now can held creates go, and only now are they woken: a
+            # wake-up that finds the way shut again costs every held worker.
+            self.demand_changed.set()
 
     async def may_create(self) -> bool:
         """Wait until a new create may start; False once the journal failed.
@@ -618,8 +626,7 @@ async def _results(
         producer = asyncio.create_task(batch.produce(inputs), name="banana_async-batch-producer")
         try:
             while True:
-                batch.consumer_waiting = True
-                batch.demand_changed.set()
+                batch.asking()
                 try:
                     item = await batch.outcomes.get()
                 finally:
