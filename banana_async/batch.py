@@ -253,7 +253,7 @@ class _Batch:
             if self.journal_error is None:
                 self.journal_error = exc
                 logger.error(
-                    "journal %s could not be written (%s: %s); creating no more tasks",
+                    "journal %s failed (%s: %s); creating no more tasks",
                     journal.path,
                     type(exc).__name__,
                     exc,
@@ -280,7 +280,7 @@ class _Batch:
         path = journal.path if journal is not None else ""
         error = self.journal_error
         message = (
-            f"the journal {path} could not be written ({type(error).__name__}: {error}); "
+            f"the journal {path} failed ({type(error).__name__}: {error}); "
             "no task was created after that"
         )
         if self.unrecorded:
@@ -657,7 +657,7 @@ def _bind(journal: Journal, client: BananaClient) -> None:
         raise
     except Exception as exc:
         raise JournalError(
-            f"the journal {journal.path} could not be written ({type(exc).__name__}: {exc}); "
+            f"the journal {journal.path} failed ({type(exc).__name__}: {exc}); "
             "nothing was sent",
             path=journal.path,
         ) from exc

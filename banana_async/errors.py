@@ -23,7 +23,7 @@ that code validating user input can catch it the usual way.
     ├── TaskTimeoutError                       the deadline passed (task: the last seen)
     ├── DownloadError                          an image could not be saved (url, reason)
     ├── UnconfirmedCreateError                 a journaled create may or may not exist
-    └── JournalError                           a batch's journal could not be written
+    └── JournalError                           a batch's journal failed (a full disk)
                                                (unrecorded: created task ids it lacks)
 
 Messages never contain the API key: the client redacts it, in any spelling a
@@ -270,7 +270,7 @@ class UnconfirmedCreateError(BananaError):
 
 
 class JournalError(BananaError):
-    """A batch's journal could not be written (a full disk, a file size limit, ...).
+    """A batch's journal failed while the batch ran (a full disk, a file size limit, ...).
 
     The batch stops creating tasks at the first failed write, lets the
     creates already sent come back, and raises this. Tasks recorded before
