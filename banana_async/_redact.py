@@ -35,8 +35,8 @@ def _hex(value: int, width: int = 0) -> str:
     return "".join(f"[{c}{c.upper()}]" if c.isalpha() else c for c in f"{value:0{width}x}")
 
 
-def _spellings(char: str) -> str:
-    """A regex for one character of the key, in any encoding it may come back in."""
+def _spellings(char: str) -> list[str]:
+    """Regexes for one character of the key, one per encoding it may come back in."""
     code = ord(char)
     forms = [
         re.escape(char),
@@ -54,7 +54,7 @@ def _spellings(char: str) -> str:
         forms.append(re.escape(_HTML_NAMED[char]))
     if char == " ":
         forms.append(r"\+")
-    return "(?:" + "|".join(forms) + ")"
+    return forms
 
 
 def _utf16_units(char: str) -> list[int]:
@@ -65,10 +65,12 @@ def _utf16_units(char: str) -> list[int]:
 # How much of the key must be left before a cut to count as a piece of it.
 _MIN_PIECE = 4
 # What a cut may leave of one escaped character: "\u00", "%2", "&#x2".
-_PARTIAL_ESCAPE = r"(?:\\u?[0-9a-fA-F]{0,3}|%[0-9a-fA-F]?|&#?[xX]?[0-9a-fA-F]*)?"
+_PARTIAL_ESCAPE = re.compile(r"\\u?[0-9a-fA-F]{0,3}|%[0-9a-fA-F]?|&#?[xX]?[0-9a-fA-F]*")
 # The marker of a shortened text (see banana_async.errors.CUT), as is or as
 # ascii() writes it.
-_BEFORE_CUT = "(?=" + re.escape(CUT) + r"|\\u2026)"
+_CUT_MARKER = re.compile(re.escape(CUT) + r"|\\u2026")
+# The longest spelling of one character, give or take leading zeros.
+_LONGEST_SPELLING = 16
 # One round of unescaping: JSON escapes, HTML entities, percent-encoding.
 _JSON_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|([/\\\"]))")
 
@@ -104,18 +106,20 @@ class Redactor:
       which of its characters spell the secret.
     """
 
-    __slots__ = ("_cut", "_pattern")
+    __slots__ = ("_chars", "_pattern")
 
     def __init__(self, secret: str) -> None:
         if not secret:
             raise ValueError("nothing to redact")
-        spelled = [_spellings(char) for char in secret]
-        self._pattern = re.compile("".join(spelled))
-        needed = min(_MIN_PIECE, len(spelled))
-        rest = ""
-        for piece in reversed(spelled[needed:]):
-            rest = f"(?:{piece}{rest})?"
-        self._cut = re.compile("".join(spelled[:needed]) + rest + _PARTIAL_ESCAPE + _BEFORE_CUT)
+        spelled = {char: _spellings(char) for char in set(secret)}
+        self._pattern = re.compile(
+            "".join("(?:" + "|".join(spelled[char]) + ")" for char in secret)
+        )
+        # Each spelling of each character on its own, to follow a piece of
+        # the secret up to a cut (a pattern of nested optional groups would
+        # be as deep as the secret is long, past what re compiles for a JWT).
+        compiled = {char: [re.compile(form) for form in forms] for char, forms in spelled.items()}
+        self._chars = [compiled[char] for char in secret]
 
     def __repr__(self) -> str:
         return "Redactor('***')"
@@ -123,16 +127,58 @@ class Redactor:
     def text(self, text: str) -> str:
         """``text`` with every spelling of the secret replaced (see the class)."""
         cleaned = self._pattern.sub(REDACTED, text)
-        cleaned = self._cut.sub(REDACTED, cleaned)
+        for start, end in reversed(self._pieces_before_cuts(cleaned)):
+            cleaned = cleaned[:start] + REDACTED + cleaned[end:]
         return REDACTED_TEXT if self._hidden_in(cleaned) else cleaned
 
     def found_in(self, text: str) -> bool:
         """Whether the secret, or a piece of it before a cut, occurs in ``text``."""
         return (
             self._pattern.search(text) is not None
-            or self._cut.search(text) is not None
+            or bool(self._pieces_before_cuts(text))
             or self._hidden_in(text)
         )
+
+    def _pieces_before_cuts(self, text: str) -> list[tuple[int, int]]:
+        """Where a piece of the secret runs up to a cut marker (start, end)."""
+        spans: list[tuple[int, int]] = []
+        for marker in _CUT_MARKER.finditer(text):
+            end = marker.start()
+            window = max(0, end - _LONGEST_SPELLING * len(self._chars))
+            # The earliest start wins: the longest piece of the secret.
+            for start in range(window, end):
+                if self._spells_a_piece(text, start, end):
+                    spans.append((start, end))
+                    break
+        return spans
+
+    def _spells_a_piece(self, text: str, start: int, end: int) -> bool:
+        """Whether ``text[start:end]`` spells the secret's first characters (four at least).
+
+        Every spelling of every character is tried (a backslash of the
+        secret and the backslash that starts an escape look alike), and the
+        text may end inside an escape the cut broke off.
+        """
+        chars = self._chars
+        needed = min(_MIN_PIECE, len(chars))
+        todo = [(start, 0)]
+        tried: set[tuple[int, int]] = set()
+        while todo:
+            position, count = todo.pop()
+            if (position, count) in tried:
+                continue
+            tried.add((position, count))
+            if count >= needed and (
+                position == end or _PARTIAL_ESCAPE.fullmatch(text, position, end) is not None
+            ):
+                return True
+            if position >= end or count >= len(chars):
+                continue
+            for form in chars[count]:
+                match = form.match(text, position, end)
+                if match is not None and match.end() > position:
+                    todo.append((match.end(), count + 1))
+        return False
 
     def _hidden_in(self, text: str) -> bool:
         for _ in range(3):

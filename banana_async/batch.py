@@ -657,7 +657,6 @@ def _bind(journal: Journal, client: BananaClient) -> None:
         raise
     except Exception as exc:
         raise JournalError(
-            f"the journal {journal.path} failed ({type(exc).__name__}: {exc}); "
-            "nothing was sent",
+            f"the journal {journal.path} failed ({type(exc).__name__}: {exc}); nothing was sent",
             path=journal.path,
         ) from exc

@@ -494,3 +494,7 @@ async def test_slow_image_downloads_never_hold_up_the_api(
 def test_a_key_that_is_not_text_is_refused_clearly(key: object) -> None:
     with pytest.raises(ba.InvalidRequestError, match="must be a str"):
         ba.BananaClient(key)  # type: ignore[arg-type]
+
+
+def test_a_long_key_is_accepted() -> None:
+    ba.BananaClient("eyJ" + "x" * 997, base_url="http://127.0.0.1:1")

@@ -92,3 +92,14 @@ def test_a_key_under_nested_escapes_hides_the_whole_text() -> None:
     assert Redactor("sk-abc/def").text(f"next={twice}") == REDACTED_TEXT
     assert Redactor("sk-abc/def").found_in(twice)
     assert Redactor("sk-abc/def").text("next=%2541") == "next=%2541"
+
+
+def test_a_jwt_sized_key_is_handled() -> None:
+    # A pattern nested as deep as the key is long failed to compile for keys
+    # of a few hundred characters (RecursionError in BananaClient()).
+    key = "eyJ" + "abc/DEF+0123_" * 80
+    redactor = Redactor(key)
+    cut = shorten("x" * 100 + key, 700)
+    cleaned = redactor.text(cut)
+    assert key[:20] not in cleaned
+    assert cleaned.endswith(REDACTED + "\u2026")
