@@ -11,9 +11,11 @@ How the pieces fit:
   downloads the image if asked, and puts its :class:`Outcome` on a queue.
   Workers never raise for a bad prompt, nor for a failure nobody foresaw:
   the error goes into that input's outcome.
-- A worker starts a create only while the caller is waiting for an
-  outcome and none is waiting for it: a caller that stopped asking (it left
-  the loop but holds the iterator) buys no more tasks.
+- Creates are paid for by the caller's reading: at most ``concurrency``
+  inputs are created and not yet read by the caller. A caller that stopped
+  reading (it left the loop but holds the iterator) buys no more tasks, and
+  a slow reader keeps the provider busy with all but the outcomes it has
+  not read yet.
 - The caller iterates the outcomes in completion order. Leaving the loop
   early, or being cancelled, cancels the producer and every worker; use
   :func:`contextlib.aclosing` to make that happen at once rather than when
@@ -193,9 +195,10 @@ class _Batch:
         self.undelivered = asyncio.Semaphore(2 * concurrency)
         self.outcomes: asyncio.Queue[Outcome | _Done | _Failed] = asyncio.Queue()
         self.workers: set[asyncio.Task[None]] = set()
-        # Whether the caller is waiting for an outcome right now: creates
-        # start only while it is and no outcome is waiting for it.
-        self.consumer_waiting = False
+        # Inputs whose create passed the gate and whose outcome the caller
+        # has not read (see may_create), by index.
+        self.limit = concurrency
+        self.unread: set[int] = set()
         self.demand_changed = asyncio.Event()
         # Creates sent and not yet answered.
         self.creating = 0
@@ -208,31 +211,32 @@ class _Batch:
     # -- flow control --------------------------------------------------------------
 
     def deliver(self, item: Outcome | _Done | _Failed) -> None:
-        # Never opens the way for creates (see may_create), so wakes nobody.
         self.outcomes.put_nowait(item)
 
-    def asking(self) -> None:
-        """The caller is about to wait for an outcome: let held creates go if none waits."""
-        self.consumer_waiting = True
-        if self.outcomes.empty():
-            # Only now can held creates go, and only now are they woken: a
-            # wake-up that finds the way shut again costs every held worker.
+    def read(self, outcome: Outcome) -> None:
+        """The caller has read ``outcome``: its create is paid for, another may go."""
+        if outcome.index in self.unread:
+            self.unread.discard(outcome.index)
             self.demand_changed.set()
 
-    async def may_create(self) -> bool:
-        """Wait until a new create may start; False once the journal failed.
+    async def may_create(self, index: int) -> bool:
+        """Wait until input ``index`` may be created; False once the journal failed.
 
-        A caller that stopped asking (it left the loop but still holds the
-        iterator) must not keep buying tasks, and a caller busy with an
-        outcome cannot be told from one that left: a create starts only
-        while the caller is waiting for its next outcome and none is waiting
-        for it (one that is may be the last it reads). Creates held meanwhile
-        go out together as soon as it asks again.
+        A create is paid for by the caller's reading: at most ``concurrency``
+        inputs are created and not yet read. A caller that left the loop but
+        still holds the iterator must not keep buying tasks, and cannot be
+        told from one that is busy with an outcome: either way, once it has
+        ``concurrency`` outcomes of created tasks to read (or in flight),
+        nothing more is created until it reads one. A caller that stops
+        costs at most the one create its last read paid for.
         """
-        while self.journal_error is None and not (self.consumer_waiting and self.outcomes.empty()):
+        while self.journal_error is None and len(self.unread) >= self.limit:
             self.demand_changed.clear()
             await self.demand_changed.wait()
-        return self.journal_error is None
+        if self.journal_error is not None:
+            return False
+        self.unread.add(index)
+        return True
 
     # -- the journal ---------------------------------------------------------------
 
@@ -445,7 +449,7 @@ class _Batch:
             and entry.state in (EntryState.CREATED, EntryState.COMPLETED)
         ):
             return entry.task  # created in an earlier run: never create it twice
-        if not await self.may_create():
+        if not await self.may_create(index):
             raise _JournalBroke
         self.jot(Journal.record_sending, index, request)
         self.creating += 1
@@ -626,16 +630,13 @@ async def _results(
         producer = asyncio.create_task(batch.produce(inputs), name="banana_async-batch-producer")
         try:
             while True:
-                batch.asking()
-                try:
-                    item = await batch.outcomes.get()
-                finally:
-                    batch.consumer_waiting = False
+                item = await batch.outcomes.get()
                 if isinstance(item, _Done):
                     return
                 if isinstance(item, _Failed):
                     raise item.error
                 batch.undelivered.release()
+                batch.read(item)
                 yield item
         finally:
             await batch.cancel(producer)
