@@ -144,11 +144,7 @@ class _Failed:
         self.error = error
 
 
-class _Stop(Exception):
-    """Raised inside the batch to end one input's worker without an outcome."""
-
-
-class _JournalBroke(_Stop):
+class _JournalBroke(Exception):
     """Raised inside the batch once a journal write failed: this input stops here."""
 
 
@@ -404,10 +400,8 @@ class _Batch:
                 else:
                     outcome = await self.wait(index, request, created)
             outcome = await self.download(outcome)
-        except _Stop:
-            # A journal failure is reported once, for the whole batch, by
-            # report_journal_failure; a closed client ends every worker.
-            return
+        except _JournalBroke:
+            return  # reported once, for the whole batch, by report_journal_failure
         except Exception as exc:  # a bug in the batch itself
             self.deliver(_Failed(exc))
             return
@@ -477,17 +471,20 @@ class _Batch:
             raise
         return task
 
-    def unexpected(self, exc: Exception, what: str) -> _Unexpected:
+    def unexpected(self, exc: Exception, what: str) -> BananaError:
         """One input's failure that nothing foresaw, as its outcome's error.
 
         Logged with its traceback (it is a bug somewhere). A client closed
-        under a batch that is still referenced is no bug: the worker ends.
-
-        Raises:
-            _Stop: the client is closed.
+        under a batch that is still running is no bug: each input left gets
+        an outcome saying so, with its task if one was created, so that a
+        caller still reading learns every id and never waits forever.
         """
         if self.client.closed:
-            raise _Stop from exc
+            closed = APIConnectionError(
+                f"{what} did not happen: the BananaClient was closed", request_sent=False
+            )
+            closed.__cause__ = exc
+            return closed
         logger.exception("%s failed unexpectedly", what)
         error = _Unexpected(f"{what} failed unexpectedly: {exc!r}")
         error.__cause__ = exc

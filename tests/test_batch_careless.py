@@ -448,3 +448,30 @@ async def test_a_batch_that_outlives_its_client_ends_quietly(
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
     await outcomes.aclose()
     assert batch_tasks() == []
+
+
+async def test_closing_the_client_under_a_reader_gives_every_input_an_outcome(
+    live: FakeBananaServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An application shutting its client down while a batch is still read:
+    # the reader gets an outcome for every input (the created tasks' ids in
+    # them) and ends, instead of waiting forever.
+    live.script_for = lambda body: TaskScript(duration=0.3)
+    client = live_client(live)
+    await client.__aenter__()
+    seen: list[ba.Outcome] = []
+    async with asyncio.timeout(10):
+        async for outcome in client.generate_many([f"p{i}" for i in range(40)], concurrency=10):
+            seen.append(outcome)
+            if len(seen) == 3:
+                await client.aclose()
+    assert sorted(o.index for o in seen) == list(range(40))
+    errors = [o.error for o in seen if isinstance(o.error, ba.APIConnectionError)]
+    assert any("the BananaClient was closed" in str(e) for e in errors)
+    # Every task the provider created is in an outcome, but for creates that
+    # the close cut off on the wire (request_sent: they may exist).
+    cut_off = sum(1 for e in errors if e.request_sent)
+    shown = {o.task.id for o in seen if o.task is not None}
+    assert shown <= set(live.tasks)
+    assert len(live.tasks) - len(shown) <= cut_off
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
