@@ -125,14 +125,20 @@ def check_interval(
     return float(value)
 
 
+MIN_TIMEOUT = 0.001
+"""The shortest deadline accepted: a shorter one could only ever expire."""
+
+
 def check_timeout(value: float | None, name: str = "timeout") -> float | None:
-    """Validate a deadline: None or infinity mean none, otherwise positive seconds."""
+    """Validate a deadline: None or infinity mean none, otherwise seconds >= 0.001."""
     if value is None:
         return None
     if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
         raise InvalidRequestError(
             f"{name} must be a positive number of seconds or None, not {value!r}"
         )
+    if value < MIN_TIMEOUT:
+        raise InvalidRequestError(f"{name} must be at least {MIN_TIMEOUT:g} s, not {value!r}")
     return None if math.isinf(value) else float(value)
 
 

@@ -66,9 +66,10 @@ def _utf16_units(char: str) -> list[int]:
 _MIN_PIECE = 4
 # What a cut may leave of one escaped character: "\u00", "%2", "&#x2".
 _PARTIAL_ESCAPE = re.compile(r"\\u?[0-9a-fA-F]{0,3}|%[0-9a-fA-F]?|&#?[xX]?[0-9a-fA-F]*")
-# The marker of a shortened text (see banana_async.errors.CUT), as is or as
-# ascii() writes it.
-_CUT_MARKER = re.compile(re.escape(CUT) + r"|\\u2026")
+# The marker of a shortened text: this package's (banana_async.errors.CUT),
+# as is or as ascii() writes it, and the "..." of libraries such as aiohttp,
+# which cuts an over-long response line in its error messages.
+_CUT_MARKER = re.compile(re.escape(CUT) + r"|\\u2026|\.\.\.")
 # The longest spelling of one character, give or take leading zeros.
 _LONGEST_SPELLING = 16
 # One round of unescaping: JSON escapes, HTML entities, percent-encoding.

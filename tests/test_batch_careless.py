@@ -385,7 +385,13 @@ async def test_each_read_pays_for_the_next_create(live: FakeBananaServer) -> Non
 
 @pytest.mark.parametrize(
     "options",
-    [{"timeout": -1}, {"timeout": "x"}, {"poll_interval": 1e-320}, {"poll_interval": 0}],
+    [
+        {"timeout": -1},
+        {"timeout": "x"},
+        {"timeout": 1e-320},
+        {"poll_interval": 1e-320},
+        {"poll_interval": 0},
+    ],
     ids=repr,
 )
 async def test_bad_deadlines_fail_at_the_call_before_any_create(

@@ -498,3 +498,25 @@ def test_a_key_that_is_not_text_is_refused_clearly(key: object) -> None:
 
 def test_a_long_key_is_accepted() -> None:
     ba.BananaClient("eyJ" + "x" * 997, base_url="http://127.0.0.1:1")
+
+
+async def test_a_key_cut_by_aiohttp_in_a_bad_response_line_is_redacted() -> None:
+    # aiohttp quotes an over-long header line in its error, cut with "...":
+    # the piece of the key before that cut must not survive either.
+    key = "sk-live-0123456789abcdef0123456789abcdef"
+    raw = b"HTTP/1.1 200 OK\r\nX-Echo: " + b"a" * 72 + key.encode() + b"b" * 9000
+    raw += b"\r\nContent-Length: 2\r\n\r\n{}"
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(raw)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        async with ba.BananaClient(key, base_url=f"http://127.0.0.1:{port}", max_retries=0) as c:
+            with pytest.raises(ba.BananaError) as info:
+                await c.create("a cat")
+    assert key[:6] not in str(info.value)
