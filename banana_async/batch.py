@@ -456,7 +456,12 @@ class _Batch:
     async def send(self, index: int, request: GenerationRequest) -> Task | Outcome:
         """Send one create and record what came of it."""
         try:
-            task = await self.client._create(request)  # validated in prepare()
+            # Validated in prepare(). A 429 is sent again until the deadline:
+            # it was not processed, and only the deadline ends a prompt for it.
+            client = self.client
+            task = await client._create(
+                request, deadline=client._deadline(self.timeout), patient=True
+            )
         except BananaError as exc:
             self.record_create_failure(index, request, exc)
             return Outcome(index, request, error=exc)

@@ -15,7 +15,7 @@ import random
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -58,9 +58,8 @@ from banana_async.models import (
     TaskStatus,
     request_from,
 )
-
-if TYPE_CHECKING:
-    from aiolimiter import AsyncLimiter
+from banana_async.ratelimit import AdaptiveRateLimiter, RateLimiter, RequestKind
+from banana_async.ratelimit._adaptive import DEFAULT_PAUSE
 
 __all__ = ["API_KEY_ENV", "BananaClient"]
 
@@ -73,8 +72,9 @@ DEFAULT_TIMEOUT = 60.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_CONNECTION_LIMIT = 100
 
-RATE_LIMIT_PAUSE = 1.0
-"""Seconds the whole client pauses after a 429 that does not say how long."""
+RATE_LIMIT_PAUSE = DEFAULT_PAUSE
+"""Seconds the whole client pauses after a 429 that does not say how long, before a
+rate is learned (then about one request's worth: see :mod:`banana_async.ratelimit`)."""
 
 _REMEMBERED_TASKS = 100_000
 """Tasks whose creation time and model the client keeps for poll timing."""
@@ -168,9 +168,14 @@ class BananaClient:
         connection_limit: Maximum simultaneous connections of an owned session.
         allow_unknown_models: Send model names the dialect does not list
             (a provider added one) instead of raising.
-        requests_per_second: A client-wide limit on requests (creates and
-            status queries together); off by default. Needs the
-            ``ratelimit`` extra (aiolimiter).
+        requests_per_second: A hard cap on the client's requests per second
+            (creates and status queries together); off by default. With or
+            without it, the client learns the provider's limit from its 429s
+            and sends just under it.
+        rate_limiter: The request budget to use instead of the client's own
+            :class:`~banana_async.ratelimit.AdaptiveRateLimiter` (give that
+            one its ``requests_per_second``); one limiter may serve several
+            clients of one API key in one event loop.
         adaptive_polling: Learn how long tasks take (per model and
             resolution) and aim the first poll of a new task near its expected
             completion. When False, every poll comes ``poll_interval`` (plus
@@ -179,6 +184,7 @@ class BananaClient:
 
     Whatever the limit, a 429 pauses every request of the client for as long
     as the provider asks (``Retry-After``, capped), not just the one that saw it.
+    While the budget binds, creates are sent before status queries.
     """
 
     def __init__(
@@ -200,6 +206,7 @@ class BananaClient:
         requests_per_second: float | None = None,
         adaptive_polling: bool = True,
         clock: Clock | None = None,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         if isinstance(key, str) and not key.strip():
@@ -255,8 +262,7 @@ class BananaClient:
         # task id -> (model, resolution), creation time: lets wait() time its
         # first poll for tasks this client created.
         self._created: dict[str, tuple[DurationKey, float]] = {}
-        self._paused_until = 0.0
-        self._limiter = _make_limiter(requests_per_second)
+        self._limiter = _make_limiter(requests_per_second, rate_limiter, self._clock)
         # Requests in flight at once, sized to the session's connection pool
         # (set on entry): a request waits here, untimed, rather than in the
         # pool, where the wait would count against connect_timeout and fail
@@ -363,6 +369,7 @@ class BananaClient:
         parse: Callable[[HTTPResponse], Task],
         *,
         deadline: float | None = None,
+        age: float = 0.0,
     ) -> Task:
         """Send once and parse the answer; a 429 also pauses the whole client.
 
@@ -373,10 +380,7 @@ class BananaClient:
         response: HTTPResponse | None = None
         try:
             session = self._session_for_call()
-            if self._limiter is not None or self._paused_until > self._clock.time():
-                await self._wait_for_turn(request, deadline)
-            if deadline is not None and self._clock.time() >= deadline:
-                raise _not_sent(request, "its deadline passed")
+            turn = await self._wait_for_turn(request, deadline, age)
             headers = self._headers_for(request)
             await self._take_slot(request, deadline)
             try:
@@ -386,11 +390,12 @@ class BananaClient:
             finally:
                 if self._slots is not None:
                     self._slots.release()
+            self._limiter.record(turn, limited=response.status == 429)
             logger.debug("%s %s -> %d", request.method, request.url, response.status)
             task = parse(response)
         except BananaError as exc:
             if isinstance(exc, RateLimitError):
-                self._note_rate_limit(exc)
+                await self._limiter.pause(_retry.requested_delay(exc))
             # Error trackers print the locals of a traceback's frames: the raw
             # answer (which may echo the key) is in this frame and in those of
             # the parser below it, so the error leaves without them.
@@ -474,34 +479,25 @@ class BananaClient:
             )
         return merged
 
-    async def _wait_for_turn(self, request: HTTPRequest, deadline: float | None) -> None:
-        """Hold a request while the client is paused by a 429, then rate-limit it.
+    async def _wait_for_turn(
+        self, request: HTTPRequest, deadline: float | None, age: float = 0.0
+    ) -> float:
+        """The request's turn from the rate limiter (a 429 pause holds every request).
 
-        A request that could only be sent after ``deadline`` fails at once
-        rather than wait for nothing.
+        A request whose turn would come only after ``deadline`` fails at once
+        rather than wait for nothing, and so does one whose deadline passed.
         """
-        clock = self._clock
-        while (pause := self._paused_until - clock.time()) > 0:
-            if deadline is not None and self._paused_until >= deadline:
-                raise _not_sent(request, "the client is paused by a 429 past its deadline")
-            await clock.sleep(pause)
-        if self._limiter is None:
-            return
+        kind: RequestKind = "create" if request.method == "POST" else "query"
         if deadline is None:
-            await self._limiter.acquire()
-            return
-        try:
-            async with asyncio.timeout(max(0.0, deadline - clock.time())):
-                await self._limiter.acquire()
-        except TimeoutError:
-            raise _not_sent(request, "the rate limit held it past its deadline") from None
-
-    def _note_rate_limit(self, error: RateLimitError) -> None:
-        delay = _retry.requested_delay(error) or RATE_LIMIT_PAUSE
-        until = self._clock.time() + delay
-        if until > self._paused_until:
-            logger.info("rate limited: pausing all requests for %.2f s", delay)
-            self._paused_until = until
+            turn = await self._limiter.acquire(kind, age=age)
+        else:
+            left = deadline - self._clock.time()
+            if left <= 0:
+                raise _not_sent(request, "its deadline passed")
+            turn = await self._limiter.acquire(kind, timeout=left, age=age)
+        if turn is None:
+            raise _not_sent(request, "the rate limit or a 429 pause held it past its deadline")
+        return turn
 
     async def _call(
         self,
@@ -510,13 +506,30 @@ class BananaClient:
         should_retry: Callable[[BananaError], bool],
         *,
         deadline: float | None = None,
+        patient: bool = False,
     ) -> Task:
-        """Send with retries; no attempt starts once ``deadline`` would be passed."""
+        """Send with retries; no attempt starts once ``deadline`` would be passed.
+
+        With ``patient``, a 429 is sent again however often it comes, until
+        ``deadline``: the request was not processed, and the limiter's pause
+        and learned rate decide when it goes.
+        """
         attempt = 0
+        limited: RateLimitError | None = None
         while True:
             try:
                 return await self._request(request, parse, deadline=deadline)
             except BananaError as exc:
+                if patient and isinstance(exc, RateLimitError) and should_retry(exc):
+                    logger.debug("%s %s answered 429; sent again", request.method, request.url)
+                    limited = exc
+                    continue
+                held = isinstance(exc, APITimeoutError) and not exc.request_sent
+                if limited is not None and held:
+                    # The deadline came while 429s held it back: say so. (A
+                    # timeout after sending may have created the task: that
+                    # one is raised as it is.)
+                    raise limited from None
                 if attempt >= self._max_retries or not should_retry(exc):
                     raise
                 attempt += 1
@@ -582,19 +595,32 @@ class BananaClient:
         """
         return await self._create(self._prepare(prompt, model, resolution, size, image_urls))
 
-    async def _create(self, request: GenerationRequest, *, deadline: float | None = None) -> Task:
+    async def _create(
+        self, request: GenerationRequest, *, deadline: float | None = None, patient: bool = False
+    ) -> Task:
         """Create a task for a request already validated against the dialect.
 
         No attempt (first or retry) is sent once ``deadline`` has passed.
+        ``patient``: a 429 never ends the create before ``deadline`` (see
+        :meth:`_call`).
         """
         http = self._dialect.create_request(request, base_url=self._create_base)
         task = await self._call(
-            http, self._dialect.parse_create, _retry.should_retry_create, deadline=deadline
+            http,
+            self._dialect.parse_create,
+            _retry.should_retry_create,
+            deadline=deadline,
+            patient=patient,
         )
         logger.debug("created task %s (%s)", task.id, task.raw_status)
         if self._adaptive:
             self._remember(task.id, request)
         return task
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        """The deadline ``timeout`` seconds from now (None: the client's default)."""
+        limit = self._wait_timeout if timeout is None else check_timeout(timeout)
+        return None if limit is None else self._clock.time() + limit
 
     def _remember(self, task_id: str, request: GenerationRequest) -> None:
         created = self._created
@@ -686,7 +712,9 @@ class BananaClient:
                     if deadline is not None and deadline - clock.time() <= 0:
                         raise TaskTimeoutError(task_id, limit or 0.0, last)
                     try:
-                        last = await self._request(http, parse)
+                        last = await self._request(
+                            http, parse, age=0.0 if context is None else clock.time() - context[1]
+                        )
                     except BananaError as exc:
                         if not _retry.is_transient(exc):
                             raise
@@ -763,7 +791,7 @@ class BananaClient:
         limit = self._wait_timeout if timeout is None else check_timeout(timeout)
         deadline = None if limit is None else self._clock.time() + limit
         request = self._prepare(prompt, model, resolution, size, image_urls)
-        created = await self._create(request, deadline=deadline)
+        created = await self._create(request, deadline=deadline, patient=True)
         return await self._wait(created, interval=interval, limit=limit, deadline=deadline)
 
     async def download(
@@ -872,19 +900,21 @@ class BananaClient:
         )
 
 
-def _make_limiter(requests_per_second: float | None) -> AsyncLimiter | None:
-    if requests_per_second is None:
-        return None
-    rate = check_interval(requests_per_second, "requests_per_second", low=0.001, high=1e6)
-    try:
-        from aiolimiter import AsyncLimiter  # noqa: PLC0415 - an optional extra
-    except ImportError:  # pragma: no cover - the test environment has it
+def _make_limiter(
+    requests_per_second: float | None, given: RateLimiter | None, clock: Clock
+) -> RateLimiter:
+    if given is None:
+        return AdaptiveRateLimiter(requests_per_second=requests_per_second, clock=clock)
+    if requests_per_second is not None:
         raise InvalidRequestError(
-            "requests_per_second needs aiolimiter: pip install 'banana-async[ratelimit]'"
-        ) from None
-    # A bucket of at least one request, refilled at `rate` per second.
-    burst = max(1.0, rate)
-    return AsyncLimiter(burst, burst / rate)
+            "pass requests_per_second to the rate_limiter given, not to the client"
+        )
+    if not isinstance(given, RateLimiter):
+        raise InvalidRequestError(
+            f"rate_limiter must be a RateLimiter (acquire, record, pause), "
+            f"not {type(given).__name__}"
+        )
+    return given
 
 
 def _pool_size(session: aiohttp.ClientSession) -> int | None:

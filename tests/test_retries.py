@@ -20,17 +20,29 @@ import pytest
 import banana_async as ba
 from banana_async._retry import MAX_RETRY_AFTER, MAX_RETRY_DELAY
 from banana_async.client import RATE_LIMIT_PAUSE
+from banana_async.ratelimit import AdaptiveRateLimiter
+from banana_async.ratelimit._adaptive import MIN_PAUSE
 from banana_async.testing import FakeBananaServer, FakeClock, Fault
 
 from .conftest import API_KEY
 
 
-@pytest.fixture
-async def retrying(server: FakeBananaServer, clock: FakeClock) -> AsyncIterator[ba.BananaClient]:
+@pytest.fixture(params=[True, False], ids=["learning", "not-learning"])
+async def retrying(
+    server: FakeBananaServer, clock: FakeClock, request: pytest.FixtureRequest
+) -> AsyncIterator[ba.BananaClient]:
+    limiter = AdaptiveRateLimiter(learn=request.param, clock=clock)
     async with ba.BananaClient(
-        API_KEY, base_url=server.url, clock=clock, max_retries=3, timeout=0.5
+        API_KEY, base_url=server.url, clock=clock, max_retries=3, timeout=0.5, rate_limiter=limiter
     ) as client:
         yield client
+
+
+def _pause(client: ba.BananaClient) -> float:
+    """The least pause after a 429 without Retry-After: a learning limiter pauses briefly."""
+    limiter = client._limiter
+    assert isinstance(limiter, AdaptiveRateLimiter)
+    return MIN_PAUSE if limiter.rate is not None else RATE_LIMIT_PAUSE
 
 
 # -- creates: sent again only where they cannot have been processed ----------------
@@ -88,9 +100,9 @@ async def test_create_429_gives_up_after_max_retries(
         await retrying.create("a cat")
     assert server.count("create") == 4  # the first try and 3 retries
     assert server.tasks == {}
-    # A 429 without Retry-After pauses the whole client for RATE_LIMIT_PAUSE.
+    # A 429 without Retry-After pauses the whole client (briefly once it learns a rate).
     times = [r.at for r in server.requests]
-    assert all(b - a >= RATE_LIMIT_PAUSE - 1e-9 for a, b in itertools.pairwise(times))
+    assert all(b - a >= _pause(retrying) - 1e-9 for a, b in itertools.pairwise(times))
 
 
 def _closed_port() -> int:
@@ -189,7 +201,7 @@ async def test_query_transient_failures_are_retried(
     assert all(0 <= s <= MAX_RETRY_DELAY for s in clock.sleeps)
     if fault.status_code == 429:
         # Besides the retry delays, the whole client paused after each 429.
-        assert sum(clock.sleeps) >= 2 * RATE_LIMIT_PAUSE - 1e-9
+        assert sum(clock.sleeps) >= 2 * _pause(retrying) - 1e-9
     else:
         assert len(clock.sleeps) == 2
 

@@ -1,0 +1,435 @@
+"""The in-process request budget: learned from 429s, creates served first.
+
+How the budget is learned (see :class:`AdaptiveRateLimiter`), in the spirit
+of TCP's congestion control, whose problem this is: a sender that is told
+only "too much" must find the rate a shared pipe allows.
+
+* **Slow start.** Before the first 429 nothing is known. A batch opening
+  with hundreds of creates at once would overrun any limited key by
+  hundreds of requests, each answered 429, so the rate may double every
+  :data:`SLOW_START_DOUBLING` seconds of demand from :data:`SLOW_START_RATE`;
+  past :data:`NO_LIMIT_ABOVE` the limiter gets out of the way for good. An
+  unlimited provider loses well under a second to this, once per client.
+* **The estimate.** A provider that rate-limits a key answers about as many
+  requests as its limit allows and 429s the rest, so on a 429 the requests
+  it accepted over the last :data:`WINDOW` seconds (pauses left out) measure
+  its limit directly, in one step, where halving the rate would need many
+  steps and many 429s to get there from a burst.
+* **Just under it.** The rate drops to :data:`BACKOFF` of the estimate: a
+  gentle cut keeps about 95 % of the limit in use on average, where TCP's
+  halving would keep 75 %.
+* **Probing.** With demand, the rate climbs back to the estimate in
+  :data:`RECOVERY` seconds, slowly near where the last 429 came, so that
+  429s stay a few per cycle of hundreds of requests. Beyond it the climb
+  speeds up, doubling every :data:`PROBE_DOUBLING` seconds, so a provider
+  that raised the key's limit is found in seconds, not minutes (the shape of
+  TCP CUBIC's growth: concave below the last maximum, convex above).
+
+Only 429s for requests sent after the last cut count: those already on the
+wire say nothing about the new rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import math
+from collections import deque
+from typing import TYPE_CHECKING
+
+from banana_async._polling import Clock, SystemClock, check_interval
+
+if TYPE_CHECKING:
+    from banana_async.ratelimit import RequestKind
+
+__all__ = [
+    "BACKOFF",
+    "DEFAULT_PAUSE",
+    "NO_LIMIT_ABOVE",
+    "PROBE_DOUBLING",
+    "QUERY_PATIENCE",
+    "RECOVERY",
+    "SLOW_START_DOUBLING",
+    "SLOW_START_RATE",
+    "WINDOW",
+    "AdaptiveRateLimiter",
+]
+
+logger = logging.getLogger("banana_async")
+
+SLOW_START_RATE = 32.0
+"""Requests per second allowed before anything is known, doubling with demand."""
+
+SLOW_START_DOUBLING = 0.25
+"""Seconds of demand in which the slow-start rate doubles."""
+
+NO_LIMIT_ABOVE = 100_000.0
+"""A slow-start rate past this without a 429 means the provider sets no limit we can reach."""
+
+BACKOFF = 0.9
+"""After a 429, the rate becomes this fraction of the provider's estimated limit."""
+
+RECOVERY = 10.0
+"""Seconds of demand to climb from ``BACKOFF`` times the estimate back to it."""
+
+PROBE_DOUBLING = 2.0
+"""Above the estimate, the speed of the climb doubles every this many seconds."""
+
+WINDOW = 2.0
+"""Seconds of accepted requests that measure the provider's limit at a 429."""
+
+QUERY_PATIENCE = 10.0
+"""Seconds a status query waits behind creates before it goes first."""
+
+DEFAULT_PAUSE = 1.0
+"""Seconds every request pauses after a 429 without ``Retry-After``, before a rate is known."""
+
+MIN_PAUSE = 0.05
+"""Shortest pause after a 429 without ``Retry-After``."""
+
+MIN_SPAN = 1.0
+"""Least seconds of accepted answers that estimate a limit (see ``_accepted``)."""
+
+MIN_RATE = 0.05
+"""The learned rate never goes below this (one request in 20 s)."""
+
+PACE = 0.1
+"""A learned rate allows bursts of this many seconds' worth of requests.
+
+Small, so requests go out evenly: a provider's own bucket then never sees a
+burst that the average rate would not explain.
+"""
+
+_BINS_PER_SECOND = 4
+_BINS = int(WINDOW * _BINS_PER_SECOND)
+
+
+class _Waiter:
+    """A request waiting for its turn."""
+
+    __slots__ = ("deadline", "future", "since")
+
+    def __init__(
+        self, future: asyncio.Future[float | None], since: float, deadline: float | None
+    ) -> None:
+        self.future = future
+        self.since = since
+        self.deadline = deadline
+
+
+class AdaptiveRateLimiter:
+    """A request budget for one process: a token bucket whose rate is learned.
+
+    With ``learn=True`` (the default) the limiter finds the provider's limit
+    from the 429s it gets (the design is in this module's docstring) and
+    sends just under it; ``requests_per_second`` is a hard cap on top. With
+    ``learn=False`` it is a plain token bucket at ``requests_per_second``
+    (bursts of up to one second's worth), or no limit at all without one.
+    Either way, :meth:`pause` holds every request.
+
+    While the budget binds, requests queue, and creates go before status
+    queries: a query mostly learns that a task is still processing, while a
+    create left waiting is an image not started. A query waits at most
+    ``query_patience`` seconds behind creates, so a finished task is never
+    noticed much later than that.
+
+    Args:
+        requests_per_second: A hard cap on requests per second (0.001 to
+            1,000,000); None for none.
+        learn: Learn the provider's limit from its 429s.
+        creates_first: Serve waiting creates before waiting queries; False
+            serves every request in arrival order.
+        query_patience: Seconds a query waits behind creates at most.
+        clock: Where time is read and sleeping happens (the client passes its own).
+    """
+
+    def __init__(
+        self,
+        *,
+        requests_per_second: float | None = None,
+        learn: bool = True,
+        creates_first: bool = True,
+        query_patience: float = QUERY_PATIENCE,
+        clock: Clock | None = None,
+    ) -> None:
+        self._cap = (
+            None
+            if requests_per_second is None
+            else check_interval(requests_per_second, "requests_per_second", low=0.001, high=1e6)
+        )
+        self._learn = learn
+        self._creates_first = creates_first
+        self._patience = check_interval(query_patience, "query_patience", low=0.0, high=86_400.0)
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        # The learned rate: the slow-start ramp until the first 429, then
+        # under the estimate; None once the ramp found no limit (or not learning).
+        self._rate: float | None = SLOW_START_RATE if learn else None
+        self._limit: float | None = None  # the provider's limit as last estimated
+        self._probe = 0.0  # requests/s gained per second above the estimate
+        self._cut_at = -math.inf
+        self._grown_at = -math.inf
+        self._tokens = 0.0
+        self._stamp: float | None = None
+        self._paused_until = -math.inf
+        self._banked = 0.0  # seconds' worth of extra burst saved by pauses
+        self._creates: deque[_Waiter] = deque()
+        # Creates in arrival order (every request, when not creates_first);
+        # queries by their task's creation time, oldest first.
+        self._queries: list[tuple[float, int, _Waiter]] = []
+        self._deadlines: list[tuple[float, int, _Waiter]] = []
+        self._order = itertools.count()
+        self._live = 0
+        self._dispatcher: asyncio.Task[None] | None = None
+        # Accepted answers per quarter second over the window, and since when.
+        self._bins = [0] * _BINS
+        self._bin_ids = [-1] * _BINS
+        self._first: float | None = None
+        self.limited = 0
+        """How many 429s were recorded."""
+
+    def __repr__(self) -> str:
+        return (
+            f"<AdaptiveRateLimiter rate={self.rate!r} provider_limit={self._limit!r} "
+            f"cap={self._cap!r} waiting={self._live}>"
+        )
+
+    @property
+    def rate(self) -> float | None:
+        """Requests per second allowed now (learned and capped); None: no limit."""
+        rate, cap = self._rate, self._cap
+        if rate is None:
+            return cap
+        return rate if cap is None else min(rate, cap)
+
+    @property
+    def provider_limit(self) -> float | None:
+        """The provider's limit as estimated at the last 429 (None before any)."""
+        return self._limit
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a turn now."""
+        return self._live
+
+    # -- the protocol ------------------------------------------------------------
+
+    async def acquire(
+        self, kind: RequestKind, *, timeout: float | None = None, age: float = 0.0
+    ) -> float | None:
+        """Wait for a turn; None if it would not come within ``timeout`` seconds.
+
+        Waiting queries go oldest task first (by ``age``, seconds since the
+        task was created): a finished task is likelier among them.
+        """
+        now = self._clock.time()
+        if not self._live and now >= self._paused_until:
+            rate = self.rate
+            if rate is None:
+                return now
+            self._refill(now, rate)
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return now
+        if timeout is not None and (timeout <= 0 or now + timeout <= self._paused_until):
+            return None
+        waiter = _Waiter(
+            asyncio.get_running_loop().create_future(),
+            now,
+            None if timeout is None else now + timeout,
+        )
+        if kind == "query" and self._creates_first:
+            heapq.heappush(self._queries, (now - age, next(self._order), waiter))
+        else:
+            self._creates.append(waiter)
+        if waiter.deadline is not None:
+            heapq.heappush(self._deadlines, (waiter.deadline, next(self._order), waiter))
+        self._live += 1
+        if self._dispatcher is None:
+            self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
+        try:
+            return await waiter.future
+        except asyncio.CancelledError:
+            if waiter.future.cancelled():
+                self._forget_one()
+            raise
+
+    def record(self, turn: float, *, limited: bool) -> None:
+        """Count an answer; a fresh 429 re-estimates the provider's limit."""
+        now = self._clock.time()
+        if not limited:
+            tick = int(now * _BINS_PER_SECOND)
+            slot = tick % _BINS
+            if self._bin_ids[slot] != tick:
+                self._bin_ids[slot] = tick
+                self._bins[slot] = 0
+            self._bins[slot] += 1
+            if self._first is None:
+                self._first = now
+            return
+        self.limited += 1
+        if not self._learn or turn < self._cut_at:
+            return  # sent before the last cut: it says nothing about the new rate
+        accepted, span = self._accepted(now)
+        current = self._rate
+        if accepted >= 4:
+            estimate = accepted / span
+            if current is not None:
+                estimate = min(estimate, current)
+        else:
+            # Too few answers to measure (another process spends the key,
+            # say): halve, as TCP does.
+            estimate = (current if current is not None else SLOW_START_RATE) / 2
+        self._limit = max(MIN_RATE, estimate)
+        self._rate = max(MIN_RATE, BACKOFF * self._limit)
+        self._probe = 0.0
+        self._cut_at = now
+        self._tokens = 0.0
+        self._stamp = now
+        logger.info(
+            "rate limited: the provider's limit looks like %.3g requests/s; sending %.3g/s",
+            self._limit,
+            self._rate,
+        )
+
+    async def pause(self, seconds: float | None) -> None:
+        """Hold every request for ``seconds`` (None: briefly, by the rate)."""
+        if seconds is None:
+            rate = self.rate
+            seconds = (
+                DEFAULT_PAUSE
+                if rate is None or not self._learn
+                else min(DEFAULT_PAUSE, max(MIN_PAUSE, 1.0 / rate))
+            )
+        now = self._clock.time()
+        until = now + seconds
+        if until > self._paused_until:
+            logger.info("rate limited: pausing all requests for %.2f s", seconds)
+            # The provider's budget refills while every request waits: what
+            # it saves (a second's worth at most) may go out when the pause
+            # ends instead of being lost to pacing.
+            self._banked = min(1.0, until - max(now, self._paused_until) + self._banked)
+            self._paused_until = until
+            # A pause is not demand: the climb resumes when requests flow.
+            self._grown_at = max(self._grown_at, until)
+
+    # -- inside ----------------------------------------------------------------------
+
+    def _burst(self, rate: float) -> float:
+        if self._rate is None and self._limit is None:
+            return max(1.0, rate)  # a configured cap alone: a second's worth, as documented
+        return max(1.0, rate * PACE)
+
+    def _refill(self, now: float, rate: float) -> None:
+        stamp = self._stamp
+        burst = self._burst(rate)
+        if stamp is None:
+            self._tokens = burst  # a fresh bucket starts full
+        elif now > stamp:
+            if self._banked:
+                # The first refill after a pause: what the pause saved may go.
+                burst = max(burst, self._banked * rate)
+                self._banked = 0.0
+            self._tokens = min(max(burst, self._tokens), self._tokens + (now - stamp) * rate)
+        self._stamp = now
+
+    def _accepted(self, now: float) -> tuple[int, float]:
+        """Answers accepted over the window, and the seconds they span.
+
+        Pauses count: a provider's budget refills while we pause, and what
+        it lets through after one is part of its rate. The span is at least
+        a second, so that the burst a fresh key allows at first is not
+        taken for its rate.
+        """
+        tick = int(now * _BINS_PER_SECOND)
+        count = sum(
+            n for n, at in zip(self._bins, self._bin_ids, strict=True) if tick - _BINS < at <= tick
+        )
+        first = self._first if self._first is not None else now
+        return count, max(MIN_SPAN, min(WINDOW, now - first))
+
+    def _grow(self, now: float) -> None:
+        """Raise the learned rate for demand since the last grant (the budget binds)."""
+        elapsed = now - self._grown_at
+        if elapsed <= 0:
+            return
+        self._grown_at = now
+        rate = self._rate
+        if rate is None or (self._cap is not None and rate >= self._cap):
+            return  # no learned limit, or the cap binds rather than it
+        elapsed = min(elapsed, 1.0)
+        limit = self._limit
+        if limit is None:
+            rate *= 2.0 ** (elapsed / SLOW_START_DOUBLING)
+            self._rate = None if rate >= NO_LIMIT_ABOVE else rate
+            return
+        base = (1.0 - BACKOFF) * limit / RECOVERY
+        if rate < limit:
+            self._probe = base
+        else:
+            self._probe = max(self._probe, base) * 2.0 ** (elapsed / PROBE_DOUBLING)
+        self._rate = rate + self._probe * elapsed
+
+    def _next_waiter(self, now: float) -> _Waiter | None:
+        creates, queries = self._creates, self._queries
+        while creates and creates[0].future.done():
+            creates.popleft()
+        while queries and queries[0][2].future.done():
+            heapq.heappop(queries)
+        if queries and (not creates or now - queries[0][2].since >= self._patience):
+            return heapq.heappop(queries)[2]
+        return creates.popleft() if creates else None
+
+    def _expire(self, now: float) -> None:
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            waiter = heapq.heappop(deadlines)[2]
+            if not waiter.future.done():
+                waiter.future.set_result(None)
+                self._live -= 1
+
+    def _forget_one(self) -> None:
+        """A waiter was cancelled; with none left, stop the dispatcher."""
+        self._live -= 1
+        if self._live == 0:
+            self._creates.clear()
+            self._queries.clear()
+            self._deadlines.clear()
+            if self._dispatcher is not None:
+                self._dispatcher.cancel()
+                self._dispatcher = None
+
+    async def _dispatch(self) -> None:
+        """Hand out turns while requests wait: one task, only while the budget binds."""
+        clock = self._clock
+        me = asyncio.current_task()
+        self._grown_at = max(self._grown_at, clock.time())
+        try:
+            while self._live:
+                now = clock.time()
+                self._expire(now)
+                if not self._live:
+                    break
+                wake = self._paused_until
+                rate = self.rate
+                if rate is not None and now >= wake:
+                    self._refill(now, rate)
+                    if self._tokens < 1.0:
+                        wake = now + (1.0 - self._tokens) / rate
+                if wake > now:
+                    if self._deadlines:
+                        wake = min(wake, self._deadlines[0][0])
+                    await clock.sleep(max(0.0, wake - now))
+                    continue
+                waiter = self._next_waiter(now)
+                if waiter is None:
+                    break
+                if rate is not None:
+                    self._tokens -= 1.0
+                    self._grow(now)
+                waiter.future.set_result(now)
+                self._live -= 1
+        finally:
+            if self._dispatcher is me:
+                self._dispatcher = None
