@@ -549,19 +549,22 @@ class Fault:
         )
 
 
+def _finite(value: object) -> bool:
+    """Whether ``value`` is a finite int or float (a bool is not a number here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _positive_rate(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     """Attrs validator: a finite number of tokens per second above zero."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+    if not (_finite(value) and value > 0):
         msg = f"{attribute.name} must be a finite number > 0, got {value!r}"
         raise ValueError(msg)
 
 
 def _bucket_size(_instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
     """Attrs validator: ``None`` or a finite number of tokens of at least one."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 1 <= value < math.inf:
-        # Below one token no request could ever pass.
+    # Below one token no request could ever pass.
+    if value is not None and not (_finite(value) and value >= 1):
         msg = f"{attribute.name} must be None or a finite number >= 1, got {value!r}"
         raise ValueError(msg)
 
