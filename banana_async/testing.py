@@ -13,7 +13,8 @@ speaks both dialects side by side under one root URL:
 Task progress is computed from a clock when a task is queried, so thousands
 of concurrent tasks cost one dictionary entry each and no timers. Outcomes are
 scripted with :class:`TaskScript`, transport and protocol failures are
-injected with :class:`Fault`, and every request is recorded as a
+injected with :class:`Fault`, a provider's rate limit is set with
+:class:`RequestBudget`, and every request is recorded as a
 :class:`RecordedRequest`.
 
 Example:
@@ -31,6 +32,7 @@ import hashlib
 import html
 import http
 import json
+import math
 import secrets
 import time
 import types
@@ -58,6 +60,7 @@ __all__ = [
     "FaultAction",
     "FaultTarget",
     "RecordedRequest",
+    "RequestBudget",
     "RequestKind",
     "TaskOutcome",
     "TaskScript",
@@ -304,6 +307,8 @@ class RecordedRequest:
         json: The body parsed as JSON, or ``None`` if it is empty or not JSON.
         task_id: The task created (create) or addressed (query, image), decoded.
         at: Arrival time on the server's clock.
+        rate_limited: Whether the server's :class:`RequestBudget` refused it
+            with ``429`` (it was then not processed, and no fault struck it).
     """
 
     method: str
@@ -315,6 +320,7 @@ class RecordedRequest:
     json: Any = attrs.field(hash=False)
     task_id: str | None
     at: float
+    rate_limited: bool = False
 
     @property
     def authorization(self) -> str | None:
@@ -543,6 +549,83 @@ class Fault:
         )
 
 
+def _finite(value: object) -> bool:
+    """Whether ``value`` is a finite int or float (a bool is not a number here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_rate(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    """Attrs validator: a finite number of tokens per second above zero."""
+    if not (_finite(value) and value > 0):
+        msg = f"{attribute.name} must be a finite number > 0, got {value!r}"
+        raise ValueError(msg)
+
+
+def _bucket_size(_instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    """Attrs validator: ``None`` or a finite number of tokens of at least one."""
+    # Below one token no request could ever pass.
+    if value is not None and not (_finite(value) and value >= 1):
+        msg = f"{attribute.name} must be None or a finite number >= 1, got {value!r}"
+        raise ValueError(msg)
+
+
+@attrs.frozen
+class RequestBudget:
+    """A provider's rate limit for :class:`FakeBananaServer`: a token bucket per API key.
+
+    Each distinct ``Authorization`` header value has a bucket of its own
+    (requests without the header share one). A bucket starts full, holds at
+    most :attr:`capacity` tokens and refills at ``rate`` tokens per second
+    of the server's clock. Every create and status query takes one token; a
+    request that finds less than one is answered ``429`` and is not processed
+    (a create creates no task). Image downloads, like a separate image host,
+    are never limited.
+
+    The budget is checked before injected faults: a request it refuses
+    consumes no :class:`Fault`, and a request it lets through has paid its
+    token whatever a fault then does to it.
+
+    Attributes:
+        rate: Tokens added per second (the sustained requests per second).
+        burst: The most tokens a bucket holds (requests that can arrive at
+            once after a quiet spell); ``None`` means ``max(1, rate)``.
+        retry_after: Whether a ``429`` carries a ``Retry-After`` header with
+            the whole seconds until a token is available (at least 1, as real
+            servers send it). Without it the client must guess.
+    """
+
+    rate: float = attrs.field(validator=_positive_rate)
+    burst: float | None = attrs.field(default=None, validator=_bucket_size)
+    retry_after: bool = True
+
+    @property
+    def capacity(self) -> float:
+        """The most tokens a bucket holds (``burst``, or ``max(1, rate)`` when unset)."""
+        return max(1.0, self.rate) if self.burst is None else float(self.burst)
+
+
+_LIMITED_KINDS = frozenset({"create", "query"})
+"""The requests a :class:`RequestBudget` limits: the API's, not image downloads."""
+
+# Float arithmetic may leave an exactly refilled token at 0.99999...: a
+# request on time must not be refused for that.
+_TOKEN_SLACK = 1e-9
+
+
+@attrs.define
+class _Bucket:
+    """One key's tokens, as of ``stamp`` on the server's clock."""
+
+    tokens: float
+    stamp: float
+
+    def refill(self, now: float, budget: RequestBudget) -> None:
+        """Add what ``budget`` earned since ``stamp``, up to its capacity."""
+        if now > self.stamp:
+            self.tokens = min(budget.capacity, self.tokens + (now - self.stamp) * budget.rate)
+            self.stamp = now
+
+
 @attrs.define
 class _PendingFault:
     """A fault waiting in the queue, with its remaining count."""
@@ -632,7 +715,9 @@ class FakeBananaServer:
     """An in-process fake of the Nano Banana API serving both dialects.
 
     Use it as an async context manager (or call :meth:`start` and
-    :meth:`close`) and point clients at :attr:`url`.
+    :meth:`close`) and point clients at :attr:`url`. Pass ``budget=`` (a
+    :class:`RequestBudget`) to rate-limit API requests per key, as a real
+    provider does; :attr:`budget` changes it while the server runs.
 
     Attributes:
         api_key: The key every API request must present as
@@ -656,6 +741,7 @@ class FakeBananaServer:
         port: int = 0,
         clock: Callable[[], float] | None = None,
         image_size: tuple[int, int] = (64, 64),
+        budget: RequestBudget | None = None,
     ) -> None:
         self.api_key = api_key
         self.duration = duration
@@ -668,6 +754,10 @@ class FakeBananaServer:
         self._clock = clock
         self._plans: deque[TaskScript] = deque()
         self._faults: list[_PendingFault] = []
+        self._budget: RequestBudget | None = None
+        # Authorization header value (None: no header) -> its tokens.
+        self._buckets: dict[str | None, _Bucket] = {}
+        self.budget = budget
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
         self._closing = asyncio.Event()
@@ -821,6 +911,38 @@ class FakeBananaServer:
         task.error = error
         task.finished_at = now
 
+    @property
+    def budget(self) -> RequestBudget | None:
+        """The per-key request budget, or ``None`` for no limit.
+
+        Set it while the server runs to raise or lower the provider's limit
+        mid-test. Each key keeps the tokens it has (earned at the old rate up
+        to now), capped at the new budget's capacity, and refills at the new
+        rate from now on. Setting ``None`` lifts the limit and forgets every
+        bucket: a budget set after that starts every key with a full bucket.
+
+        Raises:
+            TypeError: If set to something other than a budget or ``None``.
+        """
+        return self._budget
+
+    @budget.setter
+    def budget(self, value: RequestBudget | None) -> None:
+        if value is not None and not isinstance(value, RequestBudget):
+            # Untyped callers exist: fail here, not at the next request.
+            raise TypeError(f"budget must be a RequestBudget or None, not {type(value).__name__}")
+        old, self._budget = self._budget, value
+        if value is None:
+            self._buckets.clear()
+            return
+        if old is None or not self._buckets:  # no bucket exists without a budget
+            return
+        now = self.now()
+        capacity = value.capacity
+        for bucket in self._buckets.values():
+            bucket.refill(now, old)
+            bucket.tokens = min(bucket.tokens, capacity)
+
     def count(self, kind: RequestKind | None = None) -> int:
         """Count recorded requests.
 
@@ -833,6 +955,18 @@ class FakeBananaServer:
         if kind is None:
             return len(self.requests)
         return sum(1 for r in self.requests if r.kind == kind)
+
+    def count_rate_limited(self, kind: RequestKind | None = None) -> int:
+        """Count recorded requests that the :attr:`budget` answered with ``429``.
+
+        Args:
+            kind: Only requests of this kind (``create`` or ``query``); all
+                when ``None``.
+
+        Returns:
+            The number of matching requests.
+        """
+        return sum(1 for r in self.requests if r.rate_limited and (kind is None or r.kind == kind))
 
     def image_url(self, task_id: str) -> str:
         """The URL a completed task's image is served at.
@@ -857,6 +991,33 @@ class FakeBananaServer:
                     del self._faults[index]
                 return pending.fault
         return None
+
+    def _spend(self, request: web.Request, kind: RequestKind) -> web.Response | None:
+        """Take a token for an API request; the ``429`` answer when there is none.
+
+        Runs on every request, so it costs a dictionary lookup and a few float
+        operations: the benchmarks send thousands of requests through it.
+        """
+        budget = self._budget
+        if budget is None or kind not in _LIMITED_KINDS:
+            return None
+        now = self.now()
+        key = request.headers.get("Authorization")
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket(budget.capacity, now)
+        else:
+            bucket.refill(now, budget)
+        if bucket.tokens >= 1.0 - _TOKEN_SLACK:
+            bucket.tokens -= 1.0
+            return None
+        response = _error(429, "too many requests: rate limit exceeded", _ERROR_TYPES[429])
+        if budget.retry_after:
+            wait = (1.0 - bucket.tokens) / budget.rate
+            # Whole seconds, rounded up so that a client obeying it finds the
+            # token there; never 0, which some clients read as "no wait".
+            response.headers["Retry-After"] = str(max(1, math.ceil(wait - _TOKEN_SLACK)))
+        return response
 
     @staticmethod
     def _route(request: web.Request) -> _Route:
@@ -887,6 +1048,7 @@ class FakeBananaServer:
         at = self.now()
         raw = await request.read()
         route = self._route(request)
+        refusal = self._spend(request, route.kind)
         record = RecordedRequest(
             method=request.method,
             path=request.raw_path,
@@ -897,8 +1059,11 @@ class FakeBananaServer:
             json=_parse_json(raw),
             task_id=route.task_id,
             at=at,
+            rate_limited=refusal is not None,
         )
         self.requests.append(record)
+        if refusal is not None:  # before faults: a refused request consumes none
+            return refusal
         fault = self._take_fault(route.kind)
         if fault is None:
             return self._answer(request, route, record)

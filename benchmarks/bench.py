@@ -1,6 +1,6 @@
 """Benchmarks of banana_async, each beside a baseline measured in the same run.
 
-Usage: ``python benchmarks/bench.py [--quick] [--part cpu|memory|polling ...]``
+Usage: ``python benchmarks/bench.py [--quick] [--part cpu|memory|polling|ratelimit ...]``
 (or ``python3 -m nox -s bench -- --quick``). See ``benchmarks/README.md``.
 
 Every measurement runs the fake provider (``provider.py``) and the client
@@ -35,7 +35,7 @@ PROVIDER = HERE / "provider.py"
 WORKLOAD = HERE / "workload.py"
 DEFAULT_OUTPUT = HERE / "results" / "latest.json"
 WORKER_TIMEOUT = 1800.0
-PARTS = ("cpu", "memory", "polling")
+PARTS = ("cpu", "memory", "polling", "ratelimit")
 
 
 @attrs.frozen
@@ -58,6 +58,15 @@ class Sizes:
     poll_max: float
     poll_interval: float
     poll_seed: int
+    rl_count: int
+    rl_concurrency: int
+    rl_rate: float
+    rl_burst: float
+    rl_min: float
+    rl_max: float
+    rl_seed: int
+    rl_interval: float | None
+    """The client's poll_interval in part d; None keeps the client's default (2 s)."""
 
 
 FULL = Sizes(
@@ -77,6 +86,14 @@ FULL = Sizes(
     poll_max=15.0,
     poll_interval=2.0,
     poll_seed=20_240_601,
+    rl_count=200,
+    rl_concurrency=120,
+    rl_rate=20.0,
+    rl_burst=20.0,
+    rl_min=5.0,
+    rl_max=15.0,
+    rl_seed=20_240_607,
+    rl_interval=None,
 )
 # The quick polling run keeps the full run's proportions (durations of 2.5 to
 # 7.5 poll intervals), so its figures scale by poll_interval / 2.
@@ -94,6 +111,13 @@ QUICK = attrs.evolve(
     poll_min=1.25,
     poll_max=3.75,
     poll_interval=0.5,
+    # Part d scaled like part c: a quarter of the time, the same provider
+    # limit; fewer tasks, in the same proportion to the concurrency.
+    rl_count=60,
+    rl_concurrency=36,
+    rl_min=1.25,
+    rl_max=3.75,
+    rl_interval=0.5,
 )
 
 CPU_TARGET = 1.25
@@ -101,6 +125,14 @@ MEMORY_TARGET = 1.25
 QUERIES_TARGET = 3.0
 DELAY_TARGET_INTERVALS = 0.75
 """The delay target in poll intervals: 1.5 s at the default 2 s interval."""
+RATE_LIMITED_SHARE_TARGET = 0.03
+"""Part d: at most this share of all requests may be answered 429."""
+RATE_USE_TARGET = 0.9
+"""Part d: images/s at least this fraction of R/(1+q), what the limit allows."""
+BASELINE_RATE_SHARE = 0.9
+"""Part d's baseline sets requests_per_second to this share of the provider's limit."""
+CLIENT_CONNECTIONS = 100
+"""BananaClient's default connection_limit (part d's clients keep it); sizes the file limit."""
 
 
 @attrs.frozen
@@ -159,15 +191,24 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def measure_dump(
+    provider_args: Sequence[str], spec: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One client run against a fresh provider: the client's result and the provider's dump."""
+    with tempfile.TemporaryDirectory(prefix="banana-bench-") as tmp:
+        path = Path(tmp) / "tasks.json"
+        with provider(*provider_args, dump=path) as url:
+            result = run_workload({**spec, "url": url})
+        dump: dict[str, Any] = json.loads(path.read_text())
+    return result, dump
+
+
 def measure(
     provider_args: Sequence[str], spec: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """One client run against a fresh provider: the client's result and the provider's tasks."""
-    with tempfile.TemporaryDirectory(prefix="banana-bench-") as tmp:
-        dump = Path(tmp) / "tasks.json"
-        with provider(*provider_args, dump=dump) as url:
-            result = run_workload({**spec, "url": url})
-        tasks: dict[str, dict[str, Any]] = json.loads(dump.read_text())["tasks"]
+    result, dump = measure_dump(provider_args, spec)
+    tasks: dict[str, dict[str, Any]] = dump["tasks"]
     return result, tasks
 
 
@@ -441,6 +482,133 @@ def bench_polling(sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
     return rows, details
 
 
+# -- d. rate-limited batch ---------------------------------------------------------------
+
+
+def ratelimit_variants(sizes: Sizes) -> dict[str, dict[str, Any]]:
+    """BananaClient options per variant: the measured one first, then the baseline.
+
+    The baseline is a user who guessed the provider's limit right and set
+    ``requests_per_second`` a little under it. A new client setting to compare
+    (another limiter, say) is one more entry here.
+    """
+    common: dict[str, Any] = {}
+    if sizes.rl_interval is not None:
+        common["poll_interval"] = sizes.rl_interval
+    return {
+        "default": common,
+        "rps": {**common, "requests_per_second": BASELINE_RATE_SHARE * sizes.rl_rate},
+    }
+
+
+def ratelimit_figures(
+    result: dict[str, Any], dump: dict[str, Any], count: int, rate: float
+) -> dict[str, Any]:
+    """What one batch against the rate-limited provider achieved.
+
+    ``q`` counts the status queries the provider answered (not those it
+    refused), per input: a refused request costs the provider no token, so
+    ``1 + q`` answered requests per image is what the limit of ``rate``
+    answered requests per second must carry, and ``rate / (1 + q)`` is the
+    most images per second that the client's own polling allows.
+    """
+    requests = dump["requests"]
+    limited = requests["rate_limited"]
+    answered_queries = sum(task["queries"] for task in dump["tasks"].values())
+    q = answered_queries / count
+    images_per_s = result["ok"] / result["wall_s"]
+    allowed = rate / (1 + q)
+    return {
+        "ok": result["ok"],
+        "errors": result["errors"],
+        "wall_s": result["wall_s"],
+        "tasks_created": len(dump["tasks"]),
+        "requests": requests["total"],
+        "requests_by_kind": requests["by_kind"],
+        "rate_limited": limited["total"],
+        "rate_limited_by_kind": limited["by_kind"],
+        "rate_limited_share": limited["total"] / requests["total"] if requests["total"] else 0.0,
+        "answered_queries": answered_queries,
+        "q": q,
+        "images_per_s": images_per_s,
+        "allowed_images_per_s": allowed,
+        "rate_use": images_per_s / allowed,
+    }
+
+
+def bench_ratelimit(sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
+    variants = ratelimit_variants(sizes)
+    measured, baseline = list(variants)[:2]
+    baseline_name = f"requests_per_second={BASELINE_RATE_SHARE * sizes.rl_rate:g}"
+    common_args = [
+        "--mode",
+        "uniform",
+        "--min",
+        str(sizes.rl_min),
+        "--max",
+        str(sizes.rl_max),
+        "--seed",
+        str(sizes.rl_seed),
+        "--rate",
+        str(sizes.rl_rate),
+        "--burst",
+        str(sizes.rl_burst),
+    ]
+    details: dict[str, Any] = {"variants": variants}
+    rows: list[Row] = []
+    for mode, extra in (("with Retry-After", []), ("without Retry-After", ["--no-retry-after"])):
+        figures: dict[str, dict[str, Any]] = {}
+        for variant, options in variants.items():
+            spec = {
+                "part": "ratelimit",
+                "count": sizes.rl_count,
+                "concurrency": sizes.rl_concurrency,
+                "connections": CLIENT_CONNECTIONS,
+                "client_options": options,
+            }
+            result, dump = measure_dump([*common_args, *extra], spec)
+            run = figures[variant] = ratelimit_figures(result, dump, sizes.rl_count, sizes.rl_rate)
+            lost = ", ".join(f"{name} {n}" for name, n in sorted(run["errors"].items()))
+            say(
+                f"  ratelimit {mode:19} {variant:8} ok {run['ok']}/{sizes.rl_count}"
+                f"{f' (lost: {lost})' if lost else ''}; 429s {run['rate_limited']}/"
+                f"{run['requests']} requests ({run['rate_limited_share']:.1%}: "
+                f"{run['rate_limited_by_kind']}); q {run['q']:.2f}; "
+                f"{run['images_per_s']:.2f} images/s = {run['rate_use']:.2f} of "
+                f"R/(1+q) {run['allowed_images_per_s']:.2f}; wall {run['wall_s']:.1f} s"
+            )
+        details[mode] = figures
+        ours, theirs = figures[measured], figures[baseline]
+        rows += [
+            Row(
+                f"completed, {mode}",
+                ours["ok"],
+                theirs["ok"],
+                baseline_name,
+                f"= {sizes.rl_count}",
+                ours["ok"] == sizes.rl_count,
+            ),
+            Row(
+                f"share of requests answered 429, {mode}",
+                100 * ours["rate_limited_share"],
+                100 * theirs["rate_limited_share"],
+                baseline_name,
+                f"<= {100 * RATE_LIMITED_SHARE_TARGET:g} %",
+                ours["rate_limited_share"] <= RATE_LIMITED_SHARE_TARGET,
+                "%",
+            ),
+            Row(
+                f"images/s vs R/(1+q), {mode}",
+                ours["rate_use"],
+                theirs["rate_use"],
+                baseline_name,
+                f">= {RATE_USE_TARGET:g}",
+                ours["rate_use"] >= RATE_USE_TARGET,
+            ),
+        ]
+    return rows, details
+
+
 # -- the report -------------------------------------------------------------------------
 
 
@@ -485,13 +653,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     parts = args.part or list(PARTS)
-    benches = {"cpu": bench_cpu, "memory": bench_memory, "polling": bench_polling}
+    benches = {
+        "cpu": bench_cpu,
+        "memory": bench_memory,
+        "polling": bench_polling,
+        "ratelimit": bench_ratelimit,
+    }
     titles = {
         "cpu": f"a. CPU per task ({sizes.cpu_count} tasks, concurrency {sizes.cpu_concurrency})",
         "memory": f"b. peak memory ({sizes.mem_count:,} tasks in flight)",
         "polling": (
             f"c. polling ({sizes.poll_count} tasks of {sizes.poll_min:g}-{sizes.poll_max:g} s, "
             f"concurrency {sizes.poll_concurrency}, interval {sizes.poll_interval:g} s)"
+        ),
+        "ratelimit": (
+            f"d. rate-limited batch ({sizes.rl_count} tasks of {sizes.rl_min:g}-"
+            f"{sizes.rl_max:g} s, concurrency {sizes.rl_concurrency}, provider limit "
+            f"{sizes.rl_rate:g} requests/s per key, burst {sizes.rl_burst:g})"
         ),
     }
     started = time.time()

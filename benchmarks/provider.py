@@ -26,7 +26,14 @@ these finish times directly. (Taking "create response received + scripted
 duration" on the client side instead would start each task late by the
 response's transit time and understate the delay.) With ``--dump PATH`` the
 provider writes every task's creation time, finish time and status-query
-count to ``PATH`` as JSON when it shuts down.
+count to ``PATH`` as JSON when it shuts down, and how many requests it
+received and refused with 429, in total and by kind.
+
+Rate limit (``--rate R [--burst B] [--no-retry-after]``): the provider's
+per-key budget, a :class:`~banana_async.testing.RequestBudget` of ``R``
+requests per second with a burst of ``B`` (default ``max(1, R)``). Creates
+and status queries beyond it are answered 429, with a ``Retry-After`` header
+unless ``--no-retry-after``; a refused create creates no task.
 """
 
 from __future__ import annotations
@@ -42,11 +49,12 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from banana_async.testing import FakeBananaServer, TaskScript
+from banana_async.testing import FakeBananaServer, RequestBudget, TaskScript
 
 API_KEY = "sk-bench"
 TRIM_EVERY = 2.0
@@ -62,7 +70,20 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed (uniform mode)")
     parser.add_argument("--api-key", default=API_KEY)
     parser.add_argument("--dump", type=Path, help="write per-task timings here on shutdown")
+    parser.add_argument("--rate", type=float, help="requests per second per key (default: none)")
+    parser.add_argument("--burst", type=float, help="bucket size with --rate (default max(1, R))")
+    parser.add_argument(
+        "--no-retry-after", action="store_true", help="429s without Retry-After (with --rate)"
+    )
     args = parser.parse_args(argv)
+    args.budget = None
+    if args.rate is not None:
+        try:
+            args.budget = RequestBudget(args.rate, args.burst, retry_after=not args.no_retry_after)
+        except ValueError as exc:
+            parser.error(str(exc))
+    elif args.burst is not None or args.no_retry_after:
+        parser.error("--burst and --no-retry-after need --rate")
     if args.mode == "uniform" and not 0 <= args.min <= args.max:
         parser.error("uniform mode needs 0 <= --min <= --max")
     if args.mode == "fixed" and args.duration < 0:
@@ -116,19 +137,46 @@ def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
     threading.Thread(target=read, name="stdin-watch", daemon=True).start()
 
 
-async def _trim(server: FakeBananaServer) -> None:
+class Tally:
+    """Requests received and refused with 429 by the budget, by kind, across trims."""
+
+    def __init__(self) -> None:
+        self.received: Counter[str] = Counter()
+        self.rate_limited: Counter[str] = Counter()
+
+    def take(self, server: FakeBananaServer) -> None:
+        """Count the server's request log, then clear it."""
+        for record in server.requests:
+            self.received[record.kind] += 1
+            if record.rate_limited:
+                self.rate_limited[record.kind] += 1
+        server.requests.clear()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "total": self.received.total(),
+            "by_kind": dict(self.received),
+            "rate_limited": {
+                "total": self.rate_limited.total(),
+                "by_kind": dict(self.rate_limited),
+            },
+        }
+
+
+async def _trim(server: FakeBananaServer, tally: Tally) -> None:
     """Keep the request log from growing without bound over a long run.
 
-    The benchmarks count queries per task through ``FakeTask.queries``, so the
-    log of every request (with a copy of each one's headers) is not needed; a
-    run of 10,000 tasks would otherwise keep tens of thousands of records.
+    The benchmarks count queries per task through ``FakeTask.queries`` and
+    requests through ``tally``, so the log of every request (with a copy of
+    each one's headers) is not kept; a run of 10,000 tasks would otherwise
+    keep tens of thousands of records.
     """
     while True:
         await asyncio.sleep(TRIM_EVERY)
-        server.requests.clear()
+        tally.take(server)
 
 
-def _dump(server: FakeBananaServer, path: Path) -> None:
+def _dump(server: FakeBananaServer, tally: Tally, path: Path) -> None:
     tasks = {
         task.id: {
             "prompt": task.body.get("prompt"),
@@ -138,7 +186,8 @@ def _dump(server: FakeBananaServer, path: Path) -> None:
         }
         for task in server.tasks.values()
     }
-    path.write_text(json.dumps({"clock": "time.monotonic", "tasks": tasks}))
+    dump = {"clock": "time.monotonic", "tasks": tasks, "requests": tally.as_json()}
+    path.write_text(json.dumps(dump))
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -146,16 +195,20 @@ async def serve(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = FakeBananaServer(api_key=args.api_key, host="127.0.0.1", port=0, clock=time.monotonic)
+    server = FakeBananaServer(
+        api_key=args.api_key, host="127.0.0.1", port=0, clock=time.monotonic, budget=args.budget
+    )
     server.script_for = _script_for(args)
+    tally = Tally()
     async with server:
         print(server.url, flush=True)
         _watch_stdin(loop, stop)
-        trimmer = asyncio.create_task(_trim(server))
+        trimmer = asyncio.create_task(_trim(server, tally))
         await stop.wait()
         trimmer.cancel()
+    tally.take(server)
     if args.dump is not None:
-        _dump(server, args.dump)
+        _dump(server, tally, args.dump)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,8 +1,8 @@
 """One measured client run, in a fresh process; ``bench.py`` starts one per variant.
 
 Usage: ``python benchmarks/workload.py SPEC_JSON``. The spec names the part
-(``cpu``, ``memory`` or ``polling``), the variant and its sizes; the result is
-printed as one JSON line on stdout.
+(``cpu``, ``memory``, ``polling`` or ``ratelimit``), the variant and its
+sizes; the result is printed as one JSON line on stdout.
 
 Variants:
 
@@ -17,6 +17,11 @@ Variants:
 The plain loops send the same requests as banana_async: the same JSON create
 body, the same Authorization/Accept/Content-Type headers, one connection pool
 of the same size.
+
+The ``ratelimit`` part has no variants: it runs ``generate_many`` on a client
+built with the spec's ``client_options`` (keyword arguments of
+:class:`banana_async.BananaClient`; none gives the default client), so a new
+client setting is measured by adding an entry on the ``bench.py`` side.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import json
 import resource
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -275,7 +281,32 @@ async def part_polling(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-PARTS = {"cpu": part_cpu, "memory": part_memory, "polling": part_polling}
+async def part_ratelimit(spec: dict[str, Any]) -> dict[str, Any]:
+    """One batch against a rate-limited provider: what completed, what was lost, how fast.
+
+    The client is the default one but for ``spec["client_options"]``; the
+    429s and the status queries are counted by the provider.
+    """
+    items = prompts(spec["count"])
+    errors: Counter[str] = Counter()
+    ok = 0
+    async with ba.BananaClient(API_KEY, base_url=spec["url"], **spec["client_options"]) as client:
+        wall = time.perf_counter()
+        async for outcome in client.generate_many(items, concurrency=spec["concurrency"]):
+            if outcome.ok:
+                ok += 1
+            else:
+                errors[type(outcome.error).__name__] += 1
+        wall_s = time.perf_counter() - wall
+    return {"ok": ok, "errors": dict(errors), "wall_s": wall_s}
+
+
+PARTS = {
+    "cpu": part_cpu,
+    "memory": part_memory,
+    "polling": part_polling,
+    "ratelimit": part_ratelimit,
+}
 
 
 def main() -> None:
