@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--requests-per-second",
         type=_positive_float,
         metavar="R",
-        help="limit on all requests to the API (needs aiolimiter)",
+        help="hard cap on all requests to the API (the provider's limit is learned anyway)",
     )
     batch.add_argument(
         "--format",

@@ -369,7 +369,6 @@ class BananaClient:
         parse: Callable[[HTTPResponse], Task],
         *,
         deadline: float | None = None,
-        age: float = 0.0,
     ) -> Task:
         """Send once and parse the answer; a 429 also pauses the whole client.
 
@@ -380,7 +379,7 @@ class BananaClient:
         response: HTTPResponse | None = None
         try:
             session = self._session_for_call()
-            turn = await self._wait_for_turn(request, deadline, age)
+            turn = await self._wait_for_turn(request, deadline)
             headers = self._headers_for(request)
             await self._take_slot(request, deadline)
             try:
@@ -479,9 +478,7 @@ class BananaClient:
             )
         return merged
 
-    async def _wait_for_turn(
-        self, request: HTTPRequest, deadline: float | None, age: float = 0.0
-    ) -> float:
+    async def _wait_for_turn(self, request: HTTPRequest, deadline: float | None) -> float:
         """The request's turn from the rate limiter (a 429 pause holds every request).
 
         A request whose turn would come only after ``deadline`` fails at once
@@ -489,12 +486,12 @@ class BananaClient:
         """
         kind: RequestKind = "create" if request.method == "POST" else "query"
         if deadline is None:
-            turn = await self._limiter.acquire(kind, age=age)
+            turn = await self._limiter.acquire(kind)
         else:
             left = deadline - self._clock.time()
             if left <= 0:
                 raise _not_sent(request, "its deadline passed")
-            turn = await self._limiter.acquire(kind, timeout=left, age=age)
+            turn = await self._limiter.acquire(kind, timeout=left)
         if turn is None:
             raise _not_sent(request, "the rate limit or a 429 pause held it past its deadline")
         return turn
@@ -712,9 +709,7 @@ class BananaClient:
                     if deadline is not None and deadline - clock.time() <= 0:
                         raise TaskTimeoutError(task_id, limit or 0.0, last)
                     try:
-                        last = await self._request(
-                            http, parse, age=0.0 if context is None else clock.time() - context[1]
-                        )
+                        last = await self._request(http, parse)
                     except BananaError as exc:
                         if not _retry.is_transient(exc):
                             raise

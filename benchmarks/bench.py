@@ -498,6 +498,9 @@ def ratelimit_variants(sizes: Sizes) -> dict[str, dict[str, Any]]:
     return {
         "default": common,
         "rps": {**common, "requests_per_second": BASELINE_RATE_SHARE * sizes.rl_rate},
+        # The same learning limiter serving requests in arrival order: what
+        # sending creates first is worth.
+        "arrival order": {**common, "limiter": {"creates_first": False}},
     }
 
 

@@ -20,7 +20,9 @@ of the same size.
 
 The ``ratelimit`` part has no variants: it runs ``generate_many`` on a client
 built with the spec's ``client_options`` (keyword arguments of
-:class:`banana_async.BananaClient`; none gives the default client), so a new
+:class:`banana_async.BananaClient`, plus ``limiter``: keyword arguments of an
+:class:`~banana_async.ratelimit.AdaptiveRateLimiter` to give it; none gives
+the default client), so a new
 client setting is measured by adding an entry on the ``bench.py`` side.
 """
 
@@ -38,6 +40,7 @@ from typing import Any
 import aiohttp
 
 import banana_async as ba
+from banana_async.ratelimit import AdaptiveRateLimiter
 
 API_KEY = "sk-bench"
 MODEL = "nano-banana-2"
@@ -290,7 +293,12 @@ async def part_ratelimit(spec: dict[str, Any]) -> dict[str, Any]:
     items = prompts(spec["count"])
     errors: Counter[str] = Counter()
     ok = 0
-    async with ba.BananaClient(API_KEY, base_url=spec["url"], **spec["client_options"]) as client:
+    options = dict(spec["client_options"])
+    limiter = options.pop("limiter", None)
+    if limiter is not None:
+        # Options of the client's own limiter, given whole (JSON cannot carry one).
+        options["rate_limiter"] = AdaptiveRateLimiter(**limiter)
+    async with ba.BananaClient(API_KEY, base_url=spec["url"], **options) as client:
         wall = time.perf_counter()
         async for outcome in client.generate_many(items, concurrency=spec["concurrency"]):
             if outcome.ok:

@@ -41,16 +41,12 @@ class RateLimiter(Protocol):
     A limiter is used from one event loop at a time.
     """
 
-    async def acquire(
-        self, kind: RequestKind, *, timeout: float | None = None, age: float = 0.0
-    ) -> float | None:
+    async def acquire(self, kind: RequestKind, *, timeout: float | None = None) -> float | None:
         """Wait for this request's turn and return a token for :meth:`record`.
 
         Args:
             kind: ``"create"`` or ``"query"``.
             timeout: Most seconds to wait; None waits as long as it takes.
-            age: For a query, seconds since its task was created (0 when
-                unknown): a hint for limiters that order what waits.
 
         Returns:
             An opaque token (the limiter's time of the turn), or None when the

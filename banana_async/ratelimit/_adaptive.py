@@ -71,10 +71,10 @@ NO_LIMIT_ABOVE = 100_000.0
 BACKOFF = 0.9
 """After a 429, the rate becomes this fraction of the provider's estimated limit."""
 
-RECOVERY = 10.0
+RECOVERY = 5.0
 """Seconds of demand to climb from ``BACKOFF`` times the estimate back to it."""
 
-PROBE_DOUBLING = 2.0
+PROBE_DOUBLING = 1.0
 """Above the estimate, the speed of the climb doubles every this many seconds."""
 
 WINDOW = 2.0
@@ -91,6 +91,9 @@ MIN_PAUSE = 0.05
 
 MIN_SPAN = 1.0
 """Least seconds of accepted answers that estimate a limit (see ``_accepted``)."""
+
+MIN_GUESS = 1.0
+"""Least requests per second a 429 sets without enough answers to measure a limit."""
 
 MIN_RATE = 0.05
 """The learned rate never goes below this (one request in 20 s)."""
@@ -173,11 +176,12 @@ class AdaptiveRateLimiter:
         self._tokens = 0.0
         self._stamp: float | None = None
         self._paused_until = -math.inf
-        self._banked = 0.0  # seconds' worth of extra burst saved by pauses
+        self._pauses: deque[tuple[float, float]] = deque()
         self._creates: deque[_Waiter] = deque()
-        # Creates in arrival order (every request, when not creates_first);
-        # queries by their task's creation time, oldest first.
-        self._queries: list[tuple[float, int, _Waiter]] = []
+        # Each in arrival order (every request is a "create" here when not
+        # creates_first). Queries are served fairly among themselves: a task
+        # that polls fast must not starve the others' polls.
+        self._queries: deque[_Waiter] = deque()
         self._deadlines: list[tuple[float, int, _Waiter]] = []
         self._order = itertools.count()
         self._live = 0
@@ -215,14 +219,8 @@ class AdaptiveRateLimiter:
 
     # -- the protocol ------------------------------------------------------------
 
-    async def acquire(
-        self, kind: RequestKind, *, timeout: float | None = None, age: float = 0.0
-    ) -> float | None:
-        """Wait for a turn; None if it would not come within ``timeout`` seconds.
-
-        Waiting queries go oldest task first (by ``age``, seconds since the
-        task was created): a finished task is likelier among them.
-        """
+    async def acquire(self, kind: RequestKind, *, timeout: float | None = None) -> float | None:
+        """Wait for a turn; None if it would not come within ``timeout`` seconds."""
         now = self._clock.time()
         if not self._live and now >= self._paused_until:
             rate = self.rate
@@ -240,7 +238,7 @@ class AdaptiveRateLimiter:
             None if timeout is None else now + timeout,
         )
         if kind == "query" and self._creates_first:
-            heapq.heappush(self._queries, (now - age, next(self._order), waiter))
+            self._queries.append(waiter)
         else:
             self._creates.append(waiter)
         if waiter.deadline is not None:
@@ -278,9 +276,10 @@ class AdaptiveRateLimiter:
             if current is not None:
                 estimate = min(estimate, current)
         else:
-            # Too few answers to measure (another process spends the key,
-            # say): halve, as TCP does.
-            estimate = (current if current is not None else SLOW_START_RATE) / 2
+            # Too few answers to measure (another process spends the key, or
+            # a lone request met a pause): halve, as TCP does, but never
+            # below one a second on so little evidence; the pause spaces them.
+            estimate = max(MIN_GUESS, (current if current is not None else SLOW_START_RATE) / 2)
         self._limit = max(MIN_RATE, estimate)
         self._rate = max(MIN_RATE, BACKOFF * self._limit)
         self._probe = 0.0
@@ -306,10 +305,7 @@ class AdaptiveRateLimiter:
         until = now + seconds
         if until > self._paused_until:
             logger.info("rate limited: pausing all requests for %.2f s", seconds)
-            # The provider's budget refills while every request waits: what
-            # it saves (a second's worth at most) may go out when the pause
-            # ends instead of being lost to pacing.
-            self._banked = min(1.0, until - max(now, self._paused_until) + self._banked)
+            self._pauses.append((max(now, self._paused_until), until))
             self._paused_until = until
             # A pause is not demand: the climb resumes when requests flow.
             self._grown_at = max(self._grown_at, until)
@@ -327,27 +323,27 @@ class AdaptiveRateLimiter:
         if stamp is None:
             self._tokens = burst  # a fresh bucket starts full
         elif now > stamp:
-            if self._banked:
-                # The first refill after a pause: what the pause saved may go.
-                burst = max(burst, self._banked * rate)
-                self._banked = 0.0
-            self._tokens = min(max(burst, self._tokens), self._tokens + (now - stamp) * rate)
+            self._tokens = min(burst, self._tokens + (now - stamp) * rate)
         self._stamp = now
 
     def _accepted(self, now: float) -> tuple[int, float]:
         """Answers accepted over the window, and the seconds they span.
 
-        Pauses count: a provider's budget refills while we pause, and what
-        it lets through after one is part of its rate. The span is at least
-        a second, so that the burst a fresh key allows at first is not
-        taken for its rate.
+        Paused time is left out: nothing was sent then, so nothing could be
+        accepted. The span is at least a second, so that the burst a fresh
+        key allows at first is not taken for its rate.
         """
         tick = int(now * _BINS_PER_SECOND)
         count = sum(
             n for n, at in zip(self._bins, self._bin_ids, strict=True) if tick - _BINS < at <= tick
         )
         first = self._first if self._first is not None else now
-        return count, max(MIN_SPAN, min(WINDOW, now - first))
+        start = max(now - WINDOW, first)
+        pauses = self._pauses
+        while pauses and pauses[0][1] <= now - WINDOW:
+            pauses.popleft()
+        paused = sum(max(0.0, min(end, now) - max(begin, start)) for begin, end in pauses)
+        return count, max(MIN_SPAN, now - start - paused)
 
     def _grow(self, now: float) -> None:
         """Raise the learned rate for demand since the last grant (the budget binds)."""
@@ -375,10 +371,10 @@ class AdaptiveRateLimiter:
         creates, queries = self._creates, self._queries
         while creates and creates[0].future.done():
             creates.popleft()
-        while queries and queries[0][2].future.done():
-            heapq.heappop(queries)
-        if queries and (not creates or now - queries[0][2].since >= self._patience):
-            return heapq.heappop(queries)[2]
+        while queries and queries[0].future.done():
+            queries.popleft()
+        if queries and (not creates or now - queries[0].since >= self._patience):
+            return queries.popleft()
         return creates.popleft() if creates else None
 
     def _expire(self, now: float) -> None:
