@@ -59,10 +59,10 @@ __all__ = [
 
 logger = logging.getLogger("banana_async")
 
-SLOW_START_RATE = 32.0
+SLOW_START_RATE = 64.0
 """Requests per second allowed before anything is known, doubling with demand."""
 
-SLOW_START_DOUBLING = 0.25
+SLOW_START_DOUBLING = 0.1
 """Seconds of demand in which the slow-start rate doubles."""
 
 NO_LIMIT_ABOVE = 100_000.0
