@@ -21,6 +21,9 @@ from banana_async.ratelimit._adaptive import AdaptiveRateLimiter
 
 __all__ = ["AdaptiveRateLimiter", "RateLimiter", "RequestKind"]
 
+# Documented (and cross-referenced) where users import it from.
+AdaptiveRateLimiter.__module__ = __name__
+
 #: What a request is, for a limiter that serves some kinds before others.
 RequestKind = Literal["create", "query"]
 

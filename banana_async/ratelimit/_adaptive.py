@@ -201,7 +201,7 @@ class AdaptiveRateLimiter:
 
     @property
     def rate(self) -> float | None:
-        """Requests per second allowed now (learned and capped); None: no limit."""
+        """The requests per second allowed now, learned and capped, or None for no limit."""
         rate, cap = self._rate, self._cap
         if rate is None:
             return cap
@@ -209,7 +209,7 @@ class AdaptiveRateLimiter:
 
     @property
     def provider_limit(self) -> float | None:
-        """The provider's limit as estimated at the last 429 (None before any)."""
+        """The provider's limit as estimated at the last 429, or None before any 429."""
         return self._limit
 
     @property
