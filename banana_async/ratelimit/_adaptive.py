@@ -6,7 +6,8 @@ only "too much" must find the rate a shared pipe allows.
 
 * **Slow start.** Before the first 429 nothing is known. A batch opening
   with hundreds of creates at once would overrun any limited key by
-  hundreds of requests, each answered 429, so the rate may double every
+  hundreds of requests, each answered 429, so the rate of creates (queries
+  are not held: they come at the pace of polling) may double every
   :data:`SLOW_START_DOUBLING` seconds of demand from :data:`SLOW_START_RATE`;
   past :data:`NO_LIMIT_ABOVE` the limiter gets out of the way for good. An
   unlimited provider loses well under a second to this, once per client.
@@ -104,6 +105,9 @@ PACE = 0.1
 Small, so requests go out evenly: a provider's own bucket then never sees a
 burst that the average rate would not explain.
 """
+
+TICK = 0.005
+"""Shortest sleep of the dispatcher: at most one wake-up per this many seconds."""
 
 _BINS_PER_SECOND = 4
 _BINS = int(WINDOW * _BINS_PER_SECOND)
@@ -222,7 +226,14 @@ class AdaptiveRateLimiter:
     async def acquire(self, kind: RequestKind, *, timeout: float | None = None) -> float | None:
         """Wait for a turn; None if it would not come within ``timeout`` seconds."""
         now = self._clock.time()
-        if not self._live and now >= self._paused_until:
+        if kind == "query" and self._limit is None and self._cap is None:
+            # Before the first 429 only creates ramp up: they are what a batch
+            # sends by the hundred at once, while queries follow at the pace
+            # of polling, and holding them would only make every task look
+            # slower to the poll timing that learns from them.
+            if now >= self._paused_until:
+                return now
+        elif not self._live and now >= self._paused_until:
             rate = self.rate
             if rate is None:
                 return now
@@ -412,7 +423,9 @@ class AdaptiveRateLimiter:
                 if rate is not None and now >= wake:
                     self._refill(now, rate)
                     if self._tokens < 1.0:
-                        wake = now + (1.0 - self._tokens) / rate
+                        # At high rates, wake for several turns at once: a
+                        # timer per request would cost more than the request.
+                        wake = now + max((1.0 - self._tokens) / rate, TICK)
                 if wake > now:
                     if self._deadlines:
                         wake = min(wake, self._deadlines[0][0])
