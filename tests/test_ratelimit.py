@@ -268,3 +268,14 @@ async def test_429s_of_requests_sent_before_a_cut_do_not_cut_again(clock: FakeCl
         limiter.record(turn or 0.0, limited=True)  # on the wire before the cut
     assert limiter.rate == first
     assert limiter.limited == 3
+
+
+async def test_before_any_429_only_creates_ramp_up(clock: FakeClock) -> None:
+    limiter = AdaptiveRateLimiter(clock=clock)
+    start = clock.time()
+    queries = await asyncio.gather(*(limiter.acquire("query") for _ in range(500)))
+    assert queries == [start] * 500  # polls are never held before the provider refuses one
+    creates = await asyncio.gather(*(limiter.acquire("create") for _ in range(500)))
+    assert all(turn is not None for turn in creates)
+    # Creates ramp: from 64/s doubling every 0.1 s, 500 take a fraction of a second.
+    assert 0.0 < max(t or 0.0 for t in creates) - start < 1.0
