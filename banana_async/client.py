@@ -780,10 +780,13 @@ class BananaClient:
         interval: float,
         scout: Scout | None,
     ) -> None:
-        """Forget a created task seen finished, and learn its duration if it succeeded."""
-        if context is None:
+        """Forget a created task seen finished, and learn its duration if it succeeded.
+
+        Of several waits on one task, only the first to see it finished does
+        both: its duration counts once.
+        """
+        if context is None or self._created.pop(task_id, None) is None:
             return
-        del self._created[task_id]
         if last.ok:
             self._policy.observe(
                 context[0],
