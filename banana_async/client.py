@@ -30,6 +30,7 @@ from banana_async._polling import (
     Clock,
     DurationKey,
     PollPolicy,
+    Scout,
     SystemClock,
     check_interval,
     check_timeout,
@@ -690,7 +691,7 @@ class BananaClient:
         if last is not None and last.done:
             return self._finished(last)
         context = self._created.get(task_id)
-        delay = self._first_delay(last, context, interval)
+        scout: Scout | None = None
         last_pending: float | None = None
         failures = 0
         # One timer for the whole wait, not one per poll: with thousands of
@@ -699,6 +700,9 @@ class BananaClient:
         # between requests (on the injected clock, which tests make virtual).
         try:
             async with asyncio.timeout(None if deadline is None else deadline - clock.time()):
+                delay, scout = await self._first_delay(
+                    task_id, last, context, interval=interval, deadline=deadline, limit=limit
+                )
                 while True:
                     if delay > 0:
                         delay = wake_delay(clock.time(), delay, interval)
@@ -711,59 +715,114 @@ class BananaClient:
                     try:
                         last = await self._request(http, parse)
                     except BananaError as exc:
-                        if not _retry.is_transient(exc):
-                            raise
                         failures += 1
-                        # Never poll faster than asked, even when a retry could come sooner.
-                        delay = max(
-                            policy.poll_delay(interval),
-                            _retry.retry_delay(failures, exc, rng=self._rng),
-                        )
-                        logger.info(
-                            "polling %s failed (%s); next poll in %.2f s", task_id, exc, delay
-                        )
+                        delay = self._poll_failed(exc, failures, task_id, interval)
                         continue
                     failures = 0
                     if last.done:
                         break
+                    delay = policy.poll_delay(interval)
                     if context is not None:
                         last_pending = clock.time() - context[1]
+                        if scout is not None:  # only a created task has one
+                            delay = scout.saw_running(last_pending, delay)
                     if last.status is TaskStatus.UNKNOWN:
                         logger.debug(
                             "task %s: unknown status %r, still waiting", task_id, last.raw_status
                         )
-                    delay = policy.poll_delay(interval)
+            self._learn(
+                task_id, context, last, last_pending=last_pending, interval=interval, scout=scout
+            )
         except TimeoutError:
             # Only the deadline raises the builtin: the transport maps its own
             # timeouts to APITimeoutError.
             raise self._redacted(TaskTimeoutError(task_id, limit or 0.0, last)) from None
         except TaskTimeoutError as exc:
             raise self._redacted(exc) from None
-        if context is not None:
-            del self._created[task_id]
-            if last.ok:
-                policy.observe(
-                    context[0],
-                    last_pending=last_pending,
-                    first_done=clock.time() - context[1],
-                    interval=interval,
-                )
+        finally:
+            if scout is not None:
+                scout.leave()  # however the wait ended: its place goes to another task
         return self._finished(last)
+
+    def _poll_failed(self, exc: BananaError, failures: int, task_id: str, interval: float) -> float:
+        """The delay before the next poll after a failed one; re-raise what polling cannot fix."""
+        if not _retry.is_transient(exc):
+            raise exc
+        # Never poll faster than asked, even when a retry could come sooner.
+        delay = max(
+            self._policy.poll_delay(interval), _retry.retry_delay(failures, exc, rng=self._rng)
+        )
+        logger.info("polling %s failed (%s); next poll in %.2f s", task_id, exc, delay)
+        return delay
+
+    async def _first_delay(
+        self,
+        task_id: str,
+        last: Task | None,
+        context: tuple[DurationKey, float] | None,
+        *,
+        interval: float,
+        deadline: float | None,
+        limit: float | None,
+    ) -> tuple[float, Scout | None]:
+        """The delay until the first poll, and the task's scout if it is one.
+
+        Only a task this client created may be held (see ``PollPolicy``): its
+        first poll waits until the scouts tell when to send it. It sleeps on
+        the client's clock in the steps the policy asks for, and asks again
+        after each, since nothing else could wake it on an injected clock.
+
+        Raises:
+            TaskTimeoutError: the deadline came during a hold.
+        """
+        if last is None:
+            return 0.0, None  # a bare id may be finished already: look at once
+        if context is None or not self._adaptive:
+            return self._policy.poll_delay(interval), None
+        clock = self._clock
+        key, created_at = context
+        delay, hold, scout = self._policy.first_poll(key, interval, clock.time() - created_at)
+        while hold:
+            delay = wake_delay(clock.time(), delay, interval)
+            if deadline is not None and clock.time() + delay >= deadline:
+                await clock.sleep(max(0.0, deadline - clock.time()))
+                raise TaskTimeoutError(task_id, limit or 0.0, last)
+            await clock.sleep(delay)
+            delay, hold, scout = self._policy.first_poll(
+                key, interval, clock.time() - created_at, held=True
+            )
+        return delay, scout
+
+    def _learn(
+        self,
+        task_id: str,
+        context: tuple[DurationKey, float] | None,
+        last: Task,
+        *,
+        last_pending: float | None,
+        interval: float,
+        scout: Scout | None,
+    ) -> None:
+        """Forget a created task seen finished, and learn its duration if it succeeded.
+
+        Of several waits on one task, only the first to see it finished does
+        both: its duration counts once.
+        """
+        if context is None or self._created.pop(task_id, None) is None:
+            return
+        if last.ok:
+            self._policy.observe(
+                context[0],
+                last_pending=last_pending,
+                first_done=self._clock.time() - context[1],
+                interval=interval,
+                scout=scout,
+            )
 
     def _finished(self, task: Task) -> Task:
         if task.status is TaskStatus.FAILED:
             raise self._redacted(TaskFailedError(task))
         return task
-
-    def _first_delay(
-        self, last: Task | None, context: tuple[DurationKey, float] | None, interval: float
-    ) -> float:
-        if last is None:
-            return 0.0  # a bare id may be finished already: look at once
-        if context is None or not self._adaptive:
-            return self._policy.poll_delay(interval)
-        key, created_at = context
-        return self._policy.first_delay(key, interval, self._clock.time() - created_at)
 
     async def generate(
         self,

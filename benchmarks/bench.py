@@ -122,6 +122,11 @@ QUICK = attrs.evolve(
 
 CPU_TARGET = 1.25
 MEMORY_TARGET = 1.25
+BATCH_QUERIES_TARGET = 2.7
+"""Part c: queries per task over the whole batch, first wave included (issue #7)."""
+BATCH_DELAY_TARGET_INTERVALS = 0.65
+"""Part c: the whole batch's delay target in poll intervals, 1.3 s at 2 s (issue #7)."""
+# Part c, after the first wave:
 QUERIES_TARGET = 3.0
 DELAY_TARGET_INTERVALS = 0.75
 """The delay target in poll intervals: 1.5 s at the default 2 s interval."""
@@ -408,6 +413,7 @@ def polling_figures(
     figures: dict[str, Any] = {"tasks": len(rows), "ok": result["ok"], "wall_s": result["wall_s"]}
     for name, subset in (
         ("all", rows),
+        ("first", [r for r in rows if r[0] < first_wave]),
         ("steady", [r for r in rows if r[0] >= first_wave]),
     ):
         delays = [r[2] for r in subset]
@@ -448,34 +454,43 @@ def bench_polling(sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
         details[variant] = figures
         say(
             f"  polling {variant:8} all: {figures['all']['queries_per_task']:.2f} queries/task, "
-            f"mean delay {figures['all']['mean_delay_s']:.2f} s; steady: "
+            f"mean delay {figures['all']['mean_delay_s']:.2f} s; 1st wave: "
+            f"{figures['first']['queries_per_task']:.2f} queries/task, mean delay "
+            f"{figures['first']['mean_delay_s']:.2f} s; steady: "
             f"{figures['steady']['queries_per_task']:.2f} queries/task, mean delay "
             f"{figures['steady']['mean_delay_s']:.2f} s; wall {figures['wall_s']:.1f} s"
         )
         if figures["ok"] != sizes.poll_count:
             say(f"  WARNING: {variant} completed {figures['ok']} of {sizes.poll_count} tasks")
-    delay_target = DELAY_TARGET_INTERVALS * sizes.poll_interval
     ours, theirs = details["banana"], details["fixed"]
+    baseline = f"fixed {sizes.poll_interval:g} s"
     rows = []
-    for name, label in (("all", "all tasks"), ("steady", "after 1st wave")):
+    # (subset, label, queries target, delay target in intervals): the first
+    # wave alone has no target; it is shown to explain the whole batch.
+    for name, label, queries_target, delay_intervals in (
+        ("all", "all tasks", BATCH_QUERIES_TARGET, BATCH_DELAY_TARGET_INTERVALS),
+        ("first", "1st wave", None, None),
+        ("steady", "after 1st wave", QUERIES_TARGET, DELAY_TARGET_INTERVALS),
+    ):
         queries = ours[name]["queries_per_task"]
         delay = ours[name]["mean_delay_s"]
+        delay_target = None if delay_intervals is None else delay_intervals * sizes.poll_interval
         rows += [
             Row(
                 f"queries/task, {label}",
                 queries,
                 theirs[name]["queries_per_task"],
-                f"fixed {sizes.poll_interval:g} s",
-                f"<= {QUERIES_TARGET:g}",
-                queries <= QUERIES_TARGET,
+                baseline,
+                "-" if queries_target is None else f"<= {queries_target:g}",
+                None if queries_target is None else queries <= queries_target,
             ),
             Row(
                 f"mean detection delay, {label}",
                 delay,
                 theirs[name]["mean_delay_s"],
-                f"fixed {sizes.poll_interval:g} s",
-                f"<= {delay_target:g} s",
-                delay <= delay_target,
+                baseline,
+                "-" if delay_target is None else f"<= {delay_target:g} s",
+                None if delay_target is None else delay <= delay_target,
                 "s",
             ),
         ]

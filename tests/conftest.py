@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+import heapq
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +86,66 @@ def live_client(server: FakeBananaServer, **options: Any) -> ba.BananaClient:
 def batch_tasks() -> list[asyncio.Task[Any]]:
     """The asyncio tasks of batches still alive (none once a batch is cleaned up)."""
     return [t for t in asyncio.all_tasks() if t.get_name().startswith("banana_async-batch")]
+
+
+class SharedClock(FakeClock):
+    """A :class:`FakeClock` that stays exact with many sleepers at once.
+
+    ``FakeClock`` lets every sleeper advance the shared time by its own delay,
+    which is right for one sleeper at a time. Here the awaitables given to
+    :meth:`run` take turns: a sleep waits for its wake-up time, and the time
+    jumps to the earliest one only when every one of them is asleep or done.
+    One busy with a request over loopback counts as awake, so the virtual
+    time line does not depend on how fast the machine answers. Every sleeper
+    must be one of those awaitables.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        super().__init__(start)
+        self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+        self._awake = 0
+
+    async def run(self, *awaitables: Awaitable[Any]) -> list[Any]:
+        """Run the awaitables together on this clock; their results or exceptions, in order."""
+
+        async def one(awaitable: Awaitable[Any]) -> Any:
+            try:
+                return await awaitable
+            finally:
+                self._awake -= 1
+                self._advance()
+
+        self._awake += len(awaitables)
+        return await asyncio.gather(*(one(a) for a in awaitables), return_exceptions=True)
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait until the virtual time reaches ``seconds`` from now."""
+        if seconds < 0:
+            raise ValueError(f"cannot sleep a negative time ({seconds})")
+        self.sleeps.append(seconds)
+        wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._timers, (self.now + seconds, next(self._order), wake))
+        self._awake -= 1
+        self._advance()
+        try:
+            await wake
+        except asyncio.CancelledError:
+            if wake.cancelled():  # cancelled while asleep: awake again, to unwind
+                self._awake += 1
+            raise
+
+    def _advance(self) -> None:
+        """If nobody is awake, jump to the next wake-up and wake everyone due then."""
+        while self._awake == 0 and self._timers:
+            when, _, wake = heapq.heappop(self._timers)
+            if wake.done():  # its sleeper was cancelled
+                continue
+            self.now = max(self.now, when)
+            wake.set_result(None)
+            self._awake += 1
+            while self._timers and self._timers[0][0] <= self.now:
+                _, _, due = heapq.heappop(self._timers)
+                if not due.done():
+                    due.set_result(None)
+                    self._awake += 1

@@ -10,7 +10,7 @@ import banana_async as ba
 from banana_async._polling import POLL_JITTER
 from banana_async.testing import FakeBananaServer, FakeClock, Fault, TaskScript
 
-from .conftest import API_KEY
+from .conftest import API_KEY, SharedClock
 
 
 def _spacing_ok(sleeps: list[float], interval: float) -> bool:
@@ -225,3 +225,15 @@ async def test_wait_arguments_are_checked(client: ba.BananaClient) -> None:
         await client.wait("abc", poll_interval=-1)
     with pytest.raises(ba.InvalidRequestError, match="task id"):
         await client.wait("")
+
+
+async def test_two_waits_on_one_created_task_both_return_it() -> None:
+    clock = SharedClock()
+    async with FakeBananaServer(api_key=API_KEY, duration=None, clock=clock.time) as server:
+        server.plan(TaskScript(duration=5.0))
+        async with ba.BananaClient(
+            API_KEY, base_url=server.url, clock=clock, poll_interval=2.0
+        ) as client:
+            task = await client.create("a cat")
+            results = await clock.run(client.wait(task), client.wait(task))
+    assert all(isinstance(r, ba.Task) and r.ok for r in results), results
