@@ -18,6 +18,7 @@ import pytest
 
 import banana_async as ba
 from banana_async._polling import MAX_HOLD, POLL_JITTER, SCOUTS
+from banana_async.ratelimit import AdaptiveRateLimiter
 from banana_async.testing import FakeBananaServer, TaskScript
 
 from .conftest import API_KEY, SharedClock
@@ -42,7 +43,15 @@ async def provider(shared_clock: SharedClock) -> AsyncIterator[FakeBananaServer]
 async def open_client(
     server: FakeBananaServer, clock: SharedClock, **options: Any
 ) -> AsyncIterator[ba.BananaClient]:
-    settings: dict[str, Any] = {"poll_interval": INTERVAL, "timeout": 5.0, **options}
+    # A limiter that never sleeps: the learning one's ramp of creates would
+    # be a sleeper that the SharedClock does not know, and these tests are
+    # about polling alone.
+    settings: dict[str, Any] = {
+        "poll_interval": INTERVAL,
+        "timeout": 5.0,
+        "rate_limiter": AdaptiveRateLimiter(learn=False, clock=clock),
+        **options,
+    }
     async with ba.BananaClient(API_KEY, base_url=server.url, clock=clock, **settings) as client:
         yield client
 
