@@ -380,7 +380,13 @@ class BananaClient:
         response: HTTPResponse | None = None
         try:
             session = self._session_for_call()
-            turn = await self._wait_for_turn(request, deadline)
+            if deadline is None:  # the common case, without a coroutine in between
+                kind: RequestKind = "create" if request.method == "POST" else "query"
+                turn = await self._limiter.acquire(kind)
+                if turn is None:  # only a limiter breaking its protocol gets here
+                    raise _not_sent(request, "the rate limiter gave it no turn")
+            else:
+                turn = await self._wait_for_turn(request, deadline)
             headers = self._headers_for(request)
             await self._take_slot(request, deadline)
             try:
@@ -479,20 +485,18 @@ class BananaClient:
             )
         return merged
 
-    async def _wait_for_turn(self, request: HTTPRequest, deadline: float | None) -> float:
-        """The request's turn from the rate limiter (a 429 pause holds every request).
+    async def _wait_for_turn(self, request: HTTPRequest, deadline: float) -> float:
+        """The request's turn from the rate limiter, never after ``deadline``.
 
-        A request whose turn would come only after ``deadline`` fails at once
-        rather than wait for nothing, and so does one whose deadline passed.
+        A request whose turn would come only after ``deadline`` (a 429 pause
+        holds every request) fails at once rather than wait for nothing, and
+        so does one whose deadline passed.
         """
         kind: RequestKind = "create" if request.method == "POST" else "query"
-        if deadline is None:
-            turn = await self._limiter.acquire(kind)
-        else:
-            left = deadline - self._clock.time()
-            if left <= 0:
-                raise _not_sent(request, "its deadline passed")
-            turn = await self._limiter.acquire(kind, timeout=left)
+        left = deadline - self._clock.time()
+        if left <= 0:
+            raise _not_sent(request, "its deadline passed")
+        turn = await self._limiter.acquire(kind, timeout=left)
         if turn is None:
             raise _not_sent(request, "the rate limit or a 429 pause held it past its deadline")
         return turn
