@@ -341,6 +341,16 @@ class BananaClient:
         return self._create_base
 
     @property
+    def rate_limiter(self) -> RateLimiter:
+        """The request budget every API request asks first.
+
+        The client's own :class:`~banana_async.ratelimit.AdaptiveRateLimiter`
+        unless one was given; its ``rate`` and ``provider_limit`` say what it
+        has learned.
+        """
+        return self._limiter
+
+    @property
     def query_base_url(self) -> str:
         """The base URL status queries are sent to (the dialect's path is appended)."""
         return self._query_base

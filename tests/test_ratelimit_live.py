@@ -116,7 +116,7 @@ async def test_a_limiter_given_to_the_client_is_the_one_used(server: FakeBananaS
     limiter = AdaptiveRateLimiter(requests_per_second=1000.0)
     async with ba.BananaClient(API_KEY, base_url=server.url, rate_limiter=limiter) as client:
         await client.create("a cat")
-        assert client._limiter is limiter
+        assert client.rate_limiter is limiter
     with pytest.raises(ba.InvalidRequestError, match="requests_per_second"):
         ba.BananaClient(API_KEY, rate_limiter=limiter, requests_per_second=5.0)
     with pytest.raises(ba.InvalidRequestError, match="RateLimiter"):
