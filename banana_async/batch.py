@@ -460,7 +460,7 @@ class _Batch:
             # it was not processed, and only the deadline ends a prompt for it.
             client = self.client
             task = await client._create(
-                request, deadline=client._deadline(self.timeout), patient=True
+                request, deadline=client._deadline(self.timeout)[1], patient=True
             )
         except BananaError as exc:
             self.record_create_failure(index, request, exc)

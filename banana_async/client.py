@@ -390,13 +390,13 @@ class BananaClient:
         response: HTTPResponse | None = None
         try:
             session = self._session_for_call()
+            kind: RequestKind = "create" if request.method == "POST" else "query"
             if deadline is None:  # the common case, without a coroutine in between
-                kind: RequestKind = "create" if request.method == "POST" else "query"
                 turn = await self._limiter.acquire(kind)
                 if turn is None:  # only a limiter breaking its protocol gets here
                     raise _not_sent(request, "the rate limiter gave it no turn")
             else:
-                turn = await self._wait_for_turn(request, deadline)
+                turn = await self._wait_for_turn(request, kind, deadline)
             headers = self._headers_for(request)
             await self._take_slot(request, deadline)
             try:
@@ -495,14 +495,15 @@ class BananaClient:
             )
         return merged
 
-    async def _wait_for_turn(self, request: HTTPRequest, deadline: float) -> float:
+    async def _wait_for_turn(
+        self, request: HTTPRequest, kind: RequestKind, deadline: float
+    ) -> float:
         """The request's turn from the rate limiter, never after ``deadline``.
 
         A request whose turn would come only after ``deadline`` (a 429 pause
         holds every request) fails at once rather than wait for nothing, and
         so does one whose deadline passed.
         """
-        kind: RequestKind = "create" if request.method == "POST" else "query"
         left = deadline - self._clock.time()
         if left <= 0:
             raise _not_sent(request, "its deadline passed")
@@ -629,10 +630,10 @@ class BananaClient:
             self._remember(task.id, request)
         return task
 
-    def _deadline(self, timeout: float | None) -> float | None:
-        """The deadline ``timeout`` seconds from now (None: the client's default)."""
+    def _deadline(self, timeout: float | None) -> tuple[float | None, float | None]:
+        """The checked time limit (None: the client's default) and the deadline it sets now."""
         limit = self._wait_timeout if timeout is None else check_timeout(timeout)
-        return None if limit is None else self._clock.time() + limit
+        return limit, None if limit is None else self._clock.time() + limit
 
     def _remember(self, task_id: str, request: GenerationRequest) -> None:
         created = self._created
@@ -687,9 +688,7 @@ class BananaClient:
             BananaError: a failure that polling again cannot fix (401, 404, ...).
         """
         interval = self._poll_interval if poll_interval is None else check_interval(poll_interval)
-        limit = self._wait_timeout if timeout is None else check_timeout(timeout)
-        clock = self._clock
-        deadline = None if limit is None else clock.time() + limit
+        limit, deadline = self._deadline(timeout)
         return await self._wait(task, interval=interval, limit=limit, deadline=deadline)
 
     async def _wait(
@@ -856,8 +855,7 @@ class BananaClient:
         task so its id is never lost.
         """
         interval = self._poll_interval if poll_interval is None else check_interval(poll_interval)
-        limit = self._wait_timeout if timeout is None else check_timeout(timeout)
-        deadline = None if limit is None else self._clock.time() + limit
+        limit, deadline = self._deadline(timeout)
         request = self._prepare(prompt, model, resolution, size, image_urls)
         created = await self._create(request, deadline=deadline, patient=True)
         return await self._wait(created, interval=interval, limit=limit, deadline=deadline)
