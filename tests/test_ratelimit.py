@@ -109,6 +109,23 @@ async def test_the_learned_rate_settles_just_under_the_providers_limit(
     assert share <= 0.03, share
 
 
+@pytest.mark.parametrize("retry_after", [1.0, None], ids=["retry-after", "no-retry-after"])
+async def test_a_providers_saved_up_burst_is_not_taken_for_its_rate(
+    clock: FakeClock, retry_after: float | None
+) -> None:
+    # A bucket that saves up three seconds' worth: over the window before a
+    # 429 it lets through far more than its rate, but between two 429s it
+    # goes from empty to empty.
+    limiter = AdaptiveRateLimiter(clock=clock)
+    bucket = Bucket(clock, rate=20.0, burst=60.0)
+    start = clock.time()
+    await drive(limiter, bucket, clock, until=start + 60.0, retry_after=retry_after)
+    assert limiter.provider_limit is not None
+    assert 18.0 <= limiter.provider_limit <= 21.0
+    share = bucket.refused / (bucket.refused + len(bucket.accepted))
+    assert share <= 0.03, share
+
+
 async def test_the_rate_climbs_again_when_the_provider_allows_more(clock: FakeClock) -> None:
     limiter = AdaptiveRateLimiter(clock=clock)
     bucket = Bucket(clock, rate=20.0, burst=20.0)

@@ -12,17 +12,25 @@ only "too much" must find the rate a shared pipe allows.
   past :data:`NO_LIMIT_ABOVE` the limiter gets out of the way for good. An
   unlimited provider loses well under a second to this, once per client.
 * **The estimate.** A provider that rate-limits a key answers about as many
-  requests as its limit allows and 429s the rest, so on a 429 the requests
-  it accepted over the last :data:`WINDOW` seconds (pauses left out) measure
-  its limit directly, in one step, where halving the rate would need many
-  steps and many 429s to get there from a burst.
+  requests as its limit allows and 429s the rest, so a 429 measures its
+  limit directly, in one step, where halving the rate would need many steps
+  and many 429s to get there from a burst. At the first 429 the measure is
+  the requests accepted over the last :data:`WINDOW` seconds (pauses left
+  out). From the second on it is the requests accepted since the previous
+  429 over the time since, pauses included: a provider's bucket is empty at
+  each 429, so what it let through in between is exactly its rate times the
+  time between, where a short window would count the burst its bucket had
+  saved up as rate. (Not when the limiter left much of its own budget
+  unused in between, :data:`MAX_IDLE`: the provider's bucket then filled up
+  and wasted tokens, and the window measures better.)
 * **Just under it.** The rate drops to :data:`BACKOFF` of the estimate: a
   gentle cut keeps about 95 % of the limit in use on average, where TCP's
   halving would keep 75 %.
 * **Probing.** With demand, the rate climbs back to the estimate in
-  :data:`RECOVERY` seconds, slowly near where the last 429 came, so that
-  429s stay a few per cycle of hundreds of requests. Beyond it the climb
-  speeds up, doubling every :data:`PROBE_DOUBLING` seconds, so a provider
+  :data:`RECOVERY` seconds, and on at that pace for :data:`PLATEAU` seconds
+  more, slowly near where the last 429 came, so that 429s stay a few per
+  cycle of hundreds of requests. Then the climb speeds up, its pace
+  doubling every :data:`PROBE_DOUBLING` seconds, so a provider
   that raised the key's limit is found in seconds, not minutes (the shape of
   TCP CUBIC's growth: concave below the last maximum, convex above).
 
@@ -48,7 +56,10 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKOFF",
     "DEFAULT_PAUSE",
+    "MAX_IDLE",
+    "MIN_CYCLE",
     "NO_LIMIT_ABOVE",
+    "PLATEAU",
     "PROBE_DOUBLING",
     "QUERY_PATIENCE",
     "RECOVERY",
@@ -79,7 +90,16 @@ PROBE_DOUBLING = 1.0
 """Above the estimate, the speed of the climb doubles every this many seconds."""
 
 WINDOW = 2.0
-"""Seconds of accepted requests that measure the provider's limit at a 429."""
+"""Seconds of accepted requests that measure the provider's limit at a first 429."""
+
+PLATEAU = 2.0
+"""Seconds of demand spent probing slowly just above the estimate before the climb speeds up."""
+
+MIN_CYCLE = 3.0
+"""Least seconds between two cuts for the answers in between to measure the limit."""
+
+MAX_IDLE = 0.2
+"""Most of a cycle the limiter may have left its own budget unused for the cycle to count."""
 
 QUERY_PATIENCE = 10.0
 """Seconds a status query waits behind creates before it goes first."""
@@ -176,6 +196,9 @@ class AdaptiveRateLimiter:
         self._limit: float | None = None  # the provider's limit as last estimated
         self._probe = 0.0  # requests/s gained per second above the estimate
         self._cut_at = -math.inf
+        self._since_cut = 0  # answers accepted since the last cut
+        self._idle = 0.0  # seconds of our own budget left unused since the last cut
+        self._above = 0.0  # seconds of demand spent at or above the estimate
         self._grown_at = -math.inf
         self._tokens = 0.0
         self._stamp: float | None = None
@@ -276,13 +299,28 @@ class AdaptiveRateLimiter:
             self._bins[slot] += 1
             if self._first is None:
                 self._first = now
+            self._since_cut += 1
             return
         self.limited += 1
         if not self._learn or turn < self._cut_at:
             return  # sent before the last cut: it says nothing about the new rate
         accepted, span = self._accepted(now)
+        cycle = now - self._cut_at
         current = self._rate
-        if accepted >= 4:
+        if (
+            self._since_cut >= 4
+            and MIN_CYCLE <= cycle < math.inf
+            and self._idle <= MAX_IDLE * cycle
+        ):
+            # Between two 429s a provider's bucket goes from empty to empty,
+            # so what it accepted in between is its rate times the time
+            # between, pauses included (its bucket refilled then too). A
+            # window of a second or two would count the burst its bucket
+            # saved up as rate.
+            estimate = self._since_cut / cycle
+            if current is not None:
+                estimate = min(estimate, current)
+        elif accepted >= 4:
             estimate = accepted / span
             if current is not None:
                 estimate = min(estimate, current)
@@ -294,7 +332,10 @@ class AdaptiveRateLimiter:
         self._limit = max(MIN_RATE, estimate)
         self._rate = max(MIN_RATE, BACKOFF * self._limit)
         self._probe = 0.0
+        self._above = 0.0
         self._cut_at = now
+        self._since_cut = 0
+        self._idle = 0.0
         self._tokens = 0.0
         self._stamp = now
         logger.info(
@@ -320,6 +361,9 @@ class AdaptiveRateLimiter:
             self._paused_until = until
             # A pause is not demand: the climb resumes when requests flow.
             self._grown_at = max(self._grown_at, until)
+            # Nor is it budget left unused: the bucket fills from its end.
+            if self._stamp is not None:
+                self._stamp = max(self._stamp, until)
 
     # -- inside ----------------------------------------------------------------------
 
@@ -334,7 +378,15 @@ class AdaptiveRateLimiter:
         if stamp is None:
             self._tokens = burst  # a fresh bucket starts full
         elif now > stamp:
-            self._tokens = min(burst, self._tokens + (now - stamp) * rate)
+            tokens = self._tokens + (now - stamp) * rate
+            if tokens > burst:
+                # Budget that went unused: the provider's bucket saved it up
+                # meanwhile, which a cycle's count must not take for rate.
+                self._idle += (tokens - burst) / rate
+                tokens = burst
+            self._tokens = tokens
+        else:
+            return  # a pause still runs (see ``pause``)
         self._stamp = now
 
     def _accepted(self, now: float) -> tuple[int, float]:
@@ -375,7 +427,10 @@ class AdaptiveRateLimiter:
         if rate < limit:
             self._probe = base
         else:
-            self._probe = max(self._probe, base) * 2.0 ** (elapsed / PROBE_DOUBLING)
+            # Slowly for a while just above where the last 429 came, then
+            # faster and faster: a limit that was raised is far above.
+            self._above += elapsed
+            self._probe = base * 2.0 ** (max(0.0, self._above - PLATEAU) / PROBE_DOUBLING)
         self._rate = rate + self._probe * elapsed
 
     def _next_waiter(self, now: float) -> _Waiter | None:
