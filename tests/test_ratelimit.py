@@ -126,6 +126,33 @@ async def test_a_providers_saved_up_burst_is_not_taken_for_its_rate(
     assert share <= 0.03, share
 
 
+async def test_what_a_pause_saved_up_is_sent_when_it_ends(clock: FakeClock) -> None:
+    # Every 429 asks for two seconds: resuming at the steady pace would leave
+    # two seconds of the provider's refilled bucket unused each time.
+    limiter = AdaptiveRateLimiter(clock=clock)
+    bucket = Bucket(clock, rate=20.0, burst=20.0)
+    start = clock.time()
+    await drive(limiter, bucket, clock, until=start + 60.0, retry_after=2.0)
+    used = bucket.accepted_between(start + 10.0, start + 60.0) / 50.0
+    assert used >= 0.85 * 20.0
+    share = bucket.refused / (bucket.refused + len(bucket.accepted))
+    assert share <= 0.03, share
+
+
+@pytest.mark.parametrize("retry_after", [1.0, 2.0])
+async def test_a_provider_that_saves_nothing_up_gets_no_catching_up(
+    clock: FakeClock, retry_after: float
+) -> None:
+    # A bucket of one request: a catch-up after a pause is refused but for
+    # one request, so after the first try the limiter stops catching up.
+    limiter = AdaptiveRateLimiter(clock=clock)
+    bucket = Bucket(clock, rate=20.0, burst=1.0)
+    start = clock.time()
+    await drive(limiter, bucket, clock, until=start + 60.0, retry_after=retry_after)
+    share = bucket.refused / (bucket.refused + len(bucket.accepted))
+    assert share <= 0.03, share
+
+
 async def test_the_rate_climbs_again_when_the_provider_allows_more(clock: FakeClock) -> None:
     limiter = AdaptiveRateLimiter(clock=clock)
     bucket = Bucket(clock, rate=20.0, burst=20.0)

@@ -34,6 +34,11 @@ only "too much" must find the rate a shared pipe allows.
   that raised the key's limit is found in seconds, not minutes (the shape of
   TCP CUBIC's growth: concave below the last maximum, convex above).
 
+* **Catching up.** A 429 pauses every request, often for a second or more,
+  while the provider's bucket refills; as the pause ends the limiter sends
+  at once what the pause saved up (:data:`CATCH_UP`), in steps, and stops
+  doing so for good if the provider refuses it.
+
 Only 429s for requests sent after the last cut count: those already on the
 wire say nothing about the new rate.
 """
@@ -55,6 +60,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKOFF",
+    "CATCH_UP",
+    "CATCH_UP_FIRST",
     "DEFAULT_PAUSE",
     "MAX_IDLE",
     "MIN_CYCLE",
@@ -63,6 +70,7 @@ __all__ = [
     "PROBE_DOUBLING",
     "QUERY_PATIENCE",
     "RECOVERY",
+    "RISEN",
     "SLOW_START_DOUBLING",
     "SLOW_START_RATE",
     "WINDOW",
@@ -98,6 +106,9 @@ PLATEAU = 2.0
 MIN_CYCLE = 3.0
 """Least seconds between two cuts for the answers in between to measure the limit."""
 
+RISEN = 1.1
+"""A cycle that let through more than this times the last estimate means the limit rose."""
+
 MAX_IDLE = 0.2
 """Most of a cycle the limiter may have left its own budget unused for the cycle to count."""
 
@@ -125,6 +136,22 @@ PACE = 0.1
 Small, so requests go out evenly: a provider's own bucket then never sees a
 burst that the average rate would not explain.
 """
+
+CATCH_UP = 1.0
+"""After a pause, send at once up to this many seconds' worth of what the pause saved up.
+
+A provider's bucket refills while every request pauses, and the pause a
+429 asks for is usually a second or more: a limiter that resumed at its
+steady pace would leave that much of the budget unused at every 429. A
+provider whose bucket turns out to keep nothing (a 429 comes right after
+the catch-up) loses the catch-up for good.
+"""
+
+CATCH_UP_FIRST = 0.25
+"""The share of :data:`CATCH_UP` tried at the first pause; doubled after each that goes through."""
+
+CATCH_UP_BLAME = 0.5
+"""A 429 for a request sent within this many seconds after a pause blames the catch-up."""
 
 TICK = 0.005
 """Shortest sleep of the dispatcher: at most one wake-up per this many seconds."""
@@ -200,6 +227,11 @@ class AdaptiveRateLimiter:
         self._idle = 0.0  # seconds of our own budget left unused since the last cut
         self._above = 0.0  # seconds of demand spent at or above the estimate
         self._grown_at = -math.inf
+        # The share of a pause's worth sent at once as it ends: grown while
+        # the provider takes it, 0 once it did not (see CATCH_UP).
+        self._catch_up = CATCH_UP_FIRST
+        self._catch_up_at = -math.inf  # when the last catch-up began
+        self._pause_began = -math.inf
         self._tokens = 0.0
         self._stamp: float | None = None
         self._paused_until = -math.inf
@@ -304,20 +336,27 @@ class AdaptiveRateLimiter:
         self.limited += 1
         if not self._learn or turn < self._cut_at:
             return  # sent before the last cut: it says nothing about the new rate
+        if self._catch_up and 0.0 <= turn - self._catch_up_at < CATCH_UP_BLAME:
+            self._catch_up = 0.0
+            logger.info("rate limited right after a pause: no catching up after pauses from now on")
         accepted, span = self._accepted(now)
         cycle = now - self._cut_at
         current = self._rate
+        over_cycle = self._since_cut / cycle if MIN_CYCLE <= cycle < math.inf else None
+        previous = self._limit
         if (
-            self._since_cut >= 4
-            and MIN_CYCLE <= cycle < math.inf
+            over_cycle is not None
+            and self._since_cut >= 4
             and self._idle <= MAX_IDLE * cycle
+            and (previous is None or over_cycle <= RISEN * previous)
         ):
             # Between two 429s a provider's bucket goes from empty to empty,
             # so what it accepted in between is its rate times the time
             # between, pauses included (its bucket refilled then too). A
             # window of a second or two would count the burst its bucket
-            # saved up as rate.
-            estimate = self._since_cut / cycle
+            # saved up as rate. (Unless the limit rose: the cycle then
+            # mixes the old limit with the new, and the window is nearer.)
+            estimate = over_cycle
             if current is not None:
                 estimate = min(estimate, current)
         elif accepted >= 4:
@@ -356,14 +395,32 @@ class AdaptiveRateLimiter:
         now = self._clock.time()
         until = now + seconds
         if until > self._paused_until:
+            if now >= self._paused_until:
+                self._pause_began = now  # else: a pause that runs is made longer
             logger.info("rate limited: pausing all requests for %.2f s", seconds)
             self._pauses.append((max(now, self._paused_until), until))
             self._paused_until = until
             # A pause is not demand: the climb resumes when requests flow.
             self._grown_at = max(self._grown_at, until)
-            # Nor is it budget left unused: the bucket fills from its end.
-            if self._stamp is not None:
+            # Nor is it budget left unused: the bucket is filled for its end
+            # now, at its own pace, and counts from there.
+            paused = until - self._pause_began
+            capped = self.rate
+            if self._stamp is not None and capped is not None:
                 self._stamp = max(self._stamp, until)
+                burst = self._burst(capped)
+                self._tokens = max(self._tokens, min(burst, self._tokens + paused * capped))
+            rate = self._rate
+            if self._catch_up and self._limit is not None and rate and self._cap is None:
+                # What the provider's bucket saves up meanwhile, sent as the
+                # pause ends (see CATCH_UP). Not under a configured cap: a
+                # cap is the user's word on how fast to send.
+                if -math.inf < self._catch_up_at < self._pause_began:
+                    # The last catch-up went through: try a larger one.
+                    self._catch_up = min(1.0, 2.0 * self._catch_up)
+                saved = min(paused, CATCH_UP) * rate * self._catch_up
+                self._tokens = max(self._tokens, saved)
+                self._catch_up_at = until
 
     # -- inside ----------------------------------------------------------------------
 
@@ -379,11 +436,12 @@ class AdaptiveRateLimiter:
             self._tokens = burst  # a fresh bucket starts full
         elif now > stamp:
             tokens = self._tokens + (now - stamp) * rate
-            if tokens > burst:
+            full = max(burst, self._tokens)  # more after a pause (see CATCH_UP)
+            if tokens > full:
                 # Budget that went unused: the provider's bucket saved it up
                 # meanwhile, which a cycle's count must not take for rate.
-                self._idle += (tokens - burst) / rate
-                tokens = burst
+                self._idle += (tokens - full) / rate
+                tokens = full
             self._tokens = tokens
         else:
             return  # a pause still runs (see ``pause``)
