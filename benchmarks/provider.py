@@ -143,6 +143,9 @@ class Tally:
     def __init__(self) -> None:
         self.received: Counter[str] = Counter()
         self.rate_limited: Counter[str] = Counter()
+        # When each create and query the budget let through arrived (part d
+        # measures how much of the budget a client used).
+        self.accepted_at: list[float] = []
 
     def take(self, server: FakeBananaServer) -> None:
         """Count the server's request log, then clear it."""
@@ -150,6 +153,8 @@ class Tally:
             self.received[record.kind] += 1
             if record.rate_limited:
                 self.rate_limited[record.kind] += 1
+            elif record.kind in ("create", "query"):
+                self.accepted_at.append(record.at)
         server.requests.clear()
 
     def as_json(self) -> dict[str, Any]:
@@ -160,6 +165,7 @@ class Tally:
                 "total": self.rate_limited.total(),
                 "by_kind": dict(self.rate_limited),
             },
+            "accepted_at": self.accepted_at,
         }
 
 
