@@ -19,16 +19,16 @@ class ExitCode(enum.IntEnum):
     """
 
     OK = 0
-    """Everything succeeded (for ``status``: the query succeeded)."""
+    """Everything succeeded; for ``status``, the query succeeded."""
 
     FAILED = 1
-    """Something failed: a task, a download, an input of a batch, or the API."""
+    """A task, a download, an input of a batch, or the API failed."""
 
     USAGE = 2
-    """A usage error: bad options, no API key, an unknown model, a missing file."""
+    """Bad options, no API key, an unknown model or a missing file."""
 
     JOURNAL = 3
-    """The batch's journal cannot be used: damaged, another batch's, or in use."""
+    """The batch's journal is damaged, another batch's, or in use."""
 
     INTERRUPTED = 130
     """Interrupted by Ctrl-C (128 + SIGINT, as shells report it)."""
