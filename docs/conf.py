@@ -67,6 +67,7 @@ _EXTERNAL_MODULES = (
     "yarl",
     "multidict",
     # the standard library (builtins such as str and int are already exempt)
+    "argparse",
     "asyncio",
     "sqlite3",
     "collections",

@@ -15,9 +15,11 @@ from typing import Any, TypeVar
 import pytest
 
 import banana_async as ba
-from banana_async import cli
 from banana_async._png import PNG_SIGNATURE
 from banana_async.cli import main
+from banana_async.cli.commands import demo
+from banana_async.cli.progress import RichBar, Stats
+from banana_async.cli.prompt_file import PromptFile
 from banana_async.testing import FakeBananaServer, Fault, TaskScript
 
 KEY = "sk-cli-test-5eCr3t-0123456789"
@@ -457,8 +459,8 @@ def test_batch_of_an_empty_file(
 def test_prompt_file_is_read_lazily(tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"prompt {n}\n" for n in range(10_000)))
-    stats = cli._Stats(total=None, concurrency=1)
-    reader = cli._PromptFile(prompts, jsonl=False, defaults={}, stats=stats)
+    stats = Stats(total=None, concurrency=1)
+    reader = PromptFile(prompts, jsonl=False, defaults={}, stats=stats)
     inputs = reader.inputs()
     assert next(inputs) == "prompt 0"
     assert next(inputs) == "prompt 1"
@@ -469,9 +471,9 @@ def test_prompt_file_is_read_lazily(tmp_path: Path) -> None:
 
 def test_rich_progress_bar_renders(capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("rich")
-    stats = cli._Stats(total=4, concurrency=2)
+    stats = Stats(total=4, concurrency=2)
     stats.read, stats.ok, stats.failed = 4, 3, 1
-    bar = cli._RichBar("batch", stats.total)
+    bar = RichBar("batch", stats.total)
     bar.start()
     bar.update(stats)
     bar.stop()
@@ -540,7 +542,7 @@ def test_demo_json_in_process(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv("BANANA_API_KEY", raising=False)
-    monkeypatch.setattr(cli, "DEMO_DURATIONS", (0.01, 0.05))
+    monkeypatch.setattr(demo, "DEMO_DURATIONS", (0.01, 0.05))
     argv = ["--json", "demo", "--count", "3", "--out", str(tmp_path), "--dialect", "navo", *FAST]
     code, out, err = run_main(capsys, *argv)
     assert code == 0, err

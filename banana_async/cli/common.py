@@ -1,0 +1,134 @@
+"""What the commands share: the client from the options, request defaults, the Ctrl-C note."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import warnings
+from collections.abc import AsyncGenerator, Callable
+from typing import TYPE_CHECKING, Any
+
+from banana_async.client import API_KEY_ENV, BananaClient
+from banana_async.dialects import ResolutionIgnoredWarning, get_dialect
+from banana_async.errors import InvalidRequestError
+from banana_async.models import request_from
+
+if TYPE_CHECKING:
+    from banana_async.batch import Outcome
+    from banana_async.cli.output import Shown
+    from banana_async.cli.progress import Progress, Stats
+
+__all__ = ["RunState", "api_client", "check_defaults", "consume", "request_defaults"]
+
+
+class RunState:
+    """What the command was doing, for the message after Ctrl-C.
+
+    Attributes:
+        stats: The running batch's counts, if the command runs a batch.
+        journal: The batch's journal path, if it has one.
+        task_id: The task ``generate`` created, once it has.
+        resumable: Whether running the command again can resume its work.
+    """
+
+    def __init__(self) -> None:
+        self.stats: Stats | None = None
+        self.journal: str | None = None
+        self.task_id: str | None = None
+        self.resumable = False
+
+    def interrupted(self) -> str:
+        """The line to print after Ctrl-C: how far the command got, how to go on."""
+        if self.stats is not None:
+            stats = self.stats
+            message = (
+                f"interrupted: {stats.ok} done, {stats.failed} failed, "
+                f"{stats.in_flight()} were in flight."
+            )
+            if not self.resumable:
+                return message
+            if self.journal is not None:
+                return (
+                    f"{message} Run the same command again (same FILE, --journal "
+                    f"{self.journal}) to resume: tasks already created are polled "
+                    "again, never created twice."
+                )
+            return (
+                f"{message} Tasks already created were not recorded; pass --journal "
+                "PATH to make a batch resumable."
+            )
+        if self.task_id is not None:
+            return (
+                f"interrupted; task {self.task_id} was created and may still finish: "
+                f"check it with `banana-async status {self.task_id}`"
+            )
+        return "interrupted"
+
+
+def api_client(
+    args: argparse.Namespace, *, requests_per_second: float | None = None
+) -> BananaClient:
+    """A client for the real API, configured by the options and the environment.
+
+    Raises:
+        InvalidRequestError: no API key in the environment.
+    """
+    key = os.environ.get(API_KEY_ENV, "")
+    if not key.strip():
+        raise InvalidRequestError(
+            f"no API key: set the {API_KEY_ENV} environment variable (the key is not "
+            "taken as an option, which would leave it in shell history)"
+        )
+    options: dict[str, Any] = {}
+    poll_interval: float | None = getattr(args, "poll_interval", None)
+    if poll_interval is not None:
+        options["poll_interval"] = poll_interval
+    return BananaClient(
+        key,
+        dialect=args.dialect,
+        base_url=args.base_url,
+        allow_unknown_models=getattr(args, "allow_unknown_models", False),
+        requests_per_second=requests_per_second,
+        **options,
+    )
+
+
+def request_defaults(args: argparse.Namespace) -> dict[str, Any]:
+    """The generation options, as keywords for a request."""
+    return {
+        "model": args.model,
+        "resolution": args.resolution,
+        "size": args.size,
+        "image_urls": args.image_urls,
+    }
+
+
+def check_defaults(args: argparse.Namespace, defaults: dict[str, Any]) -> None:
+    """Refuse a bad --model or --image-url once, before any input is read.
+
+    Raises:
+        InvalidRequestError: the options do not make a valid request.
+    """
+    request = request_from("check", **defaults)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResolutionIgnoredWarning)  # shown once per task later
+        get_dialect(args.dialect).validate(request, allow_unknown_models=args.allow_unknown_models)
+
+
+async def consume(
+    outcomes: AsyncGenerator[Outcome, None],
+    progress: Progress,
+    stats: Stats,
+    show: Callable[[Outcome], Shown],
+    emit: Callable[[Shown], None],
+) -> None:
+    """Report each outcome of a batch as it comes, counting it and moving the progress."""
+    async with contextlib.aclosing(outcomes) as results:
+        async for outcome in results:
+            shown = show(outcome)
+            stats.add(outcome)
+            if shown.expected:
+                stats.expected_failures += 1
+            emit(shown)
+            progress.update()
