@@ -22,9 +22,8 @@ from collections.abc import (
 )
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-import aiohttp
 import attrs
 from multidict import CIMultiDict
 
@@ -68,6 +67,11 @@ from banana_async.models import (
 )
 from banana_async.ratelimit import AdaptiveRateLimiter, RateLimiter, RequestKind
 from banana_async.ratelimit._adaptive import DEFAULT_PAUSE
+
+if TYPE_CHECKING:
+    # Only the type of the session a caller may hand over: every aiohttp
+    # call is in _transport.
+    import aiohttp
 
 __all__ = ["API_KEY_ENV", "BananaClient"]
 
@@ -250,13 +254,7 @@ class BananaClient:
             total=check_timeout(timeout, "timeout"),
             connect=check_timeout(connect_timeout, "connect_timeout"),
         )
-        # An image is bigger than a task body: its whole transfer gets longer,
-        # but it must still keep arriving (sock_read) to count as alive.
-        self._download_timeout = _transport.make_timeout(
-            total=None if self._timeout.total is None else 10 * self._timeout.total,
-            connect=self._timeout.connect,
-            sock_read=self._timeout.total,
-        )
+        self._download_timeout = _transport.image_timeout(self._timeout)
         self._connection_limit = connection_limit
         self._allow_unknown_models = allow_unknown_models
         self._clock: Clock = clock if clock is not None else SystemClock()
@@ -296,7 +294,7 @@ class BananaClient:
                 connection_limit=self._connection_limit,
                 user_agent=f"banana-async/{__version__}",
             )
-        slots = _pool_size(self._session)
+        slots = _transport.pool_size(self._session)
         self._slots = None if slots is None else asyncio.Semaphore(slots)
         self._entered = True
         return self
@@ -1026,19 +1024,6 @@ def _make_limiter(
             f"not {type(given).__name__}"
         )
     return given
-
-
-def _pool_size(session: aiohttp.ClientSession) -> int | None:
-    """How many connections the session's pool holds (None: no limit).
-
-    For a borrowed session with a per-host limit, the smaller one: the API
-    is one or two hosts.
-    """
-    connector = session.connector
-    if connector is None:
-        return None
-    limits = [n for n in (connector.limit, connector.limit_per_host) if n > 0]
-    return min(limits) if limits else None
 
 
 def _check_key(key: str) -> str:
