@@ -576,10 +576,11 @@ class BananaClient:
         request = request_from(
             prompt, model=model, resolution=resolution, size=size, image_urls=image_urls
         )
-        self._validate(request)
+        self._dialect.validate(request, allow_unknown_models=self._allow_unknown_models)
         return request
 
     def _validate(self, request: GenerationRequest) -> None:
+        """Check a request against the dialect (the batch engine's ``validate``)."""
         self._dialect.validate(request, allow_unknown_models=self._allow_unknown_models)
 
     async def create(
