@@ -82,7 +82,7 @@ Emit = Callable[[Task, int | None], None]
 """The event hook: called with a task as just seen and its input's index
 (None for a task outside a batch). The engine calls it once a task is
 created and once its wait has seen it completed or failed. It must not
-raise: a hook that can fails inside itself, as a logged warning."""
+raise: a hook that runs user code catches and logs what that code raises."""
 
 
 def no_events(task: Task, index: int | None) -> None:
