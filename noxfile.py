@@ -42,10 +42,12 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=MAIN_PYTHON)
 def lint(session: nox.Session) -> None:
-    """Check style and formatting with ruff."""
+    """Check style and formatting with ruff, and the layering with import-linter."""
     session.install(".[lint]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    # The package itself is installed (.[lint]), so lint-imports finds it.
+    session.run("lint-imports")
 
 
 @nox.session(python=MAIN_PYTHON, name="typing")

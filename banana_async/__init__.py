@@ -12,7 +12,6 @@ Create a task, poll it until it is done, get the image URL; in two dialects
 
 from banana_async._polling import Clock, SystemClock
 from banana_async._version import __version__
-from banana_async.batch import BatchInput, Outcome
 from banana_async.client import API_KEY_ENV, BananaClient
 from banana_async.dialects import (
     NANO,
@@ -47,8 +46,10 @@ from banana_async.errors import (
 from banana_async.journal import EntryState, Journal, JournalEntry
 from banana_async.models import (
     AspectRatio,
+    BatchInput,
     GenerationRequest,
     Model,
+    Outcome,
     Resolution,
     Task,
     TaskStatus,

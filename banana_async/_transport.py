@@ -1,27 +1,32 @@
 """The only module that talks to aiohttp: send one request, return one response.
 
 Images are the exception to "one response": :func:`stream_to` streams a body
-of any size into a sink instead of reading it whole.
+of any size into a :class:`DownloadSink` instead of reading it whole.
 
 Every aiohttp exception becomes an :class:`~banana_async.APIConnectionError`
-(or :class:`~banana_async.APITimeoutError`) here, with ``request_sent`` set to
-False only where the request provably never left: the connection was never
-established. That single bit decides whether a create may be retried.
+(or :class:`~banana_async.APITimeoutError`) here, in one place
+(:func:`_mapped_error`), with ``request_sent`` set to False only where the
+request provably never left: the connection was never established. That
+single bit decides whether a create may be retried.
+
+What an HTTP status means is not decided here: a response goes back to the
+caller as status, headers and bytes, and the dialect layer reads it
+(:func:`banana_async.dialects.error_for_status`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import re
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Protocol
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 import yarl
 
-from banana_async.dialects import HTTPRequest, HTTPResponse, status_error
+from banana_async._checks import error_text
+from banana_async.dialects import HTTPRequest, HTTPResponse
 from banana_async.errors import (
     APIConnectionError,
     APITimeoutError,
@@ -30,9 +35,6 @@ from banana_async.errors import (
     ResponseValidationError,
 )
 from banana_async.models import url_problem
-
-if TYPE_CHECKING:
-    from banana_async.download import DownloadSink
 
 MAX_RESPONSE_BYTES = 1 << 20
 """A task body is a few hundred bytes; anything past 1 MiB is not one."""
@@ -66,6 +68,32 @@ def make_timeout(
 ) -> aiohttp.ClientTimeout:
     """Per-request timeouts; ``connect`` also bounds waiting for a pooled connection."""
     return aiohttp.ClientTimeout(total=total, connect=connect, sock_read=sock_read)
+
+
+def image_timeout(api: aiohttp.ClientTimeout) -> aiohttp.ClientTimeout:
+    """The timeouts of an image download, from those of an API request.
+
+    An image is bigger than a task body: its whole transfer gets longer, but
+    it must still keep arriving (``sock_read``) to count as alive.
+    """
+    return make_timeout(
+        total=None if api.total is None else 10 * api.total,
+        connect=api.connect,
+        sock_read=api.total,
+    )
+
+
+def pool_size(session: aiohttp.ClientSession) -> int | None:
+    """How many connections the session's pool holds (None: no limit).
+
+    For a borrowed session with a per-host limit, the smaller one: the API
+    is one or two hosts.
+    """
+    connector = session.connector
+    if connector is None:
+        return None
+    limits = [n for n in (connector.limit, connector.limit_per_host) if n > 0]
+    return min(limits) if limits else None
 
 
 async def _read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -168,30 +196,10 @@ async def send(
         # Raised while building the request, before any connection: with no
         # redirects followed, never for a URL the provider sent.
         raise InvalidRequestError(
-            f"cannot send {request.method} {_shown_url(request.url)}: {exc}"
+            f"cannot send {request.method} {shown_url(request.url)}: {exc}"
         ) from None
-    except aiohttp.ConnectionTimeoutError:
-        raise APITimeoutError(
-            f"timed out connecting for {request.method} {request.url}", request_sent=False
-        ) from None
-    except aiohttp.ClientConnectorError as exc:
-        # Refused, DNS failure, TLS handshake failure: the request never left.
-        raise APIConnectionError(
-            f"could not connect for {request.method} {request.url}: {exc.os_error}",
-            request_sent=False,
-        ) from None
-    except TimeoutError:
-        raise APITimeoutError(
-            f"timed out waiting for the response to {request.method} {request.url}"
-        ) from None
-    except aiohttp.ClientError as exc:
-        raise APIConnectionError(
-            f"connection failed during {request.method} {request.url}: {type(exc).__name__}: {exc}"
-        ) from None
-    except OSError as exc:
-        raise APIConnectionError(
-            f"connection failed during {request.method} {request.url}: {exc}"
-        ) from None
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise _mapped_error(exc, f"{request.method} {request.url}") from None
 
 
 def _checked_url(request: HTTPRequest) -> yarl.URL:
@@ -204,7 +212,7 @@ def _checked_url(request: HTTPRequest) -> yarl.URL:
     if isinstance(wire, yarl.URL):
         return wire
     raise InvalidRequestError(
-        f"the URL of {request.method} {_shown_url(request.url)} {wire}; nothing was sent"
+        f"the URL of {request.method} {shown_url(request.url)} {wire}; nothing was sent"
     )
 
 
@@ -224,7 +232,7 @@ def _usable_wire_url(url: str) -> yarl.URL | str:
         return f"cannot be parsed ({exc})"
 
 
-def _shown_url(url: str) -> str:
+def shown_url(url: str) -> str:
     """The URL for a message, without its query: signed URLs carry tokens there."""
     try:
         parts = urlsplit(url)
@@ -234,51 +242,69 @@ def _shown_url(url: str) -> str:
     return parts._replace(query="", fragment="").geturl() if parts.query else url
 
 
-@contextlib.contextmanager
-def _download_errors(url: str, *, opening: bool = False) -> Iterator[None]:
-    """Map aiohttp's exceptions during a download as :func:`send` maps them.
+def _mapped_error(exc: BaseException, what: str) -> BaseException:
+    """The package's error for an exception aiohttp raised during ``what``.
 
-    Only aiohttp calls go inside, so that an error raised by the sink (an
-    OSError of a full disk, say) is never taken for a connection failure.
-    With ``opening`` (the request and its redirects, before any body), a
-    ValueError is a URL that yarl or the resolver could not take.
+    The one mapper of every request, API or image: ``what`` names the
+    request ("GET https://..."). An exception that is none of aiohttp's
+    (nor a timeout or OSError) is returned as it is.
     """
-    what = f"GET {_shown_url(url)}"
-    try:
-        yield
-    except aiohttp.TooManyRedirects:
-        raise DownloadError(
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return APITimeoutError(f"timed out connecting for {what}", request_sent=False)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        # Refused, DNS failure, TLS handshake failure: the request never left.
+        return APIConnectionError(
+            f"could not connect for {what}: {exc.os_error}", request_sent=False
+        )
+    if isinstance(exc, TimeoutError):
+        return APITimeoutError(f"timed out waiting for the response to {what}")
+    if isinstance(exc, aiohttp.ClientError):
+        return APIConnectionError(f"connection failed during {what}: {error_text(exc)}")
+    if isinstance(exc, OSError):
+        return APIConnectionError(f"connection failed during {what}: {exc}")
+    return exc
+
+
+def _download_error(exc: BaseException, url: str, *, opening: bool = False) -> BaseException:
+    """The package's error for an exception aiohttp raised during a download.
+
+    Only aiohttp calls may raise what is mapped here, so that an error raised
+    by the sink (an OSError of a full disk, say) is never taken for a
+    connection failure. With ``opening`` (the request and its redirects,
+    before any body), a ValueError is a URL that yarl or the resolver could
+    not take.
+    """
+    what = f"GET {shown_url(url)}"
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return DownloadError(
             f"more than {MAX_DOWNLOAD_REDIRECTS} redirects for {what}",
             url=url,
             reason="too_many_redirects",
-        ) from None
-    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
+        )
+    if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
         # Also a redirect to a non-http(s) or malformed location.
-        raise DownloadError(
-            f"not an http(s) URL for {what}: {exc}", url=url, reason="bad_url"
-        ) from None
-    except ValueError as exc:
-        if not opening:
-            raise
+        return DownloadError(f"not an http(s) URL for {what}: {exc}", url=url, reason="bad_url")
+    if isinstance(exc, ValueError) and opening:
         # yarl refusing a URL (or a redirect's Location) that aiohttp did not
         # wrap, or a host name too long to resolve (UnicodeError from IDNA).
-        raise DownloadError(
-            f"unusable URL for {what}: {type(exc).__name__}: {exc}", url=url, reason="bad_url"
-        ) from None
-    except aiohttp.ConnectionTimeoutError:
-        raise APITimeoutError(f"timed out connecting for {what}", request_sent=False) from None
-    except aiohttp.ClientConnectorError as exc:
-        raise APIConnectionError(
-            f"could not connect for {what}: {exc.os_error}", request_sent=False
-        ) from None
-    except TimeoutError:
-        raise APITimeoutError(f"timed out waiting for the response to {what}") from None
-    except aiohttp.ClientError as exc:
-        raise APIConnectionError(
-            f"connection failed during {what}: {type(exc).__name__}: {exc}"
-        ) from None
-    except OSError as exc:
-        raise APIConnectionError(f"connection failed during {what}: {exc}") from None
+        return DownloadError(
+            f"unusable URL for {what}: {error_text(exc)}", url=url, reason="bad_url"
+        )
+    return _mapped_error(exc, what)
+
+
+class DownloadSink(Protocol):
+    """Where :func:`stream_to` puts a response body.
+
+    ``begin`` is called once, after the status was found to be 2xx and before
+    any ``write``; either may raise to abort the download.
+    """
+
+    def begin(self, content_type: str, content_length: int | None) -> None:
+        """Look at the response before its body: its raw Content-Type and length."""
+
+    def write(self, chunk: bytes) -> None:
+        """Take the next chunk of the body."""
 
 
 async def _read_prefix(response: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -295,7 +321,7 @@ async def _read_prefix(response: aiohttp.ClientResponse, limit: int) -> bytes:
 
 
 def _too_large(url: str, max_bytes: int, announced: int | None) -> DownloadError:
-    what = f"GET {_shown_url(url)}"
+    what = f"GET {shown_url(url)}"
     if announced is None:
         message = f"{what} sent more than the {max_bytes}-byte limit"
     else:
@@ -303,21 +329,31 @@ def _too_large(url: str, max_bytes: int, announced: int | None) -> DownloadError
     return DownloadError(message, url=url, reason="too_large")
 
 
+# What aiohttp raises while a response is read: mapped by _download_error.
+_READ_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
+
+
 async def _stream_body(
     response: aiohttp.ClientResponse, url: str, sink: DownloadSink, max_bytes: int
-) -> int:
+) -> int | HTTPResponse:
     if not 200 <= response.status <= 299:
-        with _download_errors(url):
+        try:
             body = await _read_prefix(response, ERROR_BODY_BYTES)
-        raise status_error(HTTPResponse(response.status, response.headers, body))
+        except _READ_ERRORS as exc:
+            raise _download_error(exc, url) from None
+        return HTTPResponse(response.status, response.headers, body)
     length = response.content_length
     if length is not None and length > max_bytes:
         raise _too_large(url, max_bytes, length)
     sink.begin(response.headers.get("Content-Type", ""), length)
     received = 0
+    content = response.content
     while True:
-        with _download_errors(url):
-            chunk = await response.content.readany()
+        # Only aiohttp's call is inside: what the sink raises is never mapped.
+        try:
+            chunk = await content.readany()
+        except _READ_ERRORS as exc:
+            raise _download_error(exc, url) from None
         if not chunk:
             return received
         received += len(chunk)
@@ -334,17 +370,21 @@ async def stream_to(
     timeout: aiohttp.ClientTimeout,
     max_bytes: int,
     max_redirects: int = MAX_DOWNLOAD_REDIRECTS,
-) -> int:
-    """GET ``url`` and stream its body into ``sink``; return the bytes received.
+) -> int | HTTPResponse:
+    """GET ``url`` and stream its body into ``sink``.
 
     The request carries the session's own headers and nothing else (never an
     API key: image hosts are not the API). Redirects are followed, up to
     ``max_redirects``. ``timeout.total`` bounds the whole download, redirects
     and body included. Whatever the sink raises propagates unchanged.
 
+    Returns:
+        The number of bytes the sink received; or, for a final status other
+        than 2xx, that response with the first :data:`ERROR_BODY_BYTES` of
+        its body (the sink untouched), for the caller to read (see
+        :func:`banana_async.dialects.error_for_status`).
+
     Raises:
-        APIStatusError: (or a subclass) for a final status other than 2xx,
-            with the first :data:`ERROR_BODY_BYTES` of the body.
         DownloadError: ``too_large`` when Content-Length (before anything is
             read) or the bytes received (decoded, when the host compressed
             them) exceed ``max_bytes``; ``too_many_redirects``; ``bad_url``
@@ -352,20 +392,25 @@ async def stream_to(
             cannot be requested at all (a malformed host or port).
         APIConnectionError: no complete response; APITimeoutError on a timeout.
     """
-    with _download_errors(url, opening=True):
+    try:
         response = await session.get(
             url,
             timeout=timeout,
             allow_redirects=True,
             max_redirects=max_redirects,
-            # A borrowed session may raise for status itself; statuses are mapped here.
+            # A borrowed session may raise for status itself; statuses are read here.
             raise_for_status=False,
         )
+    except (*_READ_ERRORS, ValueError) as exc:
+        raise _download_error(exc, url, opening=True) from None
     try:
         received = await _stream_body(response, url, sink, max_bytes)
     except BaseException:
         # Drop the connection: the rest of an aborted body is not worth reading.
         response.close()
         raise
-    response.release()
+    if isinstance(received, HTTPResponse):
+        response.close()  # the rest of an error page is not worth reading either
+    else:
+        response.release()
     return received

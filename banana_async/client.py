@@ -12,18 +12,23 @@ import ipaddress
 import logging
 import os
 import random
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Iterable,
+    Sequence,
+)
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Self
 
-import aiohttp
 import attrs
 from multidict import CIMultiDict
 
-from banana_async import _retry, _transport
-from banana_async import batch as _batch
+from banana_async import _batch, _retry, _transport
+from banana_async._checks import count_problem, split_http_url
 from banana_async._polling import (
     DEFAULT_POLL_INTERVAL,
     DEFAULT_WAIT_TIMEOUT,
@@ -38,7 +43,6 @@ from banana_async._polling import (
 )
 from banana_async._redact import Redactor
 from banana_async._version import __version__
-from banana_async.batch import BatchInput, Outcome
 from banana_async.dialects import Dialect, HTTPRequest, HTTPResponse, get_dialect
 from banana_async.download import DEFAULT_MAX_IMAGE_BYTES, download_task_image
 from banana_async.errors import (
@@ -53,7 +57,9 @@ from banana_async.errors import (
 from banana_async.journal import Journal
 from banana_async.models import (
     AspectRatio,
+    BatchInput,
     GenerationRequest,
+    Outcome,
     Resolution,
     Task,
     TaskStatus,
@@ -61,6 +67,11 @@ from banana_async.models import (
 )
 from banana_async.ratelimit import AdaptiveRateLimiter, RateLimiter, RequestKind
 from banana_async.ratelimit._adaptive import DEFAULT_PAUSE
+
+if TYPE_CHECKING:
+    # Only the type of the session a caller may hand over: every aiohttp
+    # call is in _transport.
+    import aiohttp
 
 __all__ = ["API_KEY_ENV", "BananaClient"]
 
@@ -92,11 +103,10 @@ def _is_loopback(host: str) -> bool:
 
 def _check_base_url(url: str, what: str) -> str:
     """Refuse URLs that would carry the API key in clear text off this machine."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
+    parts = split_http_url(url)
+    if isinstance(parts, str) or not parts.hostname:
         raise InvalidRequestError(f"{what} must be an http(s) URL, not {url!r}")
-    if scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme.lower() == "http" and not _is_loopback(parts.hostname):
         raise InvalidRequestError(
             f"{what} {url!r} is plain HTTP to a non-loopback host; the API key is only "
             "sent over TLS (use https://)"
@@ -232,14 +242,11 @@ class BananaClient:
             query_base_url or base_url or self._dialect.query_base_url, "query_base_url"
         )
 
-        if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
-            raise InvalidRequestError(
-                f"max_retries must be a non-negative integer, not {max_retries!r}"
-            )
-        if not isinstance(connection_limit, int) or connection_limit < 1:
-            raise InvalidRequestError(
-                f"connection_limit must be a positive integer, not {connection_limit!r}"
-            )
+        problem = count_problem(max_retries, "max_retries", minimum=0) or count_problem(
+            connection_limit, "connection_limit"
+        )
+        if problem is not None:
+            raise InvalidRequestError(problem)
         self._max_retries = max_retries
         self._poll_interval = check_interval(poll_interval)
         self._wait_timeout = check_timeout(wait_timeout, "wait_timeout")
@@ -247,13 +254,7 @@ class BananaClient:
             total=check_timeout(timeout, "timeout"),
             connect=check_timeout(connect_timeout, "connect_timeout"),
         )
-        # An image is bigger than a task body: its whole transfer gets longer,
-        # but it must still keep arriving (sock_read) to count as alive.
-        self._download_timeout = _transport.make_timeout(
-            total=None if self._timeout.total is None else 10 * self._timeout.total,
-            connect=self._timeout.connect,
-            sock_read=self._timeout.total,
-        )
+        self._download_timeout = _transport.image_timeout(self._timeout)
         self._connection_limit = connection_limit
         self._allow_unknown_models = allow_unknown_models
         self._clock: Clock = clock if clock is not None else SystemClock()
@@ -293,7 +294,7 @@ class BananaClient:
                 connection_limit=self._connection_limit,
                 user_agent=f"banana-async/{__version__}",
             )
-        slots = _pool_size(self._session)
+        slots = _transport.pool_size(self._session)
         self._slots = None if slots is None else asyncio.Semaphore(slots)
         self._entered = True
         return self
@@ -578,6 +579,10 @@ class BananaClient:
         self._dialect.validate(request, allow_unknown_models=self._allow_unknown_models)
         return request
 
+    def _validate(self, request: GenerationRequest) -> None:
+        """Check a request against the dialect (the batch engine's ``validate``)."""
+        self._dialect.validate(request, allow_unknown_models=self._allow_unknown_models)
+
     async def create(
         self,
         prompt: str | GenerationRequest,
@@ -718,11 +723,9 @@ class BananaClient:
                 )
                 while True:
                     if delay > 0:
-                        delay = wake_delay(clock.time(), delay, interval)
-                        if deadline is not None and clock.time() + delay >= deadline:
-                            await clock.sleep(max(0.0, deadline - clock.time()))
-                            raise TaskTimeoutError(task_id, limit or 0.0, last)
-                        await clock.sleep(delay)
+                        await self._sleep_before_poll(
+                            delay, interval, deadline, task_id=task_id, last=last, limit=limit
+                        )
                     if deadline is not None and deadline - clock.time() <= 0:
                         raise TaskTimeoutError(task_id, limit or 0.0, last)
                     try:
@@ -756,6 +759,28 @@ class BananaClient:
             if scout is not None:
                 scout.leave()  # however the wait ended: its place goes to another task
         return self._finished(last)
+
+    async def _sleep_before_poll(
+        self,
+        delay: float,
+        interval: float,
+        deadline: float | None,
+        *,
+        task_id: str,
+        last: Task | None,
+        limit: float | None,
+    ) -> None:
+        """Sleep ``delay`` (on the poll grid), or until ``deadline`` if that comes first.
+
+        Raises:
+            TaskTimeoutError: the deadline came first (raised at the deadline).
+        """
+        clock = self._clock
+        delay = wake_delay(clock.time(), delay, interval)
+        if deadline is not None and clock.time() + delay >= deadline:
+            await clock.sleep(max(0.0, deadline - clock.time()))
+            raise TaskTimeoutError(task_id, limit or 0.0, last)
+        await clock.sleep(delay)
 
     def _poll_failed(self, exc: BananaError, failures: int, task_id: str, interval: float) -> float:
         """The delay before the next poll after a failed one; re-raise what polling cannot fix."""
@@ -796,11 +821,9 @@ class BananaClient:
         key, created_at = context
         delay, hold, scout = self._policy.first_poll(key, interval, clock.time() - created_at)
         while hold:
-            delay = wake_delay(clock.time(), delay, interval)
-            if deadline is not None and clock.time() + delay >= deadline:
-                await clock.sleep(max(0.0, deadline - clock.time()))
-                raise TaskTimeoutError(task_id, limit or 0.0, last)
-            await clock.sleep(delay)
+            await self._sleep_before_poll(
+                delay, interval, deadline, task_id=task_id, last=last, limit=limit
+            )
             delay, hold, scout = self._policy.first_poll(
                 key, interval, clock.time() - created_at, held=True
             )
@@ -950,19 +973,40 @@ class BananaClient:
                 belongs to another batch (when the first differing input is read).
         """
         self._session_for_call()
-        return _batch.run(
-            self,
-            inputs,
+        options = _batch.BatchOptions(
             concurrency=concurrency,
             timeout=timeout,
             poll_interval=poll_interval,
+            defaults={
+                "model": model,
+                "resolution": resolution,
+                "size": size,
+                "image_urls": image_urls,
+            },
             download_to=download_to,
             journal=journal,
             resend_unconfirmed=resend_unconfirmed,
-            model=model,
-            resolution=resolution,
-            size=size,
-            image_urls=image_urls,
+        )
+        return _batch.run(self._batch_operations(), inputs, options)
+
+    def _batch_operations(self) -> _batch.BatchOperations:
+        """What the batch engine may do with this client, and nothing more."""
+
+        def create(request: GenerationRequest, timeout: float | None) -> Awaitable[Task]:
+            # Patient: a 429 was not processed, and only the deadline ends a
+            # batch's create for it (see _call).
+            return self._create(request, deadline=self._deadline(timeout)[1], patient=True)
+
+        def wait(task: Task, timeout: float | None, poll_interval: float | None) -> Awaitable[Task]:
+            return self.wait(task, timeout=timeout, poll_interval=poll_interval)
+
+        return _batch.BatchOperations(
+            validate=self._validate,
+            create=create,
+            wait=wait,
+            download=self.download,
+            closed=lambda: self._closed,
+            provider=(self._dialect.name, self._create_base, self._query_base),
         )
 
 
@@ -981,19 +1025,6 @@ def _make_limiter(
             f"not {type(given).__name__}"
         )
     return given
-
-
-def _pool_size(session: aiohttp.ClientSession) -> int | None:
-    """How many connections the session's pool holds (None: no limit).
-
-    For a borrowed session with a per-host limit, the smaller one: the API
-    is one or two hosts.
-    """
-    connector = session.connector
-    if connector is None:
-        return None
-    limits = [n for n in (connector.limit, connector.limit_per_host) if n > 0]
-    return min(limits) if limits else None
 
 
 def _check_key(key: str) -> str:

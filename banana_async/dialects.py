@@ -50,6 +50,9 @@ from banana_async.models import (
     url_problem,
 )
 
+# error_for_status is public too, but left out of __all__ for now: every name
+# here is also re-exported at the top (tests/test_exports.py), and the top
+# level is being curated down, not grown.
 __all__ = [
     "NANO",
     "NAVO",
@@ -151,11 +154,25 @@ _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
 }
 
 
-def status_error(response: HTTPResponse) -> APIStatusError:
-    """The :class:`APIStatusError` subclass for a response's HTTP status.
+def error_for_status(response: HTTPResponse) -> APIStatusError:
+    """The error that a response's HTTP status means, for a status other than 2xx.
 
-    Carries the status, the (bounded) body as text, the headers and the
-    provider's ``Retry-After``.
+    What a status means is decided here, never by the I/O layer: the client
+    raises this for an API answer, and a download for an image host's.
+    400 and 422 are :class:`~banana_async.BadRequestError`, 401 and 403
+    :class:`~banana_async.AuthenticationError`, 404
+    :class:`~banana_async.NotFoundError`, 429
+    :class:`~banana_async.RateLimitError`, 5xx
+    :class:`~banana_async.ServerError`, any other
+    :class:`~banana_async.APIStatusError`. The error carries the status, the
+    body as (bounded) text, the headers and the ``Retry-After`` delay, and
+    its message reads the body (a JSON message, an HTML page's title).
+
+    Args:
+        response: The response; only its first few KiB of body are read.
+
+    Returns:
+        The error, for the caller to raise.
     """
     status = response.status
     if status in _STATUS_ERRORS:
@@ -175,6 +192,10 @@ def status_error(response: HTTPResponse) -> APIStatusError:
         headers=dict(response.headers),
         retry_after=retry_after,
     )
+
+
+status_error = error_for_status
+"""The former name of :func:`error_for_status`."""
 
 
 # Codes that mean "no error" in a ``code``/``msg`` body: 0 and 200 by the two
@@ -234,7 +255,7 @@ def parse_body(response: HTTPResponse) -> dict[str, Any]:
         ProviderError: a 2xx body that is an error (``code``/``msg``) rather than a task.
     """
     if not 200 <= response.status <= 299:
-        raise status_error(response)
+        raise error_for_status(response)
     body = response.body
     try:
         data = json.loads(body)

@@ -30,7 +30,7 @@ import stat
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 try:
     import fcntl
@@ -41,7 +41,8 @@ else:
 
 from banana_async import _transport
 from banana_async._png import PNG_SIGNATURE
-from banana_async._transport import _shown_url
+from banana_async._transport import DownloadSink, shown_url
+from banana_async.dialects import HTTPResponse, error_for_status
 from banana_async.errors import DownloadError
 from banana_async.models import TaskStatus, url_problem
 
@@ -161,20 +162,6 @@ def image_extension(head: bytes) -> str | None:
     return None
 
 
-class DownloadSink(Protocol):
-    """Where :func:`banana_async._transport.stream_to` puts a response body.
-
-    ``begin`` is called once, after the status was found to be 2xx and before
-    any ``write``; either may raise to abort the download.
-    """
-
-    def begin(self, content_type: str, content_length: int | None) -> None:
-        """Look at the response before its body: its raw Content-Type and length."""
-
-    def write(self, chunk: bytes) -> None:
-        """Take the next chunk of the body."""
-
-
 class _ImageFile:
     """A sink that refuses non-images and writes an image to a temporary file.
 
@@ -201,7 +188,7 @@ class _ImageFile:
 
     def _refuse(self, what: str) -> DownloadError:
         return DownloadError(
-            f"{_shown_url(self._url)} is not an image: {what}",
+            f"{shown_url(self._url)} is not an image: {what}",
             url=self._url,
             reason="not_an_image",
         )
@@ -396,7 +383,7 @@ def _check_url(task: Task) -> str:
     problem = url_problem(url)
     if problem is not None:
         raise DownloadError(
-            f"the image URL of task {task.id} {problem}: {_shown_url(url)!r}",
+            f"the image URL of task {task.id} {problem}: {shown_url(url)!r}",
             url=url,
             reason="bad_url",
         )
@@ -448,7 +435,11 @@ async def download_task_image(
     _prepare_directory(directory)
     image = _ImageFile(directory, safe_file_stem(task.id), url)
     try:
-        await _transport.stream_to(session, url, image, timeout=timeout, max_bytes=max_bytes)
+        answer = await _transport.stream_to(
+            session, url, image, timeout=timeout, max_bytes=max_bytes
+        )
+        if isinstance(answer, HTTPResponse):
+            raise error_for_status(answer)
         return image.commit()
     finally:
         image.discard()

@@ -1,4 +1,4 @@
-"""The public data model: tasks, their statuses, and generation requests.
+"""The public data model: tasks, their statuses, requests, and a batch's outcomes.
 
 These classes are frozen attrs classes with Python names; the providers'
 wire names and shapes live in :mod:`banana_async.dialects`, never here.
@@ -12,17 +12,20 @@ import ipaddress
 import re
 from collections.abc import Iterable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 
-from banana_async.errors import InvalidRequestError, shorten
+from banana_async._checks import split_http_url
+from banana_async.errors import BananaError, InvalidRequestError, shorten
 
 __all__ = [
     "AspectRatio",
+    "BatchInput",
     "GenerationRequest",
     "Model",
+    "Outcome",
     "Resolution",
     "Task",
     "TaskStatus",
@@ -209,17 +212,11 @@ def url_problem(url: object) -> str | None:
     text = _text_problem_of_url(url)
     if text is not None:
         return text
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        _ = parts.port  # raises for a port that is not a number in 0-65535
-    except ValueError as exc:
-        return f"cannot be parsed ({exc})"
-    if parts.scheme.lower() not in ("http", "https"):
-        return "is not an http(s) URL"
-    if not host:
-        return "has no host"
-    return None if _usable_host(host) else "has an invalid host name"
+    parts = split_http_url(url)
+    if isinstance(parts, str):
+        return parts
+    host = parts.hostname
+    return None if host and _usable_host(host) else "has an invalid host name"
 
 
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
@@ -361,3 +358,37 @@ def request_from(prompt: str | GenerationRequest, **fields: Any) -> GenerationRe
         return prompt
     kwargs = {k: v for k, v in fields.items() if v is not None}
     return GenerationRequest(prompt, **kwargs)
+
+
+BatchInput = str | GenerationRequest
+"""One input of a batch: a prompt, or a complete request."""
+
+
+@attrs.frozen
+class Outcome:
+    """What became of one input of :meth:`~banana_async.BananaClient.generate_many`.
+
+    Attributes:
+        index: The input's position (0-based) in the inputs.
+        request: The request sent, or None if the input was not a valid request.
+        task: The task as last seen, or None if none was created (or it is
+            not known whether one was).
+        error: Why the input did not produce an image (a :class:`TaskFailedError`,
+            :class:`TaskTimeoutError`, a create failure, a download failure, ...),
+            or None.
+        path: Where the image was saved, with ``download_to``.
+        from_journal: True when the outcome was read from the journal of an
+            earlier run without any HTTP request.
+    """
+
+    index: int
+    request: GenerationRequest | None
+    task: Task | None = None
+    error: BananaError | None = None
+    path: Path | None = None
+    from_journal: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when the task completed (and its download, if asked for, succeeded)."""
+        return self.error is None and self.task is not None and self.task.ok

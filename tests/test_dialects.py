@@ -42,6 +42,7 @@ from banana_async import (
     TaskStatus,
     get_dialect,
 )
+from banana_async.dialects import error_for_status
 
 SAMPLES = Path(__file__).parent / "samples"
 CREATED_TS = 1761635478
@@ -548,6 +549,53 @@ def test_http_status_maps_to_error_class(
         assert str(status) in str(info.value)
         assert "something precise went wrong" in str(info.value)
         assert info.value.retry_after is None
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, BadRequestError),
+        (422, BadRequestError),
+        (401, AuthenticationError),
+        (403, AuthenticationError),
+        (404, NotFoundError),
+        (429, RateLimitError),
+        (500, ServerError),
+        (599, ServerError),
+        (418, APIStatusError),
+        (302, APIStatusError),
+    ],
+)
+def test_error_for_status_is_decided_from_bytes(status: int, cls: type[APIStatusError]) -> None:
+    answer = HTTPResponse(status, {"Retry-After": "7"}, b'{"message": "gone   for\n good"}')
+    error = error_for_status(answer)
+    assert type(error) is cls
+    assert error.status_code == status
+    assert error.body == '{"message": "gone   for\n good"}'
+    assert error.retry_after == 7.0
+    assert error.headers == {"Retry-After": "7"}
+    assert f"HTTP {status} " in str(error)
+    assert "gone for good" in str(error)  # the body's message, on one line
+
+
+def test_error_for_status_reads_an_html_page_and_a_redirect() -> None:
+    page = b"<!DOCTYPE html><html><head><title>Access  Denied</title></head></html>"
+    denied = error_for_status(HTTPResponse(403, {"Content-Type": "text/html"}, page))
+    assert isinstance(denied, AuthenticationError)
+    assert "HTML page 'Access Denied'" in str(denied)
+    assert denied.retry_after is None
+    moved = error_for_status(HTTPResponse(301, {"Location": "https://elsewhere.example/x"}))
+    assert type(moved) is APIStatusError
+    assert "unexpected status" in str(moved)
+    assert "redirect to https://elsewhere.example/x" in str(moved)
+    assert "empty body" in str(moved)
+
+
+def test_error_for_status_keeps_a_bounded_body() -> None:
+    error = error_for_status(HTTPResponse(502, {}, b"x" * 100_000))
+    assert isinstance(error, ServerError)
+    assert len(error.body) <= 4096
+    assert len(str(error)) < 500
 
 
 @DIALECTS

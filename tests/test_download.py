@@ -679,9 +679,11 @@ StreamTo = Callable[[str, RecordingSink, int], Awaitable[int]]
 @pytest.fixture
 def stream_to(session: aiohttp.ClientSession) -> StreamTo:
     async def run(url: str, sink: RecordingSink, max_bytes: int) -> int:
-        return await _transport.stream_to(
+        received = await _transport.stream_to(
             session, url, sink, timeout=aiohttp.ClientTimeout(total=5), max_bytes=max_bytes
         )
+        assert isinstance(received, int)  # not an error status's response
+        return received
 
     return run
 

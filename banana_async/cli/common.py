@@ -15,9 +15,9 @@ from banana_async.errors import InvalidRequestError
 from banana_async.models import request_from
 
 if TYPE_CHECKING:
-    from banana_async.batch import Outcome
     from banana_async.cli.output import Shown
     from banana_async.cli.progress import Progress, Stats
+    from banana_async.models import Outcome
 
 __all__ = ["RunState", "api_client", "check_defaults", "consume", "request_defaults"]
 

@@ -24,8 +24,7 @@ import attrs
 from banana_async.dialects import ResolutionIgnoredWarning
 
 if TYPE_CHECKING:
-    from banana_async.batch import Outcome
-    from banana_async.models import Task
+    from banana_async.models import Outcome, Task
 
 __all__ = [
     "PROMPT_PREVIEW",

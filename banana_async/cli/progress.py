@@ -12,7 +12,7 @@ from typing import IO, TYPE_CHECKING, Final, Self
 from banana_async.cli.output import to_stderr
 
 if TYPE_CHECKING:
-    from banana_async.batch import Outcome
+    from banana_async.models import Outcome
 
 __all__ = ["PROGRESS_INTERVAL", "RICH_REFRESH", "Progress", "RichBar", "Stats", "duration"]
 

@@ -18,8 +18,8 @@ from banana_async.errors import InvalidRequestError
 from banana_async.models import GenerationRequest, request_from
 
 if TYPE_CHECKING:
-    from banana_async.batch import BatchInput
     from banana_async.cli.progress import Stats
+    from banana_async.models import BatchInput
 
 __all__ = ["FileScan", "Line", "PromptFile", "request_from_json", "scan"]
 

@@ -22,7 +22,7 @@ from banana_async.cli.prompt_file import PromptFile, scan
 from banana_async.errors import InvalidRequestError
 
 if TYPE_CHECKING:
-    from banana_async.batch import Outcome
+    from banana_async.models import Outcome
 
 __all__ = ["run"]
 

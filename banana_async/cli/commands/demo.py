@@ -20,7 +20,7 @@ from banana_async.models import GenerationRequest, request_from
 from banana_async.testing import FakeBananaServer, TaskScript
 
 if TYPE_CHECKING:
-    from banana_async.batch import BatchInput, Outcome
+    from banana_async.models import BatchInput, Outcome
 
 __all__ = ["DEMO_DURATIONS", "DEMO_FAILURE", "DEMO_KEY", "DEMO_PROMPTS", "run"]
 

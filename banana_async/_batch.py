@@ -1,0 +1,680 @@
+"""The batch engine behind ``generate_many``: bounded concurrency, one outcome per input.
+
+The engine is handed what it needs (:class:`BatchOperations`: validate,
+create, wait, download, an event hook) and how to run (:class:`BatchOptions`);
+it knows nothing else of the client that calls it.
+
+How the pieces fit:
+
+- A *producer* reads the inputs lazily, one at a time, and only when there
+  is room: at most ``concurrency`` tasks are in flight at the provider
+  (created, not finished), and at most ``2 * concurrency`` inputs are between
+  being read and being handed to the caller. A million-line input is never
+  in memory.
+- One *worker* (an asyncio task) per input creates its task, waits on it,
+  downloads the image if asked, and puts its :class:`Outcome` on a queue.
+  Workers never raise for a bad prompt, nor for a failure nobody foresaw:
+  the error goes into that input's outcome.
+- Creates are paid for by the caller's reading: at most ``concurrency``
+  inputs are created and not yet read by the caller. A caller that stopped
+  reading (it left the loop but holds the iterator) buys no more tasks, and
+  a slow reader keeps the provider busy with all but the outcomes it has
+  not read yet.
+- The caller iterates the outcomes in completion order. Leaving the loop
+  early, or being cancelled, cancels the producer and every worker; use
+  :func:`contextlib.aclosing` to make that happen at once rather than when
+  the generator is garbage-collected. A cancellation that arrives during
+  that cleanup is raised once the cleanup is done, never swallowed.
+- With a journal, every step is recorded before the next one starts, so a
+  run killed at any moment can be resumed (see :mod:`banana_async.journal`).
+  The first journal failure stops all creating; once the creates on the wire
+  have answered, the caller gets :class:`~banana_async.JournalError` with
+  every created task id the journal lacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+)
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+
+import attrs
+
+from banana_async._checks import count_problem, error_text
+from banana_async._polling import check_interval, check_timeout
+from banana_async.errors import (
+    APIConnectionError,
+    BananaError,
+    DownloadError,
+    InvalidRequestError,
+    JournalError,
+    ProviderError,
+    ResponseValidationError,
+    ServerError,
+    TaskFailedError,
+    TaskTimeoutError,
+    UnconfirmedCreateError,
+)
+from banana_async.journal import EntryState, Journal
+from banana_async.models import BatchInput, GenerationRequest, Outcome, Task, request_from
+
+if TYPE_CHECKING:
+    from banana_async.journal import JournalEntry
+
+__all__ = ["BatchOperations", "BatchOptions", "Emit", "run"]
+
+logger = logging.getLogger("banana_async")
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+
+Emit = Callable[[Task, int | None], None]
+"""The event hook: called with a task as just seen and its input's index
+(None for a task outside a batch). The engine calls it once a task is
+created and once its wait has seen it completed or failed. It must not
+raise: a hook that runs user code catches and logs what that code raises."""
+
+
+def no_events(task: Task, index: int | None) -> None:
+    """An :data:`Emit` that does nothing: the default until status events exist."""
+
+
+@attrs.frozen
+class BatchOperations:
+    """What the engine is handed to do its work; it knows nothing else of its caller.
+
+    Attributes:
+        validate: Check a request against the provider's rules; raises
+            :class:`~banana_async.InvalidRequestError`.
+        create: Create a task for a validated request, given the batch's
+            ``timeout``: its deadline counts from the call, and a 429 is sent
+            again until then (only the deadline ends a prompt for it).
+        wait: Poll a created task to a terminal status, given the batch's
+            ``timeout`` and ``poll_interval`` (None: the caller's defaults);
+            raises :class:`~banana_async.TaskFailedError` or
+            :class:`~banana_async.TaskTimeoutError` like
+            :meth:`~banana_async.BananaClient.wait`.
+        download: Save a completed task's image into a directory.
+        closed: True once the operations cannot run any more (the client was
+            closed under a running batch).
+        provider: The dialect's name and the create and query base URLs: a
+            journal is bound to them, since task ids mean nothing elsewhere.
+        emit: The event hook (see :data:`Emit`).
+    """
+
+    validate: Callable[[GenerationRequest], None]
+    create: Callable[[GenerationRequest, float | None], Awaitable[Task]]
+    wait: Callable[[Task, float | None, float | None], Awaitable[Task]]
+    download: Callable[[Task, Path], Awaitable[Path]]
+    closed: Callable[[], bool]
+    provider: tuple[str, str, str]
+    emit: Emit = no_events
+
+
+@attrs.frozen
+class BatchOptions:
+    """How one batch runs: everything ``generate_many`` was told besides its inputs.
+
+    Attributes:
+        concurrency: Most tasks in flight at the provider at once.
+        timeout: Deadline of each task's create and wait (None: the caller's default).
+        poll_interval: Minimum seconds between polls (None: the caller's default).
+        defaults: The fields of a request made from a plain prompt (``model``,
+            ``resolution``, ``size``, ``image_urls``; None ones are left out).
+        download_to: Save each image into this directory, or None.
+        journal: A journal file, an open :class:`~banana_async.journal.Journal`,
+            or None.
+        resend_unconfirmed: Create again the inputs whose create an earlier
+            journaled run sent without seeing its answer.
+    """
+
+    concurrency: int
+    timeout: float | None = None
+    poll_interval: float | None = None
+    defaults: Mapping[str, Any] = attrs.field(factory=dict)
+    download_to: str | os.PathLike[str] | None = None
+    journal: str | os.PathLike[str] | Journal | None = None
+    resend_unconfirmed: bool = False
+
+    def check(self) -> None:
+        """Fail at once, before anything is sent, for options no batch could run with.
+
+        A bad deadline found by each wait would come after each billed create.
+
+        Raises:
+            InvalidRequestError: a bad concurrency, request defaults, timeout
+                or poll interval.
+        """
+        problem = count_problem(self.concurrency, "concurrency")
+        if problem is not None:
+            raise InvalidRequestError(problem)
+        request_from("check", **self.defaults)
+        check_timeout(self.timeout)
+        if self.poll_interval is not None:
+            check_interval(self.poll_interval)
+
+
+def _may_have_created(error: BananaError) -> bool:
+    """Whether a failed create can have made (and billed) a task anyway."""
+    if isinstance(error, APIConnectionError):
+        return error.request_sent
+    if isinstance(error, ProviderError):
+        # An error code beside a task id: a task may exist.
+        return error.task_id is not None
+    # A 5xx may come after the work was done; an unreadable 2xx body was
+    # most likely a created task whose answer got mangled.
+    return isinstance(error, ServerError | ResponseValidationError | _Unexpected)
+
+
+def _carried_id(error: BananaError) -> str | None:
+    """The task id a failed create's error carries, if the provider sent one."""
+    task_id = getattr(error, "task_id", None)
+    return task_id if isinstance(task_id, str) else None
+
+
+class _Unexpected(BananaError):
+    """A failure of one input that no part of the client foresaw (a bug).
+
+    It becomes that input's outcome, logged with its traceback, instead of
+    ending a batch that thousands of other inputs are part of.
+    """
+
+
+class _Done:
+    """Marks the end of the outcomes on the queue."""
+
+
+class _Failed:
+    """Carries an exception of the producer (a bad input iterable, a bug) to the caller."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _JournalBroke(Exception):
+    """Raised inside the batch once a journal write failed: this input stops here."""
+
+
+async def _aiter(inputs: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+    if isinstance(inputs, AsyncIterable):
+        async for item in inputs:
+            yield item
+    else:
+        for item in inputs:
+            yield item
+
+
+def _safe_repr(item: object) -> str:
+    try:
+        text = repr(item)
+    except Exception:  # a user's object whose repr fails is still one bad input
+        text = f"<{type(item).__name__} object>"
+    return text[:1000]
+
+
+class _Batch:
+    """The state of one ``generate_many`` run."""
+
+    def __init__(self, operations: BatchOperations, options: BatchOptions) -> None:
+        concurrency = options.concurrency
+        self.ops = operations
+        self.timeout = options.timeout
+        self.poll_interval = options.poll_interval
+        self.download_to = Path(options.download_to) if options.download_to is not None else None
+        # Opened by the generator: only a run that starts holds its lock.
+        self.journal: Journal | None = None
+        self.resend_unconfirmed = options.resend_unconfirmed
+        self.defaults = options.defaults
+        self.in_flight = asyncio.Semaphore(concurrency)
+        self.undelivered = asyncio.Semaphore(2 * concurrency)
+        self.outcomes: asyncio.Queue[Outcome | _Done | _Failed] = asyncio.Queue()
+        self.workers: set[asyncio.Task[None]] = set()
+        # Inputs whose create passed the gate and whose outcome the caller
+        # has not read (see may_create), by index.
+        self.limit = concurrency
+        self.unread: set[int] = set()
+        self.demand_changed = asyncio.Event()
+        # Creates sent and not yet answered.
+        self.creating = 0
+        # The first journal write that failed, and the created task ids the
+        # journal lacks since (input index -> id).
+        self.journal_error: Exception | None = None
+        self.unrecorded: dict[int, str] = {}
+        self.failure_delivered = False
+
+    # -- flow control --------------------------------------------------------------
+
+    def deliver(self, item: Outcome | _Done | _Failed) -> None:
+        self.outcomes.put_nowait(item)
+
+    def read(self, outcome: Outcome) -> None:
+        """The caller has read ``outcome``: its create is paid for, another may go."""
+        if outcome.index in self.unread:
+            self.unread.discard(outcome.index)
+            self.demand_changed.set()
+
+    async def may_create(self, index: int) -> bool:
+        """Wait until input ``index`` may be created; False once the journal failed.
+
+        A create is paid for by the caller's reading: at most ``concurrency``
+        inputs are created and not yet read. A caller that left the loop but
+        still holds the iterator must not keep buying tasks, and cannot be
+        told from one that is busy with an outcome: either way, once it has
+        ``concurrency`` outcomes of created tasks to read (or in flight),
+        nothing more is created until it reads one. A caller that stops
+        costs at most the one create its last read paid for.
+        """
+        while self.journal_error is None and len(self.unread) >= self.limit:
+            self.demand_changed.clear()
+            await self.demand_changed.wait()
+        if self.journal_error is not None:
+            return False
+        self.unread.add(index)
+        return True
+
+    # -- the journal ---------------------------------------------------------------
+
+    def jot(
+        self, call: Callable[Concatenate[Journal, _P], _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T | None:
+        """Call a journal method (None without a journal).
+
+        A failure, read or write, stops all creating (see :class:`JournalError`)
+        and raises :class:`_JournalBroke` to end this input here.
+        """
+        journal = self.journal
+        if journal is None:
+            return None
+        try:
+            return call(journal, *args, **kwargs)
+        except Exception as exc:
+            if self.journal_error is None:
+                self.journal_error = exc
+                logger.error(
+                    "journal %s failed (%s); creating no more tasks", journal.path, error_text(exc)
+                )
+                self.demand_changed.set()
+                self.report_journal_failure()
+            raise _JournalBroke from exc
+
+    def lost_id(self, index: int, task_id: str) -> None:
+        """Remember (and log at once) a created task the journal could not record."""
+        self.unrecorded[index] = task_id
+        logger.error(
+            "input %d: task %s was created but is not in the journal; note its id",
+            index,
+            task_id,
+        )
+
+    def report_journal_failure(self) -> None:
+        """Raise :class:`JournalError` to the caller once no create is in flight."""
+        if self.journal_error is None or self.creating or self.failure_delivered:
+            return
+        self.failure_delivered = True
+        journal = self.journal
+        path = journal.path if journal is not None else ""
+        error = self.journal_error
+        message = f"the journal {path} failed ({error_text(error)}); no task was created after that"
+        if self.unrecorded:
+            ids = ", ".join(f"input {i}: {t}" for i, t in sorted(self.unrecorded.items()))
+            message += (
+                f". {len(self.unrecorded)} created task(s) are not in the journal, note "
+                f"their ids: {ids}"
+            )
+        failure = JournalError(message, path=path, unrecorded=self.unrecorded)
+        failure.__cause__ = error
+        self.deliver(_Failed(failure))
+
+    # -- producer -----------------------------------------------------------------
+
+    async def produce(self, inputs: Iterable[Any] | AsyncIterable[Any]) -> None:
+        try:
+            index = 0
+            async for item in _aiter(inputs):
+                await self.undelivered.acquire()
+                if self.journal_error is not None:
+                    break
+                try:
+                    prepared = self.prepare(index, item)
+                except _JournalBroke:
+                    break
+                if isinstance(prepared, Outcome):
+                    self.deliver(prepared)
+                else:
+                    self.start(index, *prepared)
+                index += 1
+            if self.workers:
+                await asyncio.gather(*self.workers)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # handed to the caller, not lost in a task
+            self.deliver(_Failed(exc))
+        else:
+            if self.journal_error is None:
+                self.deliver(_Done())
+
+    def start(self, index: int, request: GenerationRequest, entry: JournalEntry | None) -> None:
+        worker = asyncio.create_task(
+            self.run(index, request, entry), name=f"banana_async-batch-{index}"
+        )
+        self.workers.add(worker)
+        worker.add_done_callback(self.workers.discard)
+
+    # -- one input ----------------------------------------------------------------
+
+    def build(self, index: int, item: Any) -> GenerationRequest:
+        if isinstance(item, GenerationRequest):
+            request = item
+        elif isinstance(item, str):
+            request = request_from(item, **self.defaults)
+        else:
+            raise InvalidRequestError(
+                f"input {index} is a {type(item).__name__}, not a prompt or a GenerationRequest"
+            )
+        self.ops.validate(request)
+        return request
+
+    def prepare(
+        self, index: int, item: Any
+    ) -> Outcome | tuple[GenerationRequest, JournalEntry | None]:
+        """Settle an input without HTTP if possible; else what its worker needs.
+
+        Raises:
+            InvalidRequestError: the journal holds a different input at this
+                index (it belongs to another batch); this ends the batch.
+        """
+        journal = self.journal
+        try:
+            request = self.build(index, item)
+        except Exception as failure:
+            # A user's object may fail anywhere it is looked at (its type,
+            # its text): that is one bad input, not the end of the batch.
+            exc = (
+                failure
+                if isinstance(failure, BananaError)
+                else InvalidRequestError(
+                    f"input {index} cannot be read as a prompt: {error_text(failure)}"
+                )
+            )
+            if journal is not None:
+                recorded = self.jot(Journal.get, index)
+                if recorded is not None and recorded.request is not None:
+                    raise self.mismatch(index, journal) from exc
+                self.jot(Journal.record_error, index, None, exc, raw_input=_safe_repr(item))
+            return Outcome(index, None, error=exc)
+        if journal is None:
+            return request, None
+        entry = self.jot(Journal.get, index)
+        if entry is None:
+            return request, None
+        # An entry without a request was an invalid input that created nothing:
+        # a corrected input may take its place.
+        if entry.request is not None and not self.jot(Journal.request_matches, index, request):
+            raise self.mismatch(index, journal)
+        resumed = self.from_entry(index, request, entry)
+        return resumed if resumed is not None else (request, entry)
+
+    @staticmethod
+    def mismatch(index: int, journal: Journal) -> InvalidRequestError:
+        return InvalidRequestError(
+            f"input {index} differs from the one recorded in the journal "
+            f"{journal.path}: the journal belongs to another batch"
+        )
+
+    async def run(self, index: int, request: GenerationRequest, entry: JournalEntry | None) -> None:
+        try:
+            async with self.in_flight:
+                created = await self.create(index, request, entry)
+                if isinstance(created, Outcome):
+                    outcome = created
+                else:
+                    outcome = await self.wait(index, request, created)
+            outcome = await self.download(outcome)
+        except _JournalBroke:
+            return  # reported once, for the whole batch, by report_journal_failure
+        except Exception as exc:  # a bug in the batch itself
+            self.deliver(_Failed(exc))
+            return
+        self.deliver(outcome)
+
+    def from_entry(
+        self, index: int, request: GenerationRequest, entry: JournalEntry
+    ) -> Outcome | None:
+        """An outcome straight from the journal, or None when there is work left."""
+        state = entry.state
+        if state is EntryState.COMPLETED and entry.task is not None:
+            path = Path(entry.path) if entry.path else None
+            if self.download_to is not None and (path is None or not path.exists()):
+                return None  # finished, but its image still has to be saved
+            return Outcome(index, request, entry.task, path=path, from_journal=True)
+        if state is EntryState.FAILED and entry.task is not None:
+            failed = TaskFailedError(entry.task)
+            return Outcome(index, request, entry.task, error=failed, from_journal=True)
+        if state in (EntryState.SENDING, EntryState.UNCONFIRMED):
+            if self.resend_unconfirmed:
+                self.jot(Journal.mark_resend, index)
+                return None
+            known = f" (the provider named task {entry.task_id!a})" if entry.task_id else ""
+            unconfirmed = UnconfirmedCreateError(
+                f"input {index}: a create was sent in an earlier run but its answer never "
+                f"confirmed a task{known}; the provider may have created (and billed) one. "
+                "It is not sent again unless resend_unconfirmed=True",
+                index=index,
+            )
+            return Outcome(index, request, error=unconfirmed, from_journal=True)
+        return None  # CREATED: poll again; ERROR: nothing was created, try again
+
+    async def create(
+        self, index: int, request: GenerationRequest, entry: JournalEntry | None
+    ) -> Task | Outcome:
+        if (
+            entry is not None
+            and entry.task is not None
+            and entry.state in (EntryState.CREATED, EntryState.COMPLETED)
+        ):
+            return entry.task  # created in an earlier run: never create it twice
+        if not await self.may_create(index):
+            raise _JournalBroke
+        self.jot(Journal.record_sending, index, request)
+        self.creating += 1
+        try:
+            return await self.send(index, request)
+        finally:
+            self.creating -= 1
+            self.report_journal_failure()
+
+    async def send(self, index: int, request: GenerationRequest) -> Task | Outcome:
+        """Send one create and record what came of it."""
+        try:
+            # Validated in prepare(). A 429 is sent again until the deadline:
+            # it was not processed, and only the deadline ends a prompt for it.
+            task = await self.ops.create(request, self.timeout)
+        except BananaError as exc:
+            self.record_create_failure(index, request, exc)
+            return Outcome(index, request, error=exc)
+        except Exception as exc:
+            error = self.unexpected(exc, f"input {index}: the create")
+            self.record_create_failure(index, request, error)
+            return Outcome(index, request, error=error)
+        try:
+            self.jot(Journal.record_created, index, task)
+        except _JournalBroke:
+            self.lost_id(index, task.id)
+            raise
+        self.ops.emit(task, index)
+        return task
+
+    def unexpected(self, exc: Exception, what: str) -> BananaError:
+        """One input's failure that nothing foresaw, as its outcome's error.
+
+        Logged with its traceback (it is a bug somewhere). A client closed
+        under a batch that is still running is no bug: each input left gets
+        an outcome saying so, with its task if one was created, so that a
+        caller still reading learns every id and never waits forever.
+        """
+        if self.ops.closed():
+            closed = APIConnectionError(
+                f"{what} did not happen: the BananaClient was closed", request_sent=False
+            )
+            closed.__cause__ = exc
+            return closed
+        logger.exception("%s failed unexpectedly", what)
+        error = _Unexpected(f"{what} failed unexpectedly: {exc!r}")
+        error.__cause__ = exc
+        return error
+
+    def record_create_failure(
+        self, index: int, request: GenerationRequest, error: BananaError
+    ) -> None:
+        try:
+            if _may_have_created(error):
+                task_id = _carried_id(error)
+                self.jot(Journal.record_unconfirmed, index, request, error, task_id=task_id)
+            else:
+                self.jot(Journal.record_error, index, request, error)
+        except _JournalBroke:
+            task_id = _carried_id(error)
+            if task_id is not None:
+                self.lost_id(index, task_id)
+            raise
+
+    async def wait(self, index: int, request: GenerationRequest, task: Task) -> Outcome:
+        try:
+            done = await self.ops.wait(task, self.timeout, self.poll_interval)
+        except TaskFailedError as exc:
+            self.jot(Journal.record_finished, index, exc.task)
+            self.ops.emit(exc.task, index)
+            return Outcome(index, request, exc.task, error=exc)
+        except TaskTimeoutError as exc:
+            # Still CREATED in the journal: a resumed run polls it again.
+            self.jot(Journal.note_error, index, exc)
+            return Outcome(index, request, exc.task or task, error=exc)
+        except BananaError as exc:
+            self.jot(Journal.note_error, index, exc)
+            return Outcome(index, request, task, error=exc)
+        except Exception as exc:
+            error = self.unexpected(exc, f"input {index}: waiting for task {task.id}")
+            self.jot(Journal.note_error, index, error)
+            return Outcome(index, request, task, error=error)
+        self.jot(Journal.record_finished, index, done)
+        self.ops.emit(done, index)
+        return Outcome(index, request, done)
+
+    async def download(self, outcome: Outcome) -> Outcome:
+        if self.download_to is None or not outcome.ok or outcome.task is None:
+            return outcome
+        error: BananaError
+        task = outcome.task
+        try:
+            path = await self.ops.download(task, self.download_to)
+        except OSError as exc:
+            error = DownloadError(
+                f"could not save the image of task {task.id} in {self.download_to}: {exc}",
+                url=task.image_url,
+                reason="io_error",
+            )
+        except BananaError as exc:
+            error = exc
+        except Exception as exc:
+            error = self.unexpected(exc, f"input {outcome.index}: downloading task {task.id}")
+        else:
+            self.jot(Journal.record_download, outcome.index, path)
+            return attrs.evolve(outcome, path=path)
+        self.jot(Journal.note_error, outcome.index, error)
+        return attrs.evolve(outcome, error=error)
+
+    # -- consumer -----------------------------------------------------------------
+
+    async def cancel(self, producer: asyncio.Task[None]) -> None:
+        """Cancel the producer and every worker, and wait until all have unwound.
+
+        The wait is finished even if the caller is cancelled meanwhile (no
+        worker may outlive the journal it writes to); that cancellation is
+        then raised, never swallowed.
+        """
+        pending = [producer, *self.workers]
+        for task in pending:
+            task.cancel()
+        gathered = asyncio.gather(*pending, return_exceptions=True)
+        cancelled: asyncio.CancelledError | None = None
+        while not gathered.done():
+            try:
+                await asyncio.shield(gathered)
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+        if cancelled is not None:
+            raise cancelled
+
+
+def run(
+    operations: BatchOperations,
+    inputs: Iterable[BatchInput] | AsyncIterable[BatchInput],
+    options: BatchOptions,
+) -> AsyncGenerator[Outcome, None]:
+    """Check the inputs and options at once, then return the outcome iterator.
+
+    Raises:
+        InvalidRequestError: a single string as ``inputs``, or bad options
+            (see :meth:`BatchOptions.check`).
+    """
+    if isinstance(inputs, str | bytes):
+        raise InvalidRequestError("inputs must be an iterable of prompts, not a single string")
+    options.check()
+    return _results(_Batch(operations, options), inputs, options.journal)
+
+
+async def _results(
+    batch: _Batch,
+    inputs: Iterable[BatchInput] | AsyncIterable[BatchInput],
+    journal: str | os.PathLike[str] | Journal | None,
+) -> AsyncGenerator[Outcome, None]:
+    own_journal = journal is not None and not isinstance(journal, Journal)
+    opened = journal if journal is None or isinstance(journal, Journal) else Journal.open(journal)
+    batch.journal = opened
+    try:
+        if opened is not None:
+            _bind(opened, batch.ops.provider)
+        producer = asyncio.create_task(batch.produce(inputs), name="banana_async-batch-producer")
+        try:
+            while True:
+                item = await batch.outcomes.get()
+                if isinstance(item, _Done):
+                    return
+                if isinstance(item, _Failed):
+                    raise item.error
+                batch.undelivered.release()
+                batch.read(item)
+                yield item
+        finally:
+            await batch.cancel(producer)
+    finally:
+        if own_journal and opened is not None:
+            opened.close()
+
+
+def _bind(journal: Journal, provider: tuple[str, str, str]) -> None:
+    """Tie the journal to the batch's provider: ids mean nothing anywhere else.
+
+    Raises:
+        InvalidRequestError: the journal belongs to another provider.
+        JournalError: the journal cannot be written.
+    """
+    try:
+        journal.bind_provider(*provider)
+    except InvalidRequestError:
+        raise
+    except Exception as exc:
+        raise JournalError(
+            f"the journal {journal.path} failed ({error_text(exc)}); nothing was sent",
+            path=journal.path,
+        ) from exc

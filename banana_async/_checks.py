@@ -1,0 +1,53 @@
+"""Checks that several layers share, written once.
+
+This module sits below every other one and imports nothing from the
+package: each check returns what it found (a reason, or the parsed value),
+and its caller raises the error that suits its own layer.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import SplitResult, urlsplit
+
+HTTP_SCHEMES = frozenset({"http", "https"})
+
+
+def split_http_url(url: str) -> SplitResult | str:
+    """``url``'s parts when it is an http(s) URL with a host; else why it is not.
+
+    The port is read too, so that a port out of range (or not a number)
+    counts as a URL that cannot be parsed.
+
+    Returns:
+        The parts, or a short reason to follow "the URL ...".
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port  # raises for a port that is not a number in 0-65535
+    except ValueError as exc:
+        return f"cannot be parsed ({exc})"
+    if parts.scheme.lower() not in HTTP_SCHEMES:
+        return "is not an http(s) URL"
+    if not host:
+        return "has no host"
+    return parts
+
+
+def count_problem(value: object, name: str, *, minimum: int = 1) -> str | None:
+    """Why ``value`` is not a whole number of at least ``minimum``; None when it is.
+
+    ``True`` and ``False`` are refused although Python counts them as ints:
+    nobody means a concurrency of ``True``.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
+        return None
+    what = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+    if minimum == 0:
+        what = "a non-negative integer"
+    return f"{name} must be {what}, not {value!r}"
+
+
+def error_text(error: BaseException) -> str:
+    """An exception nobody foresaw, as it goes into a message: its type and its text."""
+    return f"{type(error).__name__}: {error}"
