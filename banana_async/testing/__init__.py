@@ -18,6 +18,10 @@ injected with :class:`Fault`, a provider's rate limit is set with
 :class:`RecordedRequest`. :class:`FakeClock` lets the server and a client
 share a virtual time line.
 
+The package also ships a pytest plugin
+(:mod:`banana_async.testing.pytest_plugin`, loaded automatically by pytest)
+with ready-made ``banana_server`` and ``banana_client`` fixtures.
+
 Example:
     >>> async def demo() -> None:  # doctest: +SKIP
     ...     async with FakeBananaServer(api_key="k", duration=0.0) as server:
