@@ -19,7 +19,7 @@ injected with :class:`Fault`, a provider's rate limit is set with
 share a virtual time line.
 
 The package also ships a pytest plugin
-(:mod:`banana_async.testing.pytest_plugin`, loaded automatically by pytest)
+(``banana_async.testing.pytest_plugin``, loaded automatically by pytest)
 with ready-made ``banana_server`` and ``banana_client`` fixtures.
 
 Example:
