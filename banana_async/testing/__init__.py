@@ -31,8 +31,9 @@ Example:
 """
 
 # The code lives in private modules, one per concern: _server (routing and
-# answers), _tasks (scripts, tasks, recorded requests), _faults, _budget and
-# _clock. Users import every name from here.
+# answers), _tasks (scripts, tasks, recorded requests), _faults, _budget,
+# _clock, and _common (value checks they share). Users import every name
+# from here; pytest_plugin holds the fixtures.
 
 from __future__ import annotations
 
