@@ -15,6 +15,9 @@ import banana_async as ba
 from banana_async.journal import Journal, JournalEntry
 from banana_async.testing import FakeBananaServer, FakeClock
 
+# pytester runs pytest in a temporary directory: the tests of the pytest plugin use it.
+pytest_plugins = ["pytester"]
+
 API_KEY = "sk-test-0123456789abcdef"
 
 
