@@ -10,20 +10,20 @@ Create a task, poll it until it is done, get the image URL; in two dialects
         print(task.image_url)
 """
 
-from banana_async._polling import Clock, SystemClock
+import importlib
+import warnings
+from typing import Any
+
+from banana_async._polling import Clock
 from banana_async._version import __version__
 from banana_async.client import API_KEY_ENV, BananaClient
 from banana_async.dialects import (
     NANO,
     NAVO,
     Dialect,
-    HTTPRequest,
-    HTTPResponse,
     ResolutionIgnoredWarning,
     get_dialect,
-    parse_body,
 )
-from banana_async.download import DEFAULT_MAX_IMAGE_BYTES
 from banana_async.errors import (
     APIConnectionError,
     APIStatusError,
@@ -57,7 +57,6 @@ from banana_async.models import (
 
 __all__ = [
     "API_KEY_ENV",
-    "DEFAULT_MAX_IMAGE_BYTES",
     "NANO",
     "NAVO",
     "APIConnectionError",
@@ -74,8 +73,6 @@ __all__ = [
     "DownloadError",
     "EntryState",
     "GenerationRequest",
-    "HTTPRequest",
-    "HTTPResponse",
     "InvalidRequestError",
     "Journal",
     "JournalEntry",
@@ -89,7 +86,6 @@ __all__ = [
     "ResolutionIgnoredWarning",
     "ResponseValidationError",
     "ServerError",
-    "SystemClock",
     "Task",
     "TaskFailedError",
     "TaskStatus",
@@ -97,5 +93,26 @@ __all__ = [
     "UnconfirmedCreateError",
     "__version__",
     "get_dialect",
-    "parse_body",
 ]
+
+# Names that left the top level (issue #8), each still importable from its
+# module; importing one from here keeps working, with a DeprecationWarning.
+_MOVED = {
+    "DEFAULT_MAX_IMAGE_BYTES": "banana_async.download",
+    "HTTPRequest": "banana_async.dialects",
+    "HTTPResponse": "banana_async.dialects",
+    "SystemClock": "banana_async.client",
+    "parse_body": "banana_async.dialects",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _MOVED.get(name)
+    if home is None:
+        raise AttributeError(f"module 'banana_async' has no attribute {name!r}")
+    warnings.warn(
+        f"banana_async.{name} is deprecated; import it from {home}",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(importlib.import_module(home), name)

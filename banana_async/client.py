@@ -65,15 +65,15 @@ from banana_async.models import (
     TaskStatus,
     request_from,
 )
-from banana_async.ratelimit import AdaptiveRateLimiter, RateLimiter, RequestKind
-from banana_async.ratelimit._adaptive import DEFAULT_PAUSE
+from banana_async.ratelimit import DEFAULT_PAUSE, AdaptiveRateLimiter, RateLimiter, RequestKind
 
 if TYPE_CHECKING:
     # Only the type of the session a caller may hand over: every aiohttp
     # call is in _transport.
     import aiohttp
 
-__all__ = ["API_KEY_ENV", "BananaClient"]
+# Clock and SystemClock are public here too: the types of ``clock=``.
+__all__ = ["API_KEY_ENV", "BananaClient", "Clock", "SystemClock"]
 
 logger = logging.getLogger("banana_async")
 

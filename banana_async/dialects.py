@@ -50,9 +50,6 @@ from banana_async.models import (
     url_problem,
 )
 
-# error_for_status is public too, but left out of __all__ for now: every name
-# here is also re-exported at the top (tests/test_exports.py), and the top
-# level is being curated down, not grown.
 __all__ = [
     "NANO",
     "NAVO",
@@ -60,6 +57,7 @@ __all__ = [
     "HTTPRequest",
     "HTTPResponse",
     "ResolutionIgnoredWarning",
+    "error_for_status",
     "get_dialect",
     "parse_body",
 ]

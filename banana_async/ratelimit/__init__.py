@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import Literal, Protocol, runtime_checkable
 
-from banana_async.ratelimit._adaptive import AdaptiveRateLimiter
+from banana_async.ratelimit._adaptive import DEFAULT_PAUSE, AdaptiveRateLimiter
 
-__all__ = ["AdaptiveRateLimiter", "RateLimiter", "RequestKind"]
+__all__ = ["DEFAULT_PAUSE", "AdaptiveRateLimiter", "RateLimiter", "RequestKind"]
 
 # Documented (and cross-referenced) where users import it from.
 AdaptiveRateLimiter.__module__ = __name__
