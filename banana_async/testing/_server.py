@@ -19,6 +19,7 @@ import attrs
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from banana_async._checks import count_problem
 from banana_async._png import make_png
 from banana_async.testing._budget import LIMITED_KINDS, Bucket, RequestBudget, whole_seconds
 from banana_async.testing._common import reason_phrase
@@ -272,9 +273,8 @@ class FakeBananaServer:
         if on not in ("create", "query", "image", "any"):
             msg = f"unknown fault target {on!r}"
             raise ValueError(msg)
-        if times < 1:
-            msg = f"times must be >= 1, got {times}"
-            raise ValueError(msg)
+        if problem := count_problem(times, "times"):
+            raise ValueError(problem)
         if fault.action == "status_word" and on != "query":
             msg = "a status-word fault only applies to queries (on='query')"
             raise ValueError(msg)

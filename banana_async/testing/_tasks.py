@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
+from banana_async._checks import count_problem
 from banana_async.testing._common import freeze_mapping, non_negative
 
 if TYPE_CHECKING:
@@ -30,9 +31,8 @@ RequestKind = Literal["create", "query", "image", "other"]
 
 def _positive_count(_instance: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
     """Attrs validator: ``None`` or an integer of at least one."""
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        msg = f"{attribute.name} must be None or an integer >= 1, got {value!r}"
-        raise ValueError(msg)
+    if value is not None and (problem := count_problem(value, attribute.name)):
+        raise ValueError(problem)
 
 
 @attrs.frozen
