@@ -169,9 +169,8 @@ async def test_a_closed_store_refuses_calls(path: Path) -> None:
 
 
 async def test_opening_a_locked_journal_raises_journal_error(path: Path) -> None:
-    with Journal.open(path):
-        with pytest.raises(ba.JournalError, match="in use") as info:
-            await SQLiteStore.open(path)
+    with Journal.open(path), pytest.raises(ba.JournalError, match="in use") as info:
+        await SQLiteStore.open(path)
     assert info.value.path == str(path)
     assert not isinstance(info.value, ba.InvalidRequestError)
 
