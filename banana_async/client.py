@@ -934,7 +934,7 @@ class BananaClient:
             poll_interval: Minimum seconds between polls (default the client's).
             download_to: Save each image into this directory as soon as its
                 task completes (the URLs expire in about a day).
-            journal: A SQLite file (or an open :class:`~banana_async.journal.Journal`,
+            journal: A SQLite file (or an open :class:`~banana_async.Journal`,
                 or any :class:`~banana_async.journal.JournalStore`) recording
                 every step; running the same batch with the same journal
                 resumes it without creating any task twice.

@@ -18,14 +18,15 @@ async def open_store(
 ) -> AsyncIterator[JournalStore]:
     """The store for ``journal``, open for the ``async with`` block.
 
-    A path is opened as a :class:`SQLiteStore` (off the event loop) and
-    closed at the end, lock and all. A :class:`Journal` gets a store over it
+    A path is opened as a :class:`~banana_async.journal.SQLiteStore` (off the event loop) and
+    closed at the end, lock and all. A :class:`~banana_async.Journal` gets a store over it
     whose thread stops at the end; the journal stays open. Any other
     :class:`JournalStore` is used as it is and never closed: it belongs to
     whoever made it.
 
     Raises:
-        JournalError: The path cannot be opened as a journal (see :meth:`Journal.open`).
+        JournalError: The path cannot be opened as a journal (see
+            :meth:`~banana_async.Journal.open`).
     """
     if isinstance(journal, Journal):
         store = journal.store()

@@ -18,9 +18,9 @@ Which state may follow which is :data:`~banana_async.journal.TRANSITIONS`.
 
 Two faces share one file and one connection:
 
-- :class:`Journal`, synchronous: open, inspect, and record by hand. Each
+- :class:`~banana_async.Journal`, synchronous: open, inspect, and record by hand. Each
   method runs one short transaction and commits before it returns.
-- :class:`SQLiteStore`, the :class:`~banana_async.journal.JournalStore` a
+- :class:`~banana_async.journal.SQLiteStore`, the :class:`~banana_async.journal.JournalStore` a
   batch uses: every call runs on one worker thread, so the event loop never
   waits on the disk, and the records that arrive while a commit is under way
   go into the next one together (group commit). Each call returns only once
@@ -85,7 +85,7 @@ SCHEMA_VERSION: Final = 1
 _APPLICATION: Final = "banana_async.journal"
 
 # Waiting longer for a lock is pointless: an open journal keeps its lock until
-# it is closed (see ``exclusive`` in :meth:`Journal.open`).
+# it is closed (see ``exclusive`` in :meth:`~banana_async.Journal.open`).
 _BUSY_TIMEOUT: Final = 1.0
 
 # Longest pause between two attempts of Journal.open on a busy file. Random,
@@ -189,7 +189,7 @@ class Journal:
         The parent directory must exist. An empty SQLite file (or a new one)
         becomes a journal; any other SQLite database, or any other file, is
         refused without being changed. This may wait about a second for a
-        busy file: from a coroutine, use :meth:`SQLiteStore.open`.
+        busy file: from a coroutine, use :meth:`~banana_async.journal.SQLiteStore.open`.
 
         Args:
             path: The journal file.
@@ -239,7 +239,9 @@ class Journal:
         return self._connection is None
 
     def store(self) -> SQLiteStore:
-        """An async store over this journal, for a batch (see :class:`SQLiteStore`).
+        """An async store over this journal, for a batch.
+
+        See :class:`~banana_async.journal.SQLiteStore`.
 
         Closing the store stops its thread and leaves this journal open.
         """
@@ -301,7 +303,7 @@ class Journal:
         """A text identifying the batch's inputs (chosen by the batch), or None.
 
         Setting it commits at once; a write that fails raises
-        :class:`sqlite3.Error` and changes nothing (see :class:`Journal`).
+        :class:`sqlite3.Error` and changes nothing (see :class:`~banana_async.Journal`).
         """
         with self._transaction() as connection:
             row = connection.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
@@ -378,7 +380,7 @@ class Journal:
             JournalError: Another provider is recorded; the message names
                 both. Nothing is written.
             sqlite3.Error: The first bind could not be written (a full
-                disk, an I/O error); nothing was changed. See :class:`Journal`.
+                disk, an I/O error); nothing was changed. See :class:`~banana_async.Journal`.
         """
         self._run(self._op_bind_provider(dialect, create_base_url, query_base_url), write=True)
 
@@ -395,7 +397,7 @@ class Journal:
                 ``index`` (a second create would bill a second task; see
                 :meth:`mark_resend`).
             sqlite3.Error: The write failed (a full disk, an I/O error) and
-                changed nothing; see :class:`Journal`.
+                changed nothing; see :class:`~banana_async.Journal`.
         """
         return self._record(index, self._op_record_sending(index, request))
 
@@ -406,7 +408,7 @@ class Journal:
             ValueError: The entry is not ``SENDING`` or ``CREATED``, or it holds
                 another task id.
             sqlite3.Error: The write failed (a full disk, an I/O error) and
-                changed nothing; see :class:`Journal`.
+                changed nothing; see :class:`~banana_async.Journal`.
         """
         return self._record(index, self._op_record_created(index, task))
 
@@ -422,7 +424,7 @@ class Journal:
                 ``CREATED`` or already in the task's end state; or it holds
                 another task id.
             sqlite3.Error: The write failed (a full disk, an I/O error) and
-                changed nothing; see :class:`Journal`.
+                changed nothing; see :class:`~banana_async.Journal`.
         """
         return self._record(index, self._op_record_finished(index, task))
 
@@ -450,7 +452,7 @@ class Journal:
         Raises:
             ValueError: The entry is not new, ``SENDING`` or ``ERROR``.
             sqlite3.Error: The write failed (a full disk, an I/O error) and
-                changed nothing; see :class:`Journal`.
+                changed nothing; see :class:`~banana_async.Journal`.
         """
         return self._record(index, self._op_record_error(index, request, error, raw_input))
 
@@ -479,7 +481,7 @@ class Journal:
         Raises:
             ValueError: The entry is not ``SENDING``.
             sqlite3.Error: The write failed (a full disk, an I/O error) and
-                changed nothing; see :class:`Journal`.
+                changed nothing; see :class:`~banana_async.Journal`.
         """
         return self._record(index, self._op_record_unconfirmed(index, request, error, task_id))
 
@@ -491,7 +493,7 @@ class Journal:
         Raises:
             ValueError: The entry is not ``COMPLETED``.
             sqlite3.Error: The write failed (a full disk, an I/O error) and
-                changed nothing; see :class:`Journal`.
+                changed nothing; see :class:`~banana_async.Journal`.
         """
         return self._record(index, self._op_record_download(index, path))
 
@@ -505,7 +507,7 @@ class Journal:
         Raises:
             ValueError: Nothing is recorded for ``index``.
             sqlite3.Error: The write failed (a full disk, an I/O error) and
-                changed nothing; see :class:`Journal`.
+                changed nothing; see :class:`~banana_async.Journal`.
         """
         return self._record(index, self._op_note_error(index, error))
 
@@ -518,7 +520,7 @@ class Journal:
         Raises:
             ValueError: The entry is not ``SENDING`` or ``UNCONFIRMED``.
             sqlite3.Error: The write failed (a full disk, an I/O error) and
-                changed nothing; see :class:`Journal`.
+                changed nothing; see :class:`~banana_async.Journal`.
         """
         self._run(self._op_mark_resend(index), write=True)
 
@@ -953,7 +955,7 @@ class _Call(Generic[_T]):
 
 
 class SQLiteStore:
-    """The embedded :class:`~banana_async.journal.JournalStore`: a :class:`Journal` on a thread.
+    """The embedded :class:`~banana_async.journal.JournalStore`: a journal on a thread.
 
     Every call is handed to one worker thread of the store, which runs it on
     the journal's connection, so the event loop never waits on the disk.
@@ -961,7 +963,7 @@ class SQLiteStore:
     transaction (group commit): the records made while one commit is under
     way share the next. Each call returns once its own record is committed,
     so a record that returned survives a ``SIGKILL`` of the process at any
-    moment after it (see :class:`Journal` for what a commit is). A call that
+    moment after it (see :class:`~banana_async.Journal` for what a commit is). A call that
     the table forbids fails alone; when the database fails (a full disk),
     the group is rolled back and its calls run again one by one, so each
     caller learns exactly whether its own record was made.
@@ -971,7 +973,7 @@ class SQLiteStore:
 
     Open one with :meth:`open` (it owns its journal and closes it in
     :meth:`aclose`), or take one over a journal you opened with
-    :meth:`Journal.store` (closing the store leaves the journal open).
+    :meth:`~banana_async.Journal.store` (closing the store leaves the journal open).
 
     Attributes:
         journal: The journal this store writes.
@@ -987,7 +989,7 @@ class SQLiteStore:
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str], *, exclusive: bool = True) -> Self:
-        """Open the journal at ``path`` (see :meth:`Journal.open`) off the event loop.
+        """Open the journal at ``path`` (see :meth:`~banana_async.Journal.open`) off the event loop.
 
         Raises:
             JournalError: The file cannot be opened, is not a journal, was
@@ -1014,11 +1016,11 @@ class SQLiteStore:
     # -- the protocol -------------------------------------------------------------
 
     async def bind_provider(self, dialect: str, create_base_url: str, query_base_url: str) -> None:
-        """See :meth:`Journal.bind_provider`."""
+        """See :meth:`~banana_async.Journal.bind_provider`."""
         await self._call(self.journal._op_bind_provider(dialect, create_base_url, query_base_url))
 
     async def get(self, index: int) -> JournalEntry | None:
-        """See :meth:`Journal.get`."""
+        """See :meth:`~banana_async.Journal.get`."""
         op = self.journal._op_get(index)
         if not self._closing and self.journal._surely_absent(index):
             # A new input of a fresh batch: no trip to the file, and the
@@ -1029,19 +1031,19 @@ class SQLiteStore:
     async def request_matches(
         self, index: int, request: GenerationRequest | None, *, raw_input: str | None = None
     ) -> bool:
-        """See :meth:`Journal.request_matches`."""
+        """See :meth:`~banana_async.Journal.request_matches`."""
         return await self._call(self.journal._op_request_matches(index, request, raw_input))
 
     async def record_sending(self, index: int, request: GenerationRequest) -> None:
-        """See :meth:`Journal.record_sending`."""
+        """See :meth:`~banana_async.Journal.record_sending`."""
         await self._call(self.journal._op_record_sending(index, request))
 
     async def record_created(self, index: int, task: Task) -> None:
-        """See :meth:`Journal.record_created`."""
+        """See :meth:`~banana_async.Journal.record_created`."""
         await self._call(self.journal._op_record_created(index, task))
 
     async def record_finished(self, index: int, task: Task) -> None:
-        """See :meth:`Journal.record_finished`."""
+        """See :meth:`~banana_async.Journal.record_finished`."""
         await self._call(self.journal._op_record_finished(index, task))
 
     async def record_error(
@@ -1052,7 +1054,7 @@ class SQLiteStore:
         *,
         raw_input: str | None = None,
     ) -> None:
-        """See :meth:`Journal.record_error`."""
+        """See :meth:`~banana_async.Journal.record_error`."""
         await self._call(self.journal._op_record_error(index, request, error, raw_input))
 
     async def record_unconfirmed(
@@ -1063,19 +1065,19 @@ class SQLiteStore:
         *,
         task_id: str | None = None,
     ) -> None:
-        """See :meth:`Journal.record_unconfirmed`."""
+        """See :meth:`~banana_async.Journal.record_unconfirmed`."""
         await self._call(self.journal._op_record_unconfirmed(index, request, error, task_id))
 
     async def record_download(self, index: int, path: str | os.PathLike[str]) -> None:
-        """See :meth:`Journal.record_download`."""
+        """See :meth:`~banana_async.Journal.record_download`."""
         await self._call(self.journal._op_record_download(index, path))
 
     async def note_error(self, index: int, error: BaseException) -> None:
-        """See :meth:`Journal.note_error`."""
+        """See :meth:`~banana_async.Journal.note_error`."""
         await self._call(self.journal._op_note_error(index, error))
 
     async def mark_resend(self, index: int) -> None:
-        """See :meth:`Journal.mark_resend`."""
+        """See :meth:`~banana_async.Journal.mark_resend`."""
         await self._call(self.journal._op_mark_resend(index))
 
     async def aclose(self) -> None:
@@ -1273,7 +1275,7 @@ def _prepare(connection: sqlite3.Connection, name: str) -> None:
     lock keeps the SHARED lock it took on the way, so two openers that both
     read first would each wait for the other and both fail. Taken first, the
     exclusive lock goes to one opener; the others fail at once (no busy wait)
-    and :meth:`Journal.open` closes them, which releases what they held.
+    and :meth:`~banana_async.Journal.open` closes them, which releases what they held.
     Refusals happen inside the transaction and roll it back, so a foreign file
     is left exactly as it was.
     """

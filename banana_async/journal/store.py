@@ -51,7 +51,7 @@ class JournalStore(Protocol):
 
     @property
     def name(self) -> str:
-        """What messages call the journal: a file name, or a URL without its password."""
+        """The journal as messages name it (a file name, or a URL without its password)."""
         ...
 
     async def bind_provider(self, dialect: str, create_base_url: str, query_base_url: str) -> None:
