@@ -35,6 +35,7 @@ How the pieces fit:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import (
@@ -47,7 +48,7 @@ from collections.abc import (
     Mapping,
 )
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
@@ -66,7 +67,14 @@ from banana_async.errors import (
     TaskTimeoutError,
     UnconfirmedCreateError,
 )
-from banana_async.journal import EntryState, Journal
+from banana_async.journal import (
+    EntryState,
+    Journal,
+    JournalStore,
+    ResumeStep,
+    open_store,
+    resume_step,
+)
 from banana_async.models import BatchInput, GenerationRequest, Outcome, Task, request_from
 
 if TYPE_CHECKING:
@@ -76,7 +84,6 @@ __all__ = ["BatchOperations", "BatchOptions", "Emit", "run"]
 
 logger = logging.getLogger("banana_async")
 _T = TypeVar("_T")
-_P = ParamSpec("_P")
 
 Emit = Callable[[Task, int | None], None]
 """The event hook: called with a task as just seen and its input's index
@@ -143,7 +150,7 @@ class BatchOptions:
     poll_interval: float | None = None
     defaults: Mapping[str, Any] = attrs.field(factory=dict)
     download_to: str | os.PathLike[str] | None = None
-    journal: str | os.PathLike[str] | Journal | None = None
+    journal: str | os.PathLike[str] | Journal | JournalStore | None = None
     resend_unconfirmed: bool = False
 
     def check(self) -> None:
@@ -232,7 +239,7 @@ class _Batch:
         self.poll_interval = options.poll_interval
         self.download_to = Path(options.download_to) if options.download_to is not None else None
         # Opened by the generator: only a run that starts holds its lock.
-        self.journal: Journal | None = None
+        self.journal: JournalStore | None = None
         self.resend_unconfirmed = options.resend_unconfirmed
         self.defaults = options.defaults
         self.in_flight = asyncio.Semaphore(concurrency)
@@ -284,10 +291,8 @@ class _Batch:
 
     # -- the journal ---------------------------------------------------------------
 
-    def jot(
-        self, call: Callable[Concatenate[Journal, _P], _T], *args: _P.args, **kwargs: _P.kwargs
-    ) -> _T | None:
-        """Call a journal method (None without a journal).
+    async def jot(self, call: Callable[[JournalStore], Awaitable[_T]]) -> _T | None:
+        """Call a journal store method (None without a journal).
 
         A failure, read or write, stops all creating (see :class:`JournalError`)
         and raises :class:`_JournalBroke` to end this input here.
@@ -296,12 +301,12 @@ class _Batch:
         if journal is None:
             return None
         try:
-            return call(journal, *args, **kwargs)
+            return await call(journal)
         except Exception as exc:
             if self.journal_error is None:
                 self.journal_error = exc
                 logger.error(
-                    "journal %s failed (%s); creating no more tasks", journal.path, error_text(exc)
+                    "journal %s failed (%s); creating no more tasks", journal.name, error_text(exc)
                 )
                 self.demand_changed.set()
                 self.report_journal_failure()
@@ -322,7 +327,7 @@ class _Batch:
             return
         self.failure_delivered = True
         journal = self.journal
-        path = journal.path if journal is not None else ""
+        path = journal.name if journal is not None else ""
         error = self.journal_error
         message = f"the journal {path} failed ({error_text(error)}); no task was created after that"
         if self.unrecorded:
@@ -345,7 +350,7 @@ class _Batch:
                 if self.journal_error is not None:
                     break
                 try:
-                    prepared = self.prepare(index, item)
+                    prepared = await self.prepare(index, item)
                 except _JournalBroke:
                     break
                 if isinstance(prepared, Outcome):
@@ -384,13 +389,13 @@ class _Batch:
         self.ops.validate(request)
         return request
 
-    def prepare(
+    async def prepare(
         self, index: int, item: Any
     ) -> Outcome | tuple[GenerationRequest, JournalEntry | None]:
         """Settle an input without HTTP if possible; else what its worker needs.
 
         Raises:
-            InvalidRequestError: the journal holds a different input at this
+            JournalError: the journal holds a different input at this
                 index (it belongs to another batch); this ends the batch.
         """
         journal = self.journal
@@ -407,28 +412,32 @@ class _Batch:
                 )
             )
             if journal is not None:
-                recorded = self.jot(Journal.get, index)
+                recorded = await self.jot(lambda j: j.get(index))
                 if recorded is not None and recorded.request is not None:
                     raise self.mismatch(index, journal) from exc
-                self.jot(Journal.record_error, index, None, exc, raw_input=_safe_repr(item))
+                raw = _safe_repr(item)
+                await self.jot(lambda j: j.record_error(index, None, exc, raw_input=raw))
             return Outcome(index, None, error=exc)
         if journal is None:
             return request, None
-        entry = self.jot(Journal.get, index)
+        entry = await self.jot(lambda j: j.get(index))
         if entry is None:
             return request, None
         # An entry without a request was an invalid input that created nothing:
         # a corrected input may take its place.
-        if entry.request is not None and not self.jot(Journal.request_matches, index, request):
+        if entry.request is not None and not await self.jot(
+            lambda j: j.request_matches(index, request)
+        ):
             raise self.mismatch(index, journal)
-        resumed = self.from_entry(index, request, entry)
+        resumed = await self.from_entry(index, request, entry)
         return resumed if resumed is not None else (request, entry)
 
     @staticmethod
-    def mismatch(index: int, journal: Journal) -> InvalidRequestError:
-        return InvalidRequestError(
+    def mismatch(index: int, journal: JournalStore) -> JournalError:
+        return JournalError(
             f"input {index} differs from the one recorded in the journal "
-            f"{journal.path}: the journal belongs to another batch"
+            f"{journal.name}: the journal belongs to another batch",
+            path=journal.name,
         )
 
     async def run(self, index: int, request: GenerationRequest, entry: JournalEntry | None) -> None:
@@ -447,22 +456,22 @@ class _Batch:
             return
         self.deliver(outcome)
 
-    def from_entry(
+    async def from_entry(
         self, index: int, request: GenerationRequest, entry: JournalEntry
     ) -> Outcome | None:
         """An outcome straight from the journal, or None when there is work left."""
-        state = entry.state
-        if state is EntryState.COMPLETED and entry.task is not None:
+        step = resume_step(entry.state)
+        if step is ResumeStep.REPORT and entry.task is not None:
+            if entry.state is EntryState.FAILED:
+                failed = TaskFailedError(entry.task)
+                return Outcome(index, request, entry.task, error=failed, from_journal=True)
             path = Path(entry.path) if entry.path else None
             if self.download_to is not None and (path is None or not path.exists()):
                 return None  # finished, but its image still has to be saved
             return Outcome(index, request, entry.task, path=path, from_journal=True)
-        if state is EntryState.FAILED and entry.task is not None:
-            failed = TaskFailedError(entry.task)
-            return Outcome(index, request, entry.task, error=failed, from_journal=True)
-        if state in (EntryState.SENDING, EntryState.UNCONFIRMED):
+        if step is ResumeStep.UNCONFIRMED:
             if self.resend_unconfirmed:
-                self.jot(Journal.mark_resend, index)
+                await self.jot(lambda j: j.mark_resend(index))
                 return None
             known = f" (the provider named task {entry.task_id!a})" if entry.task_id else ""
             unconfirmed = UnconfirmedCreateError(
@@ -472,7 +481,7 @@ class _Batch:
                 index=index,
             )
             return Outcome(index, request, error=unconfirmed, from_journal=True)
-        return None  # CREATED: poll again; ERROR: nothing was created, try again
+        return None  # POLL: poll again; CREATE: nothing was created, try again
 
     async def create(
         self, index: int, request: GenerationRequest, entry: JournalEntry | None
@@ -480,12 +489,12 @@ class _Batch:
         if (
             entry is not None
             and entry.task is not None
-            and entry.state in (EntryState.CREATED, EntryState.COMPLETED)
+            and resume_step(entry.state) in (ResumeStep.POLL, ResumeStep.REPORT)
         ):
             return entry.task  # created in an earlier run: never create it twice
         if not await self.may_create(index):
             raise _JournalBroke
-        self.jot(Journal.record_sending, index, request)
+        await self.jot(lambda j: j.record_sending(index, request))
         self.creating += 1
         try:
             return await self.send(index, request)
@@ -500,14 +509,14 @@ class _Batch:
             # it was not processed, and only the deadline ends a prompt for it.
             task = await self.ops.create(request, self.timeout)
         except BananaError as exc:
-            self.record_create_failure(index, request, exc)
+            await self.record_create_failure(index, request, exc)
             return Outcome(index, request, error=exc)
         except Exception as exc:
             error = self.unexpected(exc, f"input {index}: the create")
-            self.record_create_failure(index, request, error)
+            await self.record_create_failure(index, request, error)
             return Outcome(index, request, error=error)
         try:
-            self.jot(Journal.record_created, index, task)
+            await self.jot(lambda j: j.record_created(index, task))
         except _JournalBroke:
             self.lost_id(index, task.id)
             raise
@@ -533,15 +542,17 @@ class _Batch:
         error.__cause__ = exc
         return error
 
-    def record_create_failure(
+    async def record_create_failure(
         self, index: int, request: GenerationRequest, error: BananaError
     ) -> None:
         try:
             if _may_have_created(error):
                 task_id = _carried_id(error)
-                self.jot(Journal.record_unconfirmed, index, request, error, task_id=task_id)
+                await self.jot(
+                    lambda j: j.record_unconfirmed(index, request, error, task_id=task_id)
+                )
             else:
-                self.jot(Journal.record_error, index, request, error)
+                await self.jot(lambda j: j.record_error(index, request, error))
         except _JournalBroke:
             task_id = _carried_id(error)
             if task_id is not None:
@@ -552,21 +563,24 @@ class _Batch:
         try:
             done = await self.ops.wait(task, self.timeout, self.poll_interval)
         except TaskFailedError as exc:
-            self.jot(Journal.record_finished, index, exc.task)
+            failed = exc
+            await self.jot(lambda j: j.record_finished(index, failed.task))
             self.ops.emit(exc.task, index)
             return Outcome(index, request, exc.task, error=exc)
         except TaskTimeoutError as exc:
             # Still CREATED in the journal: a resumed run polls it again.
-            self.jot(Journal.note_error, index, exc)
+            timed_out = exc
+            await self.jot(lambda j: j.note_error(index, timed_out))
             return Outcome(index, request, exc.task or task, error=exc)
         except BananaError as exc:
-            self.jot(Journal.note_error, index, exc)
+            other = exc
+            await self.jot(lambda j: j.note_error(index, other))
             return Outcome(index, request, task, error=exc)
         except Exception as exc:
             error = self.unexpected(exc, f"input {index}: waiting for task {task.id}")
-            self.jot(Journal.note_error, index, error)
+            await self.jot(lambda j: j.note_error(index, error))
             return Outcome(index, request, task, error=error)
-        self.jot(Journal.record_finished, index, done)
+        await self.jot(lambda j: j.record_finished(index, done))
         self.ops.emit(done, index)
         return Outcome(index, request, done)
 
@@ -588,9 +602,9 @@ class _Batch:
         except Exception as exc:
             error = self.unexpected(exc, f"input {outcome.index}: downloading task {task.id}")
         else:
-            self.jot(Journal.record_download, outcome.index, path)
+            await self.jot(lambda j: j.record_download(outcome.index, path))
             return attrs.evolve(outcome, path=path)
-        self.jot(Journal.note_error, outcome.index, error)
+        await self.jot(lambda j: j.note_error(outcome.index, error))
         return attrs.evolve(outcome, error=error)
 
     # -- consumer -----------------------------------------------------------------
@@ -636,14 +650,13 @@ def run(
 async def _results(
     batch: _Batch,
     inputs: Iterable[BatchInput] | AsyncIterable[BatchInput],
-    journal: str | os.PathLike[str] | Journal | None,
+    journal: str | os.PathLike[str] | Journal | JournalStore | None,
 ) -> AsyncGenerator[Outcome, None]:
-    own_journal = journal is not None and not isinstance(journal, Journal)
-    opened = journal if journal is None or isinstance(journal, Journal) else Journal.open(journal)
-    batch.journal = opened
-    try:
-        if opened is not None:
-            _bind(opened, batch.ops.provider)
+    async with contextlib.AsyncExitStack() as stack:
+        if journal is not None:
+            # Opened here: only a run that starts holds the journal's lock.
+            batch.journal = await stack.enter_async_context(open_store(journal))
+            await _bind(batch.journal, batch.ops.provider)
         producer = asyncio.create_task(batch.produce(inputs), name="banana_async-batch-producer")
         try:
             while True:
@@ -657,24 +670,20 @@ async def _results(
                 yield item
         finally:
             await batch.cancel(producer)
-    finally:
-        if own_journal and opened is not None:
-            opened.close()
 
 
-def _bind(journal: Journal, provider: tuple[str, str, str]) -> None:
+async def _bind(journal: JournalStore, provider: tuple[str, str, str]) -> None:
     """Tie the journal to the batch's provider: ids mean nothing anywhere else.
 
     Raises:
-        InvalidRequestError: the journal belongs to another provider.
-        JournalError: the journal cannot be written.
+        JournalError: the journal belongs to another provider, or cannot be written.
     """
     try:
-        journal.bind_provider(*provider)
-    except InvalidRequestError:
+        await journal.bind_provider(*provider)
+    except JournalError:
         raise
     except Exception as exc:
         raise JournalError(
-            f"the journal {journal.path} failed ({error_text(exc)}); nothing was sent",
-            path=journal.path,
+            f"the journal {journal.name} failed ({error_text(exc)}); nothing was sent",
+            path=journal.name,
         ) from exc

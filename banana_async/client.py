@@ -54,7 +54,7 @@ from banana_async.errors import (
     TaskFailedError,
     TaskTimeoutError,
 )
-from banana_async.journal import Journal
+from banana_async.journal import Journal, JournalStore
 from banana_async.models import (
     AspectRatio,
     BatchInput,
@@ -931,7 +931,7 @@ class BananaClient:
         timeout: float | None = None,
         poll_interval: float | None = None,
         download_to: str | os.PathLike[str] | None = None,
-        journal: str | os.PathLike[str] | Journal | None = None,
+        journal: str | os.PathLike[str] | Journal | JournalStore | None = None,
         resend_unconfirmed: bool = False,
         model: str | None = None,
         resolution: Resolution | str | None = None,
@@ -957,9 +957,10 @@ class BananaClient:
             poll_interval: Minimum seconds between polls (default the client's).
             download_to: Save each image into this directory as soon as its
                 task completes (the URLs expire in about a day).
-            journal: A SQLite file (or an open :class:`~banana_async.journal.Journal`)
-                recording every step; running the same batch with the same
-                journal resumes it without creating any task twice.
+            journal: A SQLite file (or an open :class:`~banana_async.Journal`,
+                or any :class:`~banana_async.journal.JournalStore`) recording
+                every step; running the same batch with the same journal
+                resumes it without creating any task twice.
             resend_unconfirmed: Create again the inputs whose create was in
                 flight when an earlier journaled run stopped (they may have
                 been billed once already).
@@ -969,8 +970,11 @@ class BananaClient:
             image_urls: Reference images for plain-string prompts.
 
         Raises:
-            InvalidRequestError: bad arguments (at once), or a journal that
-                belongs to another batch (when the first differing input is read).
+            InvalidRequestError: bad arguments (at once).
+            JournalError: a journal that cannot be used: damaged, not a
+                journal, in use, another provider's, or another batch's (when
+                the first differing input is read); or one that failed while
+                the batch ran.
         """
         self._session_for_call()
         options = _batch.BatchOptions(

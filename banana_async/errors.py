@@ -23,8 +23,9 @@ that code validating user input can catch it the usual way.
     ├── TaskTimeoutError                       the deadline passed (task: the last seen)
     ├── DownloadError                          an image could not be saved (url, reason)
     ├── UnconfirmedCreateError                 a journaled create may or may not exist
-    └── JournalError                           a batch's journal failed (a full disk)
-                                               (unrecorded: created task ids it lacks)
+    └── JournalError                           a journal that cannot be used (damaged,
+                                               foreign, locked) or failed in a batch
+                                               (a full disk; unrecorded: task ids it lacks)
 
 Messages never contain the API key: the client redacts it, in any spelling a
 provider may echo it in, from every message, body and header an exception
@@ -270,10 +271,19 @@ class UnconfirmedCreateError(BananaError):
 
 
 class JournalError(BananaError):
-    """A batch's journal failed while the batch ran (a full disk, a file size limit, ...).
+    """A journal cannot be used, or failed while its batch ran (a full disk, ...).
 
-    The batch stops creating tasks at the first failed write, lets the
-    creates already sent come back, and raises this. Tasks recorded before
+    Raised before anything is sent for a journal that cannot be used at all:
+    a file that is not a journal, a damaged one, one written by a newer
+    ``banana_async``, one in use by another run (the lock that keeps a batch
+    from being run, and billed, twice), or one that belongs to another
+    provider or another batch. Deliberately not a :class:`ValueError` (these
+    were :class:`InvalidRequestError` before): none of these is a bad
+    argument value, and ``except ValueError`` around input handling must not
+    swallow "in use", which guards against paying twice.
+
+    While a batch runs, it stops creating tasks at the first failed write,
+    lets the creates already sent come back, and raises this. Tasks recorded before
     the failure are safe: a resumed run polls them. Tasks created after it
     are not in the journal: their ids are here, logged at ERROR too, so that
     nothing paid for is unknowable.

@@ -1,6 +1,6 @@
 """Benchmarks of banana_async, each beside a baseline measured in the same run.
 
-Usage: ``python benchmarks/bench.py [--quick] [--part cpu|memory|polling|ratelimit ...]``
+Usage: ``python benchmarks/bench.py [--quick] [--part cpu|memory|polling|ratelimit|journal ...]``
 (or ``python3 -m nox -s bench -- --quick``). See ``benchmarks/README.md``.
 
 Every measurement runs the fake provider (``provider.py``) and the client
@@ -37,7 +37,7 @@ PROVIDER = HERE / "provider.py"
 WORKLOAD = HERE / "workload.py"
 DEFAULT_OUTPUT = HERE / "results" / "latest.json"
 WORKER_TIMEOUT = 1800.0
-PARTS = ("cpu", "memory", "polling", "ratelimit")
+PARTS = ("cpu", "memory", "polling", "ratelimit", "journal")
 
 
 @attrs.frozen
@@ -123,6 +123,8 @@ QUICK = attrs.evolve(
 )
 
 CPU_TARGET = 1.25
+JOURNAL_TARGET = 1.2
+"""Part e: a journaled batch at most this many times the same batch without one (issue #8)."""
 MEMORY_TARGET = 1.25
 BATCH_QUERIES_TARGET = 2.7
 """Part c: queries per task over the whole batch, first wave included (issue #7)."""
@@ -297,6 +299,62 @@ def bench_cpu(sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
                 medians["httpx"],
                 "httpx loop",
                 unit="us",
+            )
+        )
+    return rows, details
+
+
+# -- e. a journaled batch ------------------------------------------------------------
+
+
+def bench_journal(sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
+    """Part a's batch with a journal beside the same batch without one, in the same run."""
+    variants = ["banana-journal", "banana-fixed"]
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
+    wall: dict[str, list[float]] = {v: [] for v in variants}
+    details: dict[str, Any] = {"runs": []}
+    for repeat in range(sizes.cpu_repeats):
+        for variant in variants if repeat % 2 == 0 else variants[::-1]:
+            spec = {
+                "part": "cpu",
+                "variant": variant,
+                "count": sizes.cpu_count,
+                "warmup": sizes.cpu_warmup,
+                "concurrency": sizes.cpu_concurrency,
+                "connections": sizes.cpu_concurrency,
+                "interval": sizes.cpu_interval,
+            }
+            result, _ = measure(["--mode", "instant2"], spec)
+            per_task = result["cpu_s"] / sizes.cpu_count * 1e6
+            cpu[variant].append(per_task)
+            wall[variant].append(result["wall_s"])
+            details["runs"].append({**result, "variant": variant, "cpu_us_per_task": per_task})
+            say(
+                f"  journal {repeat + 1}/{sizes.cpu_repeats} {variant:14} {per_task:8.1f} us/task "
+                f"(wall {result['wall_s']:.2f} s, ok {result['ok']}/{sizes.cpu_count})"
+            )
+            if result["ok"] != sizes.cpu_count:
+                say(f"  WARNING: {variant} completed {result['ok']} of {sizes.cpu_count} tasks")
+    cpu_medians = {v: statistics.median(s) for v, s in cpu.items()}
+    wall_medians = {v: statistics.median(s) for v, s in wall.items()}
+    details["median_cpu_us_per_task"] = cpu_medians
+    details["median_wall_s"] = wall_medians
+    target = f"<= {JOURNAL_TARGET:.2f}x"
+    rows = []
+    for metric, medians, unit in (
+        ("journaled batch: CPU per task", cpu_medians, "us"),
+        ("journaled batch: wall time", wall_medians, "s"),
+    ):
+        journaled, plain = medians["banana-journal"], medians["banana-fixed"]
+        rows.append(
+            Row(
+                metric,
+                journaled,
+                plain,
+                "no journal",
+                target,
+                journaled / plain <= JOURNAL_TARGET,
+                unit,
             )
         )
     return rows, details
@@ -750,6 +808,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "memory": bench_memory,
         "polling": bench_polling,
         "ratelimit": bench_ratelimit,
+        "journal": bench_journal,
     }
     titles = {
         "cpu": f"a. CPU per task ({sizes.cpu_count} tasks, concurrency {sizes.cpu_concurrency})",
@@ -762,6 +821,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"d. rate-limited batch ({sizes.rl_count} tasks of {sizes.rl_min:g}-"
             f"{sizes.rl_max:g} s, concurrency {sizes.rl_concurrency}, provider limit "
             f"{sizes.rl_rate:g} requests/s per key, burst {sizes.rl_burst:g})"
+        ),
+        "journal": (
+            f"e. journaled batch ({sizes.cpu_count} tasks answered at once, concurrency "
+            f"{sizes.cpu_concurrency}, beside the same batch without a journal)"
         ),
     }
     started = time.time()

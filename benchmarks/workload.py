@@ -7,6 +7,8 @@ sizes; the result is printed as one JSON line on stdout.
 Variants:
 
 * ``banana``: :meth:`banana_async.BananaClient.generate_many`.
+* ``banana-fixed``: the same with ``adaptive_polling=False``.
+* ``banana-journal``: ``banana-fixed`` with a journal (a new SQLite file per batch).
 * ``aiohttp``: a plain loop with one :class:`aiohttp.ClientSession`: POST the
   create, then ``asyncio.sleep(interval)`` and GET until the status is
   terminal, ``json.loads`` on every body, a semaphore for the concurrency.
@@ -29,9 +31,11 @@ client setting is measured by adding an entry on the ``bench.py`` side.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import resource
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -96,10 +100,14 @@ def banana_client(spec: dict[str, Any]) -> ba.BananaClient:
 
 
 async def banana_batch(
-    client: ba.BananaClient, batch: list[str], concurrency: int, seen: Seen | None = None
+    client: ba.BananaClient,
+    batch: list[str],
+    concurrency: int,
+    seen: Seen | None = None,
+    journal: str | None = None,
 ) -> int:
     ok = 0
-    async for outcome in client.generate_many(batch, concurrency=concurrency):
+    async for outcome in client.generate_many(batch, concurrency=concurrency, journal=journal):
         if seen is not None and outcome.task is not None:
             seen.append((outcome.index, outcome.task.id, time.monotonic()))
         ok += outcome.ok
@@ -216,6 +224,21 @@ async def run_banana(spec: dict[str, Any], measure: Callable[[Batch], Awaitable[
         await measure(batch)
 
 
+async def run_banana_journal(
+    spec: dict[str, Any], measure: Callable[[Batch], Awaitable[None]]
+) -> None:
+    """``banana-fixed`` with a journal: a new SQLite file for every batch, as a new batch has."""
+    numbers = itertools.count()
+    with tempfile.TemporaryDirectory(prefix="banana-bench-journal-") as tmp:
+        async with banana_client({**spec, "adaptive": False}) as client:
+
+            async def batch(items: list[str], seen: Seen | None) -> int:
+                path = f"{tmp}/batch-{next(numbers)}.sqlite"
+                return await banana_batch(client, items, spec["concurrency"], seen, path)
+
+            await measure(batch)
+
+
 async def run_banana_fixed(
     spec: dict[str, Any], measure: Callable[[Batch], Awaitable[None]]
 ) -> None:
@@ -225,6 +248,7 @@ async def run_banana_fixed(
 RUNNERS = {
     "banana": run_banana,
     "banana-fixed": run_banana_fixed,
+    "banana-journal": run_banana_journal,
     "aiohttp": run_plain_aiohttp,
     "fixed": run_plain_aiohttp,
     "httpx": run_plain_httpx,

@@ -315,7 +315,7 @@ async def test_a_journal_is_never_resumed_against_another_provider(
     async with FakeBananaServer(api_key=API_KEY) as elsewhere:
         for other in (live_client(live, dialect="navo"), live_client(elsewhere, dialect="nano")):
             async with other as client:
-                with pytest.raises(ba.InvalidRequestError, match="provider"):
+                with pytest.raises(ba.JournalError, match="provider"):
                     _ = [o async for o in client.generate_many(["a", "b"], journal=journal)]
         assert elsewhere.requests == []
     assert len(live.requests) == requests  # nothing was sent to poll foreign ids

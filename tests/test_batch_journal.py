@@ -114,7 +114,7 @@ async def test_a_journal_of_another_batch_is_refused(
     async with live_client(live) as client:
         await _run(client, PROMPTS, journal=journal)
         sent = len(live.requests)
-        with pytest.raises(ba.InvalidRequestError, match="another batch"):
+        with pytest.raises(ba.JournalError, match="another batch"):
             await _run(client, ["something else", *PROMPTS[1:]], journal=journal)
     assert len(live.requests) == sent
 
@@ -242,7 +242,7 @@ async def test_an_input_recorded_valid_and_now_invalid_is_another_batch(
     journal = tmp_path / "batch.sqlite"
     async with live_client(live) as client:
         await _run(client, ["a", "b"], journal=journal)
-        with pytest.raises(ba.InvalidRequestError, match="another batch"):
+        with pytest.raises(ba.JournalError, match="another batch"):
             await _run(client, ["a", "   "], journal=journal)
 
 

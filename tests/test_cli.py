@@ -446,6 +446,24 @@ def test_batch_journal_resumes_without_new_creates(
     assert all(r["from_journal"] and r["ok"] for r in records)
 
 
+def test_batch_with_another_batchs_journal_exits_3(
+    capsys: pytest.CaptureFixture[str], env: ServerThread, tmp_path: Path
+) -> None:
+    journal = tmp_path / "batch.sqlite"
+    first = tmp_path / "first.txt"
+    first.write_text(TEXT_PROMPTS)
+    argv = ["--json", "batch", str(first), "--out", str(tmp_path / "out")]
+    assert run_main(capsys, *argv, "--journal", str(journal), *FAST)[0] == 0
+    created = env.server.count("create")
+    other = tmp_path / "other.txt"
+    other.write_text("a different prompt\n")
+    argv = ["batch", str(other), "--out", str(tmp_path / "out")]
+    code, _, err = run_main(capsys, *argv, "--journal", str(journal), *FAST)
+    assert code == 3
+    assert "another batch" in err
+    assert env.server.count("create") == created  # nothing sent for it
+
+
 def test_batch_of_an_empty_file(
     capsys: pytest.CaptureFixture[str], env: ServerThread, tmp_path: Path
 ) -> None:

@@ -122,6 +122,7 @@ def test_exit_code_values_are_the_documented_ones() -> None:
     ("error", "code"),
     [
         (ba.InvalidRequestError("bad option"), ExitCode.USAGE),
+        (ba.JournalError("in use by another command", path="j.db"), ExitCode.JOURNAL),
         (ba.UnconfirmedCreateError("maybe created", index=0), ExitCode.FAILED),
         (ba.NotFoundError("no such task", status_code=404, body=""), ExitCode.FAILED),
         (ba.TaskTimeoutError("abc", 1.0, None), ExitCode.FAILED),

@@ -28,8 +28,6 @@ from banana_async import (
     BananaError,
     Dialect,
     GenerationRequest,
-    HTTPRequest,
-    HTTPResponse,
     InvalidRequestError,
     Model,
     NotFoundError,
@@ -43,7 +41,7 @@ from banana_async import (
     TaskStatus,
     get_dialect,
 )
-from banana_async.dialects import error_for_status
+from banana_async.dialects import HTTPRequest, HTTPResponse, error_for_status
 
 SAMPLES = Path(__file__).parent / "samples"
 CREATED_TS = 1761635478

@@ -468,7 +468,7 @@ def test_random_bytes_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "noise.sqlite"
     noise = os.urandom(8192)
     path.write_bytes(noise)
-    with pytest.raises(ba.InvalidRequestError, match="not a banana_async journal") as info:
+    with pytest.raises(ba.JournalError, match="not a banana_async journal") as info:
         Journal.open(path)
     assert str(path) in str(info.value)
     assert path.read_bytes() == noise
@@ -478,7 +478,7 @@ def test_random_bytes_are_refused(tmp_path: Path) -> None:
 def test_text_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "inputs.jsonl"
     path.write_text('{"prompt": "a cat"}\n' * 100)
-    with pytest.raises(ba.InvalidRequestError, match=re.escape(str(path))):
+    with pytest.raises(ba.JournalError, match=re.escape(str(path))):
         Journal.open(path)
 
 
@@ -489,10 +489,14 @@ def test_other_sqlite_database_is_refused_untouched(tmp_path: Path) -> None:
         db.execute("INSERT INTO users VALUES ('ada')")
         db.commit()
     content = path.read_bytes()
-    with pytest.raises(ba.InvalidRequestError, match="not a banana_async journal") as info:
+    with pytest.raises(ba.JournalError, match="not a banana_async journal") as info:
         Journal.open(path)
     assert str(path) in str(info.value)
-    assert isinstance(info.value, ValueError)
+    # A journal that cannot be used is no bad argument value: since issue #8
+    # it is a JournalError, and on purpose no longer a ValueError.
+    assert isinstance(info.value, ba.BananaError)
+    assert not isinstance(info.value, ValueError)
+    assert info.value.path == str(path)
     assert path.read_bytes() == content  # not converted to WAL, nothing added
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.sqlite"]
 
@@ -503,7 +507,7 @@ def test_other_meta_table_is_refused(tmp_path: Path) -> None:
         db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         db.execute("INSERT INTO meta VALUES ('application', 'something-else')")
         db.commit()
-    with pytest.raises(ba.InvalidRequestError, match="not a banana_async journal"):
+    with pytest.raises(ba.JournalError, match="not a banana_async journal"):
         Journal.open(path)
 
 
@@ -516,7 +520,7 @@ def set_meta(path: Path, key: str, value: str) -> None:
 def test_newer_schema_is_refused(path: Path) -> None:
     Journal.open(path).close()
     set_meta(path, "schema_version", str(SCHEMA_VERSION + 1))
-    with pytest.raises(ba.InvalidRequestError, match="newer banana_async") as info:
+    with pytest.raises(ba.JournalError, match="newer banana_async") as info:
         Journal.open(path)
     assert str(path) in str(info.value)
 
@@ -524,7 +528,7 @@ def test_newer_schema_is_refused(path: Path) -> None:
 def test_unreadable_schema_version_is_refused(path: Path) -> None:
     Journal.open(path).close()
     set_meta(path, "schema_version", "one")
-    with pytest.raises(ba.InvalidRequestError, match="layout version one"):
+    with pytest.raises(ba.JournalError, match="layout version one"):
         Journal.open(path)
 
 
@@ -534,7 +538,7 @@ def test_damaged_entry_is_reported(path: Path) -> None:
     with closing(sqlite3.connect(path)) as db:
         db.execute("UPDATE entries SET request = '{\"prompt\": 3' WHERE idx = 0")
         db.commit()
-    with Journal.open(path) as journal, pytest.raises(ba.InvalidRequestError, match="entry 0"):
+    with Journal.open(path) as journal, pytest.raises(ba.JournalError, match="entry 0"):
         journal.get(0)
 
 
@@ -548,21 +552,21 @@ def test_empty_file_becomes_a_journal(tmp_path: Path) -> None:
 
 def test_missing_directory_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "no" / "such" / "batch.sqlite"
-    with pytest.raises(ba.InvalidRequestError, match="cannot open journal"):
+    with pytest.raises(ba.JournalError, match="cannot open journal"):
         Journal.open(path)
     assert not (tmp_path / "no").exists()
 
 
 def test_directory_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ba.InvalidRequestError, match=re.escape(str(tmp_path))):
+    with pytest.raises(ba.JournalError, match=re.escape(str(tmp_path))):
         Journal.open(tmp_path)
 
 
 def test_second_open_is_refused_until_closed(journal: Journal, path: Path) -> None:
     journal.record_sending(0, REQUEST)
-    with pytest.raises(ba.InvalidRequestError, match="in use"):
+    with pytest.raises(ba.JournalError, match="in use"):
         Journal.open(path)
-    with pytest.raises(ba.InvalidRequestError, match="in use"):
+    with pytest.raises(ba.JournalError, match="in use"):
         Journal.open(path, exclusive=False)
     journal.close()
     assert len(reopened(path)) == 1
@@ -630,7 +634,7 @@ def test_committed_entries_survive_sigkill(path: Path, count: int, kill_after: i
                 printed.append(int(line))
             if kill_after == count:
                 # The journal is open in the child: a second run is refused.
-                with pytest.raises(ba.InvalidRequestError, match="in use"):
+                with pytest.raises(ba.JournalError, match="in use"):
                     Journal.open(path)
             child.send_signal(signal.SIGKILL)
             assert child.wait(timeout=CHILD_DEADLINE) == -signal.SIGKILL

@@ -156,7 +156,7 @@ def test_every_kind_of_write_fails_in_turn(journal: Journal, path: Path) -> None
 CHILD = textwrap.dedent(
     """
     import json, resource, signal, sqlite3, sys
-    from banana_async.errors import InvalidRequestError
+    from banana_async.errors import JournalError
     from banana_async.journal import Journal
     from banana_async.models import GenerationRequest, Task, TaskStatus
 
@@ -202,7 +202,7 @@ CHILD = textwrap.dedent(
     try:
         Journal.open(new_path).close()
         report["open new"] = "ok"
-    except InvalidRequestError as exc:
+    except JournalError as exc:
         report["open new"] = [str(exc), type(exc.__cause__).__name__]
     full(False)
     report["after"] = {}

@@ -36,7 +36,7 @@ from banana_async.journal import Journal
 CHILD = textwrap.dedent(
     """
     import os, sys
-    from banana_async.errors import InvalidRequestError
+    from banana_async.errors import JournalError
     from banana_async.journal import Journal
 
     print("ready", flush=True)
@@ -47,7 +47,7 @@ CHILD = textwrap.dedent(
             pass
         try:
             journal = Journal.open(path, exclusive=exclusive == "1")
-        except InvalidRequestError as exc:
+        except JournalError as exc:
             print("lost", exc, flush=True)
             continue
         print("won", flush=True)

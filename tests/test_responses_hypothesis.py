@@ -18,12 +18,12 @@ from banana_async import (
     NAVO,
     APIStatusError,
     BananaError,
-    HTTPResponse,
     ProviderError,
     ResponseValidationError,
     Task,
     TaskStatus,
 )
+from banana_async.dialects import HTTPResponse
 from banana_async.models import url_problem
 
 STATUS_WORDS = [

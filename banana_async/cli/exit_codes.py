@@ -6,7 +6,7 @@ import enum
 import sqlite3
 from typing import Final
 
-from banana_async.errors import BananaError, InvalidRequestError
+from banana_async.errors import BananaError, InvalidRequestError, JournalError
 
 __all__ = ["ExitCode", "exit_code_for"]
 
@@ -28,7 +28,7 @@ class ExitCode(enum.IntEnum):
     """Bad options, no API key, an unknown model or a missing file."""
 
     JOURNAL = 3
-    """The batch's journal is damaged, another batch's, or in use."""
+    """The batch's journal cannot be used (damaged, another batch's, or in use) or failed."""
 
     INTERRUPTED = 130
     """Interrupted by Ctrl-C (128 + SIGINT, as shells report it)."""
@@ -36,13 +36,9 @@ class ExitCode(enum.IntEnum):
 
 # The single place that decides which error ends the command with which code.
 # The first entry whose type matches wins, so a subclass goes before its base.
-#
-# MERGE POINT (issue #8): when banana_async.errors.JournalError covers damaged,
-# foreign and locked journals, add as the FIRST entry:
-#     (JournalError, ExitCode.JOURNAL),
-# Until then those journals raise InvalidRequestError and exit with USAGE, and
-# today's JournalError (a journal write that failed mid-batch) exits with FAILED.
+# JournalError is a BananaError: it goes first.
 _ERROR_CODES: Final[tuple[tuple[type[BaseException], ExitCode], ...]] = (
+    (JournalError, ExitCode.JOURNAL),
     (InvalidRequestError, ExitCode.USAGE),
     (BananaError, ExitCode.FAILED),
     (OSError, ExitCode.FAILED),

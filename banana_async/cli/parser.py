@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             f"The API key is read from ${API_KEY_ENV} (never from an option). "
             "Exit codes: 0 all done, 1 some generation failed, 2 usage error, "
-            "130 interrupted. Try `banana-async demo`: it needs no key and no network."
+            "3 journal unusable or failed, 130 interrupted. "
+            "Try `banana-async demo`: it needs no key and no network."
         ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

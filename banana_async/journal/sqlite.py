@@ -1,0 +1,1326 @@
+"""The embedded journal: one SQLite file, written from a thread of its own.
+
+The provider bills every task it creates and offers no idempotency key, so a
+batch that is stopped and run again must never create a task twice. The
+journal makes that possible by recording, for each input of the batch:
+
+1. :attr:`EntryState.SENDING` just *before* the create request is sent;
+2. :attr:`EntryState.CREATED` with the task id as soon as the create answers;
+3. :attr:`EntryState.COMPLETED` or :attr:`EntryState.FAILED` once the task ends,
+   then the path of the downloaded image.
+
+Inputs that fail with nothing created end as :attr:`EntryState.ERROR` (a
+resumed run tries them again, which cannot bill twice); creates
+that failed in a way that may have created a task end as
+:attr:`EntryState.UNCONFIRMED`. An entry still ``SENDING`` when the journal is
+read again belongs to a create whose fate is unknown: it is unconfirmed too.
+Which state may follow which is :data:`~banana_async.journal.TRANSITIONS`.
+
+Two faces share one file and one connection:
+
+- :class:`~banana_async.Journal`, synchronous: open, inspect, and record by hand. Each
+  method runs one short transaction and commits before it returns.
+- :class:`~banana_async.journal.SQLiteStore`, the :class:`~banana_async.journal.JournalStore` a
+  batch uses: every call runs on one worker thread, so the event loop never
+  waits on the disk, and the records that arrive while a commit is under way
+  go into the next one together (group commit). Each call returns only once
+  its own record is committed.
+
+The file uses SQLite's write-ahead log with ``synchronous=NORMAL``: a commit
+is a ``write()`` into the log, which survives the process being killed (even
+by ``SIGKILL``), though not necessarily a power cut or an operating-system
+crash.
+
+::
+
+    with Journal.open("batch.sqlite") as journal:
+        journal.record_sending(0, request)
+        task = await client.create(request)
+        journal.record_created(0, task)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import queue
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, Final, Generic, Self, TypeVar
+
+import attrs
+
+from banana_async._convert import CONVERTER
+from banana_async.errors import JournalError
+from banana_async.journal._entries import (
+    JournalEntry,
+    JournalProvider,
+    canonical_request,
+    check_index,
+    dumps_task,
+    error_text,
+    storable,
+)
+from banana_async.journal.states import EntryState, may_follow, sources
+from banana_async.models import GenerationRequest, Task, TaskStatus
+
+__all__ = ["SCHEMA_VERSION", "Journal", "SQLiteStore"]
+
+_T = TypeVar("_T")
+
+# Still 1 with the "provider" key of meta (Journal.bind_provider): meta is a
+# key/value table, so a new key needs no new layout. Older versions of this
+# module open such a journal and ignore the key; this one opens journals
+# without it and records it at the first bind.
+SCHEMA_VERSION: Final = 1
+"""The version of the file layout this module reads and writes."""
+
+# The text stored in meta; it named the module when the journal was one module.
+_APPLICATION: Final = "banana_async.journal"
+
+# Waiting longer for a lock is pointless: an open journal keeps its lock until
+# it is closed (see ``exclusive`` in :meth:`~banana_async.Journal.open`).
+_BUSY_TIMEOUT: Final = 1.0
+
+# Longest pause between two attempts of Journal.open on a busy file. Random,
+# so that openers that collided do not collide again in step.
+_RETRY_PAUSE: Final = 0.02
+
+# Most records in one group commit: a bound on how long one transaction holds
+# the file, far above what a batch of thousands records at once.
+_MAX_GROUP: Final = 1024
+
+# The group commit's window: while records keep coming, at most one commit
+# per this many seconds. Longer windows make larger groups and cost less CPU
+# per record (fewer commits, fewer wake-ups of the event loop); each record
+# waits half of it on average, and only while the journal is busy.
+_WINDOW: Final = 0.01
+
+_SCHEMA: Final = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE entries (
+        idx INTEGER PRIMARY KEY CHECK (idx >= 0),
+        state TEXT NOT NULL,
+        request TEXT,
+        raw_input TEXT,
+        task_id TEXT,
+        task TEXT,
+        error TEXT,
+        error_type TEXT,
+        path TEXT,
+        updated_at REAL NOT NULL
+    )""",
+)
+
+_COLUMNS: Final = (
+    "idx, state, request, raw_input, task_id, task, error, error_type, path, updated_at"
+)
+
+Op = Callable[[sqlite3.Connection], _T]
+"""One step on the open connection, run inside a transaction.
+
+An op checks everything before it writes, and writes with its last
+statement: one that raises anything but :class:`sqlite3.Error` has changed
+nothing, so the other ops of its group commit keep their records.
+"""
+
+
+class Journal:
+    """The journal of one batch, kept in one SQLite file.
+
+    Open it with :meth:`open` and close it with :meth:`close` or a ``with``
+    block. Each method runs one short transaction and commits before it
+    returns. A method that would move an entry in a way
+    :data:`~banana_async.journal.TRANSITIONS` does not allow (out of
+    ``COMPLETED`` or ``FAILED``, or from a final state to a new create)
+    raises :class:`ValueError` and changes nothing; the one way back is
+    :meth:`mark_resend`, for ``SENDING`` and ``UNCONFIRMED`` entries only.
+
+    Methods are synchronous; a lock makes them safe to call from several
+    threads. A batch does not call them on its event loop: it records
+    through :meth:`store`, which runs them on a thread of its own. They take
+    any ``str``, lone surrogates included (see :class:`JournalEntry` for how
+    such text is stored).
+
+    A write that the file system refuses (a full disk, an I/O error) raises
+    :class:`sqlite3.Error`, usually :class:`sqlite3.OperationalError`: "database
+    or disk is full" (``SQLITE_FULL``, also when the file would grow past
+    :attr:`max_pages`) or "disk I/O error" (``SQLITE_IOERR``). Such a write
+    changes nothing: its transaction is rolled back before the error
+    propagates, the entry keeps its previous state, the journal stays
+    readable, and later writes succeed once there is room again. That error
+    is how a caller learns that a step was not recorded: a batch must stop
+    relying on the journal at the first one (a task created but not recorded
+    would be created again by the next run).
+
+    Attributes:
+        path: The journal's file name, as given to :meth:`open`.
+    """
+
+    def __init__(
+        self, connection: sqlite3.Connection, path: str, *, exclusive: bool = False
+    ) -> None:
+        """Wrap an open and checked connection; use :meth:`open` instead."""
+        self._connection: sqlite3.Connection | None = connection
+        self._lock = threading.Lock()
+        self.path = path
+        # The highest index that may have an entry, while nobody else can
+        # write the file (the exclusive lock); None: unknown, always look.
+        # Every write raises it first, so a fresh batch's ``get`` of a new
+        # input needs no trip to the file (see SQLiteStore.get).
+        self._highest: int | None = None
+        if exclusive:
+            try:
+                row = connection.execute("SELECT max(idx) FROM entries").fetchone()
+            except sqlite3.Error as exc:
+                raise self._corrupt(f"its entries cannot be read ({exc})") from exc
+            self._highest = -1 if row[0] is None else int(row[0])
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, exclusive: bool = True) -> Self:
+        """Open the journal at ``path``, creating the file if it does not exist.
+
+        The parent directory must exist. An empty SQLite file (or a new one)
+        becomes a journal; any other SQLite database, or any other file, is
+        refused without being changed. This may wait about a second for a
+        busy file: from a coroutine, use :meth:`~banana_async.journal.SQLiteStore.open`.
+
+        Args:
+            path: The journal file.
+            exclusive: Hold a lock on the file until :meth:`close`, so that a
+                second open of the same journal (from this process or another)
+                fails instead of running the same batch twice, which would
+                create and bill its tasks twice. The lock goes with the process
+                if it dies. Of several processes opening the same file at the
+                same moment, exactly one gets it; the others keep trying for
+                about a second, then fail.
+
+        Raises:
+            JournalError: The file cannot be opened, is not a journal, was
+                written by a newer version of ``banana_async``, or is in use
+                by another open journal.
+        """
+        name = os.fspath(path)
+        deadline = time.monotonic() + _BUSY_TIMEOUT
+        while True:
+            try:
+                connection = _connect(name, exclusive=exclusive)
+            except sqlite3.Error as exc:  # _connect lets only "busy" through
+                if time.monotonic() >= deadline:
+                    raise JournalError(
+                        f"journal {name!r} is in use by another open journal "
+                        "(is the same batch running twice?)",
+                        path=name,
+                    ) from exc
+            else:
+                try:
+                    return cls(connection, name, exclusive=exclusive)
+                except BaseException:
+                    connection.close()
+                    raise
+            time.sleep(random.uniform(0.0, _RETRY_PAUSE))
+
+    def close(self) -> None:
+        """Close the file (and release its lock); closing twice is harmless."""
+        with self._lock:
+            if self._connection is not None:
+                connection, self._connection = self._connection, None
+                connection.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._connection is None
+
+    def store(self) -> SQLiteStore:
+        """An async store over this journal, for a batch.
+
+        See :class:`~banana_async.journal.SQLiteStore`.
+
+        Closing the store stops its thread and leaves this journal open.
+        """
+        return SQLiteStore(self)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<Journal {self.path!r} {state}>"
+
+    # -- reading -------------------------------------------------------------
+
+    def get(self, index: int) -> JournalEntry | None:
+        """Return the entry of input ``index``, or None if nothing is recorded."""
+        return self._run(self._op_get(index))
+
+    def entries(self) -> Iterator[JournalEntry]:
+        """Iterate over all entries in index order (read at once, when called)."""
+        with self._transaction() as connection:
+            rows = connection.execute(f"SELECT {_COLUMNS} FROM entries ORDER BY idx").fetchall()
+        return iter([self._entry(row) for row in rows])
+
+    def counts(self) -> dict[EntryState, int]:
+        """Count the entries in each state; every state is a key, zero included."""
+        with self._transaction() as connection:
+            rows = connection.execute("SELECT state, COUNT(*) FROM entries GROUP BY state")
+            found = {str(state): int(count) for state, count in rows}
+        unknown = set(found) - set(EntryState)
+        if unknown:
+            raise self._corrupt(f"unknown states {sorted(unknown)}")
+        return {state: found.get(state.value, 0) for state in EntryState}
+
+    def request_matches(
+        self, index: int, request: GenerationRequest | None, *, raw_input: str | None = None
+    ) -> bool:
+        """Tell whether the entry of ``index`` was recorded for this same input.
+
+        Requests are compared by their :func:`~banana_async.journal.canonical_request` text, so a
+        journal reused with a different list of inputs is detected. For an
+        input that was not a valid request, pass None and its ``raw_input``.
+
+        Returns:
+            False when the inputs differ, or when nothing is recorded for ``index``.
+        """
+        return self._run(self._op_request_matches(index, request, raw_input))
+
+    @property
+    def fingerprint(self) -> str | None:
+        """A text identifying the batch's inputs (chosen by the batch), or None.
+
+        Setting it commits at once; a write that fails raises
+        :class:`sqlite3.Error` and changes nothing (see :class:`~banana_async.Journal`).
+        """
+        with self._transaction() as connection:
+            row = connection.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
+        return None if row is None else str(row[0])
+
+    @fingerprint.setter
+    def fingerprint(self, value: str | None) -> None:
+        with self._transaction(write=True) as connection:
+            if value is None:
+                connection.execute("DELETE FROM meta WHERE key = 'fingerprint'")
+            else:
+                connection.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('fingerprint', ?)",
+                    (str(value),),
+                )
+
+    @property
+    def max_pages(self) -> int:
+        """The most pages the file may grow to while this journal is open.
+
+        SQLite's ``max_page_count`` for this connection: it is not stored in
+        the file, and each :meth:`open` starts with SQLite's default (about a
+        billion pages, in effect no cap). A write that would grow the file
+        past it fails as on a full disk, with :class:`sqlite3.OperationalError`
+        ("database or disk is full"), and changes nothing. A value below the
+        file's current size caps it at that size, so ``journal.max_pages = 1``
+        makes the disk "full" from then on; setting the value read before
+        lifts the cap again.
+
+        Writes that fit in pages the file already has (free space in a page,
+        pages left free by earlier writes) still succeed: this caps the
+        file's size and is not a switch that fails every write. It exists for
+        quotas and for tests of what happens when the journal cannot be
+        written, with SQLite's own failure rather than a fake one.
+
+        Raises:
+            ValueError: Set to anything but an int >= 1, or the journal is closed.
+        """
+        with self._transaction() as connection:
+            return int(connection.execute("PRAGMA max_page_count").fetchone()[0])
+
+    @max_pages.setter
+    def max_pages(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            # 0 would not cap anything: SQLite reads it as a query.
+            raise ValueError(f"max_pages is an int >= 1, not {value!r}")
+        with self._transaction() as connection:
+            connection.execute(f"PRAGMA max_page_count = {value}")
+
+    @property
+    def provider(self) -> JournalProvider | None:
+        """The provider recorded by :meth:`bind_provider`, or None before the first bind."""
+        with self._transaction() as connection:
+            return self._provider(connection)
+
+    def bind_provider(self, dialect: str, create_base_url: str, query_base_url: str) -> None:
+        """Tie the journal to one provider, or check that it is the one recorded.
+
+        Task ids mean something only at the provider that created them: a
+        journal resumed against another dialect or other base URLs would
+        poll ids that do not exist there (or belong to someone else). The
+        first call records the provider, committed at once; every later
+        call, in this open or a later one, compares (see
+        :meth:`~banana_async.journal.JournalProvider.same_as`). A journal
+        written before this method existed has no provider and takes the
+        first one bound.
+
+        Args:
+            dialect: The dialect's name, e.g. ``nano``.
+            create_base_url: The base URL that creates are sent to.
+            query_base_url: The base URL that status queries are sent to.
+
+        Raises:
+            JournalError: Another provider is recorded; the message names
+                both. Nothing is written.
+            sqlite3.Error: The first bind could not be written (a full
+                disk, an I/O error); nothing was changed. See :class:`~banana_async.Journal`.
+        """
+        self._run(self._op_bind_provider(dialect, create_base_url, query_base_url), write=True)
+
+    # -- writing -------------------------------------------------------------
+
+    def record_sending(self, index: int, request: GenerationRequest) -> JournalEntry:
+        """Record that the create of ``request`` is about to be sent.
+
+        Call it before sending, and send only once it has returned. An
+        ``ERROR`` entry may be sent again: nothing was created for it.
+
+        Raises:
+            ValueError: Anything but an ``ERROR`` is already recorded for
+                ``index`` (a second create would bill a second task; see
+                :meth:`mark_resend`).
+            sqlite3.Error: The write failed (a full disk, an I/O error) and
+                changed nothing; see :class:`~banana_async.Journal`.
+        """
+        return self._record(index, self._op_record_sending(index, request))
+
+    def record_created(self, index: int, task: Task) -> JournalEntry:
+        """Record the task the create returned (or a newer snapshot of it).
+
+        Raises:
+            ValueError: The entry is not ``SENDING`` or ``CREATED``, or it holds
+                another task id.
+            sqlite3.Error: The write failed (a full disk, an I/O error) and
+                changed nothing; see :class:`~banana_async.Journal`.
+        """
+        return self._record(index, self._op_record_created(index, task))
+
+    def record_finished(self, index: int, task: Task) -> JournalEntry:
+        """Record a task that ended: ``COMPLETED`` or ``FAILED`` from its status.
+
+        A failed task's message is kept as the error, typed ``TaskFailedError``.
+        Recording the same end again is allowed (a downloaded path is kept);
+        turning ``COMPLETED`` into ``FAILED`` or back is not.
+
+        Raises:
+            ValueError: The task has not ended; the entry is not ``SENDING``,
+                ``CREATED`` or already in the task's end state; or it holds
+                another task id.
+            sqlite3.Error: The write failed (a full disk, an I/O error) and
+                changed nothing; see :class:`~banana_async.Journal`.
+        """
+        return self._record(index, self._op_record_finished(index, task))
+
+    def record_error(
+        self,
+        index: int,
+        request: GenerationRequest | None,
+        error: BaseException,
+        *,
+        raw_input: str | None = None,
+    ) -> JournalEntry:
+        """Record that input ``index`` failed with certainly nothing created.
+
+        For an invalid request, a create the provider refused (a 400), or one
+        that was never sent. A resumed batch tries the input again
+        (recording an error again over an ``ERROR`` entry replaces it).
+
+        Args:
+            index: The input's position.
+            request: The request, or None if the input is not a valid one
+                (None keeps a request recorded by :meth:`record_sending`).
+            error: The exception; its message and class name are recorded.
+            raw_input: The input as text, when there is no request.
+
+        Raises:
+            ValueError: The entry is not new, ``SENDING`` or ``ERROR``.
+            sqlite3.Error: The write failed (a full disk, an I/O error) and
+                changed nothing; see :class:`~banana_async.Journal`.
+        """
+        return self._record(index, self._op_record_error(index, request, error, raw_input))
+
+    def record_unconfirmed(
+        self,
+        index: int,
+        request: GenerationRequest,
+        error: BaseException,
+        *,
+        task_id: str | None = None,
+    ) -> JournalEntry:
+        """Record that the create of a ``SENDING`` entry may have created a task.
+
+        For a create that failed after it was sent (a 5xx, a reset, a read
+        timeout), or a ``SENDING`` entry found when a batch resumes. The entry
+        is final unless :meth:`mark_resend` is called.
+
+        Args:
+            index: The input's position.
+            request: The request whose create failed.
+            error: The exception; its message and class name are recorded.
+            task_id: A task id the failed answer carried anyway (an error code
+                beside an id, an id no URL can hold), kept for a human to
+                check; stored as plain text (see :class:`JournalEntry`).
+
+        Raises:
+            ValueError: The entry is not ``SENDING``.
+            sqlite3.Error: The write failed (a full disk, an I/O error) and
+                changed nothing; see :class:`~banana_async.Journal`.
+        """
+        return self._record(index, self._op_record_unconfirmed(index, request, error, task_id))
+
+    def record_download(self, index: int, path: str | os.PathLike[str]) -> JournalEntry:
+        """Record where the image of a ``COMPLETED`` entry was saved.
+
+        Recording again replaces the path; an error noted before is cleared.
+
+        Raises:
+            ValueError: The entry is not ``COMPLETED``.
+            sqlite3.Error: The write failed (a full disk, an I/O error) and
+                changed nothing; see :class:`~banana_async.Journal`.
+        """
+        return self._record(index, self._op_record_download(index, path))
+
+    def note_error(self, index: int, error: BaseException) -> JournalEntry:
+        """Keep an error on an entry without changing its state.
+
+        For failures that leave the entry where it is: a wait that timed out
+        (still ``CREATED``, polled again on resume) or a download that failed
+        (still ``COMPLETED``, without a path).
+
+        Raises:
+            ValueError: Nothing is recorded for ``index``.
+            sqlite3.Error: The write failed (a full disk, an I/O error) and
+                changed nothing; see :class:`~banana_async.Journal`.
+        """
+        return self._record(index, self._op_note_error(index, error))
+
+    def mark_resend(self, index: int) -> None:
+        """Forget a ``SENDING`` or ``UNCONFIRMED`` entry so that it is created again.
+
+        The provider may already have created (and billed) a task for it:
+        call this only when the user asked to resend unconfirmed creates.
+
+        Raises:
+            ValueError: The entry is not ``SENDING`` or ``UNCONFIRMED``.
+            sqlite3.Error: The write failed (a full disk, an I/O error) and
+                changed nothing; see :class:`~banana_async.Journal`.
+        """
+        self._run(self._op_mark_resend(index), write=True)
+
+    # -- the steps, shared by these methods and by SQLiteStore ----------------------
+    #
+    # Each _op_* checks its arguments at once (in the caller's thread) and
+    # returns the step to run on the connection. A step reads what it must
+    # check, raises before writing if the table forbids the record, and
+    # writes with its last statement (see Op).
+
+    def _op_get(self, index: int) -> Op[JournalEntry | None]:
+        check_index(index)
+        return lambda connection: self._get(connection, index)
+
+    def _op_request_matches(
+        self, index: int, request: GenerationRequest | None, raw_input: str | None
+    ) -> Op[bool]:
+        check_index(index)
+
+        def step(connection: sqlite3.Connection) -> bool:
+            row = connection.execute(
+                "SELECT request, raw_input FROM entries WHERE idx = ?", (index,)
+            ).fetchone()
+            if row is None:
+                return False
+            stored_request, stored_raw = row
+            if request is None:
+                return stored_request is None and stored_raw == storable(raw_input)
+            return stored_request is not None and stored_request == canonical_request(request)
+
+        return step
+
+    def _op_bind_provider(
+        self, dialect: str, create_base_url: str, query_base_url: str
+    ) -> Op[None]:
+        given = JournalProvider(dialect, create_base_url, query_base_url)
+
+        def step(connection: sqlite3.Connection) -> None:
+            recorded = self._provider(connection)
+            if recorded is None:
+                value = json.dumps(attrs.asdict(given), sort_keys=True, ensure_ascii=True)
+                connection.execute("INSERT INTO meta (key, value) VALUES ('provider', ?)", (value,))
+            elif not recorded.same_as(given):
+                raise JournalError(
+                    f"journal {self.path!r} belongs to another provider: it was recorded "
+                    f"for {recorded}, not {given}; its task ids mean nothing there",
+                    path=self.path,
+                )
+
+        return step
+
+    def _op_record_sending(self, index: int, request: GenerationRequest) -> Op[None]:
+        check_index(index)
+
+        def step(connection: sqlite3.Connection) -> None:
+            if not self._surely_absent(index):
+                self._expect(connection, index, EntryState.SENDING, "record a new create")
+            self._raise_highest(index)
+            # A new create starts a new entry: nothing of an ERROR entry stays.
+            connection.execute(
+                f"INSERT OR REPLACE INTO entries ({_COLUMNS})"
+                " VALUES (?, ?, ?, NULL, NULL, NULL, NULL, NULL, NULL, ?)",
+                (index, EntryState.SENDING.value, canonical_request(request), time.time()),
+            )
+
+        return step
+
+    def _op_record_created(self, index: int, task: Task) -> Op[None]:
+        check_index(index)
+
+        def step(connection: sqlite3.Connection) -> None:
+            self._update_task(
+                connection,
+                index,
+                task,
+                EntryState.CREATED,
+                error=None,
+                error_type=None,
+                action="record its task",
+            )
+
+        return step
+
+    def _op_record_finished(self, index: int, task: Task) -> Op[None]:
+        check_index(index)
+        if not task.status.terminal:
+            raise ValueError(f"task {task.id} has not finished (status {task.status.value!r})")
+        completed = task.status is TaskStatus.COMPLETED
+        state = EntryState.COMPLETED if completed else EntryState.FAILED
+        error = None if completed else storable(task.error or f"task {task.id} failed")
+        error_type = None if completed else "TaskFailedError"
+
+        def step(connection: sqlite3.Connection) -> None:
+            self._update_task(
+                connection,
+                index,
+                task,
+                state,
+                error=error,
+                error_type=error_type,
+                action="record its end",
+            )
+
+        return step
+
+    def _op_record_error(
+        self,
+        index: int,
+        request: GenerationRequest | None,
+        error: BaseException,
+        raw_input: str | None,
+    ) -> Op[None]:
+        check_index(index)
+        text, kind = storable(error_text(error)), storable(type(error).__name__)
+
+        def step(connection: sqlite3.Connection) -> None:
+            self._expect(connection, index, EntryState.ERROR, "record an error")
+            self._raise_highest(index)
+            # An upsert: None keeps what a SENDING entry recorded before.
+            connection.execute(
+                "INSERT INTO entries (idx, state, request, raw_input, error, error_type,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (idx) DO UPDATE SET"
+                " state = excluded.state, request = coalesce(excluded.request, request),"
+                " raw_input = coalesce(excluded.raw_input, raw_input), error = excluded.error,"
+                " error_type = excluded.error_type, updated_at = excluded.updated_at",
+                (
+                    index,
+                    EntryState.ERROR.value,
+                    None if request is None else canonical_request(request),
+                    storable(raw_input),
+                    text,
+                    kind,
+                    time.time(),
+                ),
+            )
+
+        return step
+
+    def _op_record_unconfirmed(
+        self,
+        index: int,
+        request: GenerationRequest,
+        error: BaseException,
+        task_id: str | None,
+    ) -> Op[None]:
+        check_index(index)
+        text, kind = storable(error_text(error)), storable(type(error).__name__)
+
+        def step(connection: sqlite3.Connection) -> None:
+            self._expect(connection, index, EntryState.UNCONFIRMED, "record an unconfirmed create")
+            connection.execute(
+                "UPDATE entries SET state = ?, request = ?, task_id = coalesce(?, task_id),"
+                " error = ?, error_type = ?, updated_at = ? WHERE idx = ?",
+                (
+                    EntryState.UNCONFIRMED.value,
+                    canonical_request(request),
+                    storable(task_id),
+                    text,
+                    kind,
+                    time.time(),
+                    index,
+                ),
+            )
+
+        return step
+
+    def _op_record_download(self, index: int, path: str | os.PathLike[str]) -> Op[None]:
+        check_index(index)
+        where = storable(os.fspath(path))
+
+        def step(connection: sqlite3.Connection) -> None:
+            state = self._state(connection, index)[0]
+            if state is not EntryState.COMPLETED:  # a step inside COMPLETED, not a transition
+                raise _illegal(index, state, "record a download")
+            connection.execute(
+                "UPDATE entries SET path = ?, error = NULL, error_type = NULL, updated_at = ?"
+                " WHERE idx = ?",
+                (where, time.time(), index),
+            )
+
+        return step
+
+    def _op_note_error(self, index: int, error: BaseException) -> Op[None]:
+        check_index(index)
+        text, kind = storable(error_text(error)), storable(type(error).__name__)
+
+        def step(connection: sqlite3.Connection) -> None:
+            state = self._state(connection, index)[0]
+            if state is None:  # any entry keeps an error; no transition
+                raise _illegal(index, state, "note an error")
+            connection.execute(
+                "UPDATE entries SET error = ?, error_type = ?, updated_at = ? WHERE idx = ?",
+                (text, kind, time.time(), index),
+            )
+
+        return step
+
+    def _op_mark_resend(self, index: int) -> Op[None]:
+        check_index(index)
+
+        def step(connection: sqlite3.Connection) -> None:
+            self._expect(connection, index, None, "mark it to resend")
+            connection.execute("DELETE FROM entries WHERE idx = ?", (index,))
+
+        return step
+
+    # -- internals -----------------------------------------------------------
+
+    def _run(self, op: Op[_T], *, write: bool = False) -> _T:
+        with self._transaction(write=write) as connection:
+            return op(connection)
+
+    def _record(self, index: int, op: Op[None]) -> JournalEntry:
+        """Run a recording step and return the entry as it now reads back."""
+        with self._transaction(write=True) as connection:
+            op(connection)
+            entry = self._get(connection, index)
+        assert entry is not None  # every record but mark_resend leaves an entry
+        return entry
+
+    def _run_group(self, ops: list[Op[Any]]) -> list[tuple[bool, Any]]:
+        """Run ``ops`` in one transaction; return (True, result) or (False, error) for each.
+
+        An op that raises anything but :class:`sqlite3.Error` changed
+        nothing (see :data:`Op`): it fails alone. When the database fails
+        (a full disk, an I/O error), the whole transaction is rolled back
+        and each op runs again in a transaction of its own, so that each
+        result says exactly whether that op's record was committed.
+        """
+        results: list[tuple[bool, Any]] = []
+        try:
+            with self._transaction(write=True) as connection:
+                for op in ops:
+                    try:
+                        results.append((True, op(connection)))
+                    except sqlite3.Error:
+                        raise
+                    except Exception as exc:
+                        results.append((False, exc))
+        except sqlite3.Error as exc:
+            if len(ops) == 1:
+                return [(False, exc)]
+            return [self._run_group([op])[0] for op in ops]
+        except Exception as exc:  # closed, or a failed BEGIN: nothing ran
+            return [(False, exc)] * len(ops)
+        return results
+
+    @contextlib.contextmanager
+    def _transaction(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            connection = self._connection
+            if connection is None:
+                raise ValueError(f"journal {self.path!r} is closed")
+            if connection.in_transaction:
+                # Only if the ROLLBACK below itself failed: end that transaction
+                # now, or every later call would fail at BEGIN.
+                connection.execute("ROLLBACK")
+            connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield connection
+                connection.execute("COMMIT")
+            except BaseException:
+                # A failed statement or COMMIT (a full disk: SQLITE_FULL or
+                # SQLITE_IOERR) may leave the transaction open; SQLite may also
+                # have rolled it back already. Either way nothing of it stays.
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+
+    def _update_task(
+        self,
+        connection: sqlite3.Connection,
+        index: int,
+        task: Task,
+        state: EntryState,
+        *,
+        error: str | None,
+        error_type: str | None,
+        action: str,
+    ) -> None:
+        """Record ``task`` on entry ``index`` as ``state``, if the table and the task id allow.
+
+        The usual case is one statement: an UPDATE whose WHERE holds the
+        checks (a state ``state`` may follow; no task id yet, or this one).
+        When it changes no row, the checks run one by one to say why.
+        """
+        allowed = sorted(s.value for s in sources(state) if s is not None)
+        values = (
+            state.value,
+            storable(task.id),
+            dumps_task(task),
+            error,
+            error_type,
+            time.time(),
+            index,
+        )
+        update = (
+            "UPDATE entries SET state = ?, task_id = ?, task = ?, error = ?, error_type = ?,"
+            " updated_at = ? WHERE idx = ?"
+        )
+        # A column without a backslash holds the exact id (see JournalEntry):
+        # only then can it be compared as it is.
+        checked = connection.execute(
+            update + f" AND state IN ({', '.join('?' * len(allowed))}) AND (task_id IS NULL"
+            " OR (task_id = ? AND instr(task_id, '\\') = 0))",
+            (*values, *allowed, values[1]),
+        )
+        if checked.rowcount == 1:
+            return
+        task_id = self._expect(connection, index, state, action)
+        self._check_task_id(connection, index, task_id, task)
+        connection.execute(update, values)
+
+    def _raise_highest(self, index: int) -> None:
+        """Note, before writing it, that entry ``index`` may exist from now on."""
+        if self._highest is not None and index > self._highest:
+            self._highest = index
+
+    def _surely_absent(self, index: int) -> bool:
+        """True when entry ``index`` certainly does not exist, without reading the file.
+
+        Only while the file is locked for this journal (nobody else writes
+        it) and open, for an index above every entry there was or is being
+        written. Called from any thread: ``_highest`` only grows, and it
+        grows before the write that needs it.
+        """
+        highest = self._highest
+        return highest is not None and index > highest and self._connection is not None
+
+    def _get(self, connection: sqlite3.Connection, index: int) -> JournalEntry | None:
+        row = connection.execute(
+            f"SELECT {_COLUMNS} FROM entries WHERE idx = ?", (index,)
+        ).fetchone()
+        return None if row is None else self._entry(row)
+
+    def _state(self, connection: sqlite3.Connection, index: int) -> tuple[EntryState | None, Any]:
+        """The state of entry ``index`` (None: nothing recorded) and its stored task id."""
+        row = connection.execute(
+            "SELECT state, task_id FROM entries WHERE idx = ?", (index,)
+        ).fetchone()
+        if row is None:
+            return None, None
+        try:
+            return EntryState(row[0]), row[1]
+        except ValueError as exc:
+            raise self._corrupt(f"entry {index} cannot be read ({exc})") from exc
+
+    def _expect(
+        self, connection: sqlite3.Connection, index: int, after: EntryState | None, action: str
+    ) -> str | None:
+        """Check that the table lets entry ``index`` become ``after``; return its task id."""
+        state, task_id = self._state(connection, index)
+        if not may_follow(state, after):
+            raise _illegal(index, state, action)
+        return None if task_id is None else str(task_id)
+
+    def _check_task_id(
+        self, connection: sqlite3.Connection, index: int, stored: str | None, task: Task
+    ) -> None:
+        if stored is None:
+            return
+        given = storable(task.id)
+        if stored == given and given == task.id:
+            return
+        # The column holds escaped text (see JournalEntry); the recorded
+        # task's JSON holds the exact id.
+        row = connection.execute("SELECT task FROM entries WHERE idx = ?", (index,)).fetchone()
+        exact = stored
+        if row is not None and row[0] is not None:
+            exact = str(json.loads(row[0]).get("id", stored))
+        if exact != task.id:
+            raise ValueError(f"input {index} already has task {exact}, not {task.id}")
+
+    def _entry(self, row: tuple[Any, ...]) -> JournalEntry:
+        index, state, request, raw_input, task_id, task, error, error_type, path, updated = row
+        try:
+            stored_task = None if task is None else CONVERTER.structure(json.loads(task), Task)
+            return JournalEntry(
+                index=int(index),
+                state=EntryState(state),
+                request=None
+                if request is None
+                else CONVERTER.structure(json.loads(request), GenerationRequest),
+                raw_input=raw_input,
+                # The column is escaped text; the task's JSON has the exact id
+                # (every write that sets the id sets the task with it).
+                task_id=task_id if stored_task is None else stored_task.id,
+                task=stored_task,
+                error=error,
+                error_type=error_type,
+                path=path,
+                updated_at=float(updated),
+            )
+        except Exception as exc:
+            raise self._corrupt(f"entry {index} cannot be read ({exc})") from exc
+
+    def _provider(self, connection: sqlite3.Connection) -> JournalProvider | None:
+        row = connection.execute("SELECT value FROM meta WHERE key = 'provider'").fetchone()
+        if row is None:
+            return None
+        try:
+            fields = json.loads(row[0])
+            return JournalProvider(
+                str(fields["dialect"]),
+                str(fields["create_base_url"]),
+                str(fields["query_base_url"]),
+            )
+        except Exception as exc:
+            raise self._corrupt(f"its provider cannot be read ({exc})") from exc
+
+    def _corrupt(self, detail: str) -> JournalError:
+        return JournalError(f"journal {self.path!r} is damaged: {detail}", path=self.path)
+
+
+def _illegal(index: int, state: EntryState | None, action: str) -> ValueError:
+    shown = "nothing recorded" if state is None else f"state {state.value!r}"
+    return ValueError(f"cannot {action} for input {index}: it has {shown}")
+
+
+class _Call(Generic[_T]):
+    """One op handed to the worker thread, and where its result goes."""
+
+    __slots__ = ("fate", "future", "loop", "op", "settled")
+
+    def __init__(self, op: Op[_T], future: asyncio.Future[_T], loop: asyncio.AbstractEventLoop):
+        self.op = op
+        self.future = future
+        self.loop = loop
+        self.settled = False
+        # Made only when the caller was cancelled first: done once the op ran.
+        self.fate: asyncio.Future[None] | None = None
+
+
+class SQLiteStore:
+    """The embedded :class:`~banana_async.journal.JournalStore`: a journal on a thread.
+
+    Every call is handed to one worker thread of the store, which runs it on
+    the journal's connection, so the event loop never waits on the disk.
+    The thread takes every call waiting when it is free and runs them in one
+    transaction (group commit): the records made while one commit is under
+    way share the next. Each call returns once its own record is committed,
+    so a record that returned survives a ``SIGKILL`` of the process at any
+    moment after it (see :class:`~banana_async.Journal` for what a commit is). A call that
+    the table forbids fails alone; when the database fails (a full disk),
+    the group is rolled back and its calls run again one by one, so each
+    caller learns exactly whether its own record was made.
+
+    A caller cancelled while its record is on the way still waits for the
+    record's fate, then is cancelled: a record never ends half-known.
+
+    Open one with :meth:`open` (it owns its journal and closes it in
+    :meth:`aclose`), or take one over a journal you opened with
+    :meth:`~banana_async.Journal.store` (closing the store leaves the journal open).
+
+    Attributes:
+        journal: The journal this store writes.
+    """
+
+    def __init__(self, journal: Journal, *, owns_journal: bool = False) -> None:
+        """Make a store over an open ``journal``; ``owns_journal``: close it in :meth:`aclose`."""
+        self.journal = journal
+        self._owns_journal = owns_journal
+        self._calls: queue.SimpleQueue[_Call[Any] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str], *, exclusive: bool = True) -> Self:
+        """Open the journal at ``path`` (see :meth:`~banana_async.Journal.open`) off the event loop.
+
+        Raises:
+            JournalError: The file cannot be opened, is not a journal, was
+                written by a newer version of ``banana_async``, or is in use.
+        """
+        loop = asyncio.get_running_loop()
+        opening = loop.run_in_executor(None, lambda: Journal.open(path, exclusive=exclusive))
+        try:
+            journal = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # Nobody will use a journal opened after all: release its lock.
+            opening.add_done_callback(_close_opened)
+            raise
+        return cls(journal, owns_journal=True)
+
+    @property
+    def name(self) -> str:
+        """The journal's file name."""
+        return self.journal.path
+
+    def __repr__(self) -> str:
+        return f"<SQLiteStore {self.journal.path!r}{' closed' if self._closing else ''}>"
+
+    # -- the protocol -------------------------------------------------------------
+
+    async def bind_provider(self, dialect: str, create_base_url: str, query_base_url: str) -> None:
+        """See :meth:`~banana_async.Journal.bind_provider`."""
+        await self._call(self.journal._op_bind_provider(dialect, create_base_url, query_base_url))
+
+    async def get(self, index: int) -> JournalEntry | None:
+        """See :meth:`~banana_async.Journal.get`."""
+        op = self.journal._op_get(index)
+        if not self._closing and self.journal._surely_absent(index):
+            # A new input of a fresh batch: no trip to the file, and the
+            # batch's reader does not wait on a commit for every input.
+            return None
+        return await self._call(op)
+
+    async def request_matches(
+        self, index: int, request: GenerationRequest | None, *, raw_input: str | None = None
+    ) -> bool:
+        """See :meth:`~banana_async.Journal.request_matches`."""
+        return await self._call(self.journal._op_request_matches(index, request, raw_input))
+
+    async def record_sending(self, index: int, request: GenerationRequest) -> None:
+        """See :meth:`~banana_async.Journal.record_sending`."""
+        await self._call(self.journal._op_record_sending(index, request))
+
+    async def record_created(self, index: int, task: Task) -> None:
+        """See :meth:`~banana_async.Journal.record_created`."""
+        await self._call(self.journal._op_record_created(index, task))
+
+    async def record_finished(self, index: int, task: Task) -> None:
+        """See :meth:`~banana_async.Journal.record_finished`."""
+        await self._call(self.journal._op_record_finished(index, task))
+
+    async def record_error(
+        self,
+        index: int,
+        request: GenerationRequest | None,
+        error: BaseException,
+        *,
+        raw_input: str | None = None,
+    ) -> None:
+        """See :meth:`~banana_async.Journal.record_error`."""
+        await self._call(self.journal._op_record_error(index, request, error, raw_input))
+
+    async def record_unconfirmed(
+        self,
+        index: int,
+        request: GenerationRequest,
+        error: BaseException,
+        *,
+        task_id: str | None = None,
+    ) -> None:
+        """See :meth:`~banana_async.Journal.record_unconfirmed`."""
+        await self._call(self.journal._op_record_unconfirmed(index, request, error, task_id))
+
+    async def record_download(self, index: int, path: str | os.PathLike[str]) -> None:
+        """See :meth:`~banana_async.Journal.record_download`."""
+        await self._call(self.journal._op_record_download(index, path))
+
+    async def note_error(self, index: int, error: BaseException) -> None:
+        """See :meth:`~banana_async.Journal.note_error`."""
+        await self._call(self.journal._op_note_error(index, error))
+
+    async def mark_resend(self, index: int) -> None:
+        """See :meth:`~banana_async.Journal.mark_resend`."""
+        await self._call(self.journal._op_mark_resend(index))
+
+    async def aclose(self) -> None:
+        """Let every call made so far finish, stop the thread, and close an owned journal.
+
+        Closing twice is harmless; a call made after it raises :class:`ValueError`.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        thread = self._thread
+        if thread is not None:
+            self._calls.put(None)
+            loop = asyncio.get_running_loop()
+            stopped = loop.run_in_executor(None, thread.join)
+            await _finish(stopped)
+        if self._owns_journal:
+            self.journal.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- the thread -------------------------------------------------------------
+
+    async def _call(self, op: Op[_T]) -> _T:
+        if self._closing:
+            raise ValueError(f"journal store {self.journal.path!r} is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_T] = loop.create_future()
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._work, name=f"banana_async-journal {self.journal.path}", daemon=True
+            )
+            self._thread.start()
+        call = _Call(op, future, loop)
+        self._calls.put(call)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if call.settled:
+                raise  # the record's fate was known already
+            # The op is on its way to the thread: learn whether it was
+            # recorded before the caller goes (see the class).
+            call.fate = loop.create_future()
+            await _finish(call.fate)
+            raise
+
+    def _work(self) -> None:
+        """The worker thread: take what is waiting, run it in one transaction, report."""
+        calls = self._calls
+        window = _WINDOW
+        last = -window
+        while True:
+            first = calls.get()
+            if first is None:
+                return
+            # At most one commit per window: records that arrive while one is
+            # under way, or soon after, gather for the next, so that one
+            # commit (and one wake-up of the event loop) serves many. A
+            # record after a quiet moment is committed at once.
+            pause = last + window - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            last = time.monotonic()
+            group = [first]
+            stop = False
+            while len(group) < _MAX_GROUP:
+                try:
+                    more = calls.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                group.append(more)
+            try:
+                results = self.journal._run_group([call.op for call in group])
+            except BaseException as exc:  # a bug: every caller hears of it, none hangs
+                results = [(False, exc)] * len(group)
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Call[Any], tuple[bool, Any]]]] = {}
+            for call, result in zip(group, results, strict=True):
+                by_loop.setdefault(call.loop, []).append((call, result))
+            for loop, settled in by_loop.items():
+                # One wake-up of the loop per group, not one per record.
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
+                    loop.call_soon_threadsafe(_settle, settled)
+            if stop:
+                return
+
+
+def _settle(settled: list[tuple[_Call[Any], tuple[bool, Any]]]) -> None:
+    for call, (ok, value) in settled:
+        call.settled = True
+        if call.fate is not None:
+            call.fate.set_result(None)
+        if call.future.done():  # its caller was cancelled
+            continue
+        if ok:
+            call.future.set_result(value)
+        else:
+            call.future.set_exception(value)
+
+
+async def _finish(future: asyncio.Future[_T]) -> _T:
+    """Wait for ``future`` even if cancelled meanwhile; then raise the cancellation."""
+    cancelled: asyncio.CancelledError | None = None
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+        except BaseException:  # the future's own error: result() raises it
+            pass
+    if cancelled is not None:
+        if not future.cancelled():
+            future.exception()  # retrieved: the caller hears of its cancellation instead
+        raise cancelled
+    return future.result()
+
+
+def _close_opened(opening: asyncio.Future[Journal]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
+
+
+def _connect(name: str, *, exclusive: bool) -> sqlite3.Connection:
+    """Make one attempt at opening ``name`` as a journal and return the connection.
+
+    Raises:
+        sqlite3.Error: Only when the file is busy (locked by another
+            connection); the connection is closed, so a new attempt can win.
+        JournalError: For every other failure.
+    """
+    try:
+        # No busy wait inside an attempt (timeout=0): see _prepare for why the
+        # waiting is done by closing and trying again instead.
+        connection = sqlite3.connect(
+            name, timeout=0.0, isolation_level=None, check_same_thread=False
+        )
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot open journal {name!r}: {exc}", path=name) from exc
+    try:
+        if exclusive:
+            connection.execute("PRAGMA locking_mode=EXCLUSIVE")
+        _prepare(connection, name)
+        # The write-ahead log is switched on only once the file is known to
+        # be a journal: someone else's database is never converted. With
+        # synchronous=NORMAL a commit appends to the log without fsync;
+        # the log's frames are then in the operating system's page cache,
+        # which outlives the process, so a SIGKILL loses no commit (a power
+        # cut may lose the last few, never corrupt the file).
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        # From here on, a short wait is right: with exclusive=False, other
+        # connections hold the write lock for one short transaction at a time.
+        connection.execute(f"PRAGMA busy_timeout={round(_BUSY_TIMEOUT * 1000)}")
+    except sqlite3.Error as exc:
+        connection.close()
+        if _is_busy(exc):
+            raise
+        if _primary_code(exc) == sqlite3.SQLITE_NOTADB:
+            raise JournalError(f"{name!r} is not a banana_async journal: {exc}", path=name) from exc
+        # A full disk, an I/O error, a file that cannot be opened: the file
+        # may well be a journal, so say what failed rather than "not one".
+        raise JournalError(f"cannot open journal {name!r}: {exc}", path=name) from exc
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    return _primary_code(exc) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    # The low byte is the primary code (SQLITE_BUSY_RECOVERY is still busy).
+    return None if code is None else int(code) & 0xFF
+
+
+def _prepare(connection: sqlite3.Connection, name: str) -> None:
+    """Check that the file is a journal of this version, or make an empty file one.
+
+    Everything happens inside one ``BEGIN EXCLUSIVE``, taken before the file is
+    read at all. In exclusive locking mode a connection that failed to get a
+    lock keeps the SHARED lock it took on the way, so two openers that both
+    read first would each wait for the other and both fail. Taken first, the
+    exclusive lock goes to one opener; the others fail at once (no busy wait)
+    and :meth:`~banana_async.Journal.open` closes them, which releases what they held.
+    Refusals happen inside the transaction and roll it back, so a foreign file
+    is left exactly as it was.
+    """
+    connection.execute("BEGIN EXCLUSIVE")
+    try:
+        tables = _tables(connection)
+        if not tables:
+            for statement in _SCHEMA:
+                connection.execute(statement)
+            connection.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [("application", _APPLICATION), ("schema_version", str(SCHEMA_VERSION))],
+            )
+            tables = _tables(connection)
+        _check(connection, name, tables)
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
+def _check(connection: sqlite3.Connection, name: str, tables: set[str]) -> None:
+    if "meta" not in tables:
+        raise JournalError(
+            f"{name!r} is an SQLite database but not a banana_async journal", path=name
+        )
+    meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
+    if meta.get("application") != _APPLICATION:
+        raise JournalError(
+            f"{name!r} is an SQLite database but not a banana_async journal", path=name
+        )
+    version = str(meta.get("schema_version"))
+    if not version.isdigit() or int(version) != SCHEMA_VERSION:
+        newer = version.isdigit() and int(version) > SCHEMA_VERSION
+        raise JournalError(
+            f"journal {name!r} has layout version {version}"
+            + (", written by a newer banana_async; upgrade to read it" if newer else "")
+            + f" (this banana_async reads version {SCHEMA_VERSION})",
+            path=name,
+        )
+    if "entries" not in tables:
+        raise JournalError(f"journal {name!r} is damaged: it has no entries table", path=name)
+
+
+def _tables(connection: sqlite3.Connection) -> set[str]:
+    rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {str(name) for (name,) in rows}
