@@ -465,10 +465,11 @@ class BananaClient:
         """Remove the API key from an exception's message and every text it carries.
 
         Headers and bodies are kept on exceptions for debugging, so they are
-        cleaned too; an exception is cleaned once however often it passes.
+        cleaned too. An exception that passes twice is cleaned twice: a
+        second pass finds nothing the first left (at most it redacts a
+        little more), and a mark on the exception would be an attribute that
+        the errors module never declared.
         """
-        if getattr(exc, "_banana_redacted", False):
-            return exc
         clean = self._redactor.text
         exc.args = tuple(clean(arg) if isinstance(arg, str) else arg for arg in exc.args)
         for name in ("body", "msg", "code", "error"):
@@ -482,7 +483,6 @@ class BananaClient:
         # client's errors say what happened in their own words.
         exc.__cause__ = None
         exc.__context__ = None
-        exc._banana_redacted = True  # type: ignore[attr-defined]
         return exc
 
     def _headers_for(self, request: HTTPRequest) -> CIMultiDict[str]:

@@ -44,6 +44,10 @@ def test_any_mix_of_spellings_is_redacted(
     assert REDACTED in cleaned
     assert key not in cleaned
     assert echoed not in cleaned
+    # An error that passes the client twice is cleaned twice (it carries no mark).
+    again = Redactor(key).text(cleaned)
+    assert key not in again
+    assert REDACTED in again
 
 
 @pytest.mark.parametrize(
