@@ -51,3 +51,20 @@ def count_problem(value: object, name: str, *, minimum: int = 1) -> str | None:
 def error_text(error: BaseException) -> str:
     """An exception nobody foresaw, as it goes into a message: its type and its text."""
     return f"{type(error).__name__}: {error}"
+
+
+def error_message(error: BaseException, *, one_line: bool = False) -> str:
+    """An exception's own message, or its class name when it has none.
+
+    For an error the reader expects (the journal's stored error, the CLI's
+    ``error:`` line), where the type would only repeat what the message says.
+
+    Args:
+        error: The exception.
+        one_line: Collapse every run of whitespace (newlines too) into one
+            space, for output that is read line by line.
+    """
+    text = str(error)
+    if one_line:
+        text = " ".join(text.split())
+    return text or type(error).__name__

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import attrs
 
+from banana_async._checks import error_message
 from banana_async.dialects import ResolutionIgnoredWarning
 
 if TYPE_CHECKING:
@@ -79,8 +80,7 @@ def to_stderr(text: str) -> None:
 
 def one_line(error: BaseException) -> str:
     """An error's message on one line (its class name if it has no message)."""
-    text = " ".join(str(error).split())
-    return text or type(error).__name__
+    return error_message(error, one_line=True)
 
 
 def json_line(record: dict[str, Any]) -> str:

@@ -56,6 +56,7 @@ from typing import Any, Final, Generic, Self, TypeVar
 
 import attrs
 
+from banana_async._checks import error_message as error_text  # message, or the class name
 from banana_async._convert import CONVERTER
 from banana_async.errors import JournalError
 from banana_async.journal._entries import (
@@ -64,7 +65,6 @@ from banana_async.journal._entries import (
     canonical_request,
     check_index,
     dumps_task,
-    error_text,
     storable,
 )
 from banana_async.journal.states import EntryState, may_follow, sources
