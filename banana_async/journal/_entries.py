@@ -8,6 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
+from banana_async._checks import count_problem
 from banana_async._convert import CONVERTER
 from banana_async.journal.states import EntryState
 from banana_async.models import GenerationRequest, Task
@@ -143,16 +144,12 @@ def storable(text: str | None) -> str | None:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def error_text(error: BaseException) -> str:
-    """An exception's message, or its class name when the message is empty."""
-    return str(error) or type(error).__name__
-
-
 def check_index(index: int) -> None:
     """Refuse anything but an int >= 0 as an input's index.
 
     Raises:
         ValueError: ``index`` is not an int >= 0 (a bool is not one either).
     """
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise ValueError(f"a journal index is an int >= 0, not {index!r}")
+    problem = count_problem(index, "a journal index", minimum=0)
+    if problem is not None:
+        raise ValueError(problem)
