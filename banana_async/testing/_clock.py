@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from banana_async.testing._common import check_non_negative
+
 __all__ = ["FakeClock"]
 
 
@@ -31,9 +33,13 @@ class FakeClock:
         return self.now
 
     async def sleep(self, seconds: float) -> None:
-        """Advance the virtual time by ``seconds`` and let other tasks run."""
-        if seconds < 0:
-            raise ValueError(f"cannot sleep a negative time ({seconds})")
+        """Advance the virtual time by ``seconds`` and let other tasks run.
+
+        Raises:
+            ValueError: ``seconds`` is negative (or NaN), which
+                :func:`asyncio.sleep` would take as zero and hide a bug.
+        """
+        check_non_negative(seconds, "seconds")
         self.sleeps.append(seconds)
         self.now += seconds
         await asyncio.sleep(0)

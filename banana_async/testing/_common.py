@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
     import attrs
 
-__all__ = ["freeze_any", "freeze_mapping", "non_negative", "reason_phrase"]
+__all__ = ["check_non_negative", "freeze_any", "freeze_mapping", "non_negative", "reason_phrase"]
 
 
 def freeze_mapping(value: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -32,8 +32,18 @@ def reason_phrase(code: int) -> str:
         return "Error"
 
 
+def check_non_negative(value: float, name: str) -> None:
+    """Refuse a number below zero, or NaN (which no comparison would stop later).
+
+    Raises:
+        ValueError: ``{name} must be >= 0, got {value!r}``.
+    """
+    if not value >= 0:
+        msg = f"{name} must be >= 0, got {value!r}"
+        raise ValueError(msg)
+
+
 def non_negative(_instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
     """Attrs validator: a number of seconds that is ``None`` or at least zero."""
-    if value is not None and value < 0:
-        msg = f"{attribute.name} must be >= 0, got {value!r}"
-        raise ValueError(msg)
+    if value is not None:
+        check_non_negative(value, attribute.name)

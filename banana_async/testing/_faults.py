@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 import attrs
 
-from banana_async.testing._common import freeze_any, freeze_mapping, non_negative, reason_phrase
+from banana_async.testing._common import (
+    check_non_negative,
+    freeze_any,
+    freeze_mapping,
+    non_negative,
+    reason_phrase,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
@@ -244,9 +250,7 @@ class Fault:
         Raises:
             ValueError: If ``expanded_bytes`` is negative.
         """
-        if expanded_bytes < 0:
-            msg = f"expanded_bytes must be >= 0, got {expanded_bytes}"
-            raise ValueError(msg)
+        check_non_negative(expanded_bytes, "expanded_bytes")
         return cls.status(
             status,
             body=_gzip_zeros(expanded_bytes),
