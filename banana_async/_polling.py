@@ -162,6 +162,11 @@ MAX_POLL_INTERVAL = 86_400.0
 """The longest ``poll_interval`` accepted: image URLs expire in about a day."""
 
 
+def _is_positive_number(value: object) -> bool:
+    """An int or float above zero (infinity too); never a bool, never NaN."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
 def check_interval(
     value: float,
     name: str = "poll_interval",
@@ -174,7 +179,7 @@ def check_interval(
     A bound keeps the arithmetic of wake-ups and rate buckets finite: an
     interval of ``1e-320`` seconds would overflow it.
     """
-    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+    if not _is_positive_number(value):
         raise InvalidRequestError(f"{name} must be a positive number, not {value!r}")
     if math.isinf(value):
         raise InvalidRequestError(f"{name} must be finite")
@@ -191,7 +196,7 @@ def check_timeout(value: float | None, name: str = "timeout") -> float | None:
     """Validate a deadline: None or infinity mean none, otherwise seconds >= 0.001."""
     if value is None:
         return None
-    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+    if not _is_positive_number(value):
         raise InvalidRequestError(
             f"{name} must be a positive number of seconds or None, not {value!r}"
         )
