@@ -294,7 +294,7 @@ def _download_error(exc: BaseException, url: str, *, opening: bool = False) -> B
 
 
 class DownloadSink(Protocol):
-    """Where :func:`stream_to` puts a response body.
+    """Where a download puts the response body, chunk by chunk, as it arrives.
 
     ``begin`` is called once, after the status was found to be 2xx and before
     any ``write``; either may raise to abort the download.
