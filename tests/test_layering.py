@@ -57,9 +57,7 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-MODULES: dict[str, Path] = {
-    _module_name(path): path for path in sorted(PACKAGE.rglob("*.py")) if ".venv" not in path.parts
-}
+MODULES: dict[str, Path] = {_module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
 TREES: dict[str, ast.Module] = {
     name: ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     for name, path in MODULES.items()
