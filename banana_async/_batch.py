@@ -80,7 +80,7 @@ from banana_async.models import BatchInput, GenerationRequest, Outcome, Task, re
 if TYPE_CHECKING:
     from banana_async.journal import JournalEntry
 
-__all__ = ["BatchOperations", "BatchOptions", "Emit", "run"]
+__all__ = ["BatchOperations", "BatchOptions", "Emit", "SendHooks", "run"]
 
 logger = logging.getLogger("banana_async")
 _T = TypeVar("_T")
@@ -97,6 +97,27 @@ def no_events(task: Task, index: int | None) -> None:
 
 
 @attrs.frozen
+class SendHooks:
+    """What a create operation tells a journaled batch about its attempts.
+
+    A create waits for its turn from the rate limiter, for a connection, and
+    after a 429 for the next turn: only the moment it goes on the wire makes
+    its fate unknown. So the journal records ``sending`` then, not when the
+    create is asked for, and a create interrupted before that (or between a
+    429 and its next attempt) is found on resume as never sent.
+
+    Attributes:
+        sending: Awaited right before an attempt goes on the wire.
+        not_sent: Awaited with the error of an attempt that certainly was
+            not processed (a 429, a connection never made) and is to be sent
+            again, before the wait for that.
+    """
+
+    sending: Callable[[], Awaitable[None]]
+    not_sent: Callable[[BananaError], Awaitable[None]]
+
+
+@attrs.frozen
 class BatchOperations:
     """What the engine is handed to do its work; it knows nothing else of its caller.
 
@@ -105,7 +126,9 @@ class BatchOperations:
             :class:`~banana_async.InvalidRequestError`.
         create: Create a task for a validated request, given the batch's
             ``timeout``: its deadline counts from the call, and a 429 is sent
-            again until then (only the deadline ends a prompt for it).
+            again until then (only the deadline ends a prompt for it). With
+            :class:`SendHooks` (a journaled batch), it tells them of each
+            attempt as it goes on the wire and of each to be sent again.
         wait: Poll a created task to a terminal status, given the batch's
             ``timeout`` and ``poll_interval`` (None: the caller's defaults);
             raises :class:`~banana_async.TaskFailedError` or
@@ -120,7 +143,7 @@ class BatchOperations:
     """
 
     validate: Callable[[GenerationRequest], None]
-    create: Callable[[GenerationRequest, float | None], Awaitable[Task]]
+    create: Callable[[GenerationRequest, float | None, SendHooks | None], Awaitable[Task]]
     wait: Callable[[Task, float | None, float | None], Awaitable[Task]]
     download: Callable[[Task, Path], Awaitable[Path]]
     closed: Callable[[], bool]
@@ -494,7 +517,6 @@ class _Batch:
             return entry.task  # created in an earlier run: never create it twice
         if not await self.may_create(index):
             raise _JournalBroke
-        await self.jot(lambda j: j.record_sending(index, request))
         self.creating += 1
         try:
             return await self.send(index, request)
@@ -504,10 +526,22 @@ class _Batch:
 
     async def send(self, index: int, request: GenerationRequest) -> Task | Outcome:
         """Send one create and record what came of it."""
+        hooks = None
+        if self.journal is not None:
+
+            async def sending() -> None:
+                await self.jot(lambda j: j.record_sending(index, request))
+
+            async def not_sent(error: BananaError) -> None:
+                await self.jot(lambda j: j.record_error(index, request, error))
+
+            hooks = SendHooks(sending, not_sent)
         try:
             # Validated in prepare(). A 429 is sent again until the deadline:
             # it was not processed, and only the deadline ends a prompt for it.
-            task = await self.ops.create(request, self.timeout)
+            task = await self.ops.create(request, self.timeout, hooks)
+        except _JournalBroke:
+            raise  # the journal failed before this attempt was sent
         except BananaError as exc:
             await self.record_create_failure(index, request, exc)
             return Outcome(index, request, error=exc)

@@ -381,12 +381,15 @@ class BananaClient:
         parse: Callable[[HTTPResponse], Task],
         *,
         deadline: float | None = None,
+        on_send: Callable[[], Awaitable[None]] | None = None,
     ) -> Task:
         """Send once and parse the answer; a 429 also pauses the whole client.
 
         Nothing is sent once ``deadline`` (on the client's clock) has passed:
         the request fails with :class:`~banana_async.APITimeoutError`
         (``request_sent=False``) instead. Every error is redacted here.
+        ``on_send`` is awaited when the request has its turn and a connection,
+        right before it goes on the wire (a journal records the create then).
         """
         response: HTTPResponse | None = None
         try:
@@ -401,6 +404,8 @@ class BananaClient:
             headers = self._headers_for(request)
             await self._take_slot(request, deadline)
             try:
+                if on_send is not None:
+                    await on_send()
                 response = await _transport.send(
                     session, request, headers=headers, timeout=self._timeout
                 )
@@ -521,22 +526,29 @@ class BananaClient:
         *,
         deadline: float | None = None,
         patient: bool = False,
+        on_send: Callable[[], Awaitable[None]] | None = None,
+        on_unsent: Callable[[BananaError], Awaitable[None]] | None = None,
     ) -> Task:
         """Send with retries; no attempt starts once ``deadline`` would be passed.
 
         With ``patient``, a 429 is sent again however often it comes, until
         ``deadline``: the request was not processed, and the limiter's pause
-        and learned rate decide when it goes.
+        and learned rate decide when it goes. ``on_send`` is awaited right
+        before each attempt goes on the wire (see :meth:`_request`), and
+        ``on_unsent`` with the error of an attempt that is to be sent again
+        (``should_retry`` said it was not processed) before the wait for it.
         """
         attempt = 0
         limited: RateLimitError | None = None
         while True:
             try:
-                return await self._request(request, parse, deadline=deadline)
+                return await self._request(request, parse, deadline=deadline, on_send=on_send)
             except BananaError as exc:
                 if patient and isinstance(exc, RateLimitError) and should_retry(exc):
                     logger.debug("%s %s answered 429; sent again", request.method, request.url)
                     limited = exc
+                    if on_unsent is not None:
+                        await on_unsent(exc)
                     continue
                 held = isinstance(exc, APITimeoutError) and not exc.request_sent
                 if limited is not None and held:
@@ -561,6 +573,8 @@ class BananaClient:
                     self._max_retries,
                     delay,
                 )
+                if on_unsent is not None:
+                    await on_unsent(exc)
                 await self._clock.sleep(delay)
 
     # -- the API -------------------------------------------------------------------
@@ -614,13 +628,19 @@ class BananaClient:
         return await self._create(self._prepare(prompt, model, resolution, size, image_urls))
 
     async def _create(
-        self, request: GenerationRequest, *, deadline: float | None = None, patient: bool = False
+        self,
+        request: GenerationRequest,
+        *,
+        deadline: float | None = None,
+        patient: bool = False,
+        hooks: _batch.SendHooks | None = None,
     ) -> Task:
         """Create a task for a request already validated against the dialect.
 
         No attempt (first or retry) is sent once ``deadline`` has passed.
         ``patient``: a 429 never ends the create before ``deadline`` (see
-        :meth:`_call`).
+        :meth:`_call`). ``hooks`` hear of each attempt as it goes on the
+        wire, and of each that is to be sent again.
         """
         http = self._dialect.create_request(request, base_url=self._create_base)
         task = await self._call(
@@ -629,6 +649,8 @@ class BananaClient:
             _retry.should_retry_create,
             deadline=deadline,
             patient=patient,
+            on_send=None if hooks is None else hooks.sending,
+            on_unsent=None if hooks is None else hooks.not_sent,
         )
         logger.debug("created task %s (%s)", task.id, task.raw_status)
         if self._adaptive:
@@ -996,10 +1018,13 @@ class BananaClient:
     def _batch_operations(self) -> _batch.BatchOperations:
         """What the batch engine may do with this client, and nothing more."""
 
-        def create(request: GenerationRequest, timeout: float | None) -> Awaitable[Task]:
+        def create(
+            request: GenerationRequest, timeout: float | None, hooks: _batch.SendHooks | None
+        ) -> Awaitable[Task]:
             # Patient: a 429 was not processed, and only the deadline ends a
             # batch's create for it (see _call).
-            return self._create(request, deadline=self._deadline(timeout)[1], patient=True)
+            deadline = self._deadline(timeout)[1]
+            return self._create(request, deadline=deadline, patient=True, hooks=hooks)
 
         def wait(task: Task, timeout: float | None, poll_interval: float | None) -> Awaitable[Task]:
             return self.wait(task, timeout=timeout, poll_interval=poll_interval)

@@ -298,3 +298,45 @@ async def test_a_broken_journal_stops_the_batch_at_once(
     assert "is closed" in str(info.value)
     assert live.count("create") == 0  # the journal failed before the first create
     assert [t for t in asyncio.all_tasks() if t.get_name().startswith("banana_async-batch")] == []
+
+
+@pytest.mark.parametrize("retry_after", [True, False], ids=["retry-after", "no-retry-after"])
+async def test_an_interrupted_batch_leaves_no_unsent_create_as_sending(
+    live: FakeBananaServer, tmp_path: Path, retry_after: bool
+) -> None:
+    # A tight budget: most creates wait for their turn (or for the next one
+    # after a 429) when the batch is stopped. Only a create that went on the
+    # wire may be found "sending" (unconfirmed) on resume; one that never
+    # left the machine, or was refused with 429, is safe to send again.
+    live.budget = ba.testing.RequestBudget(rate=5.0, burst=1.0, retry_after=retry_after)
+    live.script_for = lambda body: TaskScript(duration=None)  # never ends
+    journal = tmp_path / "batch.sqlite"
+    prompts = [f"prompt {i}" for i in range(30)]
+    async with live_client(live) as client:
+        outcomes = client.generate_many(prompts, concurrency=30, journal=journal, timeout=60.0)
+        reader = asyncio.ensure_future(anext(outcomes, None))
+        # The fake server has no event to wait on: poll it.
+        while live.count("create") - live.count_rate_limited("create") < 6:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        await outcomes.aclose()
+    creates = [r for r in live.requests if r.kind == "create"]
+    accepted = {r.json["prompt"] for r in creates if not r.rate_limited}
+    # The last request of each prompt that reached the provider at all.
+    last = {r.json["prompt"]: r.rate_limited for r in creates}
+    with Journal.open(journal) as opened:
+        entries = list(opened.entries())
+    sending = [e for e in entries if e.state in (EntryState.SENDING, EntryState.UNCONFIRMED)]
+    for entry in sending:
+        assert entry.request is not None
+        prompt = entry.request.prompt
+        # It reached the provider, and not only to be refused with 429.
+        assert prompt in last, f"{prompt!r} never left the machine but is {entry.state}"
+        assert not last[prompt] or prompt in accepted, f"{prompt!r} was refused with 429"
+    created = {e.request.prompt for e in entries if e.state is EntryState.CREATED and e.request}
+    assert created <= accepted
+    # Creates were still waiting when it stopped (else this test proves nothing).
+    refused = [e for e in entries if e.state is EntryState.ERROR]
+    assert len(last) < len(prompts) or refused

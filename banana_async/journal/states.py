@@ -35,7 +35,11 @@ class EntryState(enum.StrEnum):
     """Where one input of a batch is; stored as its value in the journal."""
 
     SENDING = "sending"
-    """Recorded just before the create request; found on resume, the create's fate is unknown."""
+    """Recorded as the create request goes on the wire (after its turn and a connection).
+
+    Found on resume, the create's fate is unknown. A create answered 429 is
+    recorded as ``ERROR`` while it waits to be sent again: it was not processed.
+    """
     CREATED = "created"
     """The provider created the task (its id is known); it has not finished yet."""
     COMPLETED = "completed"
