@@ -189,3 +189,35 @@ def test_the_documented_examples_pass(pytester: pytest.Pytester) -> None:
     for name, code in files.items():
         pytester.path.joinpath(name).write_text(code, encoding="utf-8")
     pytester.runpytest().assert_outcomes(passed=3)
+
+
+REAL_TIME_BATCH = """
+import pytest
+
+import banana_async as ba
+from banana_async.testing import FakeBananaServer, RequestBudget, TaskScript
+
+
+@pytest.fixture
+def banana_clock() -> None:
+    return None  # real time: a batch has many sleepers at once
+
+
+async def test_a_batch_on_real_time(
+    banana_client: ba.BananaClient, banana_server: FakeBananaServer
+) -> None:
+    banana_server.script_for = lambda body: TaskScript(duration=0.3)
+    banana_server.budget = RequestBudget(rate=50.0, burst=5.0)
+    prompts = [f"prompt {i}" for i in range(40)]
+    batch = banana_client.generate_many(prompts, concurrency=40, poll_interval=0.1)
+    outcomes = [o async for o in batch]
+    assert len(outcomes) == 40
+    assert all(o.ok for o in outcomes), [o.error for o in outcomes if not o.ok]
+"""
+
+
+def test_a_none_clock_puts_both_fixtures_on_real_time(pytester: pytest.Pytester) -> None:
+    _ini(pytester, "auto")
+    pytester.makepyfile(test_batch=REAL_TIME_BATCH)
+    result = pytester.runpytest("-p", "no:randomly")
+    result.assert_outcomes(passed=1)

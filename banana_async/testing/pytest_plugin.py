@@ -99,21 +99,23 @@ def banana_clock() -> FakeClock:
 
 @_async_fixture
 async def banana_server(
-    banana_api_key: str, banana_clock: FakeClock
+    banana_api_key: str, banana_clock: FakeClock | None
 ) -> AsyncIterator[FakeBananaServer]:
     """A started fake provider on 127.0.0.1 (a free port), closed after the test.
 
     It answers 401 to a request without ``Authorization: Bearer
     <banana_api_key>``, and its tasks complete at their first status query
     (``duration=0.0`` on ``banana_clock``) unless a script says otherwise.
+    On real time when ``banana_clock`` is overridden to return None.
     """
-    async with FakeBananaServer(api_key=banana_api_key, clock=banana_clock.time) as server:
+    clock = None if banana_clock is None else banana_clock.time
+    async with FakeBananaServer(api_key=banana_api_key, clock=clock) as server:
         yield server
 
 
 @_async_fixture
 async def banana_client(
-    banana_server: FakeBananaServer, banana_api_key: str, banana_clock: FakeClock
+    banana_server: FakeBananaServer, banana_api_key: str, banana_clock: FakeClock | None
 ) -> AsyncIterator[BananaClient]:
     """A ``nano`` client of ``banana_server`` on ``banana_clock``, closed after the test."""
     async with BananaClient(
