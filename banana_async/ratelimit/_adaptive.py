@@ -260,7 +260,12 @@ class AdaptiveRateLimiter:
 
     @property
     def rate(self) -> float | None:
-        """The requests per second allowed now, learned and capped, or None for no limit."""
+        """The requests per second allowed now, or None when nothing limits them.
+
+        Before the first 429 this is the slow-start ramp of creates (64 and
+        up; None once it passed any limit a provider could have); after it,
+        the learned rate. Either way capped by ``requests_per_second``.
+        """
         rate, cap = self._rate, self._cap
         if rate is None:
             return cap
