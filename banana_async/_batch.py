@@ -182,12 +182,24 @@ class BatchOptions:
         A bad deadline found by each wait would come after each billed create.
 
         Raises:
-            InvalidRequestError: a bad concurrency, request defaults, timeout
-                or poll interval.
+            InvalidRequestError: a bad concurrency, request defaults, timeout,
+                poll interval, ``download_to`` or ``journal``.
         """
         problem = count_problem(self.concurrency, "concurrency")
         if problem is not None:
             raise InvalidRequestError(problem)
+        if self.download_to is not None and not isinstance(self.download_to, str | os.PathLike):
+            raise InvalidRequestError(
+                f"download_to must be a directory path, not {type(self.download_to).__name__}"
+            )
+        journal = self.journal
+        if journal is not None and not isinstance(
+            journal, str | os.PathLike | Journal | JournalStore
+        ):
+            raise InvalidRequestError(
+                "journal must be a file path, a Journal or a JournalStore, "
+                f"not {type(journal).__name__}"
+            )
         request_from("check", **self.defaults)
         check_timeout(self.timeout)
         if self.poll_interval is not None:
@@ -672,11 +684,15 @@ def run(
     """Check the inputs and options at once, then return the outcome iterator.
 
     Raises:
-        InvalidRequestError: a single string as ``inputs``, or bad options
+        InvalidRequestError: a single string or no iterable as ``inputs``, or bad options
             (see :meth:`BatchOptions.check`).
     """
     if isinstance(inputs, str | bytes):
         raise InvalidRequestError("inputs must be an iterable of prompts, not a single string")
+    if not isinstance(inputs, Iterable | AsyncIterable):
+        raise InvalidRequestError(
+            f"inputs must be an iterable of prompts, not {type(inputs).__name__}"
+        )
     options.check()
     return _results(_Batch(operations, options), inputs, options.journal)
 

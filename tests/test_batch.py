@@ -116,6 +116,12 @@ async def test_bad_arguments_fail_at_once(live: FakeBananaServer) -> None:
             client.generate_many("a prompt")
         with pytest.raises(ba.InvalidRequestError, match="size"):
             client.generate_many(["a"], size="2:7")
+        with pytest.raises(ba.InvalidRequestError, match="iterable of prompts, not int"):
+            client.generate_many(42)  # type: ignore[arg-type]
+        with pytest.raises(ba.InvalidRequestError, match="download_to must be a directory"):
+            client.generate_many(["a"], download_to=123)  # type: ignore[arg-type]
+        with pytest.raises(ba.InvalidRequestError, match="journal must be a file path"):
+            client.generate_many(["a"], journal=123)  # type: ignore[arg-type]
     assert live.requests == []
 
 
