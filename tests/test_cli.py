@@ -464,6 +464,18 @@ def test_batch_with_another_batchs_journal_exits_3(
     assert env.server.count("create") == created  # nothing sent for it
 
 
+def test_resend_unconfirmed_without_a_journal_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], env: ServerThread, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(TEXT_PROMPTS)
+    argv = ["batch", str(prompts), "--out", str(tmp_path), "--resend-unconfirmed", *FAST]
+    code, _, err = run_main(capsys, *argv)
+    assert code == 2
+    assert "--resend-unconfirmed needs --journal" in err
+    assert env.server.count("create") == 0
+
+
 def test_batch_of_an_empty_file(
     capsys: pytest.CaptureFixture[str], env: ServerThread, tmp_path: Path
 ) -> None:

@@ -33,6 +33,10 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
     Raises:
         InvalidRequestError: FILE is missing, or the options are not valid.
     """
+    if args.resend_unconfirmed and args.journal is None:
+        # Without a journal nothing is known to be unconfirmed: the flag
+        # would do nothing, and silence would suggest it did.
+        raise InvalidRequestError("--resend-unconfirmed needs --journal")
     path = Path(args.file)
     if not await asyncio.to_thread(path.is_file):
         raise InvalidRequestError(f"cannot read {path}: no such file")
