@@ -1177,7 +1177,9 @@ class SQLiteStore:
     the journal's connection, so the event loop never waits on the disk.
     The thread takes every call waiting when it is free and runs them in one
     transaction (group commit): the records made while one commit is under
-    way share the next. Each call returns once its own record is committed,
+    way share the next, and the records of one kind in a group (new entries;
+    tasks created or finished) share one statement. Each call returns once
+    its own record is committed,
     so a record that returned survives a ``SIGKILL`` of the process at any
     moment after it (see :class:`~banana_async.Journal` for what a commit is). A call that
     the table forbids fails alone; when the database fails (a full disk),
@@ -1237,12 +1239,12 @@ class SQLiteStore:
 
     async def get(self, index: int) -> JournalEntry | None:
         """See :meth:`~banana_async.Journal.get`."""
-        op = self.journal._op_get(index)
+        check_index(index)
         if not self._closing and self.journal._surely_absent(index):
             # A new input of a fresh batch: no trip to the file, and the
             # batch's reader does not wait on a commit for every input.
             return None
-        return await self._call(op)
+        return await self._call(self.journal._op_get(index))
 
     async def request_matches(
         self, index: int, request: GenerationRequest | None, *, raw_input: str | None = None
