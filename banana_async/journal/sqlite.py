@@ -131,6 +131,139 @@ nothing, so the other ops of its group commit keep their records.
 """
 
 
+# A stored task id may be compared as it is only when it has no backslash
+# (see JournalEntry: a backslash may be an escape); {} is the id given.
+_SAME_TASK_ID: Final = "(task_id IS NULL OR (task_id = {} AND instr(task_id, '\\') = 0))"
+
+# How many rows the statements for many records of one kind have: a group's
+# records are padded up to the next size with rows of NULLs, which match and
+# write nothing. A few fixed shapes stay in the connection's statement cache,
+# so a group pays no statement compilation. The largest keeps the variables
+# of one statement far below the 999 that even an SQLite built with the old
+# default allows.
+_SHAPES: Final = (4, 16, 48, 128)
+
+# UPDATE ... FROM needs SQLite 3.33; with an older library every record runs
+# alone, as it did before.
+_STATEMENTS_FOR_MANY: Final = sqlite3.sqlite_version_info >= (3, 33, 0)
+
+
+def _quoted(states: frozenset[EntryState | None]) -> str:
+    """``states`` as an SQL list of literals (enum values: no quoting to escape)."""
+    return ", ".join(sorted(f"'{state.value}'" for state in states if state is not None))
+
+
+def _task_values(
+    task: Task, state: EntryState, error: str | None, error_type: str | None
+) -> tuple[str, str | None, str, str | None, str | None]:
+    """The columns a task's record sets: state, task_id, task, error, error_type."""
+    return (state.value, storable(task.id), dumps_task(task), error, error_type)
+
+
+@attrs.frozen(eq=False)
+class _Kind:
+    """A kind of record that the entries of one group share one statement for.
+
+    The statements read the group's records as the rows of ``VALUES``, named
+    ``v``: ``v.column1`` is the index, then come the step's other ``row``
+    values; ``?1`` is the time of writing. ``write`` writes every record the
+    table (and the task id) allows, each on its own entry. For task records,
+    when it wrote fewer rows than it was given, ``unwritten`` selects the
+    indices whose entry does not read exactly as the record would have
+    written it; for new entries, it selects the entries that exist, before
+    writing. Those steps run alone, which writes them after all or raises
+    the error that says why.
+
+    The usual group thus costs one statement per kind, whose result is one
+    step of SQLite rather than one per record: each step lets go of the GIL,
+    and taking it back from a busy event loop takes a switch interval.
+    """
+
+    write: str
+    unwritten: str
+    width: int
+    new_entries: bool = False
+    _texts: dict[tuple[str, int], str] = attrs.field(factory=dict, init=False)
+
+    def text(self, template: str, shape: int) -> str:
+        """``template`` with ``shape`` rows of VALUES where it says ``{rows}``.
+
+        The rows' variables are numbered from 2 on: ``?1`` is the time.
+        """
+        key = (template, shape)
+        text = self._texts.get(key)
+        if text is None:
+            width = self.width
+            rows = (
+                "(" + ", ".join(f"?{2 + row * width + column}" for column in range(width)) + ")"
+                for row in range(shape)
+            )
+            text = self._texts[key] = template.format(rows=", ".join(rows))
+        return text
+
+
+def _unwritten(written: str) -> str:
+    """The indices of ``v`` whose entry does not read as ``written`` says."""
+    return (
+        "SELECT v.column1 FROM (VALUES {rows}) AS v LEFT JOIN entries ON idx = v.column1"
+        f" WHERE v.column1 IS NOT NULL AND NOT coalesce({written}, 0)"
+    )
+
+
+# record_sending of an input that has no entry yet: the usual case by far.
+# The WHERE keeps the padding out.
+_NEW_ENTRIES: Final = _Kind(
+    "INSERT INTO entries (idx, state, request, updated_at)"
+    " SELECT column1, column2, column3, ?1 FROM (VALUES {rows}) WHERE column1 IS NOT NULL",
+    "SELECT v.column1 FROM (VALUES {rows}) AS v JOIN entries ON idx = v.column1",
+    3,
+    new_entries=True,
+)
+
+
+# The states a task's record may move an entry to, and from which: pairs of
+# (the state written, the state found), from the one table.
+_TASK_MOVES: Final = ", ".join(
+    f"('{after.value}', '{before.value}')"
+    for after in (EntryState.CREATED, EntryState.COMPLETED, EntryState.FAILED)
+    for before in sorted(state for state in sources(after) if state is not None)
+)
+
+# record_created and record_finished: the checks of Journal._update_task,
+# with v.column2 as the state written and v.column3 as the task id.
+_TASK_RECORDS: Final = _Kind(
+    "UPDATE entries SET state = v.column2, task_id = v.column3, task = v.column4,"
+    " error = v.column5, error_type = v.column6, updated_at = ?1"
+    " FROM (VALUES {rows}) AS v WHERE idx = v.column1"
+    f" AND (v.column2, state) IN (VALUES {_TASK_MOVES}) AND {_SAME_TASK_ID.format('v.column3')}",
+    # An entry that reads exactly as the record would leave it needs nothing
+    # more: had this statement refused it, its step alone would write the
+    # same values (see Journal._update_task).
+    _unwritten(
+        "state = v.column2 AND task_id IS v.column3 AND task IS v.column4"
+        " AND error IS v.column5 AND error_type IS v.column6 AND updated_at = ?1"
+    ),
+    6,
+)
+
+
+class _Step(Generic[_T]):
+    """An op on one entry; with a kind, it may share a statement with others of its group."""
+
+    __slots__ = ("index", "kind", "row", "run")
+
+    def __init__(
+        self, run: Op[_T], index: int | None, kind: _Kind | None = None, row: tuple[Any, ...] = ()
+    ) -> None:
+        self.run = run
+        self.index = index
+        self.kind = kind if _STATEMENTS_FOR_MANY else None
+        self.row = row
+
+    def __call__(self, connection: sqlite3.Connection) -> _T:
+        return self.run(connection)
+
+
 class Journal:
     """The journal of one batch, kept in one SQLite file.
 
@@ -531,13 +664,13 @@ class Journal:
     # check, raises before writing if the table forbids the record, and
     # writes with its last statement (see Op).
 
-    def _op_get(self, index: int) -> Op[JournalEntry | None]:
+    def _op_get(self, index: int) -> _Step[JournalEntry | None]:
         check_index(index)
-        return lambda connection: self._get(connection, index)
+        return _Step(lambda connection: self._get(connection, index), index)
 
     def _op_request_matches(
         self, index: int, request: GenerationRequest | None, raw_input: str | None
-    ) -> Op[bool]:
+    ) -> _Step[bool]:
         check_index(index)
 
         def step(connection: sqlite3.Connection) -> bool:
@@ -551,11 +684,11 @@ class Journal:
                 return stored_request is None and stored_raw == storable(raw_input)
             return stored_request is not None and stored_request == canonical_request(request)
 
-        return step
+        return _Step(step, index)
 
     def _op_bind_provider(
         self, dialect: str, create_base_url: str, query_base_url: str
-    ) -> Op[None]:
+    ) -> _Step[None]:
         given = JournalProvider(dialect, create_base_url, query_base_url)
 
         def step(connection: sqlite3.Connection) -> None:
@@ -570,10 +703,12 @@ class Journal:
                     path=self.path,
                 )
 
-        return step
+        return _Step(step, None)
 
-    def _op_record_sending(self, index: int, request: GenerationRequest) -> Op[None]:
+    def _op_record_sending(self, index: int, request: GenerationRequest) -> _Step[None]:
         check_index(index)
+
+        text = canonical_request(request)
 
         def step(connection: sqlite3.Connection) -> None:
             if not self._surely_absent(index):
@@ -583,28 +718,22 @@ class Journal:
             connection.execute(
                 f"INSERT OR REPLACE INTO entries ({_COLUMNS})"
                 " VALUES (?, ?, ?, NULL, NULL, NULL, NULL, NULL, NULL, ?)",
-                (index, EntryState.SENDING.value, canonical_request(request), time.time()),
+                (index, EntryState.SENDING.value, text, time.time()),
             )
 
-        return step
+        return _Step(step, index, _NEW_ENTRIES, (index, EntryState.SENDING.value, text))
 
-    def _op_record_created(self, index: int, task: Task) -> Op[None]:
+    def _op_record_created(self, index: int, task: Task) -> _Step[None]:
         check_index(index)
 
+        values = _task_values(task, EntryState.CREATED, None, None)
+
         def step(connection: sqlite3.Connection) -> None:
-            self._update_task(
-                connection,
-                index,
-                task,
-                EntryState.CREATED,
-                error=None,
-                error_type=None,
-                action="record its task",
-            )
+            self._update_task(connection, index, task, values, action="record its task")
 
-        return step
+        return _Step(step, index, _TASK_RECORDS, (index, *values))
 
-    def _op_record_finished(self, index: int, task: Task) -> Op[None]:
+    def _op_record_finished(self, index: int, task: Task) -> _Step[None]:
         check_index(index)
         if not task.status.terminal:
             raise ValueError(f"task {task.id} has not finished (status {task.status.value!r})")
@@ -613,18 +742,12 @@ class Journal:
         error = None if completed else storable(task.error or f"task {task.id} failed")
         error_type = None if completed else "TaskFailedError"
 
-        def step(connection: sqlite3.Connection) -> None:
-            self._update_task(
-                connection,
-                index,
-                task,
-                state,
-                error=error,
-                error_type=error_type,
-                action="record its end",
-            )
+        values = _task_values(task, state, error, error_type)
 
-        return step
+        def step(connection: sqlite3.Connection) -> None:
+            self._update_task(connection, index, task, values, action="record its end")
+
+        return _Step(step, index, _TASK_RECORDS, (index, *values))
 
     def _op_record_error(
         self,
@@ -632,7 +755,7 @@ class Journal:
         request: GenerationRequest | None,
         error: BaseException,
         raw_input: str | None,
-    ) -> Op[None]:
+    ) -> _Step[None]:
         check_index(index)
         text, kind = storable(error_text(error)), storable(type(error).__name__)
 
@@ -657,7 +780,7 @@ class Journal:
                 ),
             )
 
-        return step
+        return _Step(step, index)
 
     def _op_record_unconfirmed(
         self,
@@ -665,7 +788,7 @@ class Journal:
         request: GenerationRequest,
         error: BaseException,
         task_id: str | None,
-    ) -> Op[None]:
+    ) -> _Step[None]:
         check_index(index)
         text, kind = storable(error_text(error)), storable(type(error).__name__)
 
@@ -685,9 +808,9 @@ class Journal:
                 ),
             )
 
-        return step
+        return _Step(step, index)
 
-    def _op_record_download(self, index: int, path: str | os.PathLike[str]) -> Op[None]:
+    def _op_record_download(self, index: int, path: str | os.PathLike[str]) -> _Step[None]:
         check_index(index)
         where = storable(os.fspath(path))
 
@@ -701,9 +824,9 @@ class Journal:
                 (where, time.time(), index),
             )
 
-        return step
+        return _Step(step, index)
 
-    def _op_note_error(self, index: int, error: BaseException) -> Op[None]:
+    def _op_note_error(self, index: int, error: BaseException) -> _Step[None]:
         check_index(index)
         text, kind = storable(error_text(error)), storable(type(error).__name__)
 
@@ -716,16 +839,16 @@ class Journal:
                 (text, kind, time.time(), index),
             )
 
-        return step
+        return _Step(step, index)
 
-    def _op_mark_resend(self, index: int) -> Op[None]:
+    def _op_mark_resend(self, index: int) -> _Step[None]:
         check_index(index)
 
         def step(connection: sqlite3.Connection) -> None:
             self._expect(connection, index, None, "mark it to resend")
             connection.execute("DELETE FROM entries WHERE idx = ?", (index,))
 
-        return step
+        return _Step(step, index)
 
     # -- internals -----------------------------------------------------------
 
@@ -741,32 +864,99 @@ class Journal:
         assert entry is not None  # every record but mark_resend leaves an entry
         return entry
 
-    def _run_group(self, ops: list[Op[Any]]) -> list[tuple[bool, Any]]:
-        """Run ``ops`` in one transaction; return (True, result) or (False, error) for each.
+    def _run_group(self, steps: list[_Step[Any]]) -> list[tuple[bool, Any]]:
+        """Run ``steps`` in one transaction; return (True, result) or (False, error) for each.
 
-        An op that raises anything but :class:`sqlite3.Error` changed
+        A step that raises anything but :class:`sqlite3.Error` changed
         nothing (see :data:`Op`): it fails alone. When the database fails
         (a full disk, an I/O error), the whole transaction is rolled back
-        and each op runs again in a transaction of its own, so that each
-        result says exactly whether that op's record was committed.
+        and each step runs again in a transaction of its own, so that each
+        result says exactly whether that step's record was committed.
         """
-        results: list[tuple[bool, Any]] = []
+        results: list[tuple[bool, Any]] = [(False, None)] * len(steps)
         try:
             with self._transaction(write=True) as connection:
-                for op in ops:
-                    try:
-                        results.append((True, op(connection)))
-                    except sqlite3.Error:
-                        raise
-                    except Exception as exc:
-                        results.append((False, exc))
+                self._run_steps(connection, steps, results)
         except sqlite3.Error as exc:
-            if len(ops) == 1:
+            if len(steps) == 1:
                 return [(False, exc)]
-            return [self._run_group([op])[0] for op in ops]
+            return [self._run_group([step])[0] for step in steps]
         except Exception as exc:  # closed, or a failed BEGIN: nothing ran
-            return [(False, exc)] * len(ops)
+            return [(False, exc)] * len(steps)
         return results
+
+    def _run_steps(
+        self,
+        connection: sqlite3.Connection,
+        steps: list[_Step[Any]],
+        results: list[tuple[bool, Any]],
+    ) -> None:
+        """Run ``steps`` on ``connection``, putting each one's result at its place in ``results``.
+
+        Steps of one kind share statements (see _Kind). Each touches only its
+        own entry, so running them together, out of their order, ends as
+        running them one by one would. Order is kept wherever it could
+        matter: a step on an entry that an earlier step of the group touched,
+        or one on no single entry, first runs everything held back before it.
+        """
+        waiting: dict[_Kind, list[int]] = {}  # places of steps held back, by kind
+        touched: set[int] = set()  # entries touched since all before ran
+        for place, step in enumerate(steps):
+            index = step.index
+            if index is None or index in touched:
+                self._run_together(connection, steps, waiting, results)
+                waiting.clear()
+                touched.clear()
+            if index is not None:
+                touched.add(index)
+                kind = step.kind
+                if kind is not None:
+                    if kind in waiting:
+                        waiting[kind].append(place)
+                    else:
+                        waiting[kind] = [place]
+                    continue
+            results[place] = _run_one(connection, step)
+        self._run_together(connection, steps, waiting, results)
+
+    def _run_together(
+        self,
+        connection: sqlite3.Connection,
+        steps: list[_Step[Any]],
+        waiting: dict[_Kind, list[int]],
+        results: list[tuple[bool, Any]],
+    ) -> None:
+        """Run the steps held back, one statement per kind in the usual case (see _Kind)."""
+        for kind, places in waiting.items():
+            if len(places) == 1:
+                results[places[0]] = _run_one(connection, steps[places[0]])
+                continue
+            largest = _SHAPES[-1]
+            for start in range(0, len(places), largest):
+                part = places[start : start + largest]
+                group = [steps[place] for place in part]
+                alone: set[int] = set()
+                if kind.new_entries:
+                    # A fresh batch's new inputs surely have no entry (the
+                    # file is locked for this journal): nothing to look up.
+                    if not self._surely_absent(min(step.row[0] for step in group)):
+                        alone = _indices(connection, kind, group, 0.0)
+                        group = [step for step in group if step.index not in alone]
+                    if group:
+                        self._raise_highest(max(step.row[0] for step in group))
+                        # None of them exists: a conflict here would be a bug,
+                        # and it would fail the group, to run again one by one.
+                        _write(connection, kind, group, time.time())
+                else:
+                    now = time.time()
+                    if _write(connection, kind, group, now) != len(group):
+                        alone = _indices(connection, kind, group, now)
+                for place in part:
+                    step = steps[place]
+                    # A record the statement did not write: its step, alone,
+                    # writes it after all or raises the error that says why.
+                    ok = step.index not in alone
+                    results[place] = (True, None) if ok else _run_one(connection, step)
 
     @contextlib.contextmanager
     def _transaction(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
@@ -795,44 +985,32 @@ class Journal:
         connection: sqlite3.Connection,
         index: int,
         task: Task,
-        state: EntryState,
+        values: tuple[str, str | None, str, str | None, str | None],
         *,
-        error: str | None,
-        error_type: str | None,
         action: str,
     ) -> None:
-        """Record ``task`` on entry ``index`` as ``state``, if the table and the task id allow.
+        """Record ``task`` on entry ``index`` (``values``: see _task_values), if allowed.
 
-        The usual case is one statement: an UPDATE whose WHERE holds the
-        checks (a state ``state`` may follow; no task id yet, or this one).
-        When it changes no row, the checks run one by one to say why.
+        The table must let the new state follow the entry's, and the entry
+        must hold no task id yet, or this one. The usual case is one
+        statement: an UPDATE whose WHERE holds those checks. When it changes
+        no row, the checks run one by one to say why.
         """
-        allowed = sorted(s.value for s in sources(state) if s is not None)
-        values = (
-            state.value,
-            storable(task.id),
-            dumps_task(task),
-            error,
-            error_type,
-            time.time(),
-            index,
-        )
+        state = EntryState(values[0])
+        row = (*values, time.time(), index)
         update = (
             "UPDATE entries SET state = ?, task_id = ?, task = ?, error = ?, error_type = ?,"
             " updated_at = ? WHERE idx = ?"
         )
-        # A column without a backslash holds the exact id (see JournalEntry):
-        # only then can it be compared as it is.
         checked = connection.execute(
-            update + f" AND state IN ({', '.join('?' * len(allowed))}) AND (task_id IS NULL"
-            " OR (task_id = ? AND instr(task_id, '\\') = 0))",
-            (*values, *allowed, values[1]),
+            update + f" AND state IN ({_quoted(sources(state))}) AND {_SAME_TASK_ID.format('?')}",
+            (*row, values[1]),
         )
         if checked.rowcount == 1:
             return
         task_id = self._expect(connection, index, state, action)
         self._check_task_id(connection, index, task_id, task)
-        connection.execute(update, values)
+        connection.execute(update, row)
 
     def _raise_highest(self, index: int) -> None:
         """Note, before writing it, that entry ``index`` may exist from now on."""
@@ -935,6 +1113,40 @@ class Journal:
         return JournalError(f"journal {self.path!r} is damaged: {detail}", path=self.path)
 
 
+def _values(kind: _Kind, steps: list[_Step[Any]], now: float) -> tuple[int, list[Any]]:
+    """The shape for ``steps`` and its variables: the time, then the rows, padded with NULLs."""
+    shape = next(size for size in _SHAPES if size >= len(steps))
+    values: list[Any] = [now]
+    for step in steps:
+        values += step.row
+    values += [None] * (kind.width * (shape - len(steps)))
+    return shape, values
+
+
+def _write(connection: sqlite3.Connection, kind: _Kind, steps: list[_Step[Any]], now: float) -> int:
+    """Write the records of ``steps`` that the table allows; return how many were written."""
+    shape, values = _values(kind, steps, now)
+    return connection.execute(kind.text(kind.write, shape), values).rowcount
+
+
+def _indices(
+    connection: sqlite3.Connection, kind: _Kind, steps: list[_Step[Any]], now: float
+) -> set[int]:
+    """Run ``kind.unwritten`` over ``steps``; return the indices it selects."""
+    shape, values = _values(kind, steps, now)
+    return {int(row[0]) for row in connection.execute(kind.text(kind.unwritten, shape), values)}
+
+
+def _run_one(connection: sqlite3.Connection, op: Op[Any]) -> tuple[bool, Any]:
+    """Run one op of a group: (True, result), or (False, error) for an error of its own."""
+    try:
+        return True, op(connection)
+    except sqlite3.Error:
+        raise  # the database failed: the whole group is rolled back
+    except Exception as exc:
+        return False, exc
+
+
 def _illegal(index: int, state: EntryState | None, action: str) -> ValueError:
     shown = "nothing recorded" if state is None else f"state {state.value!r}"
     return ValueError(f"cannot {action} for input {index}: it has {shown}")
@@ -943,13 +1155,17 @@ def _illegal(index: int, state: EntryState | None, action: str) -> ValueError:
 class _Call(Generic[_T]):
     """One op handed to the worker thread, and where its result goes."""
 
-    __slots__ = ("fate", "future", "loop", "op", "settled")
+    __slots__ = ("fate", "future", "loop", "op", "result", "settled")
 
-    def __init__(self, op: Op[_T], future: asyncio.Future[_T], loop: asyncio.AbstractEventLoop):
+    def __init__(
+        self, op: _Step[_T], future: asyncio.Future[_T], loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.op = op
         self.future = future
         self.loop = loop
         self.settled = False
+        # (True, what the op returned) or (False, its error), once it ran.
+        self.result: tuple[bool, Any] = (False, None)
         # Made only when the caller was cancelled first: done once the op ran.
         self.fate: asyncio.Future[None] | None = None
 
@@ -961,7 +1177,9 @@ class SQLiteStore:
     the journal's connection, so the event loop never waits on the disk.
     The thread takes every call waiting when it is free and runs them in one
     transaction (group commit): the records made while one commit is under
-    way share the next. Each call returns once its own record is committed,
+    way share the next, and the records of one kind in a group (new entries;
+    tasks created or finished) share one statement. Each call returns once
+    its own record is committed,
     so a record that returned survives a ``SIGKILL`` of the process at any
     moment after it (see :class:`~banana_async.Journal` for what a commit is). A call that
     the table forbids fails alone; when the database fails (a full disk),
@@ -1021,12 +1239,12 @@ class SQLiteStore:
 
     async def get(self, index: int) -> JournalEntry | None:
         """See :meth:`~banana_async.Journal.get`."""
-        op = self.journal._op_get(index)
+        check_index(index)
         if not self._closing and self.journal._surely_absent(index):
             # A new input of a fresh batch: no trip to the file, and the
             # batch's reader does not wait on a commit for every input.
             return None
-        return await self._call(op)
+        return await self._call(self.journal._op_get(index))
 
     async def request_matches(
         self, index: int, request: GenerationRequest | None, *, raw_input: str | None = None
@@ -1110,7 +1328,7 @@ class SQLiteStore:
 
     # -- the thread -------------------------------------------------------------
 
-    async def _call(self, op: Op[_T]) -> _T:
+    async def _call(self, op: _Step[_T]) -> _T:
         if self._closing:
             raise ValueError(f"journal store {self.journal.path!r} is closed")
         loop = asyncio.get_running_loop()
@@ -1139,16 +1357,19 @@ class SQLiteStore:
         window = _WINDOW
         last = -window
         while True:
-            first = calls.get()
-            if first is None:
-                return
             # At most one commit per window: records that arrive while one is
             # under way, or soon after, gather for the next, so that one
             # commit (and one wake-up of the event loop) serves many. A
-            # record after a quiet moment is committed at once.
+            # record after a quiet moment is committed at once. The pause
+            # comes first, so that a busy journal waits once per group, not
+            # in get() and then again in sleep() (each wait lets go of the
+            # GIL, and taking it back from a busy event loop takes time).
             pause = last + window - time.monotonic()
             if pause > 0:
                 time.sleep(pause)
+            first = calls.get()
+            if first is None:
+                return
             last = time.monotonic()
             group = [first]
             stop = False
@@ -1165,19 +1386,21 @@ class SQLiteStore:
                 results = self.journal._run_group([call.op for call in group])
             except BaseException as exc:  # a bug: every caller hears of it, none hangs
                 results = [(False, exc)] * len(group)
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Call[Any], tuple[bool, Any]]]] = {}
             for call, result in zip(group, results, strict=True):
-                by_loop.setdefault(call.loop, []).append((call, result))
-            for loop, settled in by_loop.items():
-                # One wake-up of the loop per group, not one per record.
+                call.result = result
+            loops = {call.loop for call in group}
+            for loop in loops:
+                # One wake-up of each loop per group, not one per record.
+                mine = group if len(loops) == 1 else [c for c in group if c.loop is loop]
                 with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
-                    loop.call_soon_threadsafe(_settle, settled)
+                    loop.call_soon_threadsafe(_settle, mine)
             if stop:
                 return
 
 
-def _settle(settled: list[tuple[_Call[Any], tuple[bool, Any]]]) -> None:
-    for call, (ok, value) in settled:
+def _settle(calls: list[_Call[Any]]) -> None:
+    for call in calls:
+        ok, value = call.result
         call.settled = True
         if call.fate is not None:
             call.fate.set_result(None)
