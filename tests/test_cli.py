@@ -152,6 +152,8 @@ def test_unknown_model_is_a_usage_error(
     )
     assert code == 2
     assert "dall-e-9" in err
+    assert "--allow-unknown-models" in err  # the option, not the keyword argument
+    assert "allow_unknown_models" not in err
     assert env.server.count("create") == 0
 
 

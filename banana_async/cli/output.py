@@ -78,9 +78,23 @@ def to_stderr(text: str) -> None:
     print(for_terminal(text), file=sys.stderr)
 
 
+# The library's messages name its keyword arguments; on the command line
+# the same switch is an option.
+_OPTION_FOR: Final = (
+    ("allow_unknown_models=True", "--allow-unknown-models"),
+    ("resend_unconfirmed=True", "--resend-unconfirmed"),
+)
+
+
 def one_line(error: BaseException) -> str:
-    """An error's message on one line (its class name if it has no message)."""
-    return error_message(error, one_line=True)
+    """An error's message on one line (its class name if it has no message).
+
+    A keyword argument the message suggests is named as the command's option.
+    """
+    text = error_message(error, one_line=True)
+    for keyword, option in _OPTION_FOR:
+        text = text.replace(keyword, option)
+    return text
 
 
 def json_line(record: dict[str, Any]) -> str:
