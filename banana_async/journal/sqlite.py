@@ -143,6 +143,10 @@ _SAME_TASK_ID: Final = "(task_id IS NULL OR (task_id = {} AND instr(task_id, '\\
 # default allows.
 _SHAPES: Final = (4, 16, 48, 128)
 
+# The variables' names (":p1" is the time, then the rows'), for the widest
+# kind (six values a row) in the largest shape.
+_NAMES: Final = tuple(f"p{number}" for number in range(1, 2 + 6 * max(_SHAPES)))
+
 # UPDATE ... FROM needs SQLite 3.33; with an older library every record runs
 # alone, as it did before.
 _STATEMENTS_FOR_MANY: Final = sqlite3.sqlite_version_info >= (3, 33, 0)
@@ -166,7 +170,7 @@ class _Kind:
 
     The statements read the group's records as the rows of ``VALUES``, named
     ``v``: ``v.column1`` is the index, then come the step's other ``row``
-    values; ``?1`` is the time of writing. ``write`` writes every record the
+    values; ``:p1`` is the time of writing. ``write`` writes every record the
     table (and the task id) allows, each on its own entry. For task records,
     when it wrote fewer rows than it was given, ``unwritten`` selects the
     indices whose entry does not read exactly as the record would have
@@ -188,14 +192,16 @@ class _Kind:
     def text(self, template: str, shape: int) -> str:
         """``template`` with ``shape`` rows of VALUES where it says ``{rows}``.
 
-        The rows' variables are numbered from 2 on: ``?1`` is the time.
+        The rows' variables are named ``:p2`` on: ``:p1`` is the time. (Named,
+        not ``?NNN``: Python 3.12 deprecates numbered placeholders bound to a
+        sequence.)
         """
         key = (template, shape)
         text = self._texts.get(key)
         if text is None:
             width = self.width
             rows = (
-                "(" + ", ".join(f"?{2 + row * width + column}" for column in range(width)) + ")"
+                "(" + ", ".join(f":p{2 + row * width + column}" for column in range(width)) + ")"
                 for row in range(shape)
             )
             text = self._texts[key] = template.format(rows=", ".join(rows))
@@ -214,7 +220,7 @@ def _unwritten(written: str) -> str:
 # The WHERE keeps the padding out.
 _NEW_ENTRIES: Final = _Kind(
     "INSERT INTO entries (idx, state, request, updated_at)"
-    " SELECT column1, column2, column3, ?1 FROM (VALUES {rows}) WHERE column1 IS NOT NULL",
+    " SELECT column1, column2, column3, :p1 FROM (VALUES {rows}) WHERE column1 IS NOT NULL",
     "SELECT v.column1 FROM (VALUES {rows}) AS v JOIN entries ON idx = v.column1",
     3,
     new_entries=True,
@@ -233,7 +239,7 @@ _TASK_MOVES: Final = ", ".join(
 # with v.column2 as the state written and v.column3 as the task id.
 _TASK_RECORDS: Final = _Kind(
     "UPDATE entries SET state = v.column2, task_id = v.column3, task = v.column4,"
-    " error = v.column5, error_type = v.column6, updated_at = ?1"
+    " error = v.column5, error_type = v.column6, updated_at = :p1"
     " FROM (VALUES {rows}) AS v WHERE idx = v.column1"
     f" AND (v.column2, state) IN (VALUES {_TASK_MOVES}) AND {_SAME_TASK_ID.format('v.column3')}",
     # An entry that reads exactly as the record would leave it needs nothing
@@ -241,7 +247,7 @@ _TASK_RECORDS: Final = _Kind(
     # same values (see Journal._update_task).
     _unwritten(
         "state = v.column2 AND task_id IS v.column3 AND task IS v.column4"
-        " AND error IS v.column5 AND error_type IS v.column6 AND updated_at = ?1"
+        " AND error IS v.column5 AND error_type IS v.column6 AND updated_at = :p1"
     ),
     6,
 )
@@ -1113,14 +1119,14 @@ class Journal:
         return JournalError(f"journal {self.path!r} is damaged: {detail}", path=self.path)
 
 
-def _values(kind: _Kind, steps: list[_Step[Any]], now: float) -> tuple[int, list[Any]]:
+def _values(kind: _Kind, steps: list[_Step[Any]], now: float) -> tuple[int, dict[str, Any]]:
     """The shape for ``steps`` and its variables: the time, then the rows, padded with NULLs."""
     shape = next(size for size in _SHAPES if size >= len(steps))
     values: list[Any] = [now]
     for step in steps:
         values += step.row
     values += [None] * (kind.width * (shape - len(steps)))
-    return shape, values
+    return shape, dict(zip(_NAMES, values, strict=False))
 
 
 def _write(connection: sqlite3.Connection, kind: _Kind, steps: list[_Step[Any]], now: float) -> int:
