@@ -234,6 +234,21 @@ def say(message: str) -> None:
 # -- a. CPU per task --------------------------------------------------------------------
 
 
+def cpu_run(sizes: Sizes, variant: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]], float]:
+    """Part a's batch once with ``variant``: the result, the provider's tasks, CPU us per task."""
+    spec = {
+        "part": "cpu",
+        "variant": variant,
+        "count": sizes.cpu_count,
+        "warmup": sizes.cpu_warmup,
+        "concurrency": sizes.cpu_concurrency,
+        "connections": sizes.cpu_concurrency,
+        "interval": sizes.cpu_interval,
+    }
+    result, tasks = measure(["--mode", "instant2"], spec)
+    return result, tasks, result["cpu_s"] / sizes.cpu_count * 1e6
+
+
 def bench_cpu(sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
     # "banana-fixed" polls on the baselines' schedule (adaptive_polling=False),
     # so the target compares the same requests at the same times. The default
@@ -253,17 +268,7 @@ def bench_cpu(sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
         # Rotate the order so that no variant always runs first (or last).
         order = variants[repeat % len(variants) :] + variants[: repeat % len(variants)]
         for variant in order:
-            spec = {
-                "part": "cpu",
-                "variant": variant,
-                "count": sizes.cpu_count,
-                "warmup": sizes.cpu_warmup,
-                "concurrency": sizes.cpu_concurrency,
-                "connections": sizes.cpu_concurrency,
-                "interval": sizes.cpu_interval,
-            }
-            result, tasks = measure(["--mode", "instant2"], spec)
-            per_task = result["cpu_s"] / sizes.cpu_count * 1e6
+            result, tasks, per_task = cpu_run(sizes, variant)
             samples[variant].append(per_task)
             queries = sum(t["queries"] for t in tasks.values())
             details["runs"].append({**result, "variant": variant, "cpu_us_per_task": per_task})
@@ -319,17 +324,7 @@ def bench_journal(sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
     details: dict[str, Any] = {"runs": []}
     for repeat in range(sizes.journal_pairs):
         for variant in variants if repeat % 2 == 0 else variants[::-1]:
-            spec = {
-                "part": "cpu",
-                "variant": variant,
-                "count": sizes.cpu_count,
-                "warmup": sizes.cpu_warmup,
-                "concurrency": sizes.cpu_concurrency,
-                "connections": sizes.cpu_concurrency,
-                "interval": sizes.cpu_interval,
-            }
-            result, _ = measure(["--mode", "instant2"], spec)
-            per_task = result["cpu_s"] / sizes.cpu_count * 1e6
+            result, _, per_task = cpu_run(sizes, variant)
             cpu[variant].append(per_task)
             wall[variant].append(result["wall_s"])
             details["runs"].append({**result, "variant": variant, "cpu_us_per_task": per_task})
