@@ -533,25 +533,27 @@ def test_unknown_status_word_is_kept_verbatim(dialect: Dialect, word: str) -> No
 # --------------------------------------------------------------------------- HTTP errors
 
 
+# Each HTTP status and the error class it maps to, for API answers and
+# error_for_status alike.
+STATUS_CLASSES = [
+    (400, BadRequestError),
+    (422, BadRequestError),
+    (401, AuthenticationError),
+    (403, AuthenticationError),
+    (404, NotFoundError),
+    (429, RateLimitError),
+    (500, ServerError),
+    (502, ServerError),
+    (503, ServerError),
+    (599, ServerError),
+    (418, APIStatusError),
+    (302, APIStatusError),
+    (409, APIStatusError),
+]
+
+
 @DIALECTS
-@pytest.mark.parametrize(
-    ("status", "cls"),
-    [
-        (400, BadRequestError),
-        (422, BadRequestError),
-        (401, AuthenticationError),
-        (403, AuthenticationError),
-        (404, NotFoundError),
-        (429, RateLimitError),
-        (500, ServerError),
-        (502, ServerError),
-        (503, ServerError),
-        (599, ServerError),
-        (418, APIStatusError),
-        (302, APIStatusError),
-        (409, APIStatusError),
-    ],
-)
+@pytest.mark.parametrize(("status", "cls"), STATUS_CLASSES)
 def test_http_status_maps_to_error_class(
     dialect: Dialect, status: int, cls: type[APIStatusError]
 ) -> None:
@@ -567,21 +569,7 @@ def test_http_status_maps_to_error_class(
         assert info.value.retry_after is None
 
 
-@pytest.mark.parametrize(
-    ("status", "cls"),
-    [
-        (400, BadRequestError),
-        (422, BadRequestError),
-        (401, AuthenticationError),
-        (403, AuthenticationError),
-        (404, NotFoundError),
-        (429, RateLimitError),
-        (500, ServerError),
-        (599, ServerError),
-        (418, APIStatusError),
-        (302, APIStatusError),
-    ],
-)
+@pytest.mark.parametrize(("status", "cls"), STATUS_CLASSES)
 def test_error_for_status_is_decided_from_bytes(status: int, cls: type[APIStatusError]) -> None:
     answer = HTTPResponse(status, {"Retry-After": "7"}, b'{"message": "gone   for\n good"}')
     error = error_for_status(answer)

@@ -41,6 +41,11 @@ class Bucket:
         self.refused += 1
         return False
 
+    @property
+    def refused_share(self) -> float:
+        """The share of all requests that were refused."""
+        return self.refused / (self.refused + len(self.accepted))
+
     def accepted_between(self, start: float, end: float) -> int:
         return sum(start <= t < end for t in self.accepted)
 
@@ -105,8 +110,7 @@ async def test_the_learned_rate_settles_just_under_the_providers_limit(
     used = bucket.accepted_between(start + 10.0, start + 60.0) / 50.0
     assert used >= 0.9 * 20.0
     # And 429s are few, first contact included.
-    share = bucket.refused / (bucket.refused + len(bucket.accepted))
-    assert share <= 0.03, share
+    assert bucket.refused_share <= 0.03, bucket.refused_share
 
 
 @pytest.mark.parametrize("retry_after", [1.0, None], ids=["retry-after", "no-retry-after"])
@@ -122,8 +126,7 @@ async def test_a_providers_saved_up_burst_is_not_taken_for_its_rate(
     await drive(limiter, bucket, clock, until=start + 60.0, retry_after=retry_after)
     assert limiter.provider_limit is not None
     assert 18.0 <= limiter.provider_limit <= 21.0
-    share = bucket.refused / (bucket.refused + len(bucket.accepted))
-    assert share <= 0.03, share
+    assert bucket.refused_share <= 0.03, bucket.refused_share
 
 
 async def test_what_a_pause_saved_up_is_sent_when_it_ends(clock: FakeClock) -> None:
@@ -135,8 +138,7 @@ async def test_what_a_pause_saved_up_is_sent_when_it_ends(clock: FakeClock) -> N
     await drive(limiter, bucket, clock, until=start + 60.0, retry_after=2.0)
     used = bucket.accepted_between(start + 10.0, start + 60.0) / 50.0
     assert used >= 0.85 * 20.0
-    share = bucket.refused / (bucket.refused + len(bucket.accepted))
-    assert share <= 0.03, share
+    assert bucket.refused_share <= 0.03, bucket.refused_share
 
 
 @pytest.mark.parametrize("retry_after", [1.0, 2.0])
@@ -149,8 +151,7 @@ async def test_a_provider_that_saves_nothing_up_gets_no_catching_up(
     bucket = Bucket(clock, rate=20.0, burst=1.0)
     start = clock.time()
     await drive(limiter, bucket, clock, until=start + 60.0, retry_after=retry_after)
-    share = bucket.refused / (bucket.refused + len(bucket.accepted))
-    assert share <= 0.03, share
+    assert bucket.refused_share <= 0.03, bucket.refused_share
 
 
 async def test_the_rate_climbs_again_when_the_provider_allows_more(clock: FakeClock) -> None:
