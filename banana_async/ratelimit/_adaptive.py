@@ -221,7 +221,6 @@ class AdaptiveRateLimiter:
         # under the estimate; None once the ramp found no limit (or not learning).
         self._rate: float | None = SLOW_START_RATE if learn else None
         self._limit: float | None = None  # the provider's limit as last estimated
-        self._probe = 0.0  # requests/s gained per second above the estimate
         self._cut_at = -math.inf
         self._since_cut = 0  # answers accepted since the last cut
         self._idle = 0.0  # seconds of our own budget left unused since the last cut
@@ -361,13 +360,13 @@ class AdaptiveRateLimiter:
             # window of a second or two would count the burst its bucket
             # saved up as rate. (Unless the limit rose: the cycle then
             # mixes the old limit with the new, and the window is nearer.)
-            estimate = over_cycle
-            if current is not None:
-                estimate = min(estimate, current)
+            measured: float | None = over_cycle
         elif accepted >= 4:
-            estimate = accepted / span
-            if current is not None:
-                estimate = min(estimate, current)
+            measured = accepted / span
+        else:
+            measured = None
+        if measured is not None:
+            estimate = measured if current is None else min(measured, current)
         else:
             # Too few answers to measure (another process spends the key, or
             # a lone request met a pause): halve, as TCP does, but never
@@ -375,7 +374,6 @@ class AdaptiveRateLimiter:
             estimate = max(MIN_GUESS, (current if current is not None else SLOW_START_RATE) / 2)
         self._limit = max(MIN_RATE, estimate)
         self._rate = max(MIN_RATE, BACKOFF * self._limit)
-        self._probe = 0.0
         self._above = 0.0
         self._cut_at = now
         self._since_cut = 0
@@ -486,15 +484,14 @@ class AdaptiveRateLimiter:
             rate *= 2.0 ** (elapsed / SLOW_START_DOUBLING)
             self._rate = None if rate >= NO_LIMIT_ABOVE else rate
             return
-        base = (1.0 - BACKOFF) * limit / RECOVERY
-        if rate < limit:
-            self._probe = base
-        else:
+        # Requests/s gained per second of demand.
+        pace = (1.0 - BACKOFF) * limit / RECOVERY
+        if rate >= limit:
             # Slowly for a while just above where the last 429 came, then
             # faster and faster: a limit that was raised is far above.
             self._above += elapsed
-            self._probe = base * 2.0 ** (max(0.0, self._above - PLATEAU) / PROBE_DOUBLING)
-        self._rate = rate + self._probe * elapsed
+            pace *= 2.0 ** (max(0.0, self._above - PLATEAU) / PROBE_DOUBLING)
+        self._rate = rate + pace * elapsed
 
     def _next_waiter(self, now: float) -> _Waiter | None:
         creates, queries = self._creates, self._queries
