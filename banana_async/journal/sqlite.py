@@ -143,10 +143,6 @@ _SAME_TASK_ID: Final = "(task_id IS NULL OR (task_id = {} AND instr(task_id, '\\
 # default allows.
 _SHAPES: Final = (4, 16, 48, 128)
 
-# The variables' names (":p1" is the time, then the rows'), for the widest
-# kind (six values a row) in the largest shape.
-_NAMES: Final = tuple(f"p{number}" for number in range(1, 2 + 6 * max(_SHAPES)))
-
 # UPDATE ... FROM needs SQLite 3.33; with an older library every record runs
 # alone, as it did before.
 _STATEMENTS_FOR_MANY: Final = sqlite3.sqlite_version_info >= (3, 33, 0)
@@ -170,7 +166,7 @@ class _Kind:
 
     The statements read the group's records as the rows of ``VALUES``, named
     ``v``: ``v.column1`` is the index, then come the step's other ``row``
-    values; ``:p1`` is the time of writing. ``write`` writes every record the
+    values; ``{now}`` is the time of writing. ``write`` writes every record the
     table (and the task id) allows, each on its own entry. For task records,
     when it wrote fewer rows than it was given, ``unwritten`` selects the
     indices whose entry does not read exactly as the record would have
@@ -187,24 +183,28 @@ class _Kind:
     unwritten: str
     width: int
     new_entries: bool = False
-    _texts: dict[tuple[str, int], str] = attrs.field(factory=dict, init=False)
+    _texts: dict[tuple[str, int], tuple[str, int]] = attrs.field(factory=dict, init=False)
 
-    def text(self, template: str, shape: int) -> str:
+    def text(self, template: str, shape: int) -> tuple[str, int]:
         """``template`` with ``shape`` rows of VALUES where it says ``{rows}``.
 
-        The rows' variables are named ``:p2`` on: ``:p1`` is the time. (Named,
-        not ``?NNN``: Python 3.12 deprecates numbered placeholders bound to a
-        sequence.)
+        Returns the text and where the time goes among its variables: 1
+        before the rows', -1 after them, 0 nowhere. The variables are plain
+        ``?``, bound by position: binding by name costs SQLite a search of
+        the statement's names for each variable, which for the largest shape
+        was the biggest single cost of a group (and numbered ``?NNN`` bound to
+        a sequence is deprecated since Python 3.12).
         """
         key = (template, shape)
         text = self._texts.get(key)
         if text is None:
-            width = self.width
-            rows = (
-                "(" + ", ".join(f":p{2 + row * width + column}" for column in range(width)) + ")"
-                for row in range(shape)
+            row = "(" + ", ".join("?" * self.width) + ")"
+            now = template.find("{now}")
+            where = 0 if now < 0 else 1 if now < template.index("{rows}") else -1
+            text = self._texts[key] = (
+                template.format(rows=", ".join([row] * shape), now="?"),
+                where,
             )
-            text = self._texts[key] = template.format(rows=", ".join(rows))
         return text
 
 
@@ -220,7 +220,7 @@ def _unwritten(written: str) -> str:
 # The WHERE keeps the padding out.
 _NEW_ENTRIES: Final = _Kind(
     "INSERT INTO entries (idx, state, request, updated_at)"
-    " SELECT column1, column2, column3, :p1 FROM (VALUES {rows}) WHERE column1 IS NOT NULL",
+    " SELECT column1, column2, column3, {now} FROM (VALUES {rows}) WHERE column1 IS NOT NULL",
     "SELECT v.column1 FROM (VALUES {rows}) AS v JOIN entries ON idx = v.column1",
     3,
     new_entries=True,
@@ -239,7 +239,7 @@ _TASK_MOVES: Final = ", ".join(
 # with v.column2 as the state written and v.column3 as the task id.
 _TASK_RECORDS: Final = _Kind(
     "UPDATE entries SET state = v.column2, task_id = v.column3, task = v.column4,"
-    " error = v.column5, error_type = v.column6, updated_at = :p1"
+    " error = v.column5, error_type = v.column6, updated_at = {now}"
     " FROM (VALUES {rows}) AS v WHERE idx = v.column1"
     f" AND (v.column2, state) IN (VALUES {_TASK_MOVES}) AND {_SAME_TASK_ID.format('v.column3')}",
     # An entry that reads exactly as the record would leave it needs nothing
@@ -247,7 +247,7 @@ _TASK_RECORDS: Final = _Kind(
     # same values (see Journal._update_task).
     _unwritten(
         "state = v.column2 AND task_id IS v.column3 AND task IS v.column4"
-        " AND error IS v.column5 AND error_type IS v.column6 AND updated_at = :p1"
+        " AND error IS v.column5 AND error_type IS v.column6 AND updated_at = {now}"
     ),
     6,
 )
@@ -1119,28 +1119,35 @@ class Journal:
         return JournalError(f"journal {self.path!r} is damaged: {detail}", path=self.path)
 
 
-def _values(kind: _Kind, steps: list[_Step[Any]], now: float) -> tuple[int, dict[str, Any]]:
-    """The shape for ``steps`` and its variables: the time, then the rows, padded with NULLs."""
+def _run_kind(
+    connection: sqlite3.Connection,
+    kind: _Kind,
+    template: str,
+    steps: list[_Step[Any]],
+    now: float,
+) -> sqlite3.Cursor:
+    """Run ``template`` of ``kind`` over the rows of ``steps``, padded with NULLs to a shape."""
     shape = next(size for size in _SHAPES if size >= len(steps))
-    values: list[Any] = [now]
+    text, where = kind.text(template, shape)
+    values: list[Any] = [now] if where == 1 else []
     for step in steps:
         values += step.row
     values += [None] * (kind.width * (shape - len(steps)))
-    return shape, dict(zip(_NAMES, values, strict=False))
+    if where == -1:
+        values.append(now)
+    return connection.execute(text, values)
 
 
 def _write(connection: sqlite3.Connection, kind: _Kind, steps: list[_Step[Any]], now: float) -> int:
     """Write the records of ``steps`` that the table allows; return how many were written."""
-    shape, values = _values(kind, steps, now)
-    return connection.execute(kind.text(kind.write, shape), values).rowcount
+    return _run_kind(connection, kind, kind.write, steps, now).rowcount
 
 
 def _indices(
     connection: sqlite3.Connection, kind: _Kind, steps: list[_Step[Any]], now: float
 ) -> set[int]:
     """Run ``kind.unwritten`` over ``steps``; return the indices it selects."""
-    shape, values = _values(kind, steps, now)
-    return {int(row[0]) for row in connection.execute(kind.text(kind.unwritten, shape), values)}
+    return {int(row[0]) for row in _run_kind(connection, kind, kind.unwritten, steps, now)}
 
 
 def _run_one(connection: sqlite3.Connection, op: Op[Any]) -> tuple[bool, Any]:
