@@ -247,6 +247,29 @@ class _JournalBroke(Exception):
     """Raised inside the batch once a journal write failed: this input stops here."""
 
 
+async def _settled(task: asyncio.Task[None]) -> None:
+    """Wait for ``task`` even if cancelled meanwhile, and retrieve its error.
+
+    A record on its way is never left behind: its store call is already
+    under way, and its failure (already reported by :meth:`_Batch.jot`)
+    must not end as an unretrieved exception. A cancellation that came
+    meanwhile is raised afterwards, never swallowed.
+    """
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            if not task.cancelled():  # the caller's cancellation, not the record's
+                cancelled = exc
+        except Exception:
+            pass  # the record's own failure: retrieved below
+    if not task.cancelled():
+        task.exception()
+    if cancelled is not None:
+        raise cancelled
+
+
 async def _aiter(inputs: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
     if isinstance(inputs, AsyncIterable):
         async for item in inputs:
@@ -286,7 +309,7 @@ class _Batch:
         self.limit = concurrency
         self.unread: set[int] = set()
         self.demand_changed = asyncio.Event()
-        # Creates sent and not yet answered.
+        # Creates sent and not yet answered, or whose task is not yet recorded.
         self.creating = 0
         # The first journal write that failed, and the created task ids the
         # journal lacks since (input index -> id).
@@ -476,19 +499,33 @@ class _Batch:
         )
 
     async def run(self, index: int, request: GenerationRequest, entry: JournalEntry | None) -> None:
+        recording: asyncio.Task[None] | None = None
         try:
             async with self.in_flight:
                 created = await self.create(index, request, entry)
                 if isinstance(created, Outcome):
-                    outcome = created
+                    outcome, record = created, None
                 else:
-                    outcome = await self.wait(index, request, created)
+                    task, recording = created
+                    outcome, record = await self.wait(index, request, task)
+            # The slot is free: the next input's create need not wait for
+            # this one's records. The outcome still waits for them, so an
+            # outcome the caller sees is in the journal.
+            if recording is not None:
+                await recording
+            if record is not None:
+                await self.jot(record)
+                if outcome.task is not None and outcome.task.status.terminal:
+                    self.ops.emit(outcome.task, index)
             outcome = await self.download(outcome)
         except _JournalBroke:
             return  # reported once, for the whole batch, by report_journal_failure
         except Exception as exc:  # a bug in the batch itself
             self.deliver(_Failed(exc))
             return
+        finally:
+            if recording is not None:
+                await _settled(recording)
         self.deliver(outcome)
 
     async def from_entry(
@@ -520,13 +557,18 @@ class _Batch:
 
     async def create(
         self, index: int, request: GenerationRequest, entry: JournalEntry | None
-    ) -> Task | Outcome:
+    ) -> tuple[Task, asyncio.Task[None] | None] | Outcome:
+        """Create the input's task; with it, its ``created`` record on its way (if any).
+
+        Raises:
+            _JournalBroke: The journal failed before the create was sent.
+        """
         if (
             entry is not None
             and entry.task is not None
             and resume_step(entry.state) in (ResumeStep.POLL, ResumeStep.REPORT)
         ):
-            return entry.task  # created in an earlier run: never create it twice
+            return entry.task, None  # created in an earlier run: never create it twice
         if not await self.may_create(index):
             raise _JournalBroke
         self.creating += 1
@@ -536,8 +578,16 @@ class _Batch:
             self.creating -= 1
             self.report_journal_failure()
 
-    async def send(self, index: int, request: GenerationRequest) -> Task | Outcome:
-        """Send one create and record what came of it."""
+    async def send(
+        self, index: int, request: GenerationRequest
+    ) -> tuple[Task, asyncio.Task[None] | None] | Outcome:
+        """Send one create and record what came of it.
+
+        A created task's record is not waited for here: polling starts while
+        it is written, and :meth:`run` waits for it before the task's next
+        record and before the outcome (so no outcome, and no later record,
+        gets ahead of it).
+        """
         hooks = None
         if self.journal is not None:
 
@@ -561,13 +611,27 @@ class _Batch:
             error = self.unexpected(exc, f"input {index}: the create")
             await self.record_create_failure(index, request, error)
             return Outcome(index, request, error=error)
+        recording = None
+        if self.journal is not None:
+            # Counted as creating until its record is made: the journal's
+            # failure is reported once every created id is known to it or
+            # listed as unrecorded (see report_journal_failure).
+            self.creating += 1
+            recording = asyncio.get_running_loop().create_task(
+                self.record_created(index, task), name=f"banana_async-batch-{index}-created"
+            )
+        self.ops.emit(task, index)
+        return task, recording
+
+    async def record_created(self, index: int, task: Task) -> None:
         try:
             await self.jot(lambda j: j.record_created(index, task))
         except _JournalBroke:
             self.lost_id(index, task.id)
             raise
-        self.ops.emit(task, index)
-        return task
+        finally:
+            self.creating -= 1
+            self.report_journal_failure()
 
     def unexpected(self, exc: Exception, what: str) -> BananaError:
         """One input's failure that nothing foresaw, as its outcome's error.
@@ -605,30 +669,35 @@ class _Batch:
                 self.lost_id(index, task_id)
             raise
 
-    async def wait(self, index: int, request: GenerationRequest, task: Task) -> Outcome:
+    async def wait(
+        self, index: int, request: GenerationRequest, task: Task
+    ) -> tuple[Outcome, Callable[[JournalStore], Awaitable[None]] | None]:
+        """Poll the task to its end: its outcome, and the journal call that records it.
+
+        The record is made by :meth:`run`, once the input's slot is free.
+        """
         try:
             done = await self.ops.wait(task, self.timeout, self.poll_interval)
         except TaskFailedError as exc:
             failed = exc
-            await self.jot(lambda j: j.record_finished(index, failed.task))
-            self.ops.emit(exc.task, index)
-            return Outcome(index, request, exc.task, error=exc)
+            return Outcome(index, request, exc.task, error=exc), (
+                lambda j: j.record_finished(index, failed.task)
+            )
         except TaskTimeoutError as exc:
             # Still CREATED in the journal: a resumed run polls it again.
             timed_out = exc
-            await self.jot(lambda j: j.note_error(index, timed_out))
-            return Outcome(index, request, exc.task or task, error=exc)
+            return Outcome(index, request, exc.task or task, error=exc), (
+                lambda j: j.note_error(index, timed_out)
+            )
         except BananaError as exc:
             other = exc
-            await self.jot(lambda j: j.note_error(index, other))
-            return Outcome(index, request, task, error=exc)
+            return Outcome(index, request, task, error=exc), (lambda j: j.note_error(index, other))
         except Exception as exc:
             error = self.unexpected(exc, f"input {index}: waiting for task {task.id}")
-            await self.jot(lambda j: j.note_error(index, error))
-            return Outcome(index, request, task, error=error)
-        await self.jot(lambda j: j.record_finished(index, done))
-        self.ops.emit(done, index)
-        return Outcome(index, request, done)
+            return Outcome(index, request, task, error=error), (
+                lambda j: j.note_error(index, error)
+            )
+        return Outcome(index, request, done), (lambda j: j.record_finished(index, done))
 
     async def download(self, outcome: Outcome) -> Outcome:
         if self.download_to is None or not outcome.ok or outcome.task is None:
