@@ -266,7 +266,7 @@ def _describe(function: Callable[..., Any], method: Callable[..., Any], summary:
 
 
 def _same_options(
-    source: type[BananaClient],
+    source: Callable[_P, object],
 ) -> Callable[[Callable[Concatenate[_S, ...], None]], Callable[Concatenate[_S, _P], None]]:
     """Give ``__init__`` the parameters of ``source``, the async client.
 
