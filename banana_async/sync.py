@@ -251,6 +251,7 @@ def _batching(
     ) -> Callable[Concatenate[SyncBananaClient, _P], OutcomeIterator]:
         signature = inspect.signature(method).replace(return_annotation="OutcomeIterator")
         function.__signature__ = signature  # type: ignore[attr-defined]
+        function.__annotations__ = {**method.__annotations__, "return": "OutcomeIterator"}
         return function
 
     return decorate
@@ -262,6 +263,8 @@ def _describe(function: Callable[..., Any], method: Callable[..., Any], summary:
     function.__qualname__ = f"SyncBananaClient.{method.__name__}"
     function.__module__ = __name__
     function.__signature__ = inspect.signature(method)  # type: ignore[attr-defined]
+    # Sphinx reads the annotations apart from the signature.
+    function.__annotations__ = dict(method.__annotations__)
     function.__doc__ = f"{summary}\n\n{inspect.cleandoc(method.__doc__ or '')}"
 
 
@@ -279,6 +282,7 @@ def _same_options(
         options = list(inspect.signature(source).parameters.values())
         self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
         init.__signature__ = inspect.Signature([self_param, *options])  # type: ignore[attr-defined]
+        init.__annotations__ = {p.name: p.annotation for p in options} | {"return": None}
         return init
 
     return decorate
@@ -429,7 +433,7 @@ class SyncBananaClient:
         async def start(client: BananaClient) -> AsyncGenerator[Outcome, None]:
             return client.generate_many(*args, **kwargs)
 
-        return OutcomeIterator(self._loop_thread, self._run(start))
+        return OutcomeIterator._open(self._loop_thread, self._run(start))
 
 
 class _BatchState:
@@ -446,7 +450,7 @@ class _BatchState:
 
 
 class OutcomeIterator(Iterator["Outcome"]):
-    """The outcomes of :meth:`SyncBananaClient.generate_many`, one per input.
+    """The outcomes of :meth:`~banana_async.SyncBananaClient.generate_many`, one per input.
 
     Each ``next()`` blocks until the next task is done. Several threads may
     take outcomes from one iterator; each outcome goes to one of them.
@@ -454,14 +458,25 @@ class OutcomeIterator(Iterator["Outcome"]):
     cancels every poller of the batch on the loop thread and closes the
     async generator; a thread still waiting in ``next()`` then gets
     :class:`StopIteration`.
+
+    Only :meth:`~banana_async.SyncBananaClient.generate_many` makes one.
     """
 
-    def __init__(self, loop_thread: _LoopThread, batch: AsyncGenerator[Outcome, None]) -> None:
+    _loop_thread: _LoopThread
+    _state: _BatchState
+    _turn: threading.Lock
+    _finalizer: weakref.finalize[[_LoopThread, _BatchState], OutcomeIterator]
+
+    @classmethod
+    def _open(cls, loop_thread: _LoopThread, batch: AsyncGenerator[Outcome, None]) -> Self:
+        # Not __init__: the parameters are private, and the docs show none.
+        self = cls.__new__(cls)
         self._loop_thread = loop_thread
         self._state = _BatchState(batch)
         # One next() at a time: an async generator takes one step at a time.
         self._turn = threading.Lock()
         self._finalizer = weakref.finalize(self, _close_batch, loop_thread, self._state)
+        return self
 
     def __iter__(self) -> Self:
         return self
