@@ -91,7 +91,6 @@ class _LoopThread:
 
     def _serve(self) -> None:
         loop = self.loop
-        asyncio.set_event_loop(loop)
         try:
             loop.run_forever()
         finally:
@@ -102,7 +101,6 @@ class _LoopThread:
                 loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.run_until_complete(loop.shutdown_default_executor())
             finally:
-                asyncio.set_event_loop(None)
                 loop.close()
 
     @property
@@ -152,11 +150,7 @@ class _LoopThread:
         or whatever a signal handler raises) cancels the call's task on the
         loop thread, waits until its cleanup is over, and propagates.
         """
-        if self.on_loop_thread:
-            raise RuntimeError(
-                "a SyncBananaClient cannot be used from its own event loop thread "
-                "(for example from an on_status callback): the call would wait for itself"
-            )
+        self._refuse_own_thread()
         try:
             return call.future.result()
         except BaseException:
@@ -169,7 +163,15 @@ class _LoopThread:
 
     def run(self, factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
         """Run ``factory()`` on the loop and block until it is done (see :meth:`wait`)."""
+        self._refuse_own_thread()  # before anything is sent
         return self.wait(self.submit(factory))
+
+    def _refuse_own_thread(self) -> None:
+        if self.on_loop_thread:
+            raise RuntimeError(
+                "a SyncBananaClient cannot be used from its own event loop thread "
+                "(for example from an on_status callback): the call would wait for itself"
+            )
 
     def stop(self, cleanup: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Cancel every running call, await ``cleanup()``, then stop and close the loop.

@@ -233,7 +233,9 @@ async def test_it_works_where_an_event_loop_is_already_running(
     assert sorted(o.index for o in outcomes) == [0, 1, 2]
 
 
-def test_it_cannot_be_called_from_its_own_loop_thread(client: SyncBananaClient) -> None:
+def test_it_cannot_be_called_from_its_own_loop_thread(
+    client: SyncBananaClient, provider: ProviderThread
+) -> None:
     async def call_back() -> str:
         try:
             client.get("x")
@@ -242,6 +244,7 @@ def test_it_cannot_be_called_from_its_own_loop_thread(client: SyncBananaClient) 
         return "no error"
 
     assert "its own event loop thread" in client._loop_thread.run(call_back)
+    assert provider.do(provider.server.count) == 0  # nothing was sent
 
 
 # -- generate_many -----------------------------------------------------------------------
