@@ -8,6 +8,9 @@ Create a task, poll it until it is done, get the image URL; in two dialects
     async with ba.BananaClient(dialect="nano") as client:
         task = await client.generate("a cat on a windowsill", size="16:9")
         print(task.image_url)
+
+Without an event loop of your own (a script, threads, a notebook),
+:class:`SyncBananaClient` does the same, blocking.
 """
 
 import importlib
@@ -54,6 +57,7 @@ from banana_async.models import (
     Task,
     TaskStatus,
 )
+from banana_async.sync import SyncBananaClient
 
 __all__ = [
     "API_KEY_ENV",
@@ -86,6 +90,7 @@ __all__ = [
     "ResolutionIgnoredWarning",
     "ResponseValidationError",
     "ServerError",
+    "SyncBananaClient",
     "Task",
     "TaskFailedError",
     "TaskStatus",

@@ -17,6 +17,7 @@ PUBLIC_MODULES = [
     "banana_async.models",
     "banana_async.dialects",
     "banana_async.client",
+    "banana_async.sync",
 ]
 
 
@@ -93,6 +94,7 @@ MODULE_ONLY = {
     ("banana_async.dialects", "HTTPResponse"),
     ("banana_async.dialects", "error_for_status"),
     ("banana_async.dialects", "parse_body"),
+    ("banana_async.sync", "OutcomeIterator"),
 }
 
 
