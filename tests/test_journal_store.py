@@ -265,6 +265,46 @@ async def test_a_batch_records_through_any_store(live: FakeBananaServer, path: P
         await store.aclose()
 
 
+class _SlowCreatedStore(_CountingStore):
+    """Records ``created`` slowly, and notes when each index's records were made."""
+
+    def __init__(self, inner: SQLiteStore, live: FakeBananaServer) -> None:
+        super().__init__(inner)
+        self.live = live
+        self.made: dict[int, list[str]] = {}
+        self.queries_while_recording: list[int] = []
+
+    async def record_created(self, index: int, task: ba.Task) -> None:
+        before = self.live.count("query")
+        await asyncio.sleep(0.3)
+        await super().record_created(index, task)
+        self.queries_while_recording.append(self.live.count("query") - before)
+        self.made.setdefault(index, []).append("created")
+
+    async def record_finished(self, index: int, task: ba.Task) -> None:
+        await super().record_finished(index, task)
+        self.made.setdefault(index, []).append("finished")
+
+
+async def test_polling_starts_while_the_created_record_is_made_but_outcomes_wait(
+    live: FakeBananaServer, path: Path
+) -> None:
+    store = _SlowCreatedStore(await SQLiteStore.open(path), live)
+    try:
+        async with live_client(live) as client:
+            async for outcome in client.generate_many(["a", "b", "c"], journal=store):
+                # Each outcome comes once both its records are made, in order.
+                assert outcome.ok
+                assert store.made[outcome.index] == ["created", "finished"]
+        # The polls did not wait for the slow record of the task they poll.
+        assert len(store.queries_while_recording) == 3
+        assert all(queries > 0 for queries in store.queries_while_recording)
+    finally:
+        await store.aclose()
+    with ba.Journal.open(path) as reopened:
+        assert {e.state for e in reopened.entries()} == {ba.EntryState.COMPLETED}
+
+
 # -- SIGKILL in the middle of group commits ----------------------------------------------
 
 CHILD = textwrap.dedent(
