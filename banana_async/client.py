@@ -955,6 +955,7 @@ class BananaClient:
         download_to: str | os.PathLike[str] | None = None,
         journal: str | os.PathLike[str] | Journal | JournalStore | None = None,
         resend_unconfirmed: bool = False,
+        retry_failed: bool = False,
         model: str | None = None,
         resolution: Resolution | str | None = None,
         size: AspectRatio | str | None = None,
@@ -986,6 +987,9 @@ class BananaClient:
             resend_unconfirmed: Create again the inputs whose create was in
                 flight when an earlier journaled run stopped (they may have
                 been billed once already).
+            retry_failed: Create again, as new tasks, the inputs whose task
+                ended ``failed`` in an earlier journaled run (each is billed
+                anew); without it they are reported from the journal.
             model: Model for prompts given as plain strings.
             resolution: Resolution for plain-string prompts.
             size: Aspect ratio for plain-string prompts.
@@ -1012,6 +1016,7 @@ class BananaClient:
             download_to=download_to,
             journal=journal,
             resend_unconfirmed=resend_unconfirmed,
+            retry_failed=retry_failed,
         )
         return _batch.run(self._batch_operations(), inputs, options)
 

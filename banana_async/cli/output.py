@@ -83,6 +83,10 @@ def to_stderr(text: str) -> None:
 _OPTION_FOR: Final = (
     ("allow_unknown_models=True", "--allow-unknown-models"),
     ("resend_unconfirmed=True", "--resend-unconfirmed"),
+    ("retry_failed=True", "--retry-failed"),
+    # The command line has one --base-url for both of the client's URLs.
+    ("create_base_url", "--base-url"),
+    ("query_base_url", "--base-url"),
 )
 
 
