@@ -22,7 +22,7 @@ from collections.abc import (
 )
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 import attrs
 from multidict import CIMultiDict
@@ -46,11 +46,13 @@ from banana_async._version import __version__
 from banana_async.dialects import Dialect, HTTPRequest, HTTPResponse, get_dialect
 from banana_async.download import DEFAULT_MAX_IMAGE_BYTES, download_task_image
 from banana_async.errors import (
+    APIConnectionError,
     APIStatusError,
     APITimeoutError,
     BananaError,
     InvalidRequestError,
     RateLimitError,
+    ServerError,
     TaskFailedError,
     TaskTimeoutError,
 )
@@ -99,6 +101,13 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+_MAY_BE_BILLED: Final = (
+    "; the provider may have created (and billed) the task anyway: it was not sent "
+    "again, check before creating it once more"
+)
+"""Ends the message of a create that failed after it was sent (a 5xx, a reset, a timeout)."""
 
 
 def _check_base_url(url: str, what: str) -> str:
@@ -643,15 +652,21 @@ class BananaClient:
         wire, and of each that is to be sent again.
         """
         http = self._dialect.create_request(request, base_url=self._create_base)
-        task = await self._call(
-            http,
-            self._dialect.parse_create,
-            _retry.should_retry_create,
-            deadline=deadline,
-            patient=patient,
-            on_send=None if hooks is None else hooks.sending,
-            on_unsent=None if hooks is None else hooks.not_sent,
-        )
+        try:
+            task = await self._call(
+                http,
+                self._dialect.parse_create,
+                _retry.should_retry_create,
+                deadline=deadline,
+                patient=patient,
+                on_send=None if hooks is None else hooks.sending,
+                on_unsent=None if hooks is None else hooks.not_sent,
+            )
+        except (ServerError, APIConnectionError) as exc:
+            if not isinstance(exc, APIConnectionError) or exc.request_sent:
+                # The user must know before sending it again: that could pay twice.
+                exc.args = (f"{exc.args[0] if exc.args else exc}{_MAY_BE_BILLED}", *exc.args[1:])
+            raise
         logger.debug("created task %s (%s)", task.id, task.raw_status)
         if self._adaptive:
             self._remember(task.id, request)
