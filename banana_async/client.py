@@ -667,7 +667,7 @@ class BananaClient:
                 # The user must know before sending it again: that could pay twice.
                 exc.args = (f"{exc.args[0] if exc.args else exc}{_MAY_BE_BILLED}", *exc.args[1:])
             raise
-        logger.debug("created task %s (%s)", task.id, task.raw_status)
+        logger.info("created task %s (%s)", task.id, task.raw_status)
         if self._adaptive:
             self._remember(task.id, request)
         return task
@@ -893,6 +893,8 @@ class BananaClient:
             )
 
     def _finished(self, task: Task) -> Task:
+        # The id and the status only: a provider's error text is in the exception.
+        logger.info("task %s %s", task.id, task.status.value)
         if task.status is TaskStatus.FAILED:
             raise self._redacted(TaskFailedError(task))
         return task
@@ -942,11 +944,14 @@ class BananaClient:
         """
         session = self._images_session()
         try:
-            return await download_task_image(
+            path = await download_task_image(
                 session, task, Path(dest), timeout=self._download_timeout, max_bytes=max_bytes
             )
         except BananaError as exc:
             raise self._redacted(exc) from None
+        # Not the URL: an image host's link may carry a token of its own.
+        logger.debug("saved the image of task %s as %s", task.id, path)
+        return path
 
     def _images_session(self) -> aiohttp.ClientSession:
         """The session for image downloads: the borrowed one, or one of our own."""
