@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,7 @@ from tests.test_cli import (
     is_png,
     json_lines,
     run_main,
+    server_env,
 )
 
 
@@ -397,3 +400,50 @@ def test_messages_name_the_flags(
     assert code == 2
     assert "--allow-unknown-models" in err
     assert "allow_unknown_models" not in err
+
+
+# -- real processes: a pipe on standard input, Ctrl-C while it waits for more -------------
+
+
+async def start_with_stdin(*argv: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("BANANA_")}
+    environ.update(env)
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "banana_async",
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=environ,
+    )
+
+
+async def test_batch_from_a_pipe_and_ctrl_c_while_the_pipe_is_open(tmp_path: Path) -> None:
+    async with FakeBananaServer(api_key=KEY, duration=0.05) as server:
+        argv = ["--json", "batch", "-", "--out", str(tmp_path / "out"), *FAST]
+        proc = await start_with_stdin(*argv, env=server_env(server))
+        try:
+            assert proc.stdin is not None
+            assert proc.stdout is not None
+            proc.stdin.write(b"a red fox\na blue whale\n")
+            await proc.stdin.drain()
+            # Both done while the writer has not closed the pipe: the batch
+            # does not wait for the end of the input to start.
+            async with asyncio.timeout(60):
+                first = json.loads(await proc.stdout.readline())
+                second = json.loads(await proc.stdout.readline())
+            assert {first["prompt"], second["prompt"]} == {"a red fox", "a blue whale"}
+            assert is_png(first["path"])
+            # Ctrl-C while the reader thread is blocked on the open pipe.
+            proc.send_signal(signal.SIGINT)
+            async with asyncio.timeout(30):
+                _, err = await proc.communicate()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert proc.returncode == 130
+        assert "Traceback" not in err.decode()
+        assert server.count("create") == 2

@@ -7,7 +7,9 @@ still takes its index, so that a journal matches the same lines on resume.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import queue
 import threading
 from collections.abc import AsyncGenerator, Generator
@@ -28,6 +30,7 @@ __all__ = ["FileScan", "Line", "PromptFile", "request_from_json", "scan"]
 
 _REQUEST_FIELDS: Final = ("prompt", "model", "resolution", "size", "image_urls")
 _BOM: Final = b"\xef\xbb\xbf"
+_CHUNK: Final = 65536
 
 
 def _decode(raw: bytes, number: int) -> tuple[str, str | None]:
@@ -130,14 +133,32 @@ class _LineReader:
 
     Not ``asyncio.to_thread``: a read blocked on a terminal or an idle pipe
     would keep the default executor, and so the interpreter's exit, waiting
-    after Ctrl-C. A daemon thread blocked in a read does not.
+    after Ctrl-C. A daemon thread blocked in a read does not, provided that
+    it reads the file descriptor itself: blocked inside a buffered stream it
+    would hold that stream's lock, which the interpreter takes on its way out.
     """
 
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
+        self._fd: int | None = None
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            self._fd = stream.fileno()
+        self._pending = b""
         self._asks: queue.SimpleQueue[asyncio.Future[bytes]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="banana-stdin", daemon=True)
         self._thread.start()
+
+    def _line(self) -> bytes:
+        if self._fd is None:
+            return self._stream.readline()
+        while b"\n" not in self._pending:
+            chunk = os.read(self._fd, _CHUNK)
+            if not chunk:
+                line, self._pending = self._pending, b""
+                return line
+            self._pending += chunk
+        line, _, self._pending = self._pending.partition(b"\n")
+        return line + b"\n"
 
     def _work(self) -> None:
         while True:
@@ -145,7 +166,7 @@ class _LineReader:
             line: bytes | None = None
             error: BaseException | None = None
             try:
-                line = self._stream.readline()
+                line = self._line()
             except Exception as exc:  # handed to the reader, not lost in this thread
                 error = exc
             try:
