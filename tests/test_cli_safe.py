@@ -105,6 +105,24 @@ def test_batch_journal_that_cannot_be_opened_fails_before_any_create(
     assert not_a_journal.read_text() == "my notes, not a journal\n" * 50
 
 
+@pytest.mark.parametrize(
+    ("journal", "says"),
+    [("", "is a folder, not a journal file"), ("missing/j.sqlite", "does not exist")],
+)
+def test_batch_journal_in_a_wrong_place_fails_before_anything(
+    capsys: pytest.CaptureFixture[str], env: ServerThread, tmp_path: Path, journal: str, says: str
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(TEXT_PROMPTS)
+    out_dir = tmp_path / "out"
+    argv = ["batch", str(prompts), "--out", str(out_dir), "--journal", str(tmp_path / journal)]
+    code, _, err = run_main(capsys, *argv, *FAST)
+    assert code == 3
+    assert says in err
+    assert env.server.count() == 0
+    assert not out_dir.exists()  # stopped before even the folder was made
+
+
 def test_batch_of_a_folder_says_folder(
     capsys: pytest.CaptureFixture[str], env: ServerThread, tmp_path: Path
 ) -> None:

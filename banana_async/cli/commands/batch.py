@@ -31,7 +31,7 @@ from banana_async.cli.exit_codes import ExitCode
 from banana_async.cli.output import Shown, emit, error_of, json_line, prompt_of, to_stderr
 from banana_async.cli.progress import PROGRESS_INTERVAL, Progress, Stats, duration
 from banana_async.cli.prompt_file import PromptFile, scan
-from banana_async.errors import InvalidRequestError, TaskTimeoutError
+from banana_async.errors import InvalidRequestError, JournalError, TaskTimeoutError
 from banana_async.journal import SQLiteStore
 
 if TYPE_CHECKING:
@@ -83,6 +83,16 @@ async def _check_input(args: argparse.Namespace) -> Path | None:
     return path
 
 
+def _journal_problem(journal: Path) -> str | None:
+    """What makes ``--journal`` unusable before SQLite is even asked, or None."""
+    if journal.is_dir():
+        return f"--journal {journal} is a folder, not a journal file"
+    parent = journal.parent
+    if not parent.is_dir():
+        return f"--journal {journal}: the folder {parent} does not exist"
+    return None
+
+
 def _check_flags(args: argparse.Namespace) -> None:
     # Without a journal nothing is known to be unconfirmed or failed: the
     # flag would do nothing, and silence would suggest it did.
@@ -107,6 +117,10 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
     defaults = request_defaults(args)
     check_defaults(args, defaults)
     client = api_client(args, requests_per_second=args.requests_per_second)
+    if args.journal is not None:
+        problem = await asyncio.to_thread(_journal_problem, Path(args.journal))
+        if problem is not None:
+            raise JournalError(problem, path=args.journal)
     out = await prepare_out(args.out)
     found = None
     if path is not None and (show_progress or args.format == "auto"):
