@@ -37,8 +37,9 @@ def later_hint(task_ids: list[str], out: str | None) -> str:
     """How to look at tasks later and save their images once they are done."""
     ids = " ".join(task_ids)
     folder = out if out is not None else "DIR"
+    images = "image" if len(task_ids) == 1 else "images"
     return (
-        f"check later with `banana-async status {task_ids[0]}`, and save the images "
+        f"check later with `banana-async status {task_ids[0]}`, and save the {images} "
         f"once done with `banana-async download {ids} --out {folder}` "
         "(image URLs expire after about a day)"
     )
