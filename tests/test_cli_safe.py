@@ -20,6 +20,7 @@ import pytest
 
 from banana_async.cli.commands.batch import MANIFEST
 from banana_async.cli.common import RunState
+from banana_async.cli.progress import Stats
 from banana_async.testing import FakeBananaServer, Fault, TaskScript
 from tests.test_cli import (
     FAST,
@@ -217,6 +218,16 @@ def test_interrupted_generate_points_at_status_and_download() -> None:
     message = state.interrupted()
     assert "banana-async status task-7" in message
     assert "banana-async download task-7 --out cards" in message
+
+
+def test_interrupted_batch_points_at_its_manifest() -> None:
+    state = RunState()
+    state.stats = Stats(total=3, concurrency=2)
+    state.manifest = "cards/manifest.jsonl"
+    state.resumable = True
+    message = state.interrupted()
+    assert "What finished is listed in cards/manifest.jsonl." in message
+    assert "pass --journal" in message
 
 
 def test_batch_timeouts_point_at_download(

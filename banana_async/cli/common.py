@@ -92,6 +92,7 @@ class RunState:
         journal: The batch's journal path, if it has one.
         task_id: The task ``generate`` created, once it has.
         out: The folder the images go in, for the hint after Ctrl-C.
+        manifest: The batch's manifest file, once it is open.
         resumable: Whether running the command again can resume its work.
     """
 
@@ -100,6 +101,7 @@ class RunState:
         self.journal: str | None = None
         self.task_id: str | None = None
         self.out: str | None = None
+        self.manifest: str | None = None
         self.resumable = False
 
     def interrupted(self) -> str:
@@ -110,6 +112,8 @@ class RunState:
                 f"interrupted: {stats.ok} done, {stats.failed} failed, "
                 f"{stats.in_flight()} were in flight."
             )
+            if self.manifest is not None:
+                message += f" What finished is listed in {self.manifest}."
             if not self.resumable:
                 return message
             if self.journal is not None:

@@ -167,7 +167,7 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
     async with Progress(
         stats, label, enabled=show_progress, interval=PROGRESS_INTERVAL
     ) as progress:
-        await _run_batch(args, client, prompts, out, progress, stats, show)
+        await _run_batch(args, state, client, prompts, out, progress, stats, show)
     if show_progress:
         _summary(args, stats, out, elsewhere)
     if waiting and not args.json:
@@ -185,6 +185,7 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
 
 async def _run_batch(  # noqa: PLR0917 - the pieces run() prepared
     args: argparse.Namespace,
+    state: RunState,
     client: BananaClient,
     prompts: PromptFile,
     out: Path,
@@ -201,6 +202,7 @@ async def _run_batch(  # noqa: PLR0917 - the pieces run() prepared
             journal = await stack.enter_async_context(await SQLiteStore.open(args.journal))
         manifest = await asyncio.to_thread(_open_manifest, out)
         stack.callback(manifest.close)
+        state.manifest = manifest.name
 
         def report(shown: Shown) -> None:
             manifest.write(json_line(manifest_record(shown)) + "\n")
