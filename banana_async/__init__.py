@@ -17,6 +17,7 @@ import importlib
 import warnings
 from typing import Any
 
+from banana_async._logging import install_from_env as _install_log_handler
 from banana_async._polling import Clock
 from banana_async._version import __version__
 from banana_async.client import API_KEY_ENV, BananaClient
@@ -58,6 +59,9 @@ from banana_async.models import (
     TaskStatus,
 )
 from banana_async.sync import SyncBananaClient
+
+# BANANA_LOG=info|debug shows the library's log on stderr, without code.
+_install_log_handler()
 
 __all__ = [
     "API_KEY_ENV",

@@ -166,6 +166,8 @@ class BatchOptions:
             or None.
         resend_unconfirmed: Create again the inputs whose create an earlier
             journaled run sent without seeing its answer.
+        retry_failed: Create again the inputs whose task an earlier journaled
+            run saw fail (a new task each, billed anew).
     """
 
     concurrency: int
@@ -175,6 +177,7 @@ class BatchOptions:
     download_to: str | os.PathLike[str] | None = None
     journal: str | os.PathLike[str] | Journal | JournalStore | None = None
     resend_unconfirmed: bool = False
+    retry_failed: bool = False
 
     def check(self) -> None:
         """Fail at once, before anything is sent, for options no batch could run with.
@@ -299,6 +302,7 @@ class _Batch:
         # Opened by the generator: only a run that starts holds its lock.
         self.journal: JournalStore | None = None
         self.resend_unconfirmed = options.resend_unconfirmed
+        self.retry_failed = options.retry_failed
         self.defaults = options.defaults
         self.in_flight = asyncio.Semaphore(concurrency)
         self.undelivered = asyncio.Semaphore(2 * concurrency)
@@ -487,6 +491,9 @@ class _Batch:
             lambda j: j.request_matches(index, request)
         ):
             raise self.mismatch(index, journal)
+        if entry.state is EntryState.FAILED and self.retry_failed:
+            await self.jot(lambda j: j.mark_resend(index))
+            return request, None  # forgotten: created again as a new task
         resumed = await self.from_entry(index, request, entry)
         return resumed if resumed is not None else (request, entry)
 

@@ -22,7 +22,7 @@ from collections.abc import (
 )
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 import attrs
 from multidict import CIMultiDict
@@ -46,11 +46,13 @@ from banana_async._version import __version__
 from banana_async.dialects import Dialect, HTTPRequest, HTTPResponse, get_dialect
 from banana_async.download import DEFAULT_MAX_IMAGE_BYTES, download_task_image
 from banana_async.errors import (
+    APIConnectionError,
     APIStatusError,
     APITimeoutError,
     BananaError,
     InvalidRequestError,
     RateLimitError,
+    ServerError,
     TaskFailedError,
     TaskTimeoutError,
 )
@@ -99,6 +101,13 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+_MAY_BE_BILLED: Final = (
+    "; the provider may have created (and billed) the task anyway: it was not sent "
+    "again, check before creating it once more"
+)
+"""Ends the message of a create that failed after it was sent (a 5xx, a reset, a timeout)."""
 
 
 def _check_base_url(url: str, what: str) -> str:
@@ -643,16 +652,22 @@ class BananaClient:
         wire, and of each that is to be sent again.
         """
         http = self._dialect.create_request(request, base_url=self._create_base)
-        task = await self._call(
-            http,
-            self._dialect.parse_create,
-            _retry.should_retry_create,
-            deadline=deadline,
-            patient=patient,
-            on_send=None if hooks is None else hooks.sending,
-            on_unsent=None if hooks is None else hooks.not_sent,
-        )
-        logger.debug("created task %s (%s)", task.id, task.raw_status)
+        try:
+            task = await self._call(
+                http,
+                self._dialect.parse_create,
+                _retry.should_retry_create,
+                deadline=deadline,
+                patient=patient,
+                on_send=None if hooks is None else hooks.sending,
+                on_unsent=None if hooks is None else hooks.not_sent,
+            )
+        except (ServerError, APIConnectionError) as exc:
+            if not isinstance(exc, APIConnectionError) or exc.request_sent:
+                # The user must know before sending it again: that could pay twice.
+                exc.args = (f"{exc.args[0] if exc.args else exc}{_MAY_BE_BILLED}", *exc.args[1:])
+            raise
+        logger.info("created task %s (%s)", task.id, task.raw_status)
         if self._adaptive:
             self._remember(task.id, request)
         return task
@@ -878,6 +893,8 @@ class BananaClient:
             )
 
     def _finished(self, task: Task) -> Task:
+        # The id and the status only: a provider's error text is in the exception.
+        logger.info("task %s %s", task.id, task.status.value)
         if task.status is TaskStatus.FAILED:
             raise self._redacted(TaskFailedError(task))
         return task
@@ -927,11 +944,14 @@ class BananaClient:
         """
         session = self._images_session()
         try:
-            return await download_task_image(
+            path = await download_task_image(
                 session, task, Path(dest), timeout=self._download_timeout, max_bytes=max_bytes
             )
         except BananaError as exc:
             raise self._redacted(exc) from None
+        # Not the URL: an image host's link may carry a token of its own.
+        logger.debug("saved the image of task %s as %s", task.id, path)
+        return path
 
     def _images_session(self) -> aiohttp.ClientSession:
         """The session for image downloads: the borrowed one, or one of our own."""
@@ -955,6 +975,7 @@ class BananaClient:
         download_to: str | os.PathLike[str] | None = None,
         journal: str | os.PathLike[str] | Journal | JournalStore | None = None,
         resend_unconfirmed: bool = False,
+        retry_failed: bool = False,
         model: str | None = None,
         resolution: Resolution | str | None = None,
         size: AspectRatio | str | None = None,
@@ -986,6 +1007,9 @@ class BananaClient:
             resend_unconfirmed: Create again the inputs whose create was in
                 flight when an earlier journaled run stopped (they may have
                 been billed once already).
+            retry_failed: Create again, as new tasks, the inputs whose task
+                ended ``failed`` in an earlier journaled run (each is billed
+                anew); without it they are reported from the journal.
             model: Model for prompts given as plain strings.
             resolution: Resolution for plain-string prompts.
             size: Aspect ratio for plain-string prompts.
@@ -1012,6 +1036,7 @@ class BananaClient:
             download_to=download_to,
             journal=journal,
             resend_unconfirmed=resend_unconfirmed,
+            retry_failed=retry_failed,
         )
         return _batch.run(self._batch_operations(), inputs, options)
 

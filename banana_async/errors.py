@@ -197,7 +197,9 @@ class ResponseValidationError(BananaError):
     def __init__(
         self, message: str, *, body: str = "", status_code: int = 200, task_id: str | None = None
     ) -> None:
-        super().__init__(message)
+        # The status tells a proxy's page (a 2xx from a gateway) from the provider's answer.
+        status = f"HTTP {status_code}"
+        super().__init__(message if status in message else f"{message} ({status})")
         self.body = body
         self.status_code = status_code
         self.task_id = task_id

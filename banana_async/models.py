@@ -306,7 +306,16 @@ class GenerationRequest:
     image_urls: tuple[str, ...] = attrs.field(default=(), converter=_to_image_urls)
 
 
-@attrs.frozen
+# How much of a prompt, a URL or a message a repr shows: a repr is one line.
+_REPR_TEXT = 40
+
+
+def _short(text: str | None) -> str:
+    """``text`` for a repr: on one line (``repr`` escapes newlines), cut to a few words."""
+    return "None" if text is None else repr(shorten(text, _REPR_TEXT))
+
+
+@attrs.frozen(repr=False)
 class Task:
     """A generation task as last reported by the provider.
 
@@ -340,6 +349,16 @@ class Task:
         """True when the task completed (its image is at :attr:`image_url`)."""
         return self.status is TaskStatus.COMPLETED
 
+    def __repr__(self) -> str:
+        # One line with what tells tasks apart; the full fields are attributes.
+        status = self.status.value
+        if self.raw_status and self.raw_status != status:
+            status += f" ({self.raw_status})"
+        return (
+            f"Task(id={self.id!r}, status={status!r}, model={_short(self.model)}, "
+            f"image_url={_short(self.image_url)}, error={_short(self.error)})"
+        )
+
 
 def request_from(prompt: str | GenerationRequest, **fields: Any) -> GenerationRequest:
     """Build a request from a prompt and keyword fields, or pass one through.
@@ -364,7 +383,7 @@ BatchInput = str | GenerationRequest
 """One input of a batch: a prompt, or a complete request."""
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Outcome:
     """What became of one input of :meth:`~banana_async.BananaClient.generate_many`.
 
@@ -392,3 +411,18 @@ class Outcome:
     def ok(self) -> bool:
         """True when the task completed (and its download, if asked for, succeeded)."""
         return self.error is None and self.task is not None and self.task.ok
+
+    def __repr__(self) -> str:
+        # One line: the prompt and the error shortened, the task by its id.
+        prompt = _short(self.request.prompt) if self.request is not None else "None"
+        task = "None"
+        if self.task is not None:
+            task = f"{self.task.id!r}, status={self.task.status.value!r}"
+        error = "None"
+        if self.error is not None:
+            error = f"{type(self.error).__name__}({_short(str(self.error))})"
+        path = "None" if self.path is None else repr(str(self.path))
+        return (
+            f"Outcome(index={self.index}, ok={self.ok}, prompt={prompt}, task_id={task}, "
+            f"error={error}, path={path}, from_journal={self.from_journal})"
+        )

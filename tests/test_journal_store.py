@@ -50,8 +50,10 @@ def test_resume_steps_agree_with_the_table() -> None:
         step = resume_step(state)
         # Creating again is allowed exactly where nothing can have been created.
         assert (step is ResumeStep.CREATE) == may_follow(state, EntryState.SENDING)
-        # Only an unconfirmed create may be forgotten (and so sent again).
-        assert (step is ResumeStep.UNCONFIRMED) == may_follow(state, None)
+        # Only an unconfirmed create, or a failed task (a retry, on request),
+        # may be forgotten and so sent again.
+        forgettable = step is ResumeStep.UNCONFIRMED or state is EntryState.FAILED
+        assert forgettable == may_follow(state, None)
     assert resume_step(EntryState.CREATED) is ResumeStep.POLL
     assert resume_step(EntryState.COMPLETED) is ResumeStep.REPORT
     assert resume_step(EntryState.FAILED) is ResumeStep.REPORT
@@ -65,7 +67,7 @@ def test_final_comes_from_the_table() -> None:
 def test_sources_invert_the_table() -> None:
     assert sources(EntryState.SENDING) == {None, EntryState.ERROR}
     assert sources(EntryState.CREATED) == {EntryState.SENDING, EntryState.CREATED}
-    assert sources(None) == {EntryState.SENDING, EntryState.UNCONFIRMED}
+    assert sources(None) == {EntryState.SENDING, EntryState.UNCONFIRMED, EntryState.FAILED}
 
 
 @pytest.mark.parametrize("state", [EntryState.COMPLETED, EntryState.FAILED])

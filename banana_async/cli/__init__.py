@@ -1,4 +1,4 @@
-"""The ``banana-async`` command line: ``generate``, ``batch``, ``status`` and ``demo``.
+"""The ``banana-async`` command line: generate, batch, status, download, models, demo.
 
 The API key comes from the ``BANANA_API_KEY`` environment variable only: a key
 given as an option would end up in shell history and process listings.

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
+import tempfile
 import warnings
 from collections.abc import AsyncGenerator, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from banana_async.client import API_KEY_ENV, BananaClient
@@ -19,7 +22,66 @@ if TYPE_CHECKING:
     from banana_async.cli.progress import Progress, Stats
     from banana_async.models import Outcome
 
-__all__ = ["RunState", "api_client", "check_defaults", "consume", "request_defaults"]
+__all__ = [
+    "RunState",
+    "api_client",
+    "check_defaults",
+    "consume",
+    "later_hint",
+    "prepare_out",
+    "request_defaults",
+]
+
+
+def later_hint(task_ids: list[str], out: str | None) -> str:
+    """How to look at tasks later and save their images once they are done."""
+    ids = " ".join(task_ids)
+    folder = out if out is not None else "DIR"
+    images = "image" if len(task_ids) == 1 else "images"
+    return (
+        f"check later with `banana-async status {task_ids[0]}`, and save the {images} "
+        f"once done with `banana-async download {ids} --out {folder}` "
+        "(image URLs expire after about a day)"
+    )
+
+
+def _writable_folder(path: Path) -> None:
+    """Create the folder ``path`` if missing and prove a file can be written in it.
+
+    Raises:
+        InvalidRequestError: a file is in the way, the folder cannot be made,
+            or nothing can be written in it.
+    """
+    if path.exists() and not path.is_dir():
+        raise InvalidRequestError(
+            f"--out {path} is a file, not a folder: --out names the folder the images go in"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidRequestError(
+            f"--out {path}: cannot create the folder ({exc.strerror or exc})"
+        ) from None
+    try:
+        # The same kind of write a download does: a temporary file, then gone.
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".banana-check-"):
+            pass
+    except OSError as exc:
+        raise InvalidRequestError(
+            f"--out {path}: cannot write in this folder ({exc.strerror or exc})"
+        ) from None
+
+
+async def prepare_out(out: str) -> Path:
+    """Check ``--out`` before anything is created: no task is paid for that cannot be saved.
+
+    Raises:
+        InvalidRequestError: ``out`` is a file, or a folder that cannot be
+            made or written in.
+    """
+    path = Path(out)
+    await asyncio.to_thread(_writable_folder, path)
+    return path
 
 
 class RunState:
@@ -29,6 +91,8 @@ class RunState:
         stats: The running batch's counts, if the command runs a batch.
         journal: The batch's journal path, if it has one.
         task_id: The task ``generate`` created, once it has.
+        out: The folder the images go in, for the hint after Ctrl-C.
+        manifest: The batch's manifest file, once it is open.
         resumable: Whether running the command again can resume its work.
     """
 
@@ -36,6 +100,8 @@ class RunState:
         self.stats: Stats | None = None
         self.journal: str | None = None
         self.task_id: str | None = None
+        self.out: str | None = None
+        self.manifest: str | None = None
         self.resumable = False
 
     def interrupted(self) -> str:
@@ -46,6 +112,8 @@ class RunState:
                 f"interrupted: {stats.ok} done, {stats.failed} failed, "
                 f"{stats.in_flight()} were in flight."
             )
+            if self.manifest is not None:
+                message += f" What finished is listed in {self.manifest}."
             if not self.resumable:
                 return message
             if self.journal is not None:
@@ -61,7 +129,7 @@ class RunState:
         if self.task_id is not None:
             return (
                 f"interrupted; task {self.task_id} was created and may still finish: "
-                f"check it with `banana-async status {self.task_id}`"
+                + later_hint([self.task_id], self.out)
             )
         return "interrupted"
 

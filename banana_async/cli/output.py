@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 import attrs
 
 from banana_async._checks import error_message
+from banana_async._logging import LOG_FORMAT, StderrHandler, env_handler, level_from_env
 from banana_async.dialects import ResolutionIgnoredWarning
 
 if TYPE_CHECKING:
@@ -83,6 +84,10 @@ def to_stderr(text: str) -> None:
 _OPTION_FOR: Final = (
     ("allow_unknown_models=True", "--allow-unknown-models"),
     ("resend_unconfirmed=True", "--resend-unconfirmed"),
+    ("retry_failed=True", "--retry-failed"),
+    # The command line has one --base-url for both of the client's URLs.
+    ("create_base_url", "--base-url"),
+    ("query_base_url", "--base-url"),
 )
 
 
@@ -222,31 +227,30 @@ def prompt_of(outcome: Outcome) -> str | None:
     return outcome.request.prompt if outcome.request is not None else None
 
 
-class _StderrHandler(logging.Handler):
-    """Writes to whatever ``sys.stderr`` is at the time (a live progress bar replaces it)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            sys.stderr.write(for_terminal(self.format(record)) + "\n")
-        except Exception:  # logging must never break the command
-            self.handleError(record)
-
-
 @contextlib.contextmanager
 def log_to_stderr(verbosity: int) -> Iterator[None]:
-    """Log the client's work to stderr while the command runs (``-v``: INFO, ``-vv``: DEBUG)."""
-    if verbosity <= 0:
+    """Log the client's work to stderr while the command runs (``-v``: INFO, ``-vv``: DEBUG).
+
+    With ``BANANA_LOG`` set too, the more verbose of the two wins, and its
+    handler is the only one: no line is written twice.
+    """
+    wanted = None if verbosity <= 0 else logging.DEBUG if verbosity > 1 else logging.INFO
+    if wanted is None:
         yield
         return
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     previous = logger.level
-    logger.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
-    logger.addHandler(handler)
+    handler = None
+    if env_handler() is None:
+        handler = StderrHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logger.addHandler(handler)
+    from_env = level_from_env()
+    logger.setLevel(wanted if from_env is None else min(wanted, from_env))
     try:
         yield
     finally:
-        logger.removeHandler(handler)
+        if handler is not None:
+            logger.removeHandler(handler)
         logger.setLevel(previous)
 
 

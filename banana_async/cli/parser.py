@@ -58,7 +58,7 @@ def positive_float(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a number above zero, not {text!r}")
     return value
 
 
@@ -77,11 +77,14 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+def _add_global_options(
+    parser: argparse.ArgumentParser, *, top: bool, base_url: bool = True
+) -> None:
     """Options accepted before the command and, for convenience, after it too.
 
     On the subcommands the defaults are suppressed, so that an option given
     before the command is not overwritten by the subcommand's default.
+    ``base_url=False`` leaves out ``--base-url``, for a command that never uses it.
     """
 
     def default(value: object) -> object:
@@ -94,13 +97,14 @@ def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
         default=default(os.environ.get(DIALECT_ENV) or "nano"),
         help=f"API dialect (default: ${DIALECT_ENV} or nano)",
     )
-    parser.add_argument(
-        "--base-url",
-        metavar="URL",
-        default=default(os.environ.get(BASE_URL_ENV) or None),
-        help=f"one base URL for creates and queries (default: ${BASE_URL_ENV}, "
-        "else the dialect's own hosts)",
-    )
+    if base_url:
+        parser.add_argument(
+            "--base-url",
+            metavar="URL",
+            default=default(os.environ.get(BASE_URL_ENV) or None),
+            help=f"one base URL for creates and queries (default: ${BASE_URL_ENV}, "
+            "else the dialect's own hosts)",
+        )
     parser.add_argument(
         "--json",
         action="store_true",
@@ -119,7 +123,7 @@ def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
         "--verbose",
         action="count",
         default=default(0),
-        help="log what the client does to stderr (-v: INFO, -vv: DEBUG)",
+        help="log what the client does to stderr (-v: INFO, -vv: DEBUG; default: $BANANA_LOG)",
     )
 
 
@@ -195,7 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("prompt", help="what to draw")
     generate.add_argument(
-        "--out", default=".", metavar="DIR", help="directory for the image (default: .)"
+        "--out",
+        default=".",
+        metavar="DIR",
+        help="folder for the image, created if missing (default: .)",
     )
 
     batch = commands.add_parser(
@@ -210,8 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
             "defaults for what a line does not say."
         ),
     )
-    batch.add_argument("file", metavar="FILE", help="the prompts")
-    batch.add_argument("--out", required=True, metavar="DIR", help="directory for the images")
+    batch.add_argument("file", metavar="FILE", help="the prompts; - reads standard input")
+    batch.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder for the images and manifest.jsonl (created if missing)",
+    )
     batch.add_argument(
         "--concurrency",
         type=positive_int,
@@ -231,10 +243,17 @@ def build_parser() -> argparse.ArgumentParser:
         "when an earlier run stopped (they may be billed twice)",
     )
     batch.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="with --journal: create again the inputs whose task failed in an "
+        "earlier run (a new task each, billed anew)",
+    )
+    batch.add_argument(
         "--requests-per-second",
         type=positive_float,
         metavar="R",
-        help="hard cap on all requests to the API (the provider's limit is learned anyway)",
+        help="hard cap on all requests to the API, in requests per second "
+        "(the provider's limit is learned anyway)",
     )
     batch.add_argument(
         "--format",
@@ -248,9 +267,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("task_id", metavar="ID", help="the task id")
 
+    download = commands.add_parser(
+        "download",
+        parents=[common],
+        help="save the images of finished tasks",
+        description=(
+            "Save the image of each task that has completed, for example one a "
+            "timed-out or interrupted run left behind. Image URLs expire after "
+            "about a day."
+        ),
+    )
+    download.add_argument("task_ids", metavar="ID", nargs="+", help="task ids")
+    download.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder for the images (created if missing)",
+    )
+
+    # Commands that never reach the API take no --base-url they would ignore.
+    local = argparse.ArgumentParser(add_help=False)
+    _add_global_options(local, top=False, base_url=False)
+    commands.add_parser(
+        "models",
+        parents=[local],
+        help="list the models the dialect accepts",
+        description=(
+            "List the model names the dialect documents, with the resolutions each "
+            "honours. Other names are refused unless --allow-unknown-models is given."
+        ),
+    )
+
     demo = commands.add_parser(
         "demo",
-        parents=[common, _request_options(poll_default=DEMO_POLL_INTERVAL)],
+        parents=[local, _request_options(poll_default=DEMO_POLL_INTERVAL)],
         help="run a batch against a built-in fake provider (no key, no network)",
         description=(
             "Start a fake provider on this machine and generate a batch of example "

@@ -651,13 +651,14 @@ class Journal:
         return self._record(index, self._op_note_error(index, error))
 
     def mark_resend(self, index: int) -> None:
-        """Forget a ``SENDING`` or ``UNCONFIRMED`` entry so that it is created again.
+        """Forget a ``SENDING``, ``UNCONFIRMED`` or ``FAILED`` entry so that it is created again.
 
         The provider may already have created (and billed) a task for it:
-        call this only when the user asked to resend unconfirmed creates.
+        call this only when the user asked to resend unconfirmed creates, or
+        to retry failed tasks.
 
         Raises:
-            ValueError: The entry is not ``SENDING`` or ``UNCONFIRMED``.
+            ValueError: The entry is not ``SENDING``, ``UNCONFIRMED`` or ``FAILED``.
             sqlite3.Error: The write failed (a full disk, an I/O error) and
                 changed nothing; see :class:`~banana_async.Journal`.
         """

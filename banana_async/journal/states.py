@@ -8,7 +8,7 @@ table, through :func:`resume_step`. Nothing else interprets the states.
 The life of an entry::
 
     (none) ──> SENDING ──> CREATED ──> COMPLETED (──> image path recorded)
-      │          │  │          └─────> FAILED
+      │          │  │          └─────> FAILED ──> (none)   retry, on request only
       │          │  └─> UNCONFIRMED ──> (none)   resend, on request only
       └──> ERROR <┘      (and SENDING ──> (none), resend too)
             └──> SENDING   created again: nothing was created for it
@@ -105,7 +105,8 @@ _TABLE: Final[Mapping[EntryState | None, tuple[frozenset[EntryState | None], Res
         ResumeStep.POLL,
     ),
     EntryState.COMPLETED: (frozenset({EntryState.COMPLETED}), ResumeStep.REPORT),
-    EntryState.FAILED: (frozenset({EntryState.FAILED}), ResumeStep.REPORT),
+    # Forgotten when the user asks to retry failed tasks: a new task, billed anew.
+    EntryState.FAILED: (frozenset({EntryState.FAILED, None}), ResumeStep.REPORT),
     EntryState.ERROR: (frozenset({EntryState.SENDING, EntryState.ERROR}), ResumeStep.CREATE),
     EntryState.UNCONFIRMED: (frozenset({None}), ResumeStep.UNCONFIRMED),
 }

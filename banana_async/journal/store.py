@@ -115,7 +115,7 @@ class JournalStore(Protocol):
         ...
 
     async def mark_resend(self, index: int) -> None:
-        """Forget a ``SENDING`` or ``UNCONFIRMED`` entry so that it is created again."""
+        """Forget a ``SENDING``, ``UNCONFIRMED`` or ``FAILED`` entry so that it is created again."""
         ...
 
     async def aclose(self) -> None:

@@ -26,6 +26,8 @@ COMMANDS: Final[Mapping[str, str]] = MappingProxyType(
         "generate": "banana_async.cli.commands.generate",
         "batch": "banana_async.cli.commands.batch",
         "status": "banana_async.cli.commands.status",
+        "download": "banana_async.cli.commands.download",
+        "models": "banana_async.cli.commands.models",
         "demo": "banana_async.cli.commands.demo",
     }
 )

@@ -1,66 +1,159 @@
-"""``banana-async batch FILE --out DIR``: an image for every input of a prompt file."""
+"""``banana-async batch FILE --out DIR``: an image for every input of a prompt file.
+
+Everything that could make a paid task useless is checked before the first
+create: the input file, the options, the output folder (it must be a folder
+that can be written in) and the journal (it is opened, and locked, first).
+Each outcome is written to ``manifest.jsonl`` in the output folder as it
+comes, so which image belongs to which prompt is known without stdout.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import sys
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from banana_async.cli.common import (
     RunState,
     api_client,
     check_defaults,
     consume,
+    later_hint,
+    prepare_out,
     request_defaults,
 )
 from banana_async.cli.exit_codes import ExitCode
-from banana_async.cli.output import Shown, emit, error_of, prompt_of, to_stderr
+from banana_async.cli.output import Shown, emit, error_of, json_line, prompt_of, to_stderr
 from banana_async.cli.progress import PROGRESS_INTERVAL, Progress, Stats, duration
 from banana_async.cli.prompt_file import PromptFile, scan
-from banana_async.errors import InvalidRequestError
+from banana_async.errors import InvalidRequestError, JournalError, TaskTimeoutError
+from banana_async.journal import SQLiteStore
 
 if TYPE_CHECKING:
+    from banana_async.client import BananaClient
     from banana_async.models import Outcome
 
-__all__ = ["run"]
+__all__ = ["MANIFEST", "STDIN", "manifest_record", "run"]
+
+MANIFEST: Final = "manifest.jsonl"
+"""The file in ``--out`` that gets one JSON line per outcome (appended, run after run)."""
+
+STDIN: Final = "-"
+"""The FILE that means standard input."""
+
+# How many task ids the "save them later" hint spells out before "...".
+_HINT_IDS: Final = 10
+
+
+def manifest_record(shown: Shown) -> dict[str, Any]:
+    """One outcome as a line of the manifest: index, line, prompt, task, status, file."""
+    outcome = shown.outcome
+    task = outcome.task
+    return {
+        "index": outcome.index,
+        "line": shown.line,
+        "prompt": shown.prompt,
+        "task_id": task.id if task is not None else None,
+        "status": task.status.value if task is not None else None,
+        "file": str(outcome.path) if outcome.path is not None else None,
+        "ok": outcome.ok,
+        "error": shown.error,
+        "from_journal": outcome.from_journal,
+    }
+
+
+async def _check_input(args: argparse.Namespace) -> Path | None:
+    """FILE as a path, or None for standard input.
+
+    Raises:
+        InvalidRequestError: FILE is missing or is a folder.
+    """
+    if args.file == STDIN:
+        return None
+    path = Path(args.file)
+    if await asyncio.to_thread(path.is_dir):
+        raise InvalidRequestError(f"cannot read {path}: it is a folder, not a prompt file")
+    if not await asyncio.to_thread(path.is_file):
+        raise InvalidRequestError(f"cannot read {path}: no such file")
+    return path
+
+
+def _journal_problem(journal: Path) -> str | None:
+    """What makes ``--journal`` unusable before SQLite is even asked, or None."""
+    if journal.is_dir():
+        return f"--journal {journal} is a folder, not a journal file"
+    parent = journal.parent
+    if not parent.is_dir():
+        return f"--journal {journal}: the folder {parent} does not exist"
+    return None
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    # Without a journal nothing is known to be unconfirmed or failed: the
+    # flag would do nothing, and silence would suggest it did.
+    for flag, given in (
+        ("--resend-unconfirmed", args.resend_unconfirmed),
+        ("--retry-failed", args.retry_failed),
+    ):
+        if given and args.journal is None:
+            raise InvalidRequestError(f"{flag} needs --journal")
 
 
 async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
     """Run the batch; exit 1 if any input failed.
 
     Raises:
-        InvalidRequestError: FILE is missing, or the options are not valid.
+        InvalidRequestError: FILE is missing, or the options or ``--out`` are not valid.
+        JournalError: the journal cannot be used.
     """
-    if args.resend_unconfirmed and args.journal is None:
-        # Without a journal nothing is known to be unconfirmed: the flag
-        # would do nothing, and silence would suggest it did.
-        raise InvalidRequestError("--resend-unconfirmed needs --journal")
-    path = Path(args.file)
-    if not await asyncio.to_thread(path.is_file):
-        raise InvalidRequestError(f"cannot read {path}: no such file")
+    _check_flags(args)
+    path = await _check_input(args)
     show_progress = not (args.json or args.quiet)
     defaults = request_defaults(args)
     check_defaults(args, defaults)
+    client = api_client(args, requests_per_second=args.requests_per_second)
+    if args.journal is not None:
+        problem = await asyncio.to_thread(_journal_problem, Path(args.journal))
+        if problem is not None:
+            raise JournalError(problem, path=args.journal)
+    out = await prepare_out(args.out)
     found = None
-    if show_progress or args.format == "auto":
+    if path is not None and (show_progress or args.format == "auto"):
         found = await asyncio.to_thread(scan, path)
-    jsonl = args.format == "jsonl" or (
-        args.format == "auto"
-        and (path.suffix.lower() == ".jsonl" or (found is not None and found.all_objects))
-    )
+    jsonl: bool | None = args.format == "jsonl"
+    if args.format == "auto":
+        if path is None:
+            jsonl = None  # decided by the first input
+        else:
+            jsonl = path.suffix.lower() == ".jsonl" or (found is not None and found.all_objects)
     stats = Stats(total=found.inputs if found else None, concurrency=args.concurrency)
     state.stats = stats
     state.journal = args.journal
+    state.out = args.out
     state.resumable = True
-    prompts = PromptFile(path, jsonl=jsonl, defaults=defaults, stats=stats)
+    prompts = PromptFile(
+        path if path is not None else sys.stdin.buffer,
+        jsonl=jsonl,
+        defaults=defaults,
+        stats=stats,
+    )
+    elsewhere: Counter[Path] = Counter()
+    waiting: list[str] = []
 
     def show(outcome: Outcome) -> Shown:
         line = prompts.lines.pop(outcome.index, None)
         error, error_type = error_of(outcome)
         if line is not None and line.problem is not None:
             error, error_type = line.problem, InvalidRequestError.__name__
+        if outcome.path is not None and outcome.path.parent.resolve() != out.resolve():
+            elsewhere[outcome.path.parent] += 1
+        if isinstance(outcome.error, TaskTimeoutError):
+            waiting.append(outcome.error.task_id)
         return Shown(
             outcome,
             where=f"line {line.number}" if line is not None else f"#{outcome.index}",
@@ -70,26 +163,84 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
             error_type=error_type,
         )
 
-    async with api_client(args, requests_per_second=args.requests_per_second) as client:
-        with contextlib.closing(prompts.inputs()) as inputs:
-            outcomes = client.generate_many(
-                inputs,
-                concurrency=args.concurrency,
-                timeout=args.timeout,
-                poll_interval=args.poll_interval,
-                download_to=args.out,
-                journal=args.journal,
-                resend_unconfirmed=args.resend_unconfirmed,
-                **defaults,
-            )
-            label = f"batch {path.name}"
-            async with Progress(
-                stats, label, enabled=show_progress, interval=PROGRESS_INTERVAL
-            ) as progress:
-                await consume(outcomes, progress, stats, show, lambda s: emit(args, s))
+    label = f"batch {path.name if path is not None else 'stdin'}"
+    async with Progress(
+        stats, label, enabled=show_progress, interval=PROGRESS_INTERVAL
+    ) as progress:
+        await _run_batch(args, state, client, prompts, out, progress, stats, show)
     if show_progress:
+        _summary(args, stats, out, elsewhere)
+    if waiting and not args.json:
+        named = waiting[:_HINT_IDS]
+        more = (
+            f" ({len(waiting) - len(named)} more ids in {out / MANIFEST})"
+            if waiting[_HINT_IDS:]
+            else ""
+        )
         to_stderr(
-            f"{stats.finished} inputs in {duration(stats.elapsed())}: {stats.ok} done, "
-            f"{stats.failed} failed; images in {args.out}"
+            f"{len(waiting)} task(s) did not finish in time{more}; " + later_hint(named, args.out)
         )
     return ExitCode.OK if stats.failed == 0 else ExitCode.FAILED
+
+
+async def _run_batch(  # noqa: PLR0917 - the pieces run() prepared
+    args: argparse.Namespace,
+    state: RunState,
+    client: BananaClient,
+    prompts: PromptFile,
+    out: Path,
+    progress: Progress,
+    stats: Stats,
+    show: Callable[[Outcome], Shown],
+) -> None:
+    """Open the journal, the manifest and the client, in that order, and run the batch."""
+    async with contextlib.AsyncExitStack() as stack:
+        # The journal first: one that cannot be used stops the batch before
+        # the client opens, let alone creates anything.
+        journal = None
+        if args.journal is not None:
+            journal = await stack.enter_async_context(await SQLiteStore.open(args.journal))
+        manifest = await asyncio.to_thread(_open_manifest, out)
+        stack.callback(manifest.close)
+        state.manifest = manifest.name
+
+        def report(shown: Shown) -> None:
+            manifest.write(json_line(manifest_record(shown)) + "\n")
+            manifest.flush()
+            emit(args, shown)
+
+        await stack.enter_async_context(client)
+        inputs = (
+            stack.enter_context(contextlib.closing(prompts.inputs()))
+            if isinstance(prompts.path, Path)
+            else prompts.stream_inputs()
+        )
+        outcomes = client.generate_many(
+            inputs,
+            concurrency=args.concurrency,
+            timeout=args.timeout,
+            poll_interval=args.poll_interval,
+            download_to=out,
+            journal=journal,
+            resend_unconfirmed=args.resend_unconfirmed,
+            retry_failed=args.retry_failed,
+            **request_defaults(args),
+        )
+        await consume(outcomes, progress, stats, show, report)
+
+
+def _open_manifest(out: Path) -> TextIO:
+    return (out / MANIFEST).open("a", encoding="utf-8")
+
+
+def _summary(args: argparse.Namespace, stats: Stats, out: Path, elsewhere: Counter[Path]) -> None:
+    to_stderr(
+        f"{stats.finished} inputs in {duration(stats.elapsed())}: {stats.ok} done, "
+        f"{stats.failed} failed; images in {out}, list in {out / MANIFEST}"
+    )
+    for folder, count in sorted(elsewhere.items()):
+        # A rerun with another --out: what an earlier run saved stays put.
+        to_stderr(
+            f"{count} image(s) saved by an earlier run stay in {folder} "
+            "(nothing was downloaded again)"
+        )

@@ -11,7 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from banana_async.cli.common import RunState, check_defaults, consume, request_defaults
+from banana_async.cli.common import (
+    RunState,
+    check_defaults,
+    consume,
+    prepare_out,
+    request_defaults,
+)
 from banana_async.cli.exit_codes import ExitCode
 from banana_async.cli.output import Shown, emit, error_of, prompt_of, to_stdout
 from banana_async.cli.progress import Progress, Stats, duration
@@ -72,9 +78,9 @@ def _requests(args: argparse.Namespace, count: int) -> list[tuple[GenerationRequ
 async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
     """Run the demo; exit 0 when it went as scripted, 1 otherwise."""
     count: int = args.count
-    out = Path(args.out)
     defaults = request_defaults(args)
     check_defaults(args, defaults)
+    out = await prepare_out(args.out)
     requests = _requests(args, count)
     scripted = {request.prompt for request, fails in requests if fails}
     rng = random.Random()

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from banana_async.cli.common import RunState, api_client, request_defaults
+from banana_async.cli.common import (
+    RunState,
+    api_client,
+    check_defaults,
+    later_hint,
+    prepare_out,
+    request_defaults,
+)
 from banana_async.cli.exit_codes import ExitCode
 from banana_async.cli.output import (
     json_line,
@@ -26,7 +33,12 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
     """Generate one image; exit 1 if the task fails, times out or cannot be downloaded."""
     prompt: str = args.prompt
     defaults = request_defaults(args)
-    async with api_client(args) as client:
+    check_defaults(args, defaults)
+    client = api_client(args)  # no key: a usage error before the folder is made
+    # Before the create: a task whose image cannot be saved is paid for nothing.
+    out = await prepare_out(args.out)
+    state.out = args.out
+    async with client:
         created = await client.create(prompt, **defaults)
         state.task_id = created.id
         if not (args.json or args.quiet):
@@ -38,12 +50,16 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
             return ExitCode.FAILED
         except TaskTimeoutError as exc:
             _report(args, exc.task or created, None, exc)
-            to_stderr(f"check it later with `banana-async status {created.id}`")
+            to_stderr(later_hint([created.id], args.out))
             return ExitCode.FAILED
         try:
-            path = await client.download(task, Path(args.out))
+            path = await client.download(task, out)
         except BananaError as exc:
             _report(args, task, None, exc)
+            to_stderr(
+                f"the task completed; try saving its image again with "
+                f"`banana-async download {task.id} --out {args.out}`"
+            )
             return ExitCode.FAILED
     _report(args, task, path, None)
     return ExitCode.OK
