@@ -70,6 +70,8 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
             error_type=error_type,
         )
 
+    label = f"batch {path.name}"
+    progress = Progress(stats, label, enabled=show_progress, interval=PROGRESS_INTERVAL)
     async with api_client(args, requests_per_second=args.requests_per_second) as client:
         with contextlib.closing(prompts.inputs()) as inputs:
             outcomes = client.generate_many(
@@ -80,12 +82,10 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
                 download_to=args.out,
                 journal=args.journal,
                 resend_unconfirmed=args.resend_unconfirmed,
+                on_status=progress.on_status,
                 **defaults,
             )
-            label = f"batch {path.name}"
-            async with Progress(
-                stats, label, enabled=show_progress, interval=PROGRESS_INTERVAL
-            ) as progress:
+            async with progress:
                 await consume(outcomes, progress, stats, show, lambda s: emit(args, s))
     if show_progress:
         to_stderr(
