@@ -560,8 +560,8 @@ class _Batch:
             self.report_journal_failure()
         emit = self.ops.emit
         if emit is not None and isinstance(created, Task):
-            # After the journal has it: a listener that stores the id never
-            # learns of a task a crash could lose.
+            # Only once the journal has recorded it: a listener may act on
+            # the id (store it, show it) as a task that is safe from a crash.
             await emit(TaskEvent(created, None, index))
         return created
 
