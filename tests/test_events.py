@@ -375,3 +375,25 @@ async def test_a_resumed_batch_reports_changes_from_the_journal_and_no_creation(
     # Outcomes read from the journal: nothing was seen, nothing is reported.
     assert all(outcome.from_journal for outcome in reported)
     assert third == []
+
+
+async def test_a_slow_listener_counts_against_the_deadline_but_never_times_out_a_finished_task(
+    live: FakeBananaServer,
+) -> None:
+    async def slow_at(status: ba.TaskStatus, event: ba.TaskEvent) -> None:
+        if event.task.status is status:
+            await asyncio.sleep(1.5)
+
+    async with live_client(live) as client:
+        # Slow on "completed": the task is finished, the deadline no longer matters.
+        live.plan(TaskScript(queries=2))
+        task = await client.generate(
+            "a cat", timeout=1.0, on_status=lambda event: slow_at(C, event)
+        )
+        assert task.ok
+        # Slow on "processing": the wait is still on, and its deadline passes.
+        live.plan(TaskScript(queries=2))
+        with pytest.raises(ba.TaskTimeoutError) as caught:
+            await client.generate("a dog", timeout=1.0, on_status=lambda event: slow_at(P, event))
+        assert caught.value.task is not None
+        assert caught.value.task.status is P
