@@ -54,8 +54,11 @@ class Stats:
         self.expected_failures = 0
         self.resumed = 0
         self.started = time.monotonic()
-        # Tasks created and not seen finished, by input index: their last status.
+        # Tasks created and not seen finished, by input index: their last
+        # status; and how many have each (kept as events come, as a line is
+        # drawn far more often than a batch of thousands could be counted).
         self.statuses: dict[int, TaskStatus] = {}
+        self._counts: Counter[TaskStatus] = Counter()
 
     @property
     def finished(self) -> int:
@@ -67,15 +70,20 @@ class Stats:
         index = event.index
         if index is None:
             return
-        if event.task.done:
-            self.statuses.pop(index, None)
-        else:
+        self._forget(index)
+        if not event.task.done:
             self.statuses[index] = event.task.status
+            self._counts[event.task.status] += 1
+
+    def _forget(self, index: int) -> None:
+        status = self.statuses.pop(index, None)
+        if status is not None:
+            self._counts[status] -= 1
 
     def add(self, outcome: Outcome) -> None:
         """Count one reported outcome."""
         # A task given up on (a timeout) is no longer in flight for us either.
-        self.statuses.pop(outcome.index, None)
+        self._forget(outcome.index)
         if outcome.ok:
             self.ok += 1
         else:
@@ -89,7 +97,7 @@ class Stats:
 
     def in_flight_text(self) -> str:
         """``5 in flight (2 queued, 3 processing)``; no parentheses when none is."""
-        counts = Counter(self.statuses.values())
+        counts = self._counts
         shown = ", ".join(
             f"{counts[status]} {status}"
             for status in (TaskStatus.QUEUED, TaskStatus.PROCESSING, TaskStatus.UNKNOWN)
@@ -231,9 +239,8 @@ class Progress:
             self._bar.update(self._stats)
 
     def on_status(self, event: TaskEvent) -> None:
-        """The batch's ``on_status`` listener: count the event and show it."""
+        """The batch's ``on_status`` listener: count the event (the next redraw shows it)."""
         self._stats.on_status(event)
-        self.update()
 
     async def __aexit__(
         self,
