@@ -53,9 +53,11 @@ from banana_async.models import (
     BatchInput,
     GenerationRequest,
     Model,
+    OnStatus,
     Outcome,
     Resolution,
     Task,
+    TaskEvent,
     TaskStatus,
 )
 from banana_async.sync import SyncBananaClient
@@ -87,6 +89,7 @@ __all__ = [
     "JournalError",
     "Model",
     "NotFoundError",
+    "OnStatus",
     "Outcome",
     "ProviderError",
     "RateLimitError",
@@ -96,6 +99,7 @@ __all__ = [
     "ServerError",
     "SyncBananaClient",
     "Task",
+    "TaskEvent",
     "TaskFailedError",
     "TaskStatus",
     "TaskTimeoutError",

@@ -75,25 +75,45 @@ from banana_async.journal import (
     open_store,
     resume_step,
 )
-from banana_async.models import BatchInput, GenerationRequest, Outcome, Task, request_from
+from banana_async.models import (
+    BatchInput,
+    GenerationRequest,
+    Outcome,
+    Task,
+    TaskEvent,
+    TaskStatus,
+    request_from,
+)
 
 if TYPE_CHECKING:
     from banana_async.journal import JournalEntry
 
-__all__ = ["BatchOperations", "BatchOptions", "Emit", "SendHooks", "run"]
+__all__ = ["BatchOperations", "BatchOptions", "Changed", "Emit", "SendHooks", "changes", "run"]
 
 logger = logging.getLogger("banana_async")
 _T = TypeVar("_T")
 
-Emit = Callable[[Task, int | None], None]
-"""The event hook: called with a task as just seen and its input's index
-(None for a task outside a batch). The engine calls it once a task is
-created and once its wait has seen it completed or failed. It must not
+Emit = Callable[[TaskEvent], Awaitable[None]]
+"""The event hook: awaited with each :class:`~banana_async.TaskEvent` of the batch.
+
+The engine emits a task's creation itself (``previous`` None; never for a
+task created in an earlier, journaled run), and hands each wait a
+:data:`Changed` that emits the status changes the wait sees. It must not
 raise: a hook that runs user code catches and logs what that code raises."""
 
+Changed = Callable[[Task, TaskStatus | None], Awaitable[None]]
+"""What a wait awaits with a task whose status it saw change, and the status before."""
 
-def no_events(task: Task, index: int | None) -> None:
-    """An :data:`Emit` that does nothing: the default until status events exist."""
+
+def changes(emit: Emit | None, index: int | None) -> Changed | None:
+    """The :data:`Changed` of one wait, emitting events with ``index`` (None: no one listens)."""
+    if emit is None:
+        return None
+
+    async def changed(task: Task, previous: TaskStatus | None) -> None:
+        await emit(TaskEvent(task, previous, index))
+
+    return changed
 
 
 @attrs.frozen
@@ -130,8 +150,10 @@ class BatchOperations:
             :class:`SendHooks` (a journaled batch), it tells them of each
             attempt as it goes on the wire and of each to be sent again.
         wait: Poll a created task to a terminal status, given the batch's
-            ``timeout`` and ``poll_interval`` (None: the caller's defaults);
-            raises :class:`~banana_async.TaskFailedError` or
+            ``timeout`` and ``poll_interval`` (None: the caller's defaults),
+            awaiting the :data:`Changed` given (if any) with each status
+            change it sees, the terminal one included; raises
+            :class:`~banana_async.TaskFailedError` or
             :class:`~banana_async.TaskTimeoutError` like
             :meth:`~banana_async.BananaClient.wait`.
         download: Save a completed task's image into a directory.
@@ -139,16 +161,17 @@ class BatchOperations:
             closed under a running batch).
         provider: The dialect's name and the create and query base URLs: a
             journal is bound to them, since task ids mean nothing elsewhere.
-        emit: The event hook (see :data:`Emit`).
+        emit: The event hook (see :data:`Emit`), or None when nobody
+            listens: then no event is even built.
     """
 
     validate: Callable[[GenerationRequest], None]
     create: Callable[[GenerationRequest, float | None, SendHooks | None], Awaitable[Task]]
-    wait: Callable[[Task, float | None, float | None], Awaitable[Task]]
+    wait: Callable[[Task, float | None, float | None, Changed | None], Awaitable[Task]]
     download: Callable[[Task, Path], Awaitable[Path]]
     closed: Callable[[], bool]
     provider: tuple[str, str, str]
-    emit: Emit = no_events
+    emit: Emit | None = None
 
 
 @attrs.frozen
@@ -514,7 +537,7 @@ class _Batch:
                     outcome, record = created, None
                 else:
                     task, recording = created
-                    outcome, record = await self.wait(index, request, task)
+                    outcome, record = await self.wait(index, request, task, recording)
             # The slot is free: the next input's create need not wait for
             # this one's records. The outcome still waits for them, so an
             # outcome the caller sees is in the journal.
@@ -522,8 +545,6 @@ class _Batch:
                 await recording
             if record is not None:
                 await self.jot(record)
-                if outcome.task is not None and outcome.task.status.terminal:
-                    self.ops.emit(outcome.task, index)
             outcome = await self.download(outcome)
         except _JournalBroke:
             return  # reported once, for the whole batch, by report_journal_failure
@@ -580,10 +601,16 @@ class _Batch:
             raise _JournalBroke
         self.creating += 1
         try:
-            return await self.send(index, request)
+            created = await self.send(index, request)
         finally:
             self.creating -= 1
             self.report_journal_failure()
+        emit = self.ops.emit
+        if emit is not None and not isinstance(created, Outcome) and created[1] is None:
+            # Without a journal, at once; with one, record_created tells it
+            # once the journal has the task (see there).
+            await emit(TaskEvent(created[0], None, index))
+        return created
 
     async def send(
         self, index: int, request: GenerationRequest
@@ -627,10 +654,16 @@ class _Batch:
             recording = asyncio.get_running_loop().create_task(
                 self.record_created(index, task), name=f"banana_async-batch-{index}-created"
             )
-        self.ops.emit(task, index)
         return task, recording
 
     async def record_created(self, index: int, task: Task) -> None:
+        """Record a created task, then tell its creation event.
+
+        The event waits for the record: a listener may act on the id (store
+        it, show it) as a task that is safe from a crash. The wait's own
+        events wait for this one (see :meth:`wait`), so each task's events
+        stay in order.
+        """
         try:
             await self.jot(lambda j: j.record_created(index, task))
         except _JournalBroke:
@@ -639,6 +672,9 @@ class _Batch:
         finally:
             self.creating -= 1
             self.report_journal_failure()
+        emit = self.ops.emit
+        if emit is not None:
+            await emit(TaskEvent(task, None, index))
 
     def unexpected(self, exc: Exception, what: str) -> BananaError:
         """One input's failure that nothing foresaw, as its outcome's error.
@@ -677,14 +713,22 @@ class _Batch:
             raise
 
     async def wait(
-        self, index: int, request: GenerationRequest, task: Task
+        self,
+        index: int,
+        request: GenerationRequest,
+        task: Task,
+        recording: asyncio.Task[None] | None,
     ) -> tuple[Outcome, Callable[[JournalStore], Awaitable[None]] | None]:
         """Poll the task to its end: its outcome, and the journal call that records it.
 
         The record is made by :meth:`run`, once the input's slot is free.
+        ``recording`` is the task's ``created`` record on its way: the wait's
+        events come after the creation event it tells.
         """
         try:
-            done = await self.ops.wait(task, self.timeout, self.poll_interval)
+            done = await self.ops.wait(
+                task, self.timeout, self.poll_interval, self.changes(index, recording)
+            )
         except TaskFailedError as exc:
             failed = exc
             return Outcome(index, request, exc.task, error=exc), (
@@ -705,6 +749,23 @@ class _Batch:
                 lambda j: j.note_error(index, error)
             )
         return Outcome(index, request, done), (lambda j: j.record_finished(index, done))
+
+    def changes(self, index: int, recording: asyncio.Task[None] | None) -> Changed | None:
+        """The wait's :data:`Changed`: after ``recording`` (if any), and never for a lost task."""
+        changed = changes(self.ops.emit, index)
+        if changed is None or recording is None:
+            return changed
+        after: Changed = changed
+
+        async def after_record(task: Task, previous: TaskStatus | None) -> None:
+            if not recording.done():
+                await asyncio.wait([recording])
+            # A task the journal failed to record told no creation event
+            # (its id is in the JournalError): it tells no later one either.
+            if not recording.cancelled() and recording.exception() is None:
+                await after(task, previous)
+
+        return after_record
 
     async def download(self, outcome: Outcome) -> Outcome:
         if self.download_to is None or not outcome.ok or outcome.task is None:

@@ -1,7 +1,8 @@
 """Benchmarks of banana_async, each beside a baseline measured in the same run.
 
-Usage: ``python benchmarks/bench.py [--quick] [--part cpu|memory|polling|ratelimit|journal ...]``
-(or ``python3 -m nox -s bench -- --quick``). See ``benchmarks/README.md``.
+Usage: ``python benchmarks/bench.py [--quick] [--part NAME ...]``, NAME one of cpu,
+memory, polling, ratelimit, journal, events (or ``python3 -m nox -s bench -- --quick``).
+See ``benchmarks/README.md``.
 
 Every measurement runs the fake provider (``provider.py``) and the client
 (``workload.py``) in two fresh processes of their own, so neither the
@@ -37,7 +38,7 @@ PROVIDER = HERE / "provider.py"
 WORKLOAD = HERE / "workload.py"
 DEFAULT_OUTPUT = HERE / "results" / "latest.json"
 WORKER_TIMEOUT = 1800.0
-PARTS = ("cpu", "memory", "polling", "ratelimit", "journal")
+PARTS = ("cpu", "memory", "polling", "ratelimit", "journal", "events")
 
 
 @attrs.frozen
@@ -50,6 +51,8 @@ class Sizes:
     cpu_repeats: int
     journal_pairs: int
     """Part e: interleaved pairs (journal, no journal); the ratio is their median."""
+    events_pairs: int
+    """Part f: interleaved pairs (no-op on_status, none); the ratio is their median."""
     cpu_interval: float
     mem_count: int
     mem_connections: int
@@ -79,6 +82,7 @@ FULL = Sizes(
     cpu_concurrency=200,
     cpu_repeats=3,
     journal_pairs=7,
+    events_pairs=7,
     cpu_interval=0.001,
     mem_count=10_000,
     mem_connections=1000,
@@ -107,6 +111,7 @@ QUICK = attrs.evolve(
     cpu_count=400,
     cpu_repeats=1,
     journal_pairs=1,
+    events_pairs=1,
     mem_count=1000,
     mem_connections=200,
     mem_duration=3.0,
@@ -129,6 +134,8 @@ QUICK = attrs.evolve(
 CPU_TARGET = 1.25
 JOURNAL_TARGET = 1.2
 """Part e: a journaled batch at most this many times the same batch without one (issue #8)."""
+EVENTS_TARGET = 1.05
+"""Part f: CPU per task with a no-op on_status at most this many times without one (issue #9)."""
 MEMORY_TARGET = 1.25
 BATCH_QUERIES_TARGET = 2.7
 """Part c: queries per task over the whole batch, first wave included (issue #7)."""
@@ -316,25 +323,31 @@ def bench_cpu(sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
 # -- e. a journaled batch ------------------------------------------------------------
 
 
-def bench_journal(sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
-    """Part a's batch with a journal beside the same batch without one, in the same run."""
-    variants = ["banana-journal", "banana-fixed"]
+def bench_paired(
+    sizes: Sizes, pairs: int, variant: str, name: str, without: str
+) -> tuple[dict[str, dict[str, float]], dict[str, float], dict[str, Any]]:
+    """Part a's batch as ``variant`` beside ``banana-fixed``, in interleaved pairs.
+
+    Returns the medians of each variant (``cpu`` in us per task, ``wall`` in
+    s), the median ratio within each pair (``CPU``, ``wall``) and the details.
+    """
+    variants = [variant, "banana-fixed"]
     cpu: dict[str, list[float]] = {v: [] for v in variants}
     wall: dict[str, list[float]] = {v: [] for v in variants}
     details: dict[str, Any] = {"runs": []}
-    for repeat in range(sizes.journal_pairs):
-        for variant in variants if repeat % 2 == 0 else variants[::-1]:
-            result, _, per_task = cpu_run(sizes, variant)
-            cpu[variant].append(per_task)
-            wall[variant].append(result["wall_s"])
-            details["runs"].append({**result, "variant": variant, "cpu_us_per_task": per_task})
+    for repeat in range(pairs):
+        for run in variants if repeat % 2 == 0 else variants[::-1]:
+            result, _, per_task = cpu_run(sizes, run)
+            cpu[run].append(per_task)
+            wall[run].append(result["wall_s"])
+            details["runs"].append({**result, "variant": run, "cpu_us_per_task": per_task})
             say(
-                f"  journal {repeat + 1}/{sizes.journal_pairs} {variant:14} "
+                f"  {name} {repeat + 1}/{pairs} {run:14} "
                 f"{per_task:8.1f} us/task "
                 f"(wall {result['wall_s']:.2f} s, ok {result['ok']}/{sizes.cpu_count})"
             )
             if result["ok"] != sizes.cpu_count:
-                say(f"  WARNING: {variant} completed {result['ok']} of {sizes.cpu_count} tasks")
+                say(f"  WARNING: {run} completed {result['ok']} of {sizes.cpu_count} tasks")
     cpu_medians = {v: statistics.median(s) for v, s in cpu.items()}
     wall_medians = {v: statistics.median(s) for v, s in wall.items()}
     details["median_cpu_us_per_task"] = cpu_medians
@@ -343,22 +356,29 @@ def bench_journal(sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
     # back to back shares its conditions, where the medians of each variant
     # mix different moments (a "met" by luck, or a miss by it).
     paired_medians: dict[str, float] = {}
-    for name, samples in (("CPU", cpu), ("wall", wall)):
-        pairs = zip(samples["banana-journal"], samples["banana-fixed"], strict=True)
-        paired = [journaled / plain for journaled, plain in pairs]
-        details[f"paired_{name.lower()}_ratios"] = paired
-        paired_medians[name] = statistics.median(paired)
+    for figure, samples in (("CPU", cpu), ("wall", wall)):
+        paired = [a / b for a, b in zip(samples[variant], samples["banana-fixed"], strict=True)]
+        details[f"paired_{figure.lower()}_ratios"] = paired
+        paired_medians[figure] = statistics.median(paired)
         say(
-            f"  journal {name} ratio within each pair: median {paired_medians[name]:.2f}x "
-            f"({', '.join(f'{r:.2f}' for r in paired)})"
+            f"  {name} {figure} ratio within each pair (vs {without}): median "
+            f"{paired_medians[figure]:.2f}x ({', '.join(f'{r:.2f}' for r in paired)})"
         )
+    return {"cpu": cpu_medians, "wall": wall_medians}, paired_medians, details
+
+
+def bench_journal(sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
+    """Part a's batch with a journal beside the same batch without one, in the same run."""
+    medians, paired_medians, details = bench_paired(
+        sizes, sizes.journal_pairs, "banana-journal", "journal", "no journal"
+    )
     target = f"<= {JOURNAL_TARGET:.2f}x"
     rows = []
-    for metric, medians, unit, name in (
-        ("journaled batch: CPU per task", cpu_medians, "us", "CPU"),
-        ("journaled batch: wall time", wall_medians, "s", "wall"),
+    for metric, key, unit, name in (
+        ("journaled batch: CPU per task", "cpu", "us", "CPU"),
+        ("journaled batch: wall time", "wall", "s", "wall"),
     ):
-        journaled, plain = medians["banana-journal"], medians["banana-fixed"]
+        journaled, plain = medians[key]["banana-journal"], medians[key]["banana-fixed"]
         rows.append(Row(f"{metric} (medians)", journaled, plain, "no journal", unit=unit))
         rows.append(
             Row(
@@ -371,6 +391,36 @@ def bench_journal(sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
                 "x",
             )
         )
+    return rows, details
+
+
+# -- f. status events ---------------------------------------------------------------
+
+
+def bench_events(sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
+    """Part a's batch with a no-op on_status beside the same batch without one."""
+    medians, paired_medians, details = bench_paired(
+        sizes, sizes.events_pairs, "banana-events", "events", "no on_status"
+    )
+    with_events, plain = medians["cpu"]["banana-events"], medians["cpu"]["banana-fixed"]
+    rows = [
+        Row(
+            "no-op on_status: CPU per task (medians)",
+            with_events,
+            plain,
+            "no on_status",
+            unit="us",
+        ),
+        Row(
+            "no-op on_status: CPU per task, ratio within each pair (median)",
+            paired_medians["CPU"],
+            1.0,
+            "no on_status, same pair",
+            f"<= {EVENTS_TARGET:.2f}x",
+            paired_medians["CPU"] <= EVENTS_TARGET,
+            "x",
+        ),
+    ]
     return rows, details
 
 
@@ -823,6 +873,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "polling": bench_polling,
         "ratelimit": bench_ratelimit,
         "journal": bench_journal,
+        "events": bench_events,
     }
     titles = {
         "cpu": f"a. CPU per task ({sizes.cpu_count} tasks, concurrency {sizes.cpu_concurrency})",
@@ -839,6 +890,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "journal": (
             f"e. journaled batch ({sizes.cpu_count} tasks answered at once, concurrency "
             f"{sizes.cpu_concurrency}, beside the same batch without a journal)"
+        ),
+        "events": (
+            f"f. status events ({sizes.cpu_count} tasks answered at once, concurrency "
+            f"{sizes.cpu_concurrency}, a no-op on_status beside none)"
         ),
     }
     started = time.time()

@@ -9,6 +9,7 @@ Variants:
 * ``banana``: :meth:`banana_async.BananaClient.generate_many`.
 * ``banana-fixed``: the same with ``adaptive_polling=False``.
 * ``banana-journal``: ``banana-fixed`` with a journal (a new SQLite file per batch).
+* ``banana-events``: ``banana-fixed`` with a no-op ``on_status`` listener on the batch.
 * ``aiohttp``: a plain loop with one :class:`aiohttp.ClientSession`: POST the
   create, then ``asyncio.sleep(interval)`` and GET until the status is
   terminal, ``json.loads`` on every body, a semaphore for the concurrency.
@@ -105,9 +106,12 @@ async def banana_batch(
     concurrency: int,
     seen: Seen | None = None,
     journal: str | None = None,
+    on_status: ba.OnStatus | None = None,
 ) -> int:
     ok = 0
-    async for outcome in client.generate_many(batch, concurrency=concurrency, journal=journal):
+    async for outcome in client.generate_many(
+        batch, concurrency=concurrency, journal=journal, on_status=on_status
+    ):
         if seen is not None and outcome.task is not None:
             seen.append((outcome.index, outcome.task.id, time.monotonic()))
         ok += outcome.ok
@@ -239,6 +243,22 @@ async def run_banana_journal(
             await measure(batch)
 
 
+def ignore(event: ba.TaskEvent) -> None:
+    """A listener that does nothing: what remains is the price of the events themselves."""
+
+
+async def run_banana_events(
+    spec: dict[str, Any], measure: Callable[[Batch], Awaitable[None]]
+) -> None:
+    """``banana-fixed`` with a no-op ``on_status`` listener on every batch."""
+    async with banana_client({**spec, "adaptive": False}) as client:
+
+        async def batch(items: list[str], seen: Seen | None) -> int:
+            return await banana_batch(client, items, spec["concurrency"], seen, on_status=ignore)
+
+        await measure(batch)
+
+
 async def run_banana_fixed(
     spec: dict[str, Any], measure: Callable[[Batch], Awaitable[None]]
 ) -> None:
@@ -249,6 +269,7 @@ RUNNERS = {
     "banana": run_banana,
     "banana-fixed": run_banana_fixed,
     "banana-journal": run_banana_journal,
+    "banana-events": run_banana_events,
     "aiohttp": run_plain_aiohttp,
     "fixed": run_plain_aiohttp,
     "httpx": run_plain_httpx,

@@ -1,4 +1,9 @@
-"""A running batch's counts and their display on stderr: a rich bar or plain lines."""
+"""A running batch's counts and their display on stderr: a rich bar or plain lines.
+
+The counts of finished inputs come from the outcomes; where the tasks in
+flight stand (queued, processing) comes from the client's status events
+(``on_status=``), the same mechanism a user of the library would use.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,15 @@ import asyncio
 import contextlib
 import sys
 import time
+from collections import Counter
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Final, Self
 
 from banana_async.cli.output import to_stderr
+from banana_async.models import TaskStatus
 
 if TYPE_CHECKING:
-    from banana_async.models import Outcome
+    from banana_async.models import Outcome, TaskEvent
 
 __all__ = ["PROGRESS_INTERVAL", "RICH_REFRESH", "Progress", "RichBar", "Stats", "duration"]
 
@@ -47,14 +54,36 @@ class Stats:
         self.expected_failures = 0
         self.resumed = 0
         self.started = time.monotonic()
+        # Tasks created and not seen finished, by input index: their last
+        # status; and how many have each (kept as events come, as a line is
+        # drawn far more often than a batch of thousands could be counted).
+        self.statuses: dict[int, TaskStatus] = {}
+        self._counts: Counter[TaskStatus] = Counter()
 
     @property
     def finished(self) -> int:
         """Inputs reported, successful or not."""
         return self.ok + self.failed
 
+    def on_status(self, event: TaskEvent) -> None:
+        """Follow a task of the batch: the ``on_status`` listener of ``generate_many``."""
+        index = event.index
+        if index is None:
+            return
+        self._forget(index)
+        if not event.task.done:
+            self.statuses[index] = event.task.status
+            self._counts[event.task.status] += 1
+
+    def _forget(self, index: int) -> None:
+        status = self.statuses.pop(index, None)
+        if status is not None:
+            self._counts[status] -= 1
+
     def add(self, outcome: Outcome) -> None:
         """Count one reported outcome."""
+        # A task given up on (a timeout) is no longer in flight for us either.
+        self._forget(outcome.index)
         if outcome.ok:
             self.ok += 1
         else:
@@ -63,10 +92,18 @@ class Stats:
             self.resumed += 1
 
     def in_flight(self) -> int:
-        """Inputs read and not yet reported, at most ``concurrency``."""
-        # Inputs read but not finished; generate_many reads a little ahead of
-        # what it has in flight, never more than `concurrency` at the provider.
-        return max(0, min(self.read - self.finished, self.concurrency))
+        """Tasks created at the provider and not yet finished, from the status events."""
+        return len(self.statuses)
+
+    def in_flight_text(self) -> str:
+        """``5 in flight (2 queued, 3 processing)``; no parentheses when none is."""
+        counts = self._counts
+        shown = ", ".join(
+            f"{counts[status]} {status}"
+            for status in (TaskStatus.QUEUED, TaskStatus.PROCESSING, TaskStatus.UNKNOWN)
+            if counts[status]
+        )
+        return f"{self.in_flight()} in flight" + (f" ({shown})" if shown else "")
 
     def elapsed(self) -> float:
         """Seconds since the batch started."""
@@ -88,7 +125,7 @@ class Stats:
         parts = [
             f"{self.ok} done",
             f"{self.failed} failed",
-            f"{self.in_flight()} in flight",
+            self.in_flight_text(),
             f"{self.rate():.1f}/s",
             f"ETA {self.eta()}",
         ]
@@ -200,6 +237,10 @@ class Progress:
         """Note a finished input (the plain lines only come every ``interval``)."""
         if self._bar is not None:
             self._bar.update(self._stats)
+
+    def on_status(self, event: TaskEvent) -> None:
+        """The batch's ``on_status`` listener: count the event (the next redraw shows it)."""
+        self._stats.on_status(event)
 
     async def __aexit__(
         self,

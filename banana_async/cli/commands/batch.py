@@ -224,6 +224,7 @@ async def _run_batch(  # noqa: PLR0917 - the pieces run() prepared
             journal=journal,
             resend_unconfirmed=args.resend_unconfirmed,
             retry_failed=args.retry_failed,
+            on_status=progress.on_status,
             **request_defaults(args),
         )
         await consume(outcomes, progress, stats, show, report)

@@ -133,13 +133,15 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
             poll_interval=args.poll_interval,
             allow_unknown_models=args.allow_unknown_models,
         ) as client:
+            progress = Progress(stats, "demo", enabled=human, interval=1.0)
             outcomes = client.generate_many(
                 inputs(),
                 concurrency=count,
                 timeout=args.timeout,
                 download_to=out,
+                on_status=progress.on_status,
             )
-            async with Progress(stats, "demo", enabled=human, interval=1.0) as progress:
+            async with progress:
                 await consume(outcomes, progress, stats, show, lambda s: emit(args, s))
     return _summary(args, stats, out, scripted_count=len(scripted))
 

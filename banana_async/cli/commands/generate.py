@@ -24,7 +24,7 @@ from banana_async.cli.output import (
     to_stdout,
 )
 from banana_async.errors import BananaError, TaskFailedError, TaskTimeoutError
-from banana_async.models import Task
+from banana_async.models import Task, TaskEvent
 
 __all__ = ["run"]
 
@@ -41,10 +41,13 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
     async with client:
         created = await client.create(prompt, **defaults)
         state.task_id = created.id
-        if not (args.json or args.quiet):
+        human = not (args.json or args.quiet)
+        if human:
             to_stderr(f"created task {created.id}; waiting for it to finish...")
         try:
-            task = await client.wait(created, timeout=args.timeout)
+            task = await client.wait(
+                created, timeout=args.timeout, on_status=_show_status if human else None
+            )
         except TaskFailedError as exc:
             _report(args, exc.task, None, exc)
             return ExitCode.FAILED
@@ -63,6 +66,11 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
             return ExitCode.FAILED
     _report(args, task, path, None)
     return ExitCode.OK
+
+
+def _show_status(event: TaskEvent) -> None:
+    """Say on standard error where the task stands, once per change of its status."""
+    to_stderr(f"task {event.task.id}: {event.task.status}")
 
 
 def _report(
