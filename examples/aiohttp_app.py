@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -69,17 +70,18 @@ async def image_png(request: web.Request) -> web.Response:
         return web.Response(body=await response.read(), content_type="image/png")
 
 
-def make_app() -> web.Application:
+def make_app(**client_options: Any) -> web.Application:
+    """The application; ``client_options`` go to the BananaClient (tests pass their own)."""
+    options: dict[str, Any] = {
+        "dialect": os.environ.get("BANANA_DIALECT", "nano"),
+        # None (unset) means the dialect's own API hosts.
+        "base_url": os.environ.get("BANANA_BASE_URL"),
+        **client_options,
+    }
     app = web.Application()
     # The session's context first: the client opens after it and closes before it.
     app.cleanup_ctx.append(http_session)
-    banana_web.setup(
-        app,
-        session=HTTP,
-        dialect=os.environ.get("BANANA_DIALECT", "nano"),
-        # None (unset) means the dialect's own API hosts.
-        base_url=os.environ.get("BANANA_BASE_URL"),
-    )
+    banana_web.setup(app, session=HTTP, **options)
     app.router.add_post("/images", generate_image)
     app.router.add_get("/images/{task_id}.png", image_png)
     return app

@@ -14,6 +14,7 @@ for that reseller). ``uvicorn fastapi_app:app --app-dir examples`` serves it too
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException
 from pydantic import BaseModel
@@ -68,14 +69,15 @@ async def image_status(task_id: str, client: BananaClientDep) -> ImageResult:
         raise HTTPException(status_code=502, detail=str(exc)) from exc
 
 
-def make_app() -> FastAPI:
-    app = FastAPI(
-        lifespan=lifespan(
-            dialect=os.environ.get("BANANA_DIALECT", "nano"),
-            # None (unset) means the dialect's own API hosts.
-            base_url=os.environ.get("BANANA_BASE_URL"),
-        )
-    )
+def make_app(**client_options: Any) -> FastAPI:
+    """The application; ``client_options`` go to the BananaClient (tests pass their own)."""
+    options: dict[str, Any] = {
+        "dialect": os.environ.get("BANANA_DIALECT", "nano"),
+        # None (unset) means the dialect's own API hosts.
+        "base_url": os.environ.get("BANANA_BASE_URL"),
+        **client_options,
+    }
+    app = FastAPI(lifespan=lifespan(**options))
     app.include_router(router)
     return app
 
