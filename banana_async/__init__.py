@@ -49,9 +49,11 @@ from banana_async.models import (
     BatchInput,
     GenerationRequest,
     Model,
+    OnStatus,
     Outcome,
     Resolution,
     Task,
+    TaskEvent,
     TaskStatus,
 )
 
@@ -79,6 +81,7 @@ __all__ = [
     "JournalError",
     "Model",
     "NotFoundError",
+    "OnStatus",
     "Outcome",
     "ProviderError",
     "RateLimitError",
@@ -87,6 +90,7 @@ __all__ = [
     "ResponseValidationError",
     "ServerError",
     "Task",
+    "TaskEvent",
     "TaskFailedError",
     "TaskStatus",
     "TaskTimeoutError",

@@ -75,25 +75,45 @@ from banana_async.journal import (
     open_store,
     resume_step,
 )
-from banana_async.models import BatchInput, GenerationRequest, Outcome, Task, request_from
+from banana_async.models import (
+    BatchInput,
+    GenerationRequest,
+    Outcome,
+    Task,
+    TaskEvent,
+    TaskStatus,
+    request_from,
+)
 
 if TYPE_CHECKING:
     from banana_async.journal import JournalEntry
 
-__all__ = ["BatchOperations", "BatchOptions", "Emit", "SendHooks", "run"]
+__all__ = ["BatchOperations", "BatchOptions", "Changed", "Emit", "SendHooks", "changes", "run"]
 
 logger = logging.getLogger("banana_async")
 _T = TypeVar("_T")
 
-Emit = Callable[[Task, int | None], None]
-"""The event hook: called with a task as just seen and its input's index
-(None for a task outside a batch). The engine calls it once a task is
-created and once its wait has seen it completed or failed. It must not
+Emit = Callable[[TaskEvent], Awaitable[None]]
+"""The event hook: awaited with each :class:`~banana_async.TaskEvent` of the batch.
+
+The engine emits a task's creation itself (``previous`` None; never for a
+task created in an earlier, journaled run), and hands each wait a
+:data:`Changed` that emits the status changes the wait sees. It must not
 raise: a hook that runs user code catches and logs what that code raises."""
 
+Changed = Callable[[Task, TaskStatus | None], Awaitable[None]]
+"""What a wait awaits with a task whose status it saw change, and the status before."""
 
-def no_events(task: Task, index: int | None) -> None:
-    """An :data:`Emit` that does nothing: the default until status events exist."""
+
+def changes(emit: Emit | None, index: int | None) -> Changed | None:
+    """The :data:`Changed` of one wait, emitting events with ``index`` (None: no one listens)."""
+    if emit is None:
+        return None
+
+    async def changed(task: Task, previous: TaskStatus | None) -> None:
+        await emit(TaskEvent(task, previous, index))
+
+    return changed
 
 
 @attrs.frozen
@@ -130,8 +150,10 @@ class BatchOperations:
             :class:`SendHooks` (a journaled batch), it tells them of each
             attempt as it goes on the wire and of each to be sent again.
         wait: Poll a created task to a terminal status, given the batch's
-            ``timeout`` and ``poll_interval`` (None: the caller's defaults);
-            raises :class:`~banana_async.TaskFailedError` or
+            ``timeout`` and ``poll_interval`` (None: the caller's defaults),
+            awaiting the :data:`Changed` given (if any) with each status
+            change it sees, the terminal one included; raises
+            :class:`~banana_async.TaskFailedError` or
             :class:`~banana_async.TaskTimeoutError` like
             :meth:`~banana_async.BananaClient.wait`.
         download: Save a completed task's image into a directory.
@@ -139,16 +161,17 @@ class BatchOperations:
             closed under a running batch).
         provider: The dialect's name and the create and query base URLs: a
             journal is bound to them, since task ids mean nothing elsewhere.
-        emit: The event hook (see :data:`Emit`).
+        emit: The event hook (see :data:`Emit`), or None when nobody
+            listens: then no event is even built.
     """
 
     validate: Callable[[GenerationRequest], None]
     create: Callable[[GenerationRequest, float | None, SendHooks | None], Awaitable[Task]]
-    wait: Callable[[Task, float | None, float | None], Awaitable[Task]]
+    wait: Callable[[Task, float | None, float | None, Changed | None], Awaitable[Task]]
     download: Callable[[Task, Path], Awaitable[Path]]
     closed: Callable[[], bool]
     provider: tuple[str, str, str]
-    emit: Emit = no_events
+    emit: Emit | None = None
 
 
 @attrs.frozen
@@ -531,10 +554,16 @@ class _Batch:
             raise _JournalBroke
         self.creating += 1
         try:
-            return await self.send(index, request)
+            created = await self.send(index, request)
         finally:
             self.creating -= 1
             self.report_journal_failure()
+        emit = self.ops.emit
+        if emit is not None and isinstance(created, Task):
+            # After the journal has it: a listener that stores the id never
+            # learns of a task a crash could lose.
+            await emit(TaskEvent(created, None, index))
+        return created
 
     async def send(self, index: int, request: GenerationRequest) -> Task | Outcome:
         """Send one create and record what came of it."""
@@ -566,7 +595,6 @@ class _Batch:
         except _JournalBroke:
             self.lost_id(index, task.id)
             raise
-        self.ops.emit(task, index)
         return task
 
     def unexpected(self, exc: Exception, what: str) -> BananaError:
@@ -607,11 +635,12 @@ class _Batch:
 
     async def wait(self, index: int, request: GenerationRequest, task: Task) -> Outcome:
         try:
-            done = await self.ops.wait(task, self.timeout, self.poll_interval)
+            done = await self.ops.wait(
+                task, self.timeout, self.poll_interval, changes(self.ops.emit, index)
+            )
         except TaskFailedError as exc:
             failed = exc
             await self.jot(lambda j: j.record_finished(index, failed.task))
-            self.ops.emit(exc.task, index)
             return Outcome(index, request, exc.task, error=exc)
         except TaskTimeoutError as exc:
             # Still CREATED in the journal: a resumed run polls it again.
@@ -627,7 +656,6 @@ class _Batch:
             await self.jot(lambda j: j.note_error(index, error))
             return Outcome(index, request, task, error=error)
         await self.jot(lambda j: j.record_finished(index, done))
-        self.ops.emit(done, index)
         return Outcome(index, request, done)
 
     async def download(self, outcome: Outcome) -> Outcome:

@@ -8,10 +8,12 @@ out), and :mod:`banana_async._transport` is the only code that touches aiohttp.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 import logging
 import os
 import random
+import traceback
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -59,9 +61,11 @@ from banana_async.models import (
     AspectRatio,
     BatchInput,
     GenerationRequest,
+    OnStatus,
     Outcome,
     Resolution,
     Task,
+    TaskEvent,
     TaskStatus,
     request_from,
 )
@@ -192,6 +196,12 @@ class BananaClient:
             completion. When False, every poll comes ``poll_interval`` (plus
             jitter) after the previous one, starting at the create.
         clock: Where time is read and sleeping happens; tests inject a fake one.
+        on_status: Called with a :class:`~banana_async.TaskEvent` when any
+            task of this client is created (by :meth:`create`,
+            :meth:`generate` or :meth:`generate_many`) and whenever a wait
+            sees a task's status change. A plain function or an async one
+            (awaited before the client goes on); what it raises is logged
+            and ignored. See :meth:`wait`.
 
     Whatever the limit, a 429 pauses every request of the client for as long
     as the provider asks (``Retry-After``, capped), not just the one that saw it.
@@ -218,6 +228,7 @@ class BananaClient:
         adaptive_polling: bool = True,
         clock: Clock | None = None,
         rate_limiter: RateLimiter | None = None,
+        on_status: OnStatus | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         if isinstance(key, str) and not key.strip():
@@ -265,6 +276,7 @@ class BananaClient:
         # first poll for tasks this client created.
         self._created: dict[str, tuple[DurationKey, float]] = {}
         self._limiter = _make_limiter(requests_per_second, rate_limiter, self._clock)
+        self._on_status = _check_on_status(on_status)
         # Requests in flight at once, sized to the session's connection pool
         # (set on entry): a request waits here, untimed, rather than in the
         # pool, where the wait would count against connect_timeout and fail
@@ -625,7 +637,11 @@ class BananaClient:
             ProviderError: the provider answered with an error body.
             ResponseValidationError: the answer was not a task.
         """
-        return await self._create(self._prepare(prompt, model, resolution, size, image_urls))
+        task = await self._create(self._prepare(prompt, model, resolution, size, image_urls))
+        emit = self._emitter(None)
+        if emit is not None:
+            await emit(TaskEvent(task))
+        return task
 
     async def _create(
         self,
@@ -695,6 +711,7 @@ class BananaClient:
         *,
         timeout: float | None = None,
         poll_interval: float | None = None,
+        on_status: OnStatus | None = None,
     ) -> Task:
         """Poll a task until it completes, and return it.
 
@@ -702,25 +719,83 @@ class BananaClient:
         (connection errors, timeouts, 408/429/5xx, unreadable bodies) only delay
         the next poll; one deadline covers every poll and retry.
 
+        Status events: each time a poll answers with a status other than the
+        one seen before (the given task's, or none for a bare id), the
+        client's ``on_status`` and then this call's are called with a
+        :class:`~banana_async.TaskEvent`, the terminal status included, in
+        the order seen; polls that bring no change call nothing. An async
+        callback is awaited before polling goes on, so its time counts
+        against the deadline: keep it short (hand the event to a queue). A
+        callback that raises is logged at WARNING on the ``banana_async``
+        logger and ignored; the wait goes on.
+
         Args:
             task: A task (a terminal one returns at once) or a task id (polled
                 at once).
             timeout: Seconds until :class:`~banana_async.TaskTimeoutError`;
                 default the client's ``wait_timeout``; ``math.inf`` for none.
             poll_interval: Minimum seconds between polls; default the client's.
+            on_status: Called with each status change of this wait (after
+                the client's own ``on_status``).
 
         Raises:
             TaskFailedError: the task failed.
             TaskTimeoutError: the deadline passed; carries the last task seen.
             BananaError: a failure that polling again cannot fix (401, 404, ...).
+            InvalidRequestError: ``on_status`` is not callable (at once).
         """
+        changed = _batch.changes(self._emitter(on_status), None)
+        return await self._wait_for(task, timeout, poll_interval, changed)
+
+    def _wait_for(
+        self,
+        task: str | Task,
+        timeout: float | None,
+        poll_interval: float | None,
+        changed: _batch.Changed | None,
+    ) -> Awaitable[Task]:
+        """Check the options and start a wait (the batch engine's ``wait``)."""
         interval = self._poll_interval if poll_interval is None else check_interval(poll_interval)
         limit, deadline = self._deadline(timeout)
-        return await self._wait(task, interval=interval, limit=limit, deadline=deadline)
+        return self._wait(task, interval=interval, limit=limit, deadline=deadline, changed=changed)
 
     async def _wait(
-        self, task: str | Task, *, interval: float, limit: float | None, deadline: float | None
+        self,
+        task: str | Task,
+        *,
+        interval: float,
+        limit: float | None,
+        deadline: float | None,
+        changed: _batch.Changed | None = None,
     ) -> Task:
+        """Poll ``task`` to a terminal status, reporting each change to ``changed``.
+
+        Raises:
+            TaskFailedError: the task failed (after its change was reported).
+        """
+        changes = None if changed is None else _Changes(changed, task)
+        last = await self._poll(
+            task, interval=interval, limit=limit, deadline=deadline, changes=changes
+        )
+        if changes is not None:
+            # Outside the deadline's timer: a slow listener cannot turn a
+            # finished task into a timeout.
+            await changes.saw(last)
+        return self._finished(last)
+
+    async def _poll(
+        self,
+        task: str | Task,
+        *,
+        interval: float,
+        limit: float | None,
+        deadline: float | None,
+        changes: _Changes | None,
+    ) -> Task:
+        """Poll ``task`` until it is terminal and return it as last seen.
+
+        ``changes`` hears of each status change before the terminal one.
+        """
         clock = self._clock
         policy = self._policy
         last = task if isinstance(task, Task) else None
@@ -729,7 +804,7 @@ class BananaClient:
         parse = self._parser_for(task_id)
         self._session_for_call()  # fail fast on a client that is not open
         if last is not None and last.done:
-            return self._finished(last)
+            return last
         context = self._created.get(task_id)
         scout: Scout | None = None
         last_pending: float | None = None
@@ -759,6 +834,8 @@ class BananaClient:
                     failures = 0
                     if last.done:
                         break
+                    if changes is not None:
+                        await changes.saw(last)
                     delay = policy.poll_delay(interval)
                     if context is not None:
                         last_pending = clock.time() - context[1]
@@ -780,7 +857,7 @@ class BananaClient:
         finally:
             if scout is not None:
                 scout.leave()  # however the wait ended: its place goes to another task
-        return self._finished(last)
+        return last
 
     async def _sleep_before_poll(
         self,
@@ -892,18 +969,32 @@ class BananaClient:
         image_urls: Sequence[str] | None = None,
         timeout: float | None = None,
         poll_interval: float | None = None,
+        on_status: OnStatus | None = None,
     ) -> Task:
         """Create a task and wait for it: :meth:`create` then :meth:`wait`.
 
         The deadline counts from the call and covers the create too; if it
         passes, :class:`~banana_async.TaskTimeoutError` carries the created
         task so its id is never lost.
+
+        ``on_status`` (after the client's own) is called with the task's
+        creation (``previous`` None), then with each status change, as in
+        :meth:`wait`.
         """
+        emit = self._emitter(on_status)
         interval = self._poll_interval if poll_interval is None else check_interval(poll_interval)
         limit, deadline = self._deadline(timeout)
         request = self._prepare(prompt, model, resolution, size, image_urls)
         created = await self._create(request, deadline=deadline, patient=True)
-        return await self._wait(created, interval=interval, limit=limit, deadline=deadline)
+        if emit is not None:
+            await emit(TaskEvent(created))
+        return await self._wait(
+            created,
+            interval=interval,
+            limit=limit,
+            deadline=deadline,
+            changed=_batch.changes(emit, None),
+        )
 
     async def download(
         self,
@@ -959,6 +1050,7 @@ class BananaClient:
         resolution: Resolution | str | None = None,
         size: AspectRatio | str | None = None,
         image_urls: Sequence[str] | None = None,
+        on_status: OnStatus | None = None,
     ) -> AsyncGenerator[Outcome, None]:
         """Generate an image for each input; yield an :class:`Outcome` per input.
 
@@ -990,6 +1082,12 @@ class BananaClient:
             resolution: Resolution for plain-string prompts.
             size: Aspect ratio for plain-string prompts.
             image_urls: Reference images for plain-string prompts.
+            on_status: Called (after the client's own ``on_status``) with a
+                :class:`~banana_async.TaskEvent` whose ``index`` is the
+                input's: once when its task is created, then at each status
+                change its wait sees (see :meth:`wait`). A task created in an
+                earlier run of a journaled batch has no creation event; its
+                changes count from the status the journal recorded.
 
         Raises:
             InvalidRequestError: bad arguments (at once).
@@ -999,6 +1097,7 @@ class BananaClient:
                 the batch ran.
         """
         self._session_for_call()
+        emit = self._emitter(on_status)
         options = _batch.BatchOptions(
             concurrency=concurrency,
             timeout=timeout,
@@ -1013,9 +1112,9 @@ class BananaClient:
             journal=journal,
             resend_unconfirmed=resend_unconfirmed,
         )
-        return _batch.run(self._batch_operations(), inputs, options)
+        return _batch.run(self._batch_operations(emit), inputs, options)
 
-    def _batch_operations(self) -> _batch.BatchOperations:
+    def _batch_operations(self, emit: _batch.Emit | None = None) -> _batch.BatchOperations:
         """What the batch engine may do with this client, and nothing more."""
 
         def create(
@@ -1026,17 +1125,79 @@ class BananaClient:
             deadline = self._deadline(timeout)[1]
             return self._create(request, deadline=deadline, patient=True, hooks=hooks)
 
-        def wait(task: Task, timeout: float | None, poll_interval: float | None) -> Awaitable[Task]:
-            return self.wait(task, timeout=timeout, poll_interval=poll_interval)
-
         return _batch.BatchOperations(
             validate=self._validate,
             create=create,
-            wait=wait,
+            wait=self._wait_for,
             download=self.download,
             closed=lambda: self._closed,
             provider=(self._dialect.name, self._create_base, self._query_base),
+            emit=emit,
         )
+
+    # -- status events -------------------------------------------------------------
+
+    def _emitter(self, on_status: OnStatus | None) -> _batch.Emit | None:
+        """What tells the client's ``on_status``, then ``on_status``, of an event.
+
+        None when neither is set: then no event is even built.
+
+        Raises:
+            InvalidRequestError: ``on_status`` is not callable.
+        """
+        listeners = tuple(
+            listener
+            for listener in (self._on_status, _check_on_status(on_status))
+            if listener is not None
+        )
+        if not listeners:
+            return None
+        tell = self._tell
+
+        async def emit(event: TaskEvent) -> None:
+            for listener in listeners:
+                await tell(listener, event)
+
+        return emit
+
+    async def _tell(self, listener: OnStatus, event: TaskEvent) -> None:
+        """Call one listener (awaiting an async one); log what it raises, never raise it.
+
+        Awaited in place rather than scheduled: events of one task arrive in
+        order, nothing is left running when a wait or the client ends, and a
+        slow listener slows its own task rather than piling up events.
+        """
+        try:
+            result = listener(event)
+            if result is not None and inspect.isawaitable(result):
+                await result
+        except Exception as exc:  # the user's code: logged, never the end of a wait
+            name = getattr(listener, "__qualname__", None) or type(listener).__name__
+            details = "".join(traceback.format_exception(exc))
+            logger.warning(
+                "%s",
+                self._redactor.text(
+                    f"on_status callback {name} raised {type(exc).__name__} for task "
+                    f"{event.task.id} ({event.task.status}); ignored\n{details.rstrip()}"
+                ),
+            )
+
+
+class _Changes:
+    """One wait's status reports: a call per status change, not per poll."""
+
+    __slots__ = ("_changed", "_reported")
+
+    def __init__(self, changed: _batch.Changed, task: str | Task) -> None:
+        self._changed = changed
+        # Nothing known of a bare id: its first answer is reported with None.
+        self._reported = task.status if isinstance(task, Task) else None
+
+    async def saw(self, task: Task) -> None:
+        """Report ``task`` if its status differs from the one last reported."""
+        if task.status is not self._reported:
+            previous, self._reported = self._reported, task.status
+            await self._changed(task, previous)
 
 
 def _make_limiter(
@@ -1054,6 +1215,14 @@ def _make_limiter(
             f"not {type(given).__name__}"
         )
     return given
+
+
+def _check_on_status(on_status: OnStatus | None) -> OnStatus | None:
+    if on_status is not None and not callable(on_status):
+        raise InvalidRequestError(
+            f"on_status must be a function taking a TaskEvent, not {type(on_status).__name__}"
+        )
+    return on_status
 
 
 def _check_key(key: str) -> str:

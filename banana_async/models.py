@@ -10,7 +10,7 @@ import enum
 import functools
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,11 @@ __all__ = [
     "BatchInput",
     "GenerationRequest",
     "Model",
+    "OnStatus",
     "Outcome",
     "Resolution",
     "Task",
+    "TaskEvent",
     "TaskStatus",
 ]
 
@@ -392,3 +394,28 @@ class Outcome:
     def ok(self) -> bool:
         """True when the task completed (and its download, if asked for, succeeded)."""
         return self.error is None and self.task is not None and self.task.ok
+
+
+@attrs.frozen
+class TaskEvent:
+    """A task was created, or its status changed: what an ``on_status`` callback receives.
+
+    See :meth:`~banana_async.BananaClient.wait` and the "Events" page of the
+    documentation for when events come and in what order.
+
+    Attributes:
+        task: The task as just seen (its :attr:`~Task.status` is the new status).
+        previous: The status the client saw before, or None when the client
+            had not seen the task before: it was just created, or this is the
+            first answer of a wait given a bare task id.
+        index: The input's index inside
+            :meth:`~banana_async.BananaClient.generate_many`, else None.
+    """
+
+    task: Task
+    previous: TaskStatus | None = None
+    index: int | None = None
+
+
+OnStatus = Callable[[TaskEvent], Awaitable[None] | None]
+"""An ``on_status`` callback: a plain function of a :class:`TaskEvent`, or an async one."""
