@@ -9,92 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
-import socket
 import subprocess
 import sys
-import threading
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 
 import banana_async as ba
 from banana_async.fastapi import STATE_NAME, BananaClientDep, client_of, lifespan
 from banana_async.testing import FakeBananaServer
-from tests._web import creates_reach, load_example
+from tests._web import Uvicorn, creates_reach, load_example
 
 API_KEY = "sk-test-web-fastapi"
-
-
-class Uvicorn:
-    """uvicorn serving ``app`` on a free loopback port, in a thread with its own loop.
-
-    After :meth:`stop`, ``loop_errors`` holds what reached the loop's exception
-    handler (an unclosed session, a task destroyed while pending, an exception
-    never retrieved) and ``leftover_tasks`` the tasks still alive once the
-    server returned.
-    """
-
-    def __init__(self, app: FastAPI, **config: Any) -> None:
-        self._socket = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, lifespan="on", log_level="critical", **config)
-        )
-        self.loop_errors: list[dict[str, Any]] = []
-        self.leftover_tasks: list[asyncio.Task[Any]] = []
-        self._ready = threading.Event()
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # the test thread reads it
-            self.error = exc
-
-    async def _main(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.set_exception_handler(lambda _, context: self.loop_errors.append(context))
-        try:
-            serving = asyncio.create_task(self.server.serve(sockets=[self._socket]))
-            while not self.server.started and not serving.done():  # noqa: ASYNC110 - no event
-                await asyncio.sleep(0.01)
-            self._ready.set()
-            await serving
-            # Cancelled request tasks unwind in the loop's next turns.
-            for _ in range(5):
-                await asyncio.sleep(0)
-            gc.collect()  # an unclosed session reports itself when collected
-            current = asyncio.current_task()
-            self.leftover_tasks = [t for t in asyncio.all_tasks() if t is not current]
-        finally:
-            self._ready.set()
-            self._socket.close()
-
-    async def __aenter__(self) -> Uvicorn:
-        self._thread.start()
-        await asyncio.to_thread(self._ready.wait)
-        if not self.server.started:
-            await self.stop()
-            raise RuntimeError(f"uvicorn did not start: {self.error!r}")
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    async def stop(self) -> None:
-        """Ask the server to shut down (as SIGTERM would) and wait until it has."""
-        self.server.should_exit = True
-        await asyncio.to_thread(self._thread.join)
-
-    def assert_clean(self) -> None:
-        assert self.loop_errors == []
-        assert self.leftover_tasks == []
 
 
 @pytest.fixture
