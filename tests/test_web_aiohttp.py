@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import gc
+import signal
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -200,3 +204,40 @@ def test_the_helper_module_does_not_hide_the_aiohttp_package() -> None:
     assert vars(banana_web)["web"] is web
     assert ba.aiohttp is banana_web  # a submodule, not in __all__
     assert "aiohttp" not in ba.__all__
+    # Importing a submodule sets the package's attribute of that name, which is
+    # a global of banana_async/__init__.py: a name aiohttp (or fastapi) bound
+    # there would turn into the helper module once the helper is imported.
+    tree = ast.parse(Path(ba.__file__).read_text(encoding="utf-8"))
+    bound = {
+        (alias.asname or alias.name).split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert not bound & {"aiohttp", "fastapi"}
+
+
+async def test_the_fake_provider_runs_from_the_command_line() -> None:
+    # What the examples' instructions start: python -m banana_async.testing.
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "banana_async.testing",
+        "--port",
+        "0",
+        "--duration",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    line = (await process.stdout.readline()).decode()
+    url = line.split()[line.split().index("on") + 1]
+    try:
+        async with ba.BananaClient("any-key", base_url=url, poll_interval=0.02) as client:
+            task = await client.generate("a cat")
+        assert task.ok
+        assert task.image_url is not None
+        assert task.image_url.startswith(url)
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert await process.wait() == 0
