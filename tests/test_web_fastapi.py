@@ -11,12 +11,12 @@ import asyncio
 import contextlib
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, MutableMapping
 from typing import Any
 
 import aiohttp
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 
 import banana_async as ba
 from banana_async.fastapi import STATE_NAME, BananaClientDep, client_of, lifespan
@@ -218,3 +218,34 @@ async def test_the_lifespan_raises_the_clients_own_error(monkeypatch: pytest.Mon
         async with lifespan()(app):
             pass
     assert not hasattr(app.state, STATE_NAME)
+
+
+async def test_a_websocket_endpoint_gets_the_client_too(fake: FakeBananaServer) -> None:
+    # uvicorn needs a websocket package to serve one: the app is driven over ASGI here.
+    app = FastAPI()
+
+    @app.websocket("/ws")
+    async def socket(websocket: WebSocket, client: BananaClientDep) -> None:
+        await websocket.accept()
+        task = await client.generate(await websocket.receive_text())
+        await websocket.send_text(task.status)
+        await websocket.close()
+
+    incoming: asyncio.Queue[MutableMapping[str, Any]] = asyncio.Queue()
+    for message in (
+        {"type": "websocket.connect"},
+        {"type": "websocket.receive", "text": "a heron"},
+        {"type": "websocket.disconnect", "code": 1000},
+    ):
+        incoming.put_nowait(message)
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/ws", "headers": [], "query_string": b""}
+    async with lifespan(api_key=API_KEY, base_url=fake.url, poll_interval=0.02)(app):
+        await app(scope, incoming.get, send)
+
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send", "websocket.close"]
+    assert sent[1]["text"] == "completed"
