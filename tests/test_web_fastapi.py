@@ -99,9 +99,12 @@ async def test_shutdown_waits_for_requests_in_flight(fake: FakeBananaServer) -> 
             asyncio.create_task(post_image(session, server.url, f"a boat {n}")) for n in range(20)
         ]
         await creates_reach(fake, 20)
+        assert server.server.servers
         server.server.should_exit = True  # as SIGTERM does; the requests are still polling
         stopping = asyncio.create_task(server.stop())
-        await asyncio.sleep(0.2)  # uvicorn has stopped accepting and waits for them
+        # uvicorn stops listening first, then waits for the requests in flight.
+        while any(listener.is_serving() for listener in server.server.servers):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
         for task_id in list(fake.tasks):
             fake.finish(task_id)
         results = await asyncio.gather(*requests)
