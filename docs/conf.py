@@ -66,6 +66,9 @@ _EXTERNAL_MODULES = (
     "backoff",
     "yarl",
     "multidict",
+    # the optional web frameworks of banana_async.fastapi
+    "fastapi",
+    "starlette",
     # the standard library (builtins such as str and int are already exempt)
     "argparse",
     "asyncio",
@@ -83,7 +86,11 @@ _EXTERNAL_MODULES = (
     "typing_extensions",
 )
 # autodoc sometimes renders pathlib.Path by its bare imported name.
-nitpick_ignore = [("py:class", "Path")]
+nitpick_ignore = [
+    ("py:class", "Path"),
+    # The type variable of banana_async.fastapi.lifespan's overloads (an application type).
+    ("py:class", "banana_async.fastapi._App"),
+]
 
 nitpick_ignore_regex = [
     (r"py:.*", rf"(?:{'|'.join(re.escape(name) for name in _EXTERNAL_MODULES)})(?:\..+)?"),
