@@ -50,9 +50,9 @@ class Sizes:
     cpu_concurrency: int
     cpu_repeats: int
     journal_pairs: int
-    """Part e: interleaved pairs (journal, no journal); the ratio is their median."""
+    """Part e: pairs (journal, none) back to back in one process; judged by their median."""
     events_pairs: int
-    """Part f: interleaved pairs (no-op on_status, none); the ratio is their median."""
+    """Part f: pairs of batches (no-op on_status, none) back to back in one process; as part e."""
     cpu_interval: float
     mem_count: int
     mem_connections: int
@@ -81,8 +81,8 @@ FULL = Sizes(
     cpu_warmup=200,
     cpu_concurrency=200,
     cpu_repeats=3,
-    journal_pairs=7,
-    events_pairs=7,
+    journal_pairs=15,
+    events_pairs=15,
     cpu_interval=0.001,
     mem_count=10_000,
     mem_connections=1000,
@@ -110,8 +110,8 @@ QUICK = attrs.evolve(
     FULL,
     cpu_count=400,
     cpu_repeats=1,
-    journal_pairs=1,
-    events_pairs=1,
+    journal_pairs=3,
+    events_pairs=3,
     mem_count=1000,
     mem_connections=200,
     mem_duration=3.0,
@@ -326,28 +326,41 @@ def bench_cpu(sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
 def bench_paired(
     sizes: Sizes, pairs: int, variant: str, name: str, without: str
 ) -> tuple[dict[str, dict[str, float]], dict[str, float], dict[str, Any]]:
-    """Part a's batch as ``variant`` beside ``banana-fixed``, in interleaved pairs.
+    """Part a's batch as ``variant`` beside ``banana-fixed``, in pairs run back to back.
 
-    Returns the medians of each variant (``cpu`` in us per task, ``wall`` in
-    s), the median ratio within each pair (``CPU``, ``wall``) and the details.
+    One client process and one provider run ``pairs`` rounds of both
+    batches, in alternating order (see ``part_alternating`` in
+    workload.py). Returns the medians of each variant (``cpu`` in us per
+    task, ``wall`` in s), the median ratio within each pair (``CPU``,
+    ``wall``) and the details.
     """
     variants = [variant, "banana-fixed"]
-    cpu: dict[str, list[float]] = {v: [] for v in variants}
-    wall: dict[str, list[float]] = {v: [] for v in variants}
-    details: dict[str, Any] = {"runs": []}
+    spec = {
+        "part": "alternating",
+        "variant": variant,
+        "count": sizes.cpu_count,
+        "warmup": sizes.cpu_warmup,
+        "concurrency": sizes.cpu_concurrency,
+        "connections": sizes.cpu_concurrency,
+        "interval": sizes.cpu_interval,
+        "rounds": pairs,
+    }
+    result, _ = measure(["--mode", "instant2"], spec)
+    cpu = {v: [s / sizes.cpu_count * 1e6 for s in result["cpu_s"][v]] for v in variants}
+    wall: dict[str, list[float]] = {v: result["wall_s"][v] for v in variants}
+    details: dict[str, Any] = {"runs": result}
     for repeat in range(pairs):
-        for run in variants if repeat % 2 == 0 else variants[::-1]:
-            result, _, per_task = cpu_run(sizes, run)
-            cpu[run].append(per_task)
-            wall[run].append(result["wall_s"])
-            details["runs"].append({**result, "variant": run, "cpu_us_per_task": per_task})
-            say(
-                f"  {name} {repeat + 1}/{pairs} {run:14} "
-                f"{per_task:8.1f} us/task "
-                f"(wall {result['wall_s']:.2f} s, ok {result['ok']}/{sizes.cpu_count})"
+        say(
+            f"  {name} {repeat + 1}/{pairs} "
+            + ", ".join(
+                f"{v} {cpu[v][repeat]:7.1f} us/task (wall {wall[v][repeat]:.2f} s, "
+                f"ok {result['ok'][v][repeat]}/{sizes.cpu_count})"
+                for v in variants
             )
-            if result["ok"] != sizes.cpu_count:
-                say(f"  WARNING: {run} completed {result['ok']} of {sizes.cpu_count} tasks")
+        )
+    for v in variants:
+        if any(ok != sizes.cpu_count for ok in result["ok"][v]):
+            say(f"  WARNING: {v} completed fewer than {sizes.cpu_count} tasks in some batch")
     cpu_medians = {v: statistics.median(s) for v, s in cpu.items()}
     wall_medians = {v: statistics.median(s) for v, s in wall.items()}
     details["median_cpu_us_per_task"] = cpu_medians

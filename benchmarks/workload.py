@@ -354,7 +354,53 @@ async def part_ratelimit(spec: dict[str, Any]) -> dict[str, Any]:
     return {"ok": ok, "errors": dict(errors), "wall_s": wall_s}
 
 
+async def part_alternating(spec: dict[str, Any]) -> dict[str, Any]:
+    """``variant`` and ``banana-fixed`` batches in turn, in one process and on one client.
+
+    Each round runs both, in alternating order, back to back: the two
+    batches of a round share the machine's conditions of that moment far
+    more closely than two processes started one after the other (a new
+    process, a new provider, a cold heap). CPU time is this process's,
+    the journal's thread included. ``variant`` is ``banana-journal`` (a new
+    SQLite file per batch, as a new batch has) or ``banana-events``.
+    """
+    variant = spec["variant"]
+    if variant not in ("banana-journal", "banana-events"):
+        raise ValueError(f"no alternating run for variant {variant!r}")
+    kinds = (variant, "banana-fixed")
+    result: dict[str, Any] = {
+        key: {kind: [] for kind in kinds} for key in ("cpu_s", "wall_s", "ok")
+    }
+    numbers = itertools.count()
+    with tempfile.TemporaryDirectory(prefix="banana-bench-alternating-") as tmp:
+        async with banana_client({**spec, "adaptive": False}) as client:
+
+            async def batch(kind: str, items: list[str]) -> tuple[float, float, int]:
+                journal = on_status = None
+                if kind == "banana-journal":
+                    journal = f"{tmp}/batch-{next(numbers)}.sqlite"
+                elif kind == "banana-events":
+                    on_status = ignore
+                wall, cpu = time.perf_counter(), time.process_time()
+                ok = await banana_batch(
+                    client, items, spec["concurrency"], journal=journal, on_status=on_status
+                )
+                return time.process_time() - cpu, time.perf_counter() - wall, ok
+
+            for kind in kinds:
+                await batch(kind, prompts(spec["warmup"], "warm-up"))
+            items = prompts(spec["count"])
+            for round_ in range(spec["rounds"]):
+                for kind in kinds if round_ % 2 == 0 else kinds[::-1]:
+                    cpu_s, wall_s, ok = await batch(kind, items)
+                    result["cpu_s"][kind].append(cpu_s)
+                    result["wall_s"][kind].append(wall_s)
+                    result["ok"][kind].append(ok)
+    return result
+
+
 PARTS = {
+    "alternating": part_alternating,
     "cpu": part_cpu,
     "memory": part_memory,
     "polling": part_polling,
