@@ -80,6 +80,37 @@ def test_batch_out_that_cannot_be_created_fails_before_any_create(
     assert env.server.count() == 0
 
 
+def test_batch_of_a_binary_file_fails_before_any_create(
+    capsys: pytest.CaptureFixture[str], env: ServerThread, tmp_path: Path
+) -> None:
+    # An image given as FILE by mistake: its "lines" would each be a paid task.
+    image = tmp_path / "cat.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4)
+    code, out, err = run_main(capsys, "batch", str(image), "--out", str(tmp_path / "o"), *FAST)
+    assert code == 2
+    assert out == ""
+    assert "looks like a binary file" in err
+    assert "nothing was sent" in err
+    assert env.server.count() == 0
+
+
+def test_a_line_of_control_characters_is_a_bad_line_not_a_create(
+    capsys: pytest.CaptureFixture[str], env: ServerThread, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(b"a cat\n\x1a\x02\x7f\nthe moon\ttonight\n")
+    code, out, _ = run_main(
+        capsys, "--json", "batch", str(prompts), "--out", str(tmp_path / "o"), *FAST
+    )
+    assert code == 1
+    by_line = {record["line"]: record for record in json_lines(out)}
+    assert by_line[1]["ok"]
+    assert by_line[3]["ok"]  # a tab is fine
+    assert not by_line[2]["ok"]
+    assert "control characters" in by_line[2]["error"]
+    assert env.server.count("create") == 2
+
+
 def test_generate_out_that_is_a_file_fails_before_the_create(
     capsys: pytest.CaptureFixture[str], env: ServerThread, tmp_path: Path
 ) -> None:

@@ -26,21 +26,35 @@ if TYPE_CHECKING:
     from banana_async.cli.progress import Stats
     from banana_async.models import BatchInput
 
-__all__ = ["FileScan", "Line", "PromptFile", "request_from_json", "scan"]
+__all__ = ["FileScan", "Line", "PromptFile", "looks_binary", "request_from_json", "scan"]
 
 _REQUEST_FIELDS: Final = ("prompt", "model", "resolution", "size", "image_urls")
 _BOM: Final = b"\xef\xbb\xbf"
 _CHUNK: Final = 65536
 
 
+# Control characters other than tab: no prompt a person wrote has them, a
+# binary file read as text is full of them.
+_CONTROL: Final = frozenset(chr(code) for code in (*range(0x20), 0x7F)) - {"\t"}
+
+
+def looks_binary(path: Path) -> bool:
+    """Whether the file's first 64 KiB hold a NUL byte (what no text file has)."""
+    with path.open("rb") as file:
+        return b"\0" in file.read(_CHUNK)
+
+
 def _decode(raw: bytes, number: int) -> tuple[str, str | None]:
-    """A line's text (stripped) and, if it is not valid UTF-8, what is wrong."""
+    """A line's text (stripped) and, if it cannot be a prompt, what is wrong."""
     if number == 1:
         raw = raw.removeprefix(_BOM)
     try:
-        return raw.decode("utf-8").strip(), None
+        text = raw.decode("utf-8").strip()
     except UnicodeDecodeError as exc:
         return raw.decode("utf-8", "replace").strip(), f"not valid UTF-8 ({exc.reason})"
+    if not _CONTROL.isdisjoint(text):
+        return text, "has control characters (is the file binary?)"
+    return text, None
 
 
 def _skipped(text: str) -> bool:

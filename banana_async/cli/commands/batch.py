@@ -30,7 +30,7 @@ from banana_async.cli.common import (
 from banana_async.cli.exit_codes import ExitCode
 from banana_async.cli.output import Shown, emit, error_of, json_line, prompt_of, to_stderr
 from banana_async.cli.progress import PROGRESS_INTERVAL, Progress, Stats, duration
-from banana_async.cli.prompt_file import PromptFile, scan
+from banana_async.cli.prompt_file import PromptFile, looks_binary, scan
 from banana_async.errors import InvalidRequestError, JournalError, TaskTimeoutError
 from banana_async.journal import SQLiteStore
 
@@ -80,6 +80,13 @@ async def _check_input(args: argparse.Namespace) -> Path | None:
         raise InvalidRequestError(f"cannot read {path}: it is a folder, not a prompt file")
     if not await asyncio.to_thread(path.is_file):
         raise InvalidRequestError(f"cannot read {path}: no such file")
+    if await asyncio.to_thread(looks_binary, path):
+        # An image or a program given by mistake: its "lines" would be sent
+        # as prompts, each a paid task of garbage.
+        raise InvalidRequestError(
+            f"{path} looks like a binary file (it has NUL bytes), not a prompt file; "
+            "nothing was sent"
+        )
     return path
 
 
