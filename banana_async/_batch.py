@@ -56,6 +56,7 @@ from banana_async._checks import count_problem, error_text
 from banana_async._polling import check_interval, check_timeout
 from banana_async.errors import (
     APIConnectionError,
+    AuthenticationError,
     BananaError,
     DownloadError,
     InvalidRequestError,
@@ -273,6 +274,16 @@ class _JournalBroke(Exception):
     """Raised inside the batch once a journal write failed: this input stops here."""
 
 
+def _not_sent_for(refused: AuthenticationError, index: int) -> AuthenticationError:
+    """The error of an input not sent because an earlier create's key was refused."""
+    return AuthenticationError(
+        f"input {index} was not sent: the provider refused the API key of an earlier "
+        f"create ({error_text(refused)}); nothing more is sent with it. Check the key "
+        "(BANANA_API_KEY, or api_key=) and run the batch again",
+        status_code=refused.status_code,
+    )
+
+
 async def _settled(task: asyncio.Task[None]) -> None:
     """Wait for ``task`` even if cancelled meanwhile, and retrieve its error.
 
@@ -343,6 +354,9 @@ class _Batch:
         self.journal_error: Exception | None = None
         self.unrecorded: dict[int, str] = {}
         self.failure_delivered = False
+        # The first create the provider answered 401 (the key is wrong or
+        # missing): every later create would be refused the same way.
+        self.refused: AuthenticationError | None = None
 
     # -- flow control --------------------------------------------------------------
 
@@ -597,6 +611,10 @@ class _Batch:
             and resume_step(entry.state) in (ResumeStep.POLL, ResumeStep.REPORT)
         ):
             return entry.task, None  # created in an earlier run: never create it twice
+        if self.refused is not None:
+            error = _not_sent_for(self.refused, index)
+            await self.record_create_failure(index, request, error)
+            return Outcome(index, request, error=error)
         if not await self.may_create(index):
             raise _JournalBroke
         self.creating += 1
@@ -639,6 +657,9 @@ class _Batch:
         except _JournalBroke:
             raise  # the journal failed before this attempt was sent
         except BananaError as exc:
+            if isinstance(exc, AuthenticationError) and exc.status_code == 401:
+                # 401 is the key itself; a 403 may be one model's refusal.
+                self.refused = self.refused or exc
             await self.record_create_failure(index, request, exc)
             return Outcome(index, request, error=exc)
         except Exception as exc:
