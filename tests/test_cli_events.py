@@ -98,9 +98,16 @@ async def test_batch_progress_counts_tasks_by_status_and_ctrl_c_tells_how_many(
             proc.send_signal(signal.SIGINT)
         finally:
             code, _, err = await finish(proc)
+        running = sorted(
+            (task for task in server.tasks.values() if task.body["prompt"] != "done at once"),
+            key=lambda task: str(task.body["prompt"]),
+        )
     assert code == 130
     assert "batch prompts.txt: 1/3, 1 done, 0 failed, 2 in flight (2 processing)" in line
     assert "interrupted: 1 done, 0 failed, 2 were in flight." in err
+    # Without a journal, the ids of the paid tasks in flight are only here.
+    ids = " ".join(task.id for task in running)
+    assert f"banana-async download {ids} --out {tmp_path / 'out'}" in err
 
 
 async def test_stats_follow_the_events_of_a_running_batch(live: FakeBananaServer) -> None:

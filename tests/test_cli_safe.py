@@ -258,7 +258,7 @@ def test_interrupted_batch_points_at_its_manifest() -> None:
     state.resumable = True
     message = state.interrupted()
     assert "What finished is listed in cards/manifest.jsonl." in message
-    assert "pass --journal" in message
+    assert "Pass --journal PATH" in message
 
 
 def test_batch_timeouts_point_at_download(

@@ -122,10 +122,12 @@ class RunState:
                     f"{self.journal}) to resume: tasks already created are polled "
                     "again, never created twice."
                 )
-            return (
-                f"{message} Tasks already created were not recorded; pass --journal "
-                "PATH to make a batch resumable."
-            )
+            message += " Pass --journal PATH to make a batch resumable."
+            ids = [stats.task_ids[index] for index in sorted(stats.task_ids)]
+            if ids:
+                # Paid for, and recorded nowhere but here.
+                message += f" The tasks in flight may still finish: {later_hint(ids, self.out)}."
+            return message
         if self.task_id is not None:
             return (
                 f"interrupted; task {self.task_id} was created and may still finish: "

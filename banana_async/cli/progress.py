@@ -58,6 +58,9 @@ class Stats:
         # status; and how many have each (kept as events come, as a line is
         # drawn far more often than a batch of thousands could be counted).
         self.statuses: dict[int, TaskStatus] = {}
+        # Their ids: after a Ctrl-C without a journal, the only record of
+        # tasks that were paid for and may still finish.
+        self.task_ids: dict[int, str] = {}
         self._counts: Counter[TaskStatus] = Counter()
 
     @property
@@ -73,9 +76,11 @@ class Stats:
         self._forget(index)
         if not event.task.done:
             self.statuses[index] = event.task.status
+            self.task_ids[index] = event.task.id
             self._counts[event.task.status] += 1
 
     def _forget(self, index: int) -> None:
+        self.task_ids.pop(index, None)
         status = self.statuses.pop(index, None)
         if status is not None:
             self._counts[status] -= 1
