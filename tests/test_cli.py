@@ -295,6 +295,10 @@ def test_status_of_an_unknown_task(capsys: pytest.CaptureFixture[str], env: Serv
     assert out == ""
     assert err.startswith("error: ")
     assert len(err.strip().splitlines()) == 1
+    # Says what a 404 may mean here, and which flags to check.
+    assert "task no-such-task: no such task" in err
+    assert "--base-url" in err
+    assert "404" in err
 
 
 def test_verbose_logs_without_the_key(

@@ -10,7 +10,7 @@ import tempfile
 import warnings
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from banana_async.client import API_KEY_ENV, BananaClient
 from banana_async.dialects import ResolutionIgnoredWarning, get_dialect
@@ -31,6 +31,13 @@ __all__ = [
     "prepare_out",
     "request_defaults",
 ]
+
+
+NO_SUCH_TASK: Final = (
+    "no such task: a wrong id, another provider's (see --dialect, --base-url), "
+    "or one the provider no longer keeps"
+)
+"""What ``status`` and ``download`` say of an id the provider does not know (a 404)."""
 
 
 def later_hint(task_ids: list[str], out: str | None) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import attrs
 
-from banana_async.cli.common import RunState, api_client, prepare_out
+from banana_async.cli.common import NO_SUCH_TASK, RunState, api_client, prepare_out
 from banana_async.cli.exit_codes import ExitCode
 from banana_async.cli.output import json_line, one_line, path_text, to_stderr, to_stdout
 from banana_async.client import BananaClient
@@ -75,8 +75,7 @@ async def _query(client: BananaClient, task_id: str) -> Task | Saved:
             task_id,
             None,
             None,
-            "no such task: a wrong id, another provider's (see --dialect, --base-url), "
-            "or one the provider no longer keeps",
+            NO_SUCH_TASK,
         )
     except BananaError as exc:
         return Saved(task_id, None, None, one_line(exc))
