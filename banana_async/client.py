@@ -255,11 +255,14 @@ class BananaClient:
         self._words: dict[str, bool] = {}
 
         self._dialect = get_dialect(dialect)
+        # An error names the argument the URL came from, as the caller wrote it.
         self._create_base = _check_base_url(
-            create_base_url or base_url or self._dialect.create_base_url, "create_base_url"
+            create_base_url or base_url or self._dialect.create_base_url,
+            "create_base_url" if create_base_url else "base_url",
         )
         self._query_base = _check_base_url(
-            query_base_url or base_url or self._dialect.query_base_url, "query_base_url"
+            query_base_url or base_url or self._dialect.query_base_url,
+            "query_base_url" if query_base_url else "base_url",
         )
 
         problem = count_problem(max_retries, "max_retries", minimum=0) or count_problem(

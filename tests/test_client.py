@@ -318,3 +318,23 @@ async def test_key_never_in_repr_logs_or_errors(
         assert "[redacted]" in exc.body
     assert caplog.records  # the client did log its requests and retries
     assert API_KEY not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"base_url": "http://example.com"}, "base_url 'http://example.com'"),
+        ({"create_base_url": "http://example.com"}, "create_base_url 'http://example.com'"),
+        (
+            {"base_url": "https://example.com", "query_base_url": "http://example.org"},
+            "query_base_url 'http://example.org'",
+        ),
+    ],
+)
+def test_a_plain_http_url_is_refused_by_the_name_it_was_given(
+    options: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ba.InvalidRequestError) as caught:
+        ba.BananaClient("sk-0123456789", **options)
+    assert str(caught.value).startswith(named)
+    assert "plain HTTP" in str(caught.value)

@@ -88,6 +88,7 @@ _OPTION_FOR: Final = (
     # The command line has one --base-url for both of the client's URLs.
     ("create_base_url", "--base-url"),
     ("query_base_url", "--base-url"),
+    ("base_url", "--base-url"),  # last: the two above contain it
 )
 
 
