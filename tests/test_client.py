@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 import pytest
@@ -332,7 +333,7 @@ async def test_key_never_in_repr_logs_or_errors(
     ],
 )
 def test_a_plain_http_url_is_refused_by_the_name_it_was_given(
-    options: dict[str, str], named: str
+    options: dict[str, Any], named: str
 ) -> None:
     with pytest.raises(ba.InvalidRequestError) as caught:
         ba.BananaClient("sk-0123456789", **options)
