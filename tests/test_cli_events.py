@@ -8,6 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
 import banana_async as ba
 from banana_async.cli.progress import Stats
 from banana_async.testing import FakeBananaServer, TaskScript
@@ -108,6 +110,41 @@ async def test_batch_progress_counts_tasks_by_status_and_ctrl_c_tells_how_many(
     # Without a journal, the ids of the paid tasks in flight are only here.
     ids = " ".join(task.id for task in running)
     assert f"banana-async download {ids} --out {tmp_path / 'out'}" in err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM is POSIX")
+async def test_sigterm_stops_a_journaled_batch_as_ctrl_c_does(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("done at once\nstill running 1\nstill running 2\n")
+    journal = tmp_path / "batch.sqlite"
+
+    def script(body: dict[str, object]) -> TaskScript:
+        return TaskScript(queries=1) if body["prompt"] == "done at once" else TaskScript(None)
+
+    argv = ["batch", str(prompts), "--out", str(tmp_path / "out"), "--journal", str(journal)]
+    async with FakeBananaServer(api_key=KEY) as server:
+        server.script_for = script
+        proc = await start(*argv, *FAST, server=server)
+        assert proc.stderr is not None
+        try:
+            async with asyncio.timeout(60):
+                while "in flight (2 processing)" not in (await proc.stderr.readline()).decode():
+                    pass
+            proc.send_signal(signal.SIGTERM)
+        finally:
+            code, _, err = await finish(proc)
+        assert code == 143
+        assert "interrupted: 1 done, 0 failed, 2 were in flight." in err
+        assert "to resume" in err
+        assert "Traceback" not in err
+        # The journal is consistent: a rerun polls the two tasks, creates nothing.
+        for task_id, task in list(server.tasks.items()):
+            if task.body["prompt"] != "done at once":
+                server.finish(task_id)
+        rerun = await start(*argv, *FAST, server=server)
+        code, _, err = await finish(rerun)
+        assert code == 0, err
+        assert server.count("create") == 3
 
 
 async def test_stats_follow_the_events_of_a_running_batch(live: FakeBananaServer) -> None:

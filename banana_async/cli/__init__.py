@@ -21,7 +21,10 @@ Only the names in ``__all__`` here are meant for use from Python.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+import signal
+import sys
+from collections.abc import Iterator, Sequence
 
 from banana_async.cli import commands
 from banana_async.cli.common import RunState
@@ -48,6 +51,29 @@ def _parse_exit_code(exc: SystemExit) -> int:
     return ExitCode.USAGE
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt(state: RunState) -> Iterator[None]:
+    """Make SIGTERM (a service manager, ``timeout``, ``kill``) stop the command as Ctrl-C does.
+
+    The signal is handed on as SIGINT, whose handler (``asyncio.run``'s)
+    cancels the command cleanly: a journal stays consistent, and the
+    interruption message says what was in flight.
+    """
+    if not hasattr(signal, "SIGTERM") or sys.platform == "win32":
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        state.terminated = True
+        signal.raise_signal(signal.SIGINT)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``banana-async`` command line; return the exit code.
 
@@ -68,10 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             get_dialect(args.dialect)
             command = commands.load(args.command)
-            return asyncio.run(command(args, state))
+            with _terminate_as_interrupt(state):
+                return asyncio.run(command(args, state))
         except KeyboardInterrupt:
             to_stderr(state.interrupted())
-            return ExitCode.INTERRUPTED
+            return ExitCode.TERMINATED if state.terminated else ExitCode.INTERRUPTED
         except BrokenPipeError:
             silence_stdout()
             return ExitCode.FAILED

@@ -101,6 +101,7 @@ class RunState:
         out: The folder the images go in, for the hint after Ctrl-C.
         manifest: The batch's manifest file, once it is open.
         resumable: Whether running the command again can resume its work.
+        terminated: Whether SIGTERM stopped the command (rather than Ctrl-C).
     """
 
     def __init__(self) -> None:
@@ -110,6 +111,8 @@ class RunState:
         self.out: str | None = None
         self.manifest: str | None = None
         self.resumable = False
+        # Set when SIGTERM, not Ctrl-C, stopped the command (exit 143, not 130).
+        self.terminated = False
 
     def interrupted(self) -> str:
         """The line to print after Ctrl-C: how far the command got, how to go on."""

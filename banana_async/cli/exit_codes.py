@@ -33,6 +33,9 @@ class ExitCode(enum.IntEnum):
     INTERRUPTED = 130
     """Interrupted by Ctrl-C (128 + SIGINT, as shells report it)."""
 
+    TERMINATED = 143
+    """Stopped by SIGTERM (128 + SIGTERM), as cleanly as by Ctrl-C."""
+
 
 # The single place that decides which error ends the command with which code.
 # The first entry whose type matches wins, so a subclass goes before its base.
