@@ -113,6 +113,7 @@ def test_exit_code_values_are_the_documented_ones() -> None:
         "USAGE": 2,
         "JOURNAL": 3,
         "INTERRUPTED": 130,
+        "TERMINATED": 143,
     }
     assert cli.ExitCode is ExitCode
     assert "ExitCode" in cli.__all__
