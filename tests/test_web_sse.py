@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import signal
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,7 +17,7 @@ from fastapi import FastAPI
 
 from banana_async.fastapi import client_of
 from banana_async.testing import FakeBananaServer, TaskScript
-from tests._web import Uvicorn, creates_reach, load_example
+from tests._web import EXAMPLES, Uvicorn, creates_reach, load_example
 
 API_KEY = "sk-test-web-sse"
 
@@ -184,3 +188,35 @@ async def test_shutdown_ends_open_streams_at_once_and_cancels_their_batch(
     assert batch.events[-1] == ("done", {})
     assert client.closed
     server.assert_clean()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child is POSIX")
+async def test_ctrl_c_with_a_stream_open_stops_the_example_at_once(fake: FakeBananaServer) -> None:
+    # `python examples/fastapi_sse.py`, as the docs run it, and one Ctrl-C.
+    env = {**os.environ, "BANANA_BASE_URL": fake.url, "BANANA_API_KEY": API_KEY, "PORT": "0"}
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(EXAMPLES / "fastapi_sse.py"),
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert child.stderr is not None
+    log: list[str] = []
+    while not (running := re.search(r"running on (http://\S+)", log[-1] if log else "")):
+        line = await child.stderr.readline()
+        assert line, "".join(log)
+        log.append(line.decode())
+    url = running.group(1)
+    async with aiohttp.ClientSession() as session:
+        path = await start_batch(session, url, ["a kite", "a boat"])  # never finishes
+        opened = asyncio.Event()
+        stream = asyncio.create_task(read_events(session, url + path, opened=opened))
+        await opened.wait()
+        child.send_signal(signal.SIGINT)
+        events = await stream
+        rest = (await child.stderr.read()).decode()
+    assert await child.wait() == 0, rest
+    assert events
+    assert "Waiting for connections to close" not in rest
+    assert "Traceback" not in rest
+    assert "Application shutdown complete" in rest
