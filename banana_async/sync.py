@@ -27,10 +27,11 @@ import concurrent.futures
 import contextlib
 import inspect
 import itertools
+import signal
 import sys
 import threading
 import weakref
-from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, Self, TypeVar
 
@@ -60,48 +61,91 @@ class _Call(Generic[_T]):
     that the work has stopped.
     """
 
-    __slots__ = ("factory", "future", "reason", "task")
+    __slots__ = ("error", "factory", "future", "reason", "task")
 
     def __init__(self, factory: Callable[[], Coroutine[Any, Any, _T]]) -> None:
         self.factory = factory
         self.future: concurrent.futures.Future[_T] = concurrent.futures.Future()
         self.task: asyncio.Task[_T] | None = None
         self.reason = "the call was cancelled"
+        self.error: BaseException | None = None
 
-    def cancel(self, reason: str) -> None:
-        """Cancel the task (on the loop thread); the caller gets ``reason`` if it still waits."""
+    def cancel(self, reason: str, error: BaseException | None = None) -> None:
+        """Cancel the task (on the loop thread).
+
+        The caller, if it still waits, gets ``error`` if given, else a
+        :class:`RuntimeError` saying ``reason``.
+        """
         self.reason = reason
+        self.error = error
         if self.task is not None:
             self.task.cancel()
 
 
 class _LoopThread:
-    """An event loop running in a daemon thread, and the calls sent to it."""
+    """An event loop running in a daemon thread, and the calls sent to it.
 
-    def __init__(self, name: str) -> None:
+    ``cleanup`` is awaited once when the loop shuts down, whatever stops it:
+    :meth:`stop`, or a callback on the loop raising :class:`SystemExit` or
+    :class:`KeyboardInterrupt`, which asyncio lets out of the loop.
+    """
+
+    def __init__(self, name: str, cleanup: Callable[[], Coroutine[Any, Any, None]]) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._cleanup = cleanup
         # Only the loop thread touches the set: calls still running.
         self._calls: set[_Call[Any]] = set()
         # Closing and submitting take turns, so no call slips in after the
         # shutdown has collected the calls to cancel.
         self._lock = threading.Lock()
         self._stopped = False
+        # Done when _shutdown has run to its end; the loop runs until then.
+        self._shut_down: asyncio.Future[None] = self.loop.create_future()
+        # The shutdown task, when the loop started it itself (see _serve).
+        self._aborting: asyncio.Task[None] | None = None
+        # What escaped the loop and stopped it, if anything did: the calls
+        # the shutdown cancels raise it.
+        self._escaped: BaseException | None = None
         self.thread.start()
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the loop was told to stop, or stopped by itself: no call is taken any more."""
+        return self._stopped
 
     def _serve(self) -> None:
         loop = self.loop
         try:
-            loop.run_forever()
+            _run_through(loop, self._shut_down, self._abort)
         finally:
             # What asyncio.run does after its main coroutine: no task and no
             # async generator may outlive the loop.
             try:
                 _cancel_leftovers(loop)
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.run_until_complete(loop.shutdown_default_executor())
+                _run_through(loop, loop.shutdown_asyncgens())
+                _run_through(loop, loop.shutdown_default_executor())
             finally:
                 loop.close()
+
+    def _abort(self, error: BaseException) -> None:
+        """Shut down after ``error`` (SystemExit, KeyboardInterrupt) escaped the loop.
+
+        asyncio lets those two out of ``run_until_complete`` after storing them
+        in the task that raised them, so the call of that task still hears of
+        them (its done callback runs once the loop runs again). The loop would
+        otherwise be left stopped with its sessions open and every later call
+        waiting forever: shut down as :meth:`stop` does, on the loop thread.
+        The other calls still running raise ``error`` too, as the caller of
+        :func:`asyncio.run` would: a batch's own caller among them (the
+        callback ran in one of its worker tasks, which no caller waits on).
+        """
+        with self._lock:
+            if self._stopped:
+                return  # already shutting down; running the loop again goes on with it
+            self._stopped = True
+            self._escaped = error
+            self._aborting = self.loop.create_task(self._shutdown())
 
     @property
     def on_loop_thread(self) -> bool:
@@ -135,7 +179,7 @@ class _LoopThread:
     def _finish(self, call: _Call[_T], task: asyncio.Task[_T]) -> None:
         self._calls.discard(call)
         if task.cancelled():
-            call.future.set_exception(RuntimeError(call.reason))
+            call.future.set_exception(call.error or RuntimeError(call.reason))
             return
         exc = task.exception()
         if exc is None:
@@ -151,15 +195,16 @@ class _LoopThread:
         loop thread, waits until its cleanup is over, and propagates.
         """
         self._refuse_own_thread()
-        try:
-            return call.future.result()
-        except BaseException:
-            if not call.future.done():
-                self.loop.call_soon_threadsafe(call.cancel, "interrupted")
-                # A second Ctrl-C here stops waiting; the cleanup goes on
-                # without a witness.
-                concurrent.futures.wait([call.future])
-            raise
+        with _plain_ctrl_c():
+            try:
+                return call.future.result()
+            except BaseException:
+                if not call.future.done():
+                    self.loop.call_soon_threadsafe(call.cancel, "interrupted")
+                    # A second Ctrl-C here stops waiting; the cleanup goes on
+                    # without a witness.
+                    concurrent.futures.wait([call.future])
+                raise
 
     def run(self, factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
         """Run ``factory()`` on the loop and block until it is done (see :meth:`wait`)."""
@@ -173,36 +218,83 @@ class _LoopThread:
                 "(for example from an on_status callback): the call would wait for itself"
             )
 
-    def stop(self, cleanup: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Cancel every running call, await ``cleanup()``, then stop and close the loop.
+    def stop(self) -> None:
+        """Cancel every running call, await the cleanup, then stop and close the loop.
 
         Waits for all of it, except on the loop thread itself, where waiting
-        would never end: there it only starts the shutdown. A second call
-        does nothing.
+        would never end: there it only starts the shutdown. A later call
+        only waits for the thread to end.
         """
         with self._lock:
-            if self._stopped:
-                return
+            started = self._stopped
             self._stopped = True
-            done = asyncio.run_coroutine_threadsafe(self._shutdown(cleanup), self.loop)
+            if not started:
+                asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop)
         if self.on_loop_thread or sys.is_finalizing():
             return
-        try:
-            done.result()
-        finally:
-            self.thread.join()
+        self.thread.join()
 
-    async def _shutdown(self, cleanup: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    async def _shutdown(self) -> None:
         try:
             calls = list(self._calls)
             for call in calls:
-                call.cancel(_CLOSED_WHILE_RUNNING)
+                call.cancel(_CLOSED_WHILE_RUNNING, self._escaped)
             tasks = [call.task for call in calls if call.task is not None]
             if tasks:
                 await asyncio.wait(tasks)
-            await cleanup()
+            await self._cleanup()
         finally:
-            self.loop.stop()
+            self._shut_down.set_result(None)
+
+
+def _run_through(
+    loop: asyncio.AbstractEventLoop,
+    awaitable: Awaitable[object],
+    on_escape: Callable[[BaseException], None] | None = None,
+) -> None:
+    """Run ``loop`` until ``awaitable`` is done, even if exceptions escape the loop meanwhile.
+
+    Only SystemExit and KeyboardInterrupt raised by code on the loop escape
+    it (signals raise in the main thread, never here); the task that raised
+    one keeps it as its result, so the caller waiting for that task hears of
+    it. ``on_escape`` is told of each.
+    """
+    future = asyncio.ensure_future(awaitable, loop=loop)
+    while not future.done():
+        try:
+            loop.run_until_complete(future)
+        except BaseException as error:
+            if future.done():
+                break  # its own error, not one that escaped the loop
+            if on_escape is not None:
+                on_escape(error)
+    future.result()
+
+
+@contextlib.contextmanager
+def _plain_ctrl_c() -> Iterator[None]:
+    """While a call blocks :func:`asyncio.run`'s loop, make Ctrl-C raise KeyboardInterrupt.
+
+    :func:`asyncio.run` answers the first Ctrl-C by cancelling its main
+    task, which cannot take effect while that task's thread blocks here: the
+    call would run to its end, and only a second Ctrl-C would interrupt it.
+    For the length of the call, Python's own handler takes SIGINT instead,
+    as in a script without a loop; asyncio's is put back afterwards. Any
+    other handler (a web server's, or one of the program's own) is left alone.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers run in the main thread only
+        return
+    handler = signal.getsignal(signal.SIGINT)
+    owner = getattr(getattr(handler, "func", None), "__self__", None)
+    if not isinstance(owner, asyncio.Runner):
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
 
 
 def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
@@ -212,7 +304,7 @@ def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
         return
     for task in leftovers:
         task.cancel()
-    loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+    _run_through(loop, asyncio.gather(*leftovers, return_exceptions=True))
     for task in leftovers:
         if not task.cancelled() and task.exception() is not None:
             loop.call_exception_handler(
@@ -317,8 +409,17 @@ class SyncBananaClient:
     interpreter all close the HTTP sessions and stop the loop; calls still
     running then raise :class:`RuntimeError`, and so does any later call.
 
+    Inside :func:`asyncio.run` (a sync function called from async code), the
+    first Ctrl-C does the same: for the length of a call, SIGINT raises
+    :class:`KeyboardInterrupt` rather than go to asyncio's handler, which
+    could only cancel the blocked main task once the call was over.
+
     Callbacks the client runs (``on_status``) run on the client's loop
-    thread; they must not call the client back.
+    thread; they must not call the client back. One that raises
+    :class:`SystemExit` or :class:`KeyboardInterrupt` stops the loop, as it
+    would stop :func:`asyncio.run`: the client closes itself, the calls
+    running then (that one among them) raise that exception, and later calls
+    raise :class:`RuntimeError`.
     """
 
     @_same_options(BananaClient)
@@ -331,18 +432,18 @@ class SyncBananaClient:
         # Made here, in the caller's thread, so that a bad argument raises
         # before any thread starts.
         client = BananaClient(*args, **kwargs)
-        loop_thread = _LoopThread(f"banana-async-sync-{next(_NUMBERS)}")
+        loop_thread = _LoopThread(f"banana-async-sync-{next(_NUMBERS)}", client.aclose)
         try:
             loop_thread.run(client.__aenter__)
         except BaseException:
-            loop_thread.stop(client.aclose)
+            loop_thread.stop()
             raise
         self._client = client
         self._loop_thread = loop_thread
         # Runs at close(), when the client is collected, or at interpreter
         # exit (while the daemon thread still runs), whichever comes first;
         # it holds no reference to self, or the client would never be collected.
-        self._finalizer = weakref.finalize(self, loop_thread.stop, client.aclose)
+        self._finalizer = weakref.finalize(self, loop_thread.stop)
 
     def _run(self, coroutine: Callable[[BananaClient], Coroutine[Any, Any, _T]]) -> _T:
         if not self._finalizer.alive:
@@ -376,7 +477,9 @@ class SyncBananaClient:
     @property
     def closed(self) -> bool:
         """True once the client was closed (it cannot be opened again)."""
-        return not self._finalizer.alive
+        # The loop also stops by itself when a callback raises SystemExit or
+        # KeyboardInterrupt on it (see _LoopThread._abort).
+        return not self._finalizer.alive or self._loop_thread.stopped
 
     @property
     def dialect(self) -> Dialect:
@@ -416,7 +519,8 @@ class SyncBananaClient:
         everything about the batch: outcomes in completion order, one bad
         input never stops the others, a journal resumes it. Bad arguments
         raise here, at once. Inputs given as a plain iterable are read lazily
-        on the client's loop thread.
+        on the client's loop thread, which every thread using the client
+        shares: an iterable that is slow to read stalls all their calls.
 
         Leaving the loop early cancels every task's poller. That happens on
         the spot when the iterator goes away (as a ``for`` loop's own does),

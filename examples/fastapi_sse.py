@@ -22,21 +22,29 @@ and no network::
     curl -N localhost:8000/batches/<id>/events
 
 Batches live in memory, in one worker process: a sketch of the mechanism,
-not a job queue. When the server stops, batches still running are cancelled
-(their pollers stop; tasks already created at the provider run on there).
+not a job queue. When the server stops, the event streams end at once and
+the batches still running are cancelled (their pollers stop; tasks already
+created at the provider run on there). That takes :class:`Server`, which
+``python examples/fastapi_sse.py`` runs: plain uvicorn waits for open
+streams to close before it shuts the application down, so under the
+``uvicorn`` command give it ``--timeout-graceful-shutdown 5``, after which it
+cuts them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
 import secrets
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
+import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 from pydantic import BaseModel, Field
@@ -51,6 +59,7 @@ class Batch:
     def __init__(self) -> None:
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.done = False
+        self.streams_ended = False
         self._changed = asyncio.Condition()
 
     async def add(self, name: str, data: dict[str, Any], *, last: bool = False) -> None:
@@ -71,8 +80,14 @@ class Batch:
             },
         )
 
+    async def end_streams(self) -> None:
+        """End every stream following the batch now (the server is shutting down)."""
+        async with self._changed:
+            self.streams_ended = True
+            self._changed.notify_all()
+
     def _beyond(self, position: int) -> bool:
-        return len(self.events) > position or self.done
+        return len(self.events) > position or self.done or self.streams_ended
 
     async def follow(self, start: int) -> AsyncIterator[tuple[int, str, dict[str, Any]]]:
         """The events from position ``start`` on, as they come, until the batch is over."""
@@ -84,7 +99,7 @@ class Batch:
             for name, data in new:
                 yield position, name, data
                 position += 1
-            if self.done and position >= len(self.events):
+            if self.streams_ended or (self.done and position >= len(self.events)):
                 return
 
 
@@ -119,6 +134,11 @@ class Batches:
         finally:
             # Also when cancelled at shutdown: the streams end instead of hanging.
             await batch.add("done", {}, last=True)
+
+    async def end_streams(self) -> None:
+        """End the event streams of every batch (the batches themselves run on)."""
+        for batch in self.batches.values():
+            await batch.end_streams()
 
     async def close(self) -> None:
         """Cancel the batches still running and wait until they have stopped."""
@@ -173,13 +193,25 @@ def sse(position: int, name: str, data: dict[str, Any]) -> str:
 async def batch_events(
     batch_id: str,
     batches: BatchesDep,
-    last_event_id: Annotated[int | None, Header()] = None,
+    last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
-    """The batch's events so far, then each one as it comes, until the batch is over."""
+    """The batch's events so far, then each one as it comes, until the batch is over.
+
+    A ``Last-Event-ID`` header (a reconnecting browser's) resumes after that
+    event; one that is not an id this stream sent (a non-negative integer)
+    is refused with 400.
+    """
     batch = batches.batches.get(batch_id)
     if batch is None:
         raise HTTPException(status_code=404, detail="no such batch")
-    start = 0 if last_event_id is None else last_event_id + 1
+    start = 0
+    if last_event_id is not None:
+        # Digits only: a negative id would index the events from their end.
+        if not (last_event_id.isascii() and last_event_id.isdigit()):
+            raise HTTPException(
+                status_code=400, detail="Last-Event-ID must be an event id: a number from 0"
+            )
+        start = int(last_event_id) + 1
 
     async def stream() -> AsyncIterator[str]:
         async for position, name, data in batch.follow(start):
@@ -244,10 +276,26 @@ def make_app(**client_options: Any) -> FastAPI:
     return app
 
 
+class Server(uvicorn.Server):
+    """uvicorn that ends the event streams as soon as it starts shutting down.
+
+    uvicorn runs the lifespan's shutdown (which cancels the batches) only
+    once every connection is closed, and a stream stays open until its batch
+    is over: without this, Ctrl-C would wait for every followed batch to end.
+    """
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        app = self.config.app
+        if isinstance(app, FastAPI) and hasattr(app.state, "batches"):
+            await app.state.batches.end_streams()
+        await super().shutdown(sockets)
+
+
 app = make_app()
 
 
 if __name__ == "__main__":
-    import uvicorn
-
-    uvicorn.run(app, port=int(os.environ.get("PORT", "8000")))
+    # uvicorn raises the Ctrl-C it handled again once it has stopped;
+    # uvicorn.run() takes it quietly, and so does this.
+    with contextlib.suppress(KeyboardInterrupt):
+        Server(uvicorn.Config(app, port=int(os.environ.get("PORT", "8000")))).run()

@@ -38,18 +38,21 @@ async def creates_reach(server: FakeBananaServer, count: int) -> None:
 class Uvicorn:
     """uvicorn serving ``app`` on a free loopback port, in a thread with its own loop.
 
+    ``server_class`` is :class:`uvicorn.Server` or an example's subclass of it.
+
     After :meth:`stop`, ``loop_errors`` holds what reached the loop's exception
     handler (an unclosed session, a task destroyed while pending, an exception
     never retrieved) and ``leftover_tasks`` the tasks still alive once the
     server returned.
     """
 
-    def __init__(self, app: FastAPI, **config: Any) -> None:
+    def __init__(
+        self, app: FastAPI, server_class: type[uvicorn.Server] = uvicorn.Server, **config: Any
+    ) -> None:
         self._socket = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, lifespan="on", log_level="critical", **config)
-        )
+        config = {"lifespan": "on", "log_level": "critical", **config}
+        self.server = server_class(uvicorn.Config(app, **config))
         self.loop_errors: list[dict[str, Any]] = []
         self.leftover_tasks: list[asyncio.Task[Any]] = []
         self._ready = threading.Event()

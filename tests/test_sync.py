@@ -462,3 +462,124 @@ def test_ctrl_c_stops_the_work_and_reaches_the_caller(provider: ProviderThread, 
     assert child.returncode == 0, err
     assert out.splitlines() == ["interrupted", "tasks left: 0", "closed"]
     assert err == ""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child is POSIX")
+def test_one_ctrl_c_is_enough_inside_asyncio_run(provider: ProviderThread) -> None:
+    # asyncio.run's own SIGINT handler only cancels its main task, which is
+    # blocked in the call: the call must hear the first Ctrl-C itself.
+    never_finishing(provider, 1)
+    code = """
+    import asyncio
+    client = SyncBananaClient(KEY, base_url=URL, poll_interval=0.01, adaptive_polling=False)
+
+    async def main():
+        print("ready", flush=True)
+        try:
+            client.generate("a slow cat")
+        except KeyboardInterrupt:
+            print("interrupted")
+        await asyncio.sleep(0)  # the main task was not cancelled
+        print("still running")
+
+    asyncio.run(main(), debug=False)  # debug mode would log the blocked loop
+    client.close()
+    print("closed")
+    """
+    child = run_child(code, provider.server.url)
+    assert child.stdout is not None
+    assert child.stdout.readline() == "ready\n"
+    while provider.do(lambda: provider.server.count("query")) < 2:
+        time.sleep(0.01)
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate()
+    assert child.returncode == 0, err
+    assert out.splitlines() == ["interrupted", "still running", "closed"]
+    assert err == ""
+
+
+# -- a callback that raises SystemExit or KeyboardInterrupt ------------------------------
+
+
+def stopping_at(error: type[BaseException]) -> Callable[[ba.TaskEvent], None]:
+    """A listener that raises ``error`` when a task starts processing (asyncio lets it out)."""
+
+    def listener(event: ba.TaskEvent) -> None:
+        if event.task.status is ba.TaskStatus.PROCESSING:
+            raise error("stop here")
+
+    return listener
+
+
+@pytest.mark.parametrize("error", [SystemExit, KeyboardInterrupt])
+@pytest.mark.parametrize("batch", [False, True], ids=["generate", "generate_many"])
+def test_a_callback_that_stops_the_loop_closes_the_client(
+    provider: ProviderThread, error: type[BaseException], batch: bool
+) -> None:
+    provider.do(lambda: provider.server.plan(*[TaskScript(duration=0.05)] * 3))
+    client = make_client(provider)
+    inner = client._client
+
+    def call() -> object:
+        if batch:
+            return list(client.generate_many(["a", "b", "c"], on_status=stopping_at(error)))
+        return client.generate("a cat", on_status=stopping_at(error))
+
+    with pytest.raises(error, match="stop here"):
+        call()
+    # The loop stopped: the client closed itself, and says so at once
+    # rather than leaving the next call waiting for a loop that never runs.
+    assert client.closed
+    with pytest.raises(RuntimeError, match="SyncBananaClient is closed"):
+        client.generate("another cat", timeout=20)
+    with pytest.raises(RuntimeError, match="SyncBananaClient is closed"):
+        client.generate_many(["another cat"])
+    client.close()
+    assert inner.closed
+    assert not client._loop_thread.thread.is_alive()
+    assert client._loop_thread.loop.is_closed()
+
+
+def test_a_callback_that_stops_the_loop_stops_other_threads_calls(
+    provider: ProviderThread,
+) -> None:
+    never_finishing(provider, 1)
+    provider.do(lambda: provider.server.plan(TaskScript(duration=0.05)))
+    client = make_client(provider)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        slow = pool.submit(client.generate, "a slow cat")
+        while provider.do(lambda: provider.server.count("query")) < 1:
+            time.sleep(0.01)
+        with pytest.raises(SystemExit):
+            client.generate("a cat", on_status=stopping_at(SystemExit))
+        # The other thread's call stops too, as asyncio.run's caller would.
+        with pytest.raises(SystemExit):
+            slow.result()
+    client.close()
+    assert client.closed
+
+
+@pytest.mark.parametrize("error", ["SystemExit", "KeyboardInterrupt"])
+def test_a_callback_that_stops_the_loop_leaves_nothing_open_at_exit(
+    provider: ProviderThread, error: str
+) -> None:
+    code = f"""
+    import banana_async as ba
+
+    def listener(event):
+        if event.task.status is ba.TaskStatus.PROCESSING:
+            raise {error}("stop here")
+
+    client = SyncBananaClient(KEY, base_url=URL, poll_interval=0.01)
+    try:
+        client.generate("a cat", on_status=listener)
+    except {error}:
+        print("raised; closed:", client.closed)
+    # No close(): the interpreter's exit must find nothing open, and not hang.
+    """
+    provider.do(lambda: provider.server.plan(TaskScript(duration=0.05)))
+    child = run_child(code, provider.server.url)
+    out, err = child.communicate()
+    assert child.returncode == 0, err
+    assert out.splitlines() == ["raised; closed: True"]
+    assert err == ""

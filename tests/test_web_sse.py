@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import signal
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,7 +17,7 @@ from fastapi import FastAPI
 
 from banana_async.fastapi import client_of
 from banana_async.testing import FakeBananaServer, TaskScript
-from tests._web import Uvicorn, creates_reach, load_example
+from tests._web import EXAMPLES, Uvicorn, creates_reach, load_example
 
 API_KEY = "sk-test-web-sse"
 
@@ -41,14 +45,19 @@ async def start_batch(session: aiohttp.ClientSession, url: str, prompts: list[st
 
 
 async def read_events(
-    session: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str] | None = None,
+    opened: asyncio.Event | None = None,
 ) -> list[Event]:
-    """Every event of the stream, until the server ends it."""
+    """Every event of the stream, until the server ends it; ``opened`` is set once it answers."""
     events: list[Event] = []
     fields: dict[str, str] = {}
     async with session.get(url, headers=headers) as response:
         assert response.status == 200
         assert response.content_type == "text/event-stream"
+        if opened is not None:
+            opened.set()
         async for raw in response.content:
             line = raw.decode().rstrip("\n")
             if line:
@@ -130,3 +139,84 @@ async def test_shutdown_cancels_running_batches_and_ends_their_streams(
         assert result[-1][1] == "done"
     assert client.closed
     server.assert_clean()
+
+
+@pytest.mark.parametrize("last_event_id", ["-100", "-1", "abc", "1.5", "\u0663"])
+async def test_a_last_event_id_that_is_no_event_id_is_refused(
+    fake: FakeBananaServer, last_event_id: str
+) -> None:
+    # A negative id used to replay events counted from the end, with negative ids.
+    fake.plan(TaskScript(queries=1))
+    async with Uvicorn(sse_app(fake)) as server, aiohttp.ClientSession() as session:
+        path = await start_batch(session, server.url, ["a cat"])
+        events = await read_events(session, server.url + path)  # the batch is over
+        async with session.get(
+            server.url + path, headers={"Last-Event-ID": last_event_id}
+        ) as response:
+            assert response.status == 400
+            assert "Last-Event-ID" in (await response.json())["detail"]
+        # The last event's id asks for nothing more.
+        assert await read_events(session, server.url + path, {"Last-Event-ID": "0"}) == events[1:]
+    server.assert_clean()
+
+
+async def test_shutdown_ends_open_streams_at_once_and_cancels_their_batch(
+    fake: FakeBananaServer,
+) -> None:
+    # The example's own server, with no grace period: the stream must end by
+    # itself, or the server would wait for the batch, whose tasks never finish,
+    # and the lifespan that cancels it would never run.
+    example = load_example("fastapi_sse")
+    app = example.make_app(api_key=API_KEY, base_url=fake.url, poll_interval=0.02)
+    async with (
+        Uvicorn(app, server_class=example.Server) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        client = client_of(app)
+        path = await start_batch(session, server.url, ["a kite", "a boat"])
+        await creates_reach(fake, 2)
+        opened = asyncio.Event()
+        stream = asyncio.create_task(read_events(session, server.url + path, opened=opened))
+        await opened.wait()
+        await server.stop()
+        events = await stream
+
+    assert events
+    assert all(name == "status" for _, name, _ in events)  # no outcome: nothing finished
+    (batch,) = app.state.batches.batches.values()
+    assert batch.done  # cancelled by the lifespan: its "done" came after the stream ended
+    assert batch.events[-1] == ("done", {})
+    assert client.closed
+    server.assert_clean()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child is POSIX")
+async def test_ctrl_c_with_a_stream_open_stops_the_example_at_once(fake: FakeBananaServer) -> None:
+    # `python examples/fastapi_sse.py`, as the docs run it, and one Ctrl-C.
+    env = {**os.environ, "BANANA_BASE_URL": fake.url, "BANANA_API_KEY": API_KEY, "PORT": "0"}
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(EXAMPLES / "fastapi_sse.py"),
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert child.stderr is not None
+    log: list[str] = []
+    while not (running := re.search(r"running on (http://\S+)", log[-1] if log else "")):
+        line = await child.stderr.readline()
+        assert line, "".join(log)
+        log.append(line.decode())
+    url = running.group(1)
+    async with aiohttp.ClientSession() as session:
+        path = await start_batch(session, url, ["a kite", "a boat"])  # never finishes
+        opened = asyncio.Event()
+        stream = asyncio.create_task(read_events(session, url + path, opened=opened))
+        await opened.wait()
+        child.send_signal(signal.SIGINT)
+        events = await stream
+        rest = (await child.stderr.read()).decode()
+    assert await child.wait() == 0, rest
+    assert events
+    assert "Waiting for connections to close" not in rest
+    assert "Traceback" not in rest
+    assert "Application shutdown complete" in rest
