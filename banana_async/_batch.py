@@ -643,8 +643,8 @@ class _Batch:
         hooks = None
         if self.journal is not None:
 
-            def sending() -> Awaitable[None]:
-                return self.jot(lambda j: j.record_sending(index, request))
+            async def sending() -> None:
+                await self.jot(lambda j: j.record_sending(index, request))
 
             async def not_sent(error: BananaError) -> None:
                 await self.jot(lambda j: j.record_error(index, request, error))

@@ -50,7 +50,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Final, Generic, Self, TypeVar
 
@@ -1266,23 +1266,17 @@ class SQLiteStore:
         """See :meth:`~banana_async.Journal.request_matches`."""
         return await self._call(self.journal._op_request_matches(index, request, raw_input))
 
-    def record_sending(self, index: int, request: GenerationRequest) -> Coroutine[Any, Any, None]:
+    async def record_sending(self, index: int, request: GenerationRequest) -> None:
         """See :meth:`~banana_async.Journal.record_sending`."""
-        # Not a coroutine function of its own: one frame less on the way to
-        # the thread and back, for the three records every task makes.
-        return self._call(self.journal._op_record_sending(index, request))
+        await self._call(self.journal._op_record_sending(index, request))
 
-    def record_created(self, index: int, task: Task) -> Coroutine[Any, Any, None]:
+    async def record_created(self, index: int, task: Task) -> None:
         """See :meth:`~banana_async.Journal.record_created`."""
-        # Not a coroutine function of its own: one frame less on the way to
-        # the thread and back, for the three records every task makes.
-        return self._call(self.journal._op_record_created(index, task))
+        await self._call(self.journal._op_record_created(index, task))
 
-    def record_finished(self, index: int, task: Task) -> Coroutine[Any, Any, None]:
+    async def record_finished(self, index: int, task: Task) -> None:
         """See :meth:`~banana_async.Journal.record_finished`."""
-        # Not a coroutine function of its own: one frame less on the way to
-        # the thread and back, for the three records every task makes.
-        return self._call(self.journal._op_record_finished(index, task))
+        await self._call(self.journal._op_record_finished(index, task))
 
     async def record_error(
         self,
