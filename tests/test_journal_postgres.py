@@ -383,3 +383,66 @@ def test_passwords_stay_out_of_names() -> None:
         "postgresql://u@db/jobs?password=***&sslmode=require"
     )
     assert redact_url("postgresql://u@db/jobs") == "postgresql://u@db/jobs"
+
+
+def _request(prompt: str) -> ba.GenerationRequest:
+    return ba.GenerationRequest(prompt=prompt)
+
+
+async def test_a_worker_past_its_lease_records_nothing(postgres_url: str, batch_name: str) -> None:
+    async with (
+        await PostgresStore.open(postgres_url, batch=batch_name, lease=0.3) as slow,
+        await PostgresStore.open(postgres_url, batch=batch_name, lease=30) as other,
+    ):
+        assert await slow.claim(0, _request("a cat"))
+        assert not await other.claim(0, _request("a cat"))  # held by a live lease
+        await slow.record_sending(0, _request("a cat"))
+        # The slow worker stalls (its renewals stop) past its lease.
+        assert slow._renewer is not None
+        slow._renewer.cancel()
+        for _ in range(_LOOKS):
+            if await other.claim(0, _request("a cat")):
+                break
+            await asyncio.sleep(_LOOK_PAUSE)
+        else:
+            pytest.fail("the expired claim was never taken over")
+        task = ba.Task(id="t-1", status=ba.TaskStatus.PROCESSING)
+        with pytest.raises(ba.JournalError, match="no longer holds input 0"):
+            await slow.record_created(0, task)
+        with pytest.raises(ba.JournalError, match="no longer holds input 0"):
+            await slow.settle(0)
+        entry = await other.get(0)
+        assert entry is not None
+        assert entry.state is EntryState.SENDING  # untouched by the fenced record
+        await other.record_unconfirmed(0, _request("a cat"), RuntimeError("lost"))
+        with pytest.raises(ValueError, match="cannot record a new create"):
+            await other.record_sending(0, _request("a cat"))  # the table still rules
+        assert await other.counts() == {EntryState.UNCONFIRMED: 1}
+
+
+async def test_a_closed_worker_gives_its_inputs_back_at_once(
+    postgres_url: str, batch_name: str
+) -> None:
+    async with await PostgresStore.open(postgres_url, batch=batch_name) as staying:
+        leaving = await PostgresStore.open(postgres_url, batch=batch_name)
+        assert await leaving.claim(3, _request("a dog"))
+        assert not await staying.claim(3, _request("a dog"))
+        await leaving.aclose()
+        await leaving.aclose()  # harmless
+        assert await staying.claim(3, _request("a dog"))  # no lease to wait for
+        with pytest.raises(ValueError, match="closed"):
+            await leaving.get(3)
+
+
+async def test_a_batch_belongs_to_one_provider(postgres_url: str, batch_name: str) -> None:
+    async with await PostgresStore.open(postgres_url, batch=batch_name) as store:
+        await store.bind_provider("nano", "https://a.example/", "https://a.example")
+        await store.bind_provider("NANO", "https://A.example", "https://a.example/")
+        with pytest.raises(ba.JournalError, match="another provider"):
+            await store.bind_provider("nano", "https://b.example", "https://b.example")
+
+
+async def test_an_unreachable_database_is_a_journal_error() -> None:
+    with pytest.raises(ba.JournalError, match="cannot connect") as caught:
+        await PostgresStore.open("postgresql://u:hunter2@127.0.0.1:1/db", batch="b")
+    assert "hunter2" not in str(caught.value)
