@@ -200,7 +200,7 @@ class PostgresStore:
     Besides the :class:`~banana_async.journal.JournalStore` methods, it
     claims inputs (:meth:`claim`, :meth:`settle`, :meth:`take_over`; the
     batch engine calls them) and reads the whole batch (:meth:`entries`,
-    :meth:`counts`). Every record requires this worker's claim on the input.
+    :meth:`counts`, :meth:`workers`). Every record requires this worker's claim on the input.
 
     Attributes:
         batch: The batch's name.
@@ -759,6 +759,16 @@ class PostgresStore:
                 self.batch,
             )
         return [self._entry(tuple(row)) for row in rows]
+
+    async def workers(self) -> list[str]:
+        """The ids of the batch's live workers (whose lease has not run out), sorted."""
+        async with self._connection() as connection:
+            rows = await connection.fetch(
+                "SELECT id FROM banana_workers WHERE batch = $1 AND lease_until > now()"
+                " ORDER BY id",
+                self.batch,
+            )
+        return [str(row["id"]) for row in rows]
 
     async def counts(self) -> dict[EntryState, int]:
         """How many inputs of the batch are in each state."""
