@@ -34,7 +34,7 @@ import pytest
 
 import banana_async as ba
 from banana_async.cli import main
-from banana_async.journal import EntryState, JournalEntry, PostgresStore
+from banana_async.journal import EntryState, Journal, JournalEntry, PostgresStore
 from banana_async.journal.postgres import redact_url
 from banana_async.testing import FakeBananaServer, Fault, TaskScript
 
@@ -229,7 +229,8 @@ async def test_a_killed_worker_loses_no_task(
         # The first create is processed (a task is billed), then its answer
         # never comes: in flight when its worker is killed.
         server.inject(Fault.stall(3600, process=True), on="create")
-        first = await _start_worker(postgres_url, batch_name, server, prompts, 3, 1.0)
+        # Leases of 3 s: a loaded machine may stall a live worker for a second.
+        first = await _start_worker(postgres_url, batch_name, server, prompts, 3, 3.0)
         async with _killed_at_exit(first):
             entries: list[JournalEntry] = []
             for _ in range(_LOOKS):
@@ -249,7 +250,7 @@ async def test_a_killed_worker_loses_no_task(
             with contextlib.suppress(ValueError):
                 server.finish(task_id)
         others = [
-            await _start_worker(postgres_url, batch_name, server, prompts, 3, 1.0) for _ in range(2)
+            await _start_worker(postgres_url, batch_name, server, prompts, 3, 3.0) for _ in range(2)
         ]
         async with _killed_at_exit(*others):
             results = [await _outcomes(worker) for worker in others]
@@ -461,3 +462,24 @@ async def test_an_unreachable_database_is_a_journal_error() -> None:
     with pytest.raises(ba.JournalError, match="cannot connect") as caught:
         await PostgresStore.open("postgresql://u:hunter2@127.0.0.1:1/db", batch="b")
     assert "hunter2" not in str(caught.value)
+
+
+def test_the_journal_command_reads_a_sqlite_journal(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "batch.sqlite"
+    with Journal.open(path) as journal:
+        journal.record_sending(0, _request("a cat"))
+        journal.record_created(0, ba.Task(id="t-7", status=ba.TaskStatus.PROCESSING))
+        journal.record_error(1, None, ba.InvalidRequestError("empty prompt"), raw_input="''")
+    assert main(["journal", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["0", "created", "t-7"]
+    assert out[1].split()[:3] == ["1", "error", "-"]
+    assert out[-1] == "2 inputs recorded: 1 created, 1 error"
+    assert main(["--json", "journal", str(path)]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["index"], r["state"], r["prompt"]) for r in records] == [
+        (0, "created", "a cat"),
+        (1, "error", "''"),
+    ]

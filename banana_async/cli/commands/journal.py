@@ -1,8 +1,8 @@
 """``banana-async journal JOURNAL [--batch NAME]``: every input of a journaled batch.
 
-Reads a SQLite journal (without taking its lock, so a running batch is not
-disturbed) or a batch in a Postgres journal (as no worker: it claims
-nothing), and prints one line per recorded input, whichever worker ran it,
+Reads a batch in a Postgres journal (as no worker: it claims nothing, so the
+batch may be running) or a SQLite journal (only while no batch has it open:
+its lock keeps everyone out), and prints one line per recorded input, whichever worker ran it,
 then the count in each state.
 """
 
