@@ -483,3 +483,11 @@ def test_the_journal_command_reads_a_sqlite_journal(
         (0, "created", "a cat"),
         (1, "error", "''"),
     ]
+
+
+async def test_without_asyncpg_the_error_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # import asyncpg now fails
+    with pytest.raises(ba.JournalError, match=r"pip install 'banana-async\[postgres\]'"):
+        await PostgresStore.open("postgresql://u@127.0.0.1:1/db", batch="b")
