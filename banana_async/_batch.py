@@ -69,6 +69,7 @@ from banana_async.errors import (
     UnconfirmedCreateError,
 )
 from banana_async.journal import (
+    ClaimingStore,
     EntryState,
     Journal,
     JournalStore,
@@ -76,6 +77,7 @@ from banana_async.journal import (
     open_store,
     resume_step,
 )
+from banana_async.journal.postgres import is_postgres_url
 from banana_async.models import (
     BatchInput,
     GenerationRequest,
@@ -187,7 +189,9 @@ class BatchOptions:
             ``resolution``, ``size``, ``image_urls``; None ones are left out).
         download_to: Save each image into this directory, or None.
         journal: A journal file, an open :class:`~banana_async.journal.Journal`,
-            or None.
+            a ``postgresql://`` URL, any store, or None.
+        batch: The batch's name in a Postgres journal, which many workers
+            share (required with one, refused with anything else).
         resend_unconfirmed: Create again the inputs whose create an earlier
             journaled run sent without seeing its answer.
         retry_failed: Create again the inputs whose task an earlier journaled
@@ -202,6 +206,7 @@ class BatchOptions:
     journal: str | os.PathLike[str] | Journal | JournalStore | None = None
     resend_unconfirmed: bool = False
     retry_failed: bool = False
+    batch: str | None = None
 
     def check(self) -> None:
         """Fail at once, before anything is sent, for options no batch could run with.
@@ -226,6 +231,15 @@ class BatchOptions:
             raise InvalidRequestError(
                 "journal must be a file path, a Journal or a JournalStore, "
                 f"not {type(journal).__name__}"
+            )
+        if is_postgres_url(journal):
+            if not isinstance(self.batch, str) or not self.batch:
+                raise InvalidRequestError(
+                    "a Postgres journal needs batch=NAME: the name every worker of the batch gives"
+                )
+        elif self.batch is not None:
+            raise InvalidRequestError(
+                "batch= names a batch in a Postgres journal: give journal='postgresql://...'"
             )
         request_from("check", **self.defaults)
         check_timeout(self.timeout)
@@ -335,6 +349,9 @@ class _Batch:
         self.download_to = Path(options.download_to) if options.download_to is not None else None
         # Opened by the generator: only a run that starts holds its lock.
         self.journal: JournalStore | None = None
+        # The same store when many workers share it: inputs are claimed first.
+        self.claims: ClaimingStore | None = None
+        self.batch_name = options.batch
         self.resend_unconfirmed = options.resend_unconfirmed
         self.retry_failed = options.retry_failed
         self.defaults = options.defaults
@@ -450,13 +467,13 @@ class _Batch:
                     break
                 try:
                     prepared = await self.prepare(index, item)
+                    await self.hand(index, prepared)
                 except _JournalBroke:
                     break
-                if isinstance(prepared, Outcome):
-                    self.deliver(prepared)
-                else:
-                    self.start(index, *prepared)
                 index += 1
+            if self.claims is not None and self.journal_error is None:
+                with contextlib.suppress(_JournalBroke):  # reported by report_journal_failure
+                    await self.take_over(self.claims)
             if self.workers:
                 await asyncio.gather(*self.workers)
         except asyncio.CancelledError:
@@ -466,6 +483,59 @@ class _Batch:
         else:
             if self.journal_error is None:
                 self.deliver(_Done())
+
+    async def hand(
+        self, index: int, prepared: Outcome | tuple[GenerationRequest, JournalEntry | None] | None
+    ) -> None:
+        """Deliver a prepared outcome (settled first), or start its worker, or skip it (None).
+
+        Raises:
+            _JournalBroke: the settle failed.
+        """
+        if prepared is None:
+            self.undelivered.release()  # another worker's input: nothing to deliver
+        elif isinstance(prepared, Outcome):
+            await self.settle(index)
+            self.deliver(prepared)
+        else:
+            self.start(index, *prepared)
+
+    async def settle(self, index: int) -> None:
+        """Tell a shared store that input ``index``'s outcome is handed over (if it is one)."""
+        claims = self.claims
+        if claims is not None:
+            await self.jot(lambda _: claims.settle(index))
+
+    async def take_over(self, claims: ClaimingStore) -> None:
+        """Run the inputs that other workers left unsettled, until none is left.
+
+        Called once this worker has read all its inputs. Waits (in the
+        store) while other live workers hold inputs: any of them may die.
+
+        Raises:
+            _JournalBroke: the store failed.
+        """
+        while True:
+            await self.undelivered.acquire()
+            if self.journal_error is not None:
+                return
+            taken = await self.jot(lambda _: claims.take_over())
+            if taken is None:
+                self.undelivered.release()
+                return
+            await self.hand(taken[0], await self.resume_taken(*taken))
+
+    async def resume_taken(
+        self, index: int, request: GenerationRequest | None, raw: str | None
+    ) -> Outcome | tuple[GenerationRequest, JournalEntry | None]:
+        """What an input taken over from another worker needs (see :meth:`resume`)."""
+        if request is None:
+            # Its worker found it no valid prompt; this one cannot read it either.
+            error = InvalidRequestError(f"input {index} cannot be read as a prompt: {raw}")
+            await self.jot(lambda j: j.record_error(index, None, error, raw_input=raw))
+            return Outcome(index, None, error=error)
+        entry = await self.jot(lambda j: j.get(index))
+        return await self.resume(index, request, entry)
 
     def start(self, index: int, request: GenerationRequest, entry: JournalEntry | None) -> None:
         worker = asyncio.create_task(
@@ -490,8 +560,10 @@ class _Batch:
 
     async def prepare(
         self, index: int, item: Any
-    ) -> Outcome | tuple[GenerationRequest, JournalEntry | None]:
+    ) -> Outcome | tuple[GenerationRequest, JournalEntry | None] | None:
         """Settle an input without HTTP if possible; else what its worker needs.
+
+        None: another worker of a shared store has the input (it is skipped).
 
         Raises:
             JournalError: the journal holds a different input at this
@@ -515,19 +587,38 @@ class _Batch:
                 if recorded is not None and recorded.request is not None:
                     raise self.mismatch(index, journal) from exc
                 raw = _safe_repr(item)
+                claimer = self.claims
+                if claimer is not None and not await self.jot(
+                    lambda _: claimer.claim(index, None, raw_input=raw)
+                ):
+                    return None
                 await self.jot(lambda j: j.record_error(index, None, exc, raw_input=raw))
             return Outcome(index, None, error=exc)
         if journal is None:
             return request, None
         entry = await self.jot(lambda j: j.get(index))
-        if entry is None:
-            return request, None
         # An entry without a request was an invalid input that created nothing:
         # a corrected input may take its place.
-        if entry.request is not None and not await self.jot(
-            lambda j: j.request_matches(index, request)
+        if (
+            entry is not None
+            and entry.request is not None
+            and not await self.jot(lambda j: j.request_matches(index, request))
         ):
             raise self.mismatch(index, journal)
+        claims = self.claims
+        if claims is not None:
+            if not await self.jot(lambda _: claims.claim(index, request)):
+                return None
+            # Read again: another worker may have recorded it before this claim.
+            entry = await self.jot(lambda j: j.get(index))
+        return await self.resume(index, request, entry)
+
+    async def resume(
+        self, index: int, request: GenerationRequest, entry: JournalEntry | None
+    ) -> Outcome | tuple[GenerationRequest, JournalEntry | None]:
+        """What an input with ``entry`` needs: an outcome from it, or its worker's work."""
+        if entry is None:
+            return request, None
         if entry.state is EntryState.FAILED and self.retry_failed:
             await self.jot(lambda j: j.mark_resend(index))
             return request, None  # forgotten: created again as a new task
@@ -560,6 +651,7 @@ class _Batch:
             if record is not None:
                 await self.jot(record)
             outcome = await self.download(outcome)
+            await self.settle(index)
         except _JournalBroke:
             return  # reported once, for the whole batch, by report_journal_failure
         except Exception as exc:  # a bug in the batch itself
@@ -863,7 +955,11 @@ async def _results(
     async with contextlib.AsyncExitStack() as stack:
         if journal is not None:
             # Opened here: only a run that starts holds the journal's lock.
-            batch.journal = await stack.enter_async_context(open_store(journal))
+            batch.journal = await stack.enter_async_context(
+                open_store(journal, batch=batch.batch_name)
+            )
+            if isinstance(batch.journal, ClaimingStore):
+                batch.claims = batch.journal
             await _bind(batch.journal, batch.ops.provider)
         producer = asyncio.create_task(batch.produce(inputs), name="banana_async-batch-producer")
         try:

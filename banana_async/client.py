@@ -1070,6 +1070,7 @@ class BananaClient:
         journal: str | os.PathLike[str] | Journal | JournalStore | None = None,
         resend_unconfirmed: bool = False,
         retry_failed: bool = False,
+        batch: str | None = None,
         model: str | None = None,
         resolution: Resolution | str | None = None,
         size: AspectRatio | str | None = None,
@@ -1098,13 +1099,22 @@ class BananaClient:
             journal: A SQLite file (or an open :class:`~banana_async.Journal`,
                 or any :class:`~banana_async.journal.JournalStore`) recording
                 every step; running the same batch with the same journal
-                resumes it without creating any task twice.
+                resumes it without creating any task twice. A
+                ``postgresql://`` URL (with ``batch``) shares the batch with
+                every worker, in any process on any machine, given the same
+                inputs and the same URL and name: each input is created once
+                across them, each worker yields the outcomes of the inputs it
+                settled, and the inputs of a worker that dies are finished
+                by the others (see :mod:`banana_async.journal.postgres`;
+                needs the ``postgres`` extra).
             resend_unconfirmed: Create again the inputs whose create was in
                 flight when an earlier journaled run stopped (they may have
                 been billed once already).
             retry_failed: Create again, as new tasks, the inputs whose task
                 ended ``failed`` in an earlier journaled run (each is billed
                 anew); without it they are reported from the journal.
+            batch: The batch's name in a Postgres journal (required with
+                one, refused with anything else).
             model: Model for prompts given as plain strings.
             resolution: Resolution for plain-string prompts.
             size: Aspect ratio for plain-string prompts.
@@ -1139,6 +1149,7 @@ class BananaClient:
             journal=journal,
             resend_unconfirmed=resend_unconfirmed,
             retry_failed=retry_failed,
+            batch=batch,
         )
         return _batch.run(self._batch_operations(emit), inputs, options)
 

@@ -234,7 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument(
         "--journal",
         metavar="PATH",
-        help="SQLite journal: run the same command again to resume without creating any task twice",
+        help="SQLite journal: run the same command again to resume without creating any task "
+        "twice; or a postgresql:// URL, with --batch, to run one batch with any number of "
+        "processes on any machines (each given the same FILE)",
+    )
+    batch.add_argument(
+        "--batch",
+        metavar="NAME",
+        help="with a postgresql:// --journal: the batch's name, the same for every worker",
     )
     batch.add_argument(
         "--resend-unconfirmed",
@@ -296,6 +303,21 @@ def build_parser() -> argparse.ArgumentParser:
             "List the model names the dialect documents, with the resolutions each "
             "honours. Other names are refused unless --allow-unknown-models is given."
         ),
+    )
+
+    journal = commands.add_parser(
+        "journal",
+        parents=[local],
+        help="show every input of a journaled batch",
+        description=(
+            "Read a batch's journal (a SQLite file, or a postgresql:// URL with --batch) and "
+            "print every input recorded in it, whichever worker ran it, then the count "
+            "in each state. Sends nothing to the API."
+        ),
+    )
+    journal.add_argument("journal", metavar="JOURNAL", help="a journal file or postgresql:// URL")
+    journal.add_argument(
+        "--batch", metavar="NAME", help="the batch's name (a postgresql:// journal only)"
     )
 
     demo = commands.add_parser(

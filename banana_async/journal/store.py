@@ -23,9 +23,10 @@ the event loop. What every store promises:
   lost connection) means the record was not made, and a batch stops creating
   at the first one.
 
-Claiming and leasing for many workers come with a networked store, as a
-protocol that extends this one (for example ``claim(index, worker, lease)``
-before ``record_sending``, and a lease renewed while a task is polled); the
+Claiming for many workers is :class:`ClaimingStore`, a protocol that
+extends this one (:class:`~banana_async.journal.postgres.PostgresStore`
+implements it): a batch claims each input before anything else, settles it
+when its outcome is handed over, and takes over what dead workers left. The
 states and their table stay as they are, and a single-process batch keeps
 using only what is here.
 """
@@ -38,7 +39,7 @@ from typing import Protocol, runtime_checkable
 from banana_async.journal._entries import JournalEntry
 from banana_async.models import GenerationRequest, Task
 
-__all__ = ["JournalStore"]
+__all__ = ["ClaimingStore", "JournalStore"]
 
 
 @runtime_checkable
@@ -120,4 +121,32 @@ class JournalStore(Protocol):
 
     async def aclose(self) -> None:
         """Finish what was recorded and release the store; closing twice is harmless."""
+        ...
+
+
+@runtime_checkable
+class ClaimingStore(JournalStore, Protocol):
+    """A store shared by many workers of one batch, each claiming the inputs it runs.
+
+    A batch whose store has these methods claims each input before it reads
+    or writes its entry, and runs only those it claimed; it settles an input
+    when it hands the input's outcome over; once it has read all its inputs,
+    it takes over the inputs that no live worker holds and nobody settled.
+    """
+
+    async def claim(
+        self, index: int, request: GenerationRequest | None, *, raw_input: str | None = None
+    ) -> bool:
+        """Claim input ``index`` for this worker; False if another worker has it or settled it."""
+        ...
+
+    async def settle(self, index: int) -> None:
+        """Mark input ``index`` settled (its outcome was handed over) and give up its claim."""
+        ...
+
+    async def take_over(self) -> tuple[int, GenerationRequest | None, str | None] | None:
+        """Claim an input that a worker left unsettled: its index, request, and raw text.
+
+        Waits while other live workers hold unsettled inputs; None once there are none.
+        """
         ...

@@ -27,6 +27,7 @@ COMMANDS: Final[Mapping[str, str]] = MappingProxyType(
         "batch": "banana_async.cli.commands.batch",
         "status": "banana_async.cli.commands.status",
         "download": "banana_async.cli.commands.download",
+        "journal": "banana_async.cli.commands.journal",
         "models": "banana_async.cli.commands.models",
         "demo": "banana_async.cli.commands.demo",
     }

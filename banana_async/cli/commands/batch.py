@@ -32,7 +32,8 @@ from banana_async.cli.output import Shown, emit, error_of, json_line, prompt_of,
 from banana_async.cli.progress import PROGRESS_INTERVAL, Progress, Stats, duration
 from banana_async.cli.prompt_file import PromptFile, looks_binary, scan
 from banana_async.errors import InvalidRequestError, JournalError, TaskTimeoutError
-from banana_async.journal import SQLiteStore
+from banana_async.journal import PostgresStore, SQLiteStore
+from banana_async.journal.postgres import is_postgres_url, redact_url
 
 if TYPE_CHECKING:
     from banana_async.client import BananaClient
@@ -109,6 +110,13 @@ def _check_flags(args: argparse.Namespace) -> None:
     ):
         if given and args.journal is None:
             raise InvalidRequestError(f"{flag} needs --journal")
+    if is_postgres_url(args.journal):
+        if not args.batch:
+            raise InvalidRequestError(
+                "a postgresql:// --journal needs --batch NAME (the same for every worker)"
+            )
+    elif args.batch is not None:
+        raise InvalidRequestError("--batch needs a postgresql:// --journal")
 
 
 async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
@@ -124,7 +132,7 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
     defaults = request_defaults(args)
     check_defaults(args, defaults)
     client = api_client(args, requests_per_second=args.requests_per_second)
-    if args.journal is not None:
+    if args.journal is not None and not is_postgres_url(args.journal):
         problem = await asyncio.to_thread(_journal_problem, Path(args.journal))
         if problem is not None:
             raise JournalError(problem, path=args.journal)
@@ -141,6 +149,9 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
     stats = Stats(total=found.inputs if found else None, concurrency=args.concurrency)
     state.stats = stats
     state.journal = args.journal
+    if is_postgres_url(args.journal):
+        # Never the password on the terminal; the hint names the batch too.
+        state.journal = f"{redact_url(args.journal)} --batch {args.batch}"
     state.out = args.out
     state.resumable = True
     prompts = PromptFile(
@@ -204,8 +215,12 @@ async def _run_batch(  # noqa: PLR0917 - the pieces run() prepared
     async with contextlib.AsyncExitStack() as stack:
         # The journal first: one that cannot be used stops the batch before
         # the client opens, let alone creates anything.
-        journal = None
-        if args.journal is not None:
+        journal: SQLiteStore | PostgresStore | None = None
+        if is_postgres_url(args.journal):
+            journal = await stack.enter_async_context(
+                await PostgresStore.open(args.journal, batch=args.batch)
+            )
+        elif args.journal is not None:
             journal = await stack.enter_async_context(await SQLiteStore.open(args.journal))
         manifest = await asyncio.to_thread(_open_manifest, out)
         stack.callback(manifest.close)

@@ -1,0 +1,896 @@
+"""One batch shared by many workers: a journal in Postgres, with claims on leases.
+
+Any number of worker processes, on any machines, run one batch together when
+they are given the same inputs and the same ``journal="postgresql://..."``
+and ``batch="NAME"``. Each input is created once across all of them, and a
+worker that dies leaves its inputs to the others. Needs ``asyncpg`` (the
+``postgres`` extra: ``pip install 'banana-async[postgres]'``), imported only
+when a store is opened.
+
+How workers share the inputs (the design a reviewer should check):
+
+- **Claims are leases, not row locks.** An input is claimed by writing the
+  worker's id into its row (``owner``) in a short transaction; the claim
+  lasts while the worker's own row in ``banana_workers`` is alive, that is
+  while its ``lease_until`` lies ahead of the database's clock. A live worker
+  renews its lease every third of its length (one UPDATE of one row, however
+  many inputs it holds). A ``SELECT ... FOR UPDATE SKIP LOCKED`` held for a
+  whole task would need one open transaction, and one connection, per task
+  in flight (a task may take minutes), and nothing recorded inside it would
+  be durable before its commit; the journal's promise is the opposite (a
+  record returns once it is durable). ``SKIP LOCKED`` is used only inside
+  the short statement that takes over orphaned inputs, so that two workers
+  looking for work at once never pick the same row.
+- **Every record is fenced.** A record is one UPDATE whose WHERE holds the
+  transition table's check (:func:`~banana_async.journal.sources`), the
+  claim (``owner`` is this worker) and the worker's live lease, so a worker
+  that was paused past its lease (and whose inputs another worker took)
+  cannot overwrite anything: its record fails with
+  :class:`~banana_async.JournalError` and its batch stops creating. Time is
+  always the database's ``now()``, never a worker's clock.
+- **A worker that dies** (SIGKILL, a lost machine) stops renewing; once its
+  lease has expired, its unsettled inputs are orphans, which the other
+  workers take over once they have read all their inputs (they wait for
+  the batch while another worker still holds inputs). What a taker does
+  with each follows the one table, exactly as a resumed SQLite batch does:
+  a ``CREATED`` task is polled, never created again; a ``SENDING`` entry
+  (a create in flight at the death) is reported as unconfirmed; an input
+  with nothing recorded, or ``ERROR``, is created.
+- **Runs.** The batch's ``run`` number goes up when a worker joins a batch
+  in which no worker is alive. An input is *settled* once a worker handed
+  its outcome to its caller; within one run no other worker touches it, so
+  each worker yields only the outcomes of the inputs it settled. A worker
+  that starts a new run later resumes the batch as SQLite does: it reports
+  finished inputs from the journal, polls unfinished tasks and creates again
+  what certainly was not created.
+- A worker that stops cleanly (its batch ended, or it was cancelled) gives
+  its unsettled inputs back at once, and leaves the batch's worker list.
+
+Every worker must read the same inputs in the same order: an input whose
+recorded request differs from the worker's own at the same index stops that
+worker with :class:`~banana_async.JournalError` (as SQLite does).
+
+Tables (created when missing, under an advisory lock, in the connection's
+schema): ``banana_batches`` (one row per batch: the provider, the run
+number), ``banana_workers`` (one row per worker: its lease), and
+``banana_entries`` (one row per input, keyed by batch and index: the same
+columns as the SQLite journal, plus ``owner`` and ``settled_run``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Final, Self
+from urllib.parse import urlsplit, urlunsplit
+
+from banana_async._checks import error_message as error_text
+from banana_async._convert import CONVERTER
+from banana_async.errors import JournalError
+from banana_async.journal._entries import (
+    JournalEntry,
+    JournalProvider,
+    canonical_request,
+    check_index,
+    dumps_task,
+    storable,
+)
+from banana_async.journal.states import EntryState, sources
+from banana_async.models import GenerationRequest, Task, TaskStatus
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = ["DEFAULT_LEASE", "PostgresStore", "is_postgres_url", "redact_url"]
+
+logger = logging.getLogger("banana_async")
+
+DEFAULT_LEASE: Final = 30.0
+"""Seconds a worker's claims outlive its last renewal (renewed every third of it)."""
+
+# Serialises the creation of the tables and the joining of workers: two
+# workers creating the tables at once would collide in the catalogue.
+_LOCK_KEY: Final = 0x62616E616E61  # "banana"
+
+# How often a worker with nothing left to claim looks again while other
+# workers still hold inputs of the batch (at most; a third of the lease if shorter).
+_SWEEP_PAUSE: Final = 1.0
+
+_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS banana_batches (
+        name TEXT PRIMARY KEY,
+        provider TEXT,
+        run BIGINT NOT NULL DEFAULT 0,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    )""",
+    """CREATE TABLE IF NOT EXISTS banana_workers (
+        batch TEXT NOT NULL REFERENCES banana_batches (name) ON DELETE CASCADE,
+        id TEXT NOT NULL,
+        label TEXT NOT NULL,
+        run BIGINT NOT NULL,
+        lease_until TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (batch, id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS banana_entries (
+        batch TEXT NOT NULL REFERENCES banana_batches (name) ON DELETE CASCADE,
+        idx BIGINT NOT NULL CHECK (idx >= 0),
+        state TEXT,
+        request TEXT,
+        raw_input TEXT,
+        task_id TEXT,
+        task TEXT,
+        error TEXT,
+        error_type TEXT,
+        path TEXT,
+        updated_at DOUBLE PRECISION NOT NULL,
+        owner TEXT,
+        settled_run BIGINT,
+        PRIMARY KEY (batch, idx)
+    )""",
+)
+
+_COLUMNS: Final = (
+    "idx, state, request, raw_input, task_id, task, error, error_type, path, updated_at"
+)
+
+# $1 batch, $2 index, $3 updated_at, $4 states allowed before, $5 this worker.
+_FENCE: Final = (
+    "owner = $5 AND EXISTS (SELECT 1 FROM banana_workers w"
+    " WHERE w.batch = $1 AND w.id = $5 AND w.lease_until > now())"
+)
+
+# An owner whose lease has run out (or who left) holds nothing.
+_ORPHAN: Final = (
+    "(e.owner IS NULL OR NOT EXISTS (SELECT 1 FROM banana_workers w"
+    " WHERE w.batch = e.batch AND w.id = e.owner AND w.lease_until > now()))"
+)
+
+
+def is_postgres_url(journal: object) -> bool:
+    """Tell whether ``journal`` is a Postgres URL (``postgresql://`` or ``postgres://``)."""
+    return isinstance(journal, str) and journal.startswith(("postgresql://", "postgres://"))
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, as messages and logs may show it."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    # asyncpg also takes the password as a query parameter.
+    query = "&".join(
+        "password=***" if pair.lower().startswith("password=") else pair
+        for pair in parts.query.split("&")
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _text(value: str | None) -> str | None:
+    """Text as a Postgres column keeps it: no lone surrogates (see JournalEntry), no NUL."""
+    stored = storable(value)
+    return None if stored is None else stored.replace("\x00", "\\x00")
+
+
+def _states(after: EntryState | None) -> tuple[list[str], bool]:
+    """The states ``after`` may follow, as values, and whether "nothing recorded" is one."""
+    before = sources(after)
+    return sorted(state.value for state in before if state is not None), None in before
+
+
+class PostgresStore:
+    """A :class:`~banana_async.journal.JournalStore` in Postgres, shared by many workers.
+
+    Each store is one worker of one batch (see the module for the design).
+    Open it with :meth:`open`, or hand ``generate_many`` the URL and the
+    batch's name and let it open and close one::
+
+        async for outcome in client.generate_many(
+            prompts, journal="postgresql://user@db/jobs", batch="posters-2026"
+        ):
+            ...
+
+    Besides the :class:`~banana_async.journal.JournalStore` methods, it
+    claims inputs (:meth:`claim`, :meth:`settle`, :meth:`take_over`; the
+    batch engine calls them) and reads the whole batch (:meth:`entries`,
+    :meth:`counts`, :meth:`workers`). Every record requires this worker's claim on the input.
+
+    Attributes:
+        batch: The batch's name.
+        worker: This worker's id (host, process and a random part).
+        lease: Seconds the worker's claims outlive its last renewal.
+    """
+
+    def __init__(self, pool: Any, url: str, batch: str, worker: str, lease: float) -> None:
+        """Use :meth:`open`."""
+        self._pool = pool
+        self._url = redact_url(url)
+        self.batch = batch
+        self.worker = worker
+        self.lease = lease
+        self._run = 0
+        self._renewer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        batch: str,
+        lease: float = DEFAULT_LEASE,
+        max_connections: int = 10,
+        join: bool = True,
+    ) -> Self:
+        """Connect, create the tables if missing, and join batch ``batch`` as a new worker.
+
+        Args:
+            url: A ``postgresql://`` URL, as asyncpg takes it.
+            batch: The batch's name; every worker of one batch gives the same.
+            lease: Seconds this worker's claims outlive its last renewal: a
+                worker that dies gives its inputs up after that long. Keep it
+                well above the longest pause a live worker may have (a
+                stalled event loop, a slow network).
+            max_connections: Most connections this worker opens.
+            join: False to only read the batch (:meth:`entries`,
+                :meth:`counts`): the store joins as no worker, holds no
+                lease, and every record and claim fails.
+
+        Raises:
+            JournalError: asyncpg is not installed, the database cannot be
+                reached, or the batch cannot be joined.
+            ValueError: an empty batch name or a lease <= 0.
+        """
+        if not isinstance(batch, str) or not batch:
+            raise ValueError("batch must be a non-empty name")
+        if not lease > 0:
+            raise ValueError(f"lease must be > 0 seconds, not {lease!r}")
+        try:
+            import asyncpg  # noqa: PLC0415 - an optional extra, loaded only here
+        except ImportError as exc:
+            raise JournalError(
+                "a Postgres journal needs asyncpg: pip install 'banana-async[postgres]'",
+                path=redact_url(url),
+            ) from exc
+        worker = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        try:
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=max_connections)
+        except Exception as exc:
+            raise JournalError(
+                f"cannot connect to the journal {redact_url(url)}: {error_text(exc)}",
+                path=redact_url(url),
+            ) from exc
+        store = cls(pool, url, batch, worker, lease)
+        try:
+            await store._join(join=join)
+        except BaseException as exc:
+            await pool.close()
+            if isinstance(exc, Exception) and not isinstance(exc, JournalError):
+                raise JournalError(
+                    f"cannot join batch {batch!r} in {store.name}: {error_text(exc)}",
+                    path=store.name,
+                ) from exc
+            raise
+        if join:
+            store._renewer = asyncio.get_running_loop().create_task(
+                store._renew(), name=f"banana_async-journal-lease-{worker}"
+            )
+        return store
+
+    @property
+    def name(self) -> str:
+        """The journal's URL (without its password) and the batch's name."""
+        return f"{self._url} batch {self.batch!r}"
+
+    @property
+    def run(self) -> int:
+        """The batch's run this worker joined (see the module)."""
+        return self._run
+
+    def __repr__(self) -> str:
+        return (
+            f"<PostgresStore {self.name} worker {self.worker}{' closed' if self._closed else ''}>"
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- joining and the lease ------------------------------------------------------
+
+    async def _join(self, *, join: bool) -> None:
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+            for statement in _SCHEMA:
+                await connection.execute(statement)
+            if not join:
+                self._run = int(
+                    await connection.fetchval(
+                        "SELECT coalesce(max(run), 0) FROM banana_batches WHERE name = $1",
+                        self.batch,
+                    )
+                )
+                return
+            await connection.execute(
+                "INSERT INTO banana_batches (name) VALUES ($1) ON CONFLICT DO NOTHING", self.batch
+            )
+            run = await connection.fetchval(
+                "SELECT run FROM banana_batches WHERE name = $1 FOR UPDATE", self.batch
+            )
+            alive = await connection.fetchval(
+                "SELECT count(*) FROM banana_workers WHERE batch = $1 AND lease_until > now()",
+                self.batch,
+            )
+            if alive == 0:
+                # Nobody is running the batch: this worker starts a new run,
+                # which resumes it (see the module).
+                run += 1
+                await connection.execute(
+                    "UPDATE banana_batches SET run = $2 WHERE name = $1", self.batch, run
+                )
+            # Workers whose lease ran out hold nothing: forget them.
+            await connection.execute(
+                "DELETE FROM banana_workers WHERE batch = $1 AND lease_until <= now()", self.batch
+            )
+            await connection.execute(
+                "INSERT INTO banana_workers (batch, id, label, run, lease_until)"
+                " VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))",
+                self.batch,
+                self.worker,
+                f"pid {os.getpid()} on {socket.gethostname()}",
+                run,
+                self.lease,
+            )
+            self._run = int(run)
+
+    async def _renew(self) -> None:
+        """Renew this worker's lease every third of it, until the store closes."""
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                async with self._pool.acquire() as connection:
+                    renewed = await connection.execute(
+                        "UPDATE banana_workers SET lease_until = now() + make_interval(secs => $3)"
+                        " WHERE batch = $1 AND id = $2 AND lease_until > now()",
+                        self.batch,
+                        self.worker,
+                        self.lease,
+                    )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Not fatal yet: the lease may outlast the outage. If it does
+                # not, every record fails (fenced) and the batch stops.
+                logger.warning(
+                    "journal %s: could not renew the lease of worker %s (%s)",
+                    self.name,
+                    self.worker,
+                    error_text(exc),
+                )
+                continue
+            if renewed.endswith(" 0"):
+                logger.error(
+                    "journal %s: the lease of worker %s expired; other workers may take "
+                    "its inputs, and its records now fail",
+                    self.name,
+                    self.worker,
+                )
+                return
+
+    # -- the protocol -----------------------------------------------------------------
+
+    async def bind_provider(self, dialect: str, create_base_url: str, query_base_url: str) -> None:
+        """Tie the batch to one provider, or check that it is the one recorded.
+
+        Raises:
+            JournalError: Another provider is recorded for this batch.
+        """
+        given = JournalProvider(dialect, create_base_url, query_base_url)
+        value = json.dumps(
+            {
+                "dialect": dialect,
+                "create_base_url": create_base_url,
+                "query_base_url": query_base_url,
+            },
+            sort_keys=True,
+        )
+        async with self._connection() as connection, connection.transaction():
+            recorded = await connection.fetchval(
+                "SELECT provider FROM banana_batches WHERE name = $1 FOR UPDATE", self.batch
+            )
+            if recorded is None:
+                await connection.execute(
+                    "UPDATE banana_batches SET provider = $2 WHERE name = $1", self.batch, value
+                )
+                return
+        fields = json.loads(recorded)
+        known = JournalProvider(
+            str(fields["dialect"]), str(fields["create_base_url"]), str(fields["query_base_url"])
+        )
+        if not known.same_as(given):
+            raise JournalError(
+                f"batch {self.batch!r} in {self._url} belongs to another provider: it was "
+                f"recorded for {known}, not {given}; its task ids mean nothing there",
+                path=self.name,
+            )
+
+    async def get(self, index: int) -> JournalEntry | None:
+        """Return the entry of input ``index``, or None if nothing is recorded."""
+        check_index(index)
+        async with self._connection() as connection:
+            row = await connection.fetchrow(
+                f"SELECT {_COLUMNS} FROM banana_entries"
+                " WHERE batch = $1 AND idx = $2 AND state IS NOT NULL",
+                self.batch,
+                index,
+            )
+        return None if row is None else self._entry(tuple(row))
+
+    async def request_matches(
+        self, index: int, request: GenerationRequest | None, *, raw_input: str | None = None
+    ) -> bool:
+        """Tell whether the entry of ``index`` was recorded for this same input."""
+        check_index(index)
+        async with self._connection() as connection:
+            row = await connection.fetchrow(
+                "SELECT request, raw_input FROM banana_entries"
+                " WHERE batch = $1 AND idx = $2 AND state IS NOT NULL",
+                self.batch,
+                index,
+            )
+        if row is None:
+            return False
+        if request is None:
+            return row["request"] is None and row["raw_input"] == _text(raw_input)
+        return row["request"] is not None and row["request"] == canonical_request(request)
+
+    async def record_sending(self, index: int, request: GenerationRequest) -> None:
+        """Record that the create of ``request`` is about to be sent (-> ``SENDING``).
+
+        Raises:
+            ValueError: Anything but ``ERROR`` is recorded for ``index``.
+            JournalError: This worker does not hold the input (or its lease ran out).
+        """
+        await self._update(
+            index,
+            EntryState.SENDING,
+            "request = $6, raw_input = NULL, task_id = NULL, task = NULL, error = NULL,"
+            " error_type = NULL, path = NULL",
+            canonical_request(request),
+            action="record a new create",
+        )
+
+    async def record_created(self, index: int, task: Task) -> None:
+        """Record the task the create returned, or a newer snapshot (-> ``CREATED``).
+
+        Raises:
+            ValueError: The entry is not ``SENDING`` or ``CREATED``, or holds another task.
+            JournalError: This worker does not hold the input (or its lease ran out).
+        """
+        await self._task(index, task, EntryState.CREATED, None, None, "record its task")
+
+    async def record_finished(self, index: int, task: Task) -> None:
+        """Record a task that ended (-> ``COMPLETED`` or ``FAILED``).
+
+        Raises:
+            ValueError: The task has not ended, the table forbids the record,
+                or the entry holds another task.
+            JournalError: This worker does not hold the input (or its lease ran out).
+        """
+        if not task.status.terminal:
+            raise ValueError(f"task {task.id} has not finished (status {task.status.value!r})")
+        if task.status is TaskStatus.COMPLETED:
+            await self._task(index, task, EntryState.COMPLETED, None, None, "record its end")
+        else:
+            message = _text(task.error or f"task {task.id} failed")
+            await self._task(
+                index, task, EntryState.FAILED, message, "TaskFailedError", "record its end"
+            )
+
+    async def record_error(
+        self,
+        index: int,
+        request: GenerationRequest | None,
+        error: BaseException,
+        *,
+        raw_input: str | None = None,
+    ) -> None:
+        """Record that the input failed with certainly nothing created (-> ``ERROR``).
+
+        Raises:
+            ValueError: The entry is not new, ``SENDING`` or ``ERROR``.
+            JournalError: This worker does not hold the input (or its lease ran out).
+        """
+        await self._update(
+            index,
+            EntryState.ERROR,
+            "request = coalesce($6, request), raw_input = coalesce($7, raw_input),"
+            " error = $8, error_type = $9",
+            None if request is None else canonical_request(request),
+            _text(raw_input),
+            _text(error_text(error)),
+            _text(type(error).__name__),
+            action="record an error",
+        )
+
+    async def record_unconfirmed(
+        self,
+        index: int,
+        request: GenerationRequest,
+        error: BaseException,
+        *,
+        task_id: str | None = None,
+    ) -> None:
+        """Record that a create may have created a task (-> ``UNCONFIRMED``).
+
+        Raises:
+            ValueError: The entry is not ``SENDING``.
+            JournalError: This worker does not hold the input (or its lease ran out).
+        """
+        await self._update(
+            index,
+            EntryState.UNCONFIRMED,
+            "request = $6, task_id = coalesce($7, task_id), error = $8, error_type = $9",
+            canonical_request(request),
+            _text(task_id),
+            _text(error_text(error)),
+            _text(type(error).__name__),
+            action="record an unconfirmed create",
+        )
+
+    async def record_download(self, index: int, path: str | os.PathLike[str]) -> None:
+        """Record where the image of a ``COMPLETED`` entry was saved.
+
+        Raises:
+            ValueError: The entry is not ``COMPLETED``.
+            JournalError: This worker does not hold the input (or its lease ran out).
+        """
+        await self._update(
+            index,
+            EntryState.COMPLETED,  # a step inside COMPLETED, not a transition
+            "path = $6, error = NULL, error_type = NULL",
+            _text(os.fspath(path)),
+            action="record a download",
+            before=([EntryState.COMPLETED.value], False),
+        )
+
+    async def note_error(self, index: int, error: BaseException) -> None:
+        """Keep an error on an entry without changing its state.
+
+        Raises:
+            ValueError: Nothing is recorded for ``index``.
+            JournalError: This worker does not hold the input (or its lease ran out).
+        """
+        await self._update(
+            index,
+            None,
+            "error = $6, error_type = $7",
+            _text(error_text(error)),
+            _text(type(error).__name__),
+            action="note an error",
+            before=(sorted(state.value for state in EntryState), False),
+            keep_state=True,
+        )
+
+    async def mark_resend(self, index: int) -> None:
+        """Forget a ``SENDING``, ``UNCONFIRMED`` or ``FAILED`` entry so that it is created again.
+
+        The input stays claimed by this worker, with its request.
+
+        Raises:
+            ValueError: The entry is not ``SENDING``, ``UNCONFIRMED`` or ``FAILED``.
+            JournalError: This worker does not hold the input (or its lease ran out).
+        """
+        await self._update(
+            index,
+            None,
+            "raw_input = NULL, task_id = NULL, task = NULL, error = NULL, error_type = NULL,"
+            " path = NULL",
+            action="mark it to resend",
+        )
+
+    async def aclose(self) -> None:
+        """Give back the inputs this worker holds unsettled, leave the batch, disconnect.
+
+        Closing twice is harmless. The inputs given back are taken by the
+        other workers at once, without waiting for a lease to run out.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+        try:
+            async with self._pool.acquire() as connection, connection.transaction():
+                await connection.execute(
+                    "UPDATE banana_entries SET owner = NULL WHERE batch = $1 AND owner = $2",
+                    self.batch,
+                    self.worker,
+                )
+                await connection.execute(
+                    "DELETE FROM banana_workers WHERE batch = $1 AND id = $2",
+                    self.batch,
+                    self.worker,
+                )
+        except Exception as exc:
+            # The lease runs out by itself: the inputs are taken over later.
+            logger.warning(
+                "journal %s: worker %s could not give back its inputs (%s); other "
+                "workers take them once its lease expires",
+                self.name,
+                self.worker,
+                error_text(exc),
+            )
+        finally:
+            await self._pool.close()
+
+    # -- claims -------------------------------------------------------------------------
+
+    async def claim(
+        self, index: int, request: GenerationRequest | None, *, raw_input: str | None = None
+    ) -> bool:
+        """Claim input ``index`` for this worker; False if another worker has it.
+
+        Another worker has it while its lease is alive, and once it settled
+        the input in this run. The claim keeps the request (or, for an input
+        that is no valid request, ``raw_input``) so that another worker can
+        take the input over without reading it.
+
+        Raises:
+            ValueError: a closed store.
+        """
+        check_index(index)
+        text = None if request is None else canonical_request(request)
+        async with self._connection() as connection:
+            claimed = await connection.fetchval(
+                "INSERT INTO banana_entries AS e"
+                " (batch, idx, request, raw_input, updated_at, owner)"
+                " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (batch, idx) DO UPDATE SET"
+                " owner = excluded.owner,"
+                " request = CASE WHEN e.state IS NULL THEN excluded.request ELSE e.request END,"
+                " raw_input = CASE WHEN e.state IS NULL THEN excluded.raw_input"
+                " ELSE e.raw_input END"
+                f" WHERE e.settled_run IS DISTINCT FROM $7 AND (e.owner = $6 OR {_ORPHAN})"
+                " RETURNING idx",
+                self.batch,
+                index,
+                text,
+                None if request is not None else _text(raw_input),
+                time.time(),
+                self.worker,
+                self._run,
+            )
+        return claimed is not None
+
+    async def settle(self, index: int) -> None:
+        """Mark input ``index`` settled in this run (its outcome was handed over); unclaim it.
+
+        Raises:
+            JournalError: This worker does not hold the input (or its lease ran out).
+        """
+        check_index(index)
+        async with self._connection() as connection:
+            done = await connection.fetchval(
+                "UPDATE banana_entries SET owner = NULL, settled_run = $3"
+                " WHERE batch = $1 AND idx = $2 AND owner = $4 AND EXISTS (SELECT 1 FROM"
+                " banana_workers w WHERE w.batch = $1 AND w.id = $4 AND w.lease_until > now())"
+                " RETURNING idx",
+                self.batch,
+                index,
+                self._run,
+                self.worker,
+            )
+        if done is None:
+            raise self._lost(index)
+
+    async def take_over(self) -> tuple[int, GenerationRequest | None, str | None] | None:
+        """Claim an input no live worker holds and nobody settled in this run.
+
+        Waits while other live workers hold unsettled inputs (any of them
+        may die and leave them); returns None once every input of the batch
+        is settled in this run or held by this worker.
+
+        Returns:
+            The input's index, its request (None for an input that is no
+            valid request), and its text in that case.
+        """
+        pause = min(_SWEEP_PAUSE, self.lease / 3)
+        while True:
+            async with self._connection() as connection:
+                row = await connection.fetchrow(
+                    # A scalar subquery runs once; a joined one may be run
+                    # again for every row and take them all.
+                    "UPDATE banana_entries SET owner = $3 WHERE batch = $1 AND idx = (SELECT"
+                    " e.idx FROM banana_entries e WHERE e.batch = $1 AND e.settled_run IS"
+                    f" DISTINCT FROM $2 AND {_ORPHAN} ORDER BY e.idx LIMIT 1"
+                    " FOR UPDATE SKIP LOCKED)"
+                    " RETURNING idx, request, raw_input",
+                    self.batch,
+                    self._run,
+                    self.worker,
+                )
+                if row is None:
+                    held = await connection.fetchval(
+                        "SELECT count(*) FROM banana_entries WHERE batch = $1"
+                        " AND settled_run IS DISTINCT FROM $2 AND owner IS DISTINCT FROM $3",
+                        self.batch,
+                        self._run,
+                        self.worker,
+                    )
+            if row is not None:
+                text = row["request"]
+                request = (
+                    None
+                    if text is None
+                    else CONVERTER.structure(json.loads(text), GenerationRequest)
+                )
+                logger.info(
+                    "journal %s: worker %s takes over input %d", self.name, self.worker, row["idx"]
+                )
+                return int(row["idx"]), request, row["raw_input"]
+            if not held:
+                return None
+            await asyncio.sleep(pause)
+
+    # -- reading the whole batch --------------------------------------------------------
+
+    async def entries(self) -> list[JournalEntry]:
+        """Every input of the batch that has an entry, by index (whoever recorded it)."""
+        async with self._connection() as connection:
+            rows = await connection.fetch(
+                f"SELECT {_COLUMNS} FROM banana_entries WHERE batch = $1 AND state IS NOT NULL"
+                " ORDER BY idx",
+                self.batch,
+            )
+        return [self._entry(tuple(row)) for row in rows]
+
+    async def workers(self) -> list[str]:
+        """The ids of the batch's live workers (whose lease has not run out), sorted."""
+        async with self._connection() as connection:
+            rows = await connection.fetch(
+                "SELECT id FROM banana_workers WHERE batch = $1 AND lease_until > now()"
+                " ORDER BY id",
+                self.batch,
+            )
+        return [str(row["id"]) for row in rows]
+
+    async def counts(self) -> dict[EntryState, int]:
+        """How many inputs of the batch are in each state."""
+        async with self._connection() as connection:
+            rows = await connection.fetch(
+                "SELECT state, count(*) FROM banana_entries WHERE batch = $1"
+                " AND state IS NOT NULL GROUP BY state",
+                self.batch,
+            )
+        counts: Counter[EntryState] = Counter()
+        for state, count in rows:
+            counts[EntryState(state)] = int(count)
+        return dict(counts)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _connection(self) -> Any:
+        if self._closed:
+            raise ValueError(f"the journal store {self.name} is closed")
+        return self._pool.acquire()
+
+    async def _task(  # noqa: PLR0917 - one record's parts, in its order
+        self,
+        index: int,
+        task: Task,
+        state: EntryState,
+        error: str | None,
+        error_type: str | None,
+        action: str,
+    ) -> None:
+        await self._update(
+            index,
+            state,
+            "task_id = $6, task = $7, error = $8, error_type = $9",
+            _text(task.id),
+            dumps_task(task),
+            error,
+            error_type,
+            action=action,
+            same_task=True,
+        )
+
+    async def _update(
+        self,
+        index: int,
+        after: EntryState | None,
+        sets: str,
+        *values: Any,
+        action: str,
+        before: tuple[list[str], bool] | None = None,
+        keep_state: bool = False,
+        same_task: bool = False,
+    ) -> None:
+        """One record: an UPDATE whose WHERE holds the table's check, the claim and the lease.
+
+        ``sets`` uses $6 onwards for ``values``. When no row changes, the
+        checks run one by one to say why.
+        """
+        check_index(index)
+        states, from_nothing = before if before is not None else _states(after)
+        new_state = "" if keep_state else f"state = ${6 + len(values)}, "
+        condition = "(state = ANY($4::text[])" + (" OR state IS NULL)" if from_nothing else ")")
+        if same_task:
+            # $6 is the task id given: the entry holds no id yet, or this one.
+            condition += " AND (task_id IS NULL OR task_id = $6)"
+        arguments: list[Any] = [self.batch, index, time.time(), states, self.worker, *values]
+        if not keep_state:
+            arguments.append(None if after is None else after.value)
+        async with self._connection() as connection:
+            changed = await connection.fetchval(
+                f"UPDATE banana_entries SET {new_state}{sets}, updated_at = $3"
+                f" WHERE batch = $1 AND idx = $2 AND {condition} AND {_FENCE} RETURNING idx",
+                *arguments,
+            )
+            if changed is not None:
+                return
+            row = await connection.fetchrow(
+                "SELECT state, task_id, task, owner, EXISTS (SELECT 1 FROM banana_workers w"
+                " WHERE w.batch = $1 AND w.id = $3 AND w.lease_until > now()) AS alive"
+                " FROM banana_entries WHERE batch = $1 AND idx = $2",
+                self.batch,
+                index,
+                self.worker,
+            )
+        if row is None or row["owner"] != self.worker or not row["alive"]:
+            raise self._lost(index)
+        state = None if row["state"] is None else EntryState(row["state"])
+        if (state is None and not from_nothing) or (
+            state is not None and state.value not in states
+        ):
+            shown = "nothing recorded" if state is None else f"state {state.value!r}"
+            raise ValueError(f"cannot {action} for input {index}: it has {shown}")
+        recorded = json.loads(row["task"])["id"] if row["task"] else row["task_id"]
+        raise ValueError(f"input {index} already has task {recorded}, not {values[0]}")
+
+    def _lost(self, index: int) -> JournalError:
+        return JournalError(
+            f"journal {self.name}: worker {self.worker} no longer holds input {index} "
+            "(its lease ran out and another worker may have taken it); it stops here",
+            path=self.name,
+        )
+
+    def _entry(self, row: tuple[Any, ...]) -> JournalEntry:
+        index, state, request, raw_input, task_id, task, error, error_type, path, updated = row
+        try:
+            stored_task = None if task is None else CONVERTER.structure(json.loads(task), Task)
+            return JournalEntry(
+                index=int(index),
+                state=EntryState(state),
+                request=None
+                if request is None
+                else CONVERTER.structure(json.loads(request), GenerationRequest),
+                raw_input=raw_input,
+                task_id=task_id if stored_task is None else stored_task.id,
+                task=stored_task,
+                error=error,
+                error_type=error_type,
+                path=path,
+                updated_at=float(updated),
+            )
+        except Exception as exc:
+            raise JournalError(
+                f"journal {self.name} is damaged: entry {index} cannot be read ({exc})",
+                path=self.name,
+            ) from exc

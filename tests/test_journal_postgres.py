@@ -1,0 +1,493 @@
+"""One batch shared by many worker processes through a real Postgres.
+
+The tests start their own cluster (``initdb`` into a temporary folder,
+``pg_ctl`` on a free loopback port) and stop it at the end; no system
+service, no Docker. Locally, a machine without Postgres skips them with a
+hint; under CI (``$CI`` set) that is an error.
+
+``initdb`` refuses to run as root, and CI (``.ci/run``) runs as root: then
+the cluster is made and run as the user ``nobody`` through ``setpriv``
+(util-linux, on every Debian), in a folder of its own under the system's
+temporary folder (which ``nobody`` can reach; pytest's own folders are
+private to root).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import banana_async as ba
+from banana_async.cli import main
+from banana_async.journal import EntryState, Journal, JournalEntry, PostgresStore
+from banana_async.journal.postgres import redact_url
+from banana_async.testing import FakeBananaServer, Fault, TaskScript
+
+from .conftest import API_KEY
+
+WORKER = Path(__file__).with_name("_pg_worker.py")
+INSTALL_HINT = (
+    "Postgres is not installed (initdb not found on PATH nor in /usr/lib/postgresql/*/bin); "
+    "install it to run these tests: apt-get install postgresql (Debian, Ubuntu), "
+    "brew install postgresql (macOS)"
+)
+# Bounds on how often a test looks for what it waits for: a stuck test
+# fails with a message instead of hanging (they say nothing about speed).
+_LOOKS = 6000
+_LOOK_PAUSE = 0.05
+
+
+def _bin_dir() -> Path | None:
+    found = shutil.which("initdb")
+    if found is not None:
+        return Path(found).parent
+    # Debian's package keeps the binaries off PATH.
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "initdb").is_file():
+            return candidate
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A Postgres cluster of this test session: its URL (user postgres, trust auth)."""
+    bin_dir = _bin_dir()
+    if bin_dir is None:
+        if "CI" in os.environ:
+            pytest.fail(INSTALL_HINT)
+        pytest.skip(INSTALL_HINT)
+    data = Path(tempfile.mkdtemp(prefix="banana-pg-"))
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody")
+        os.chown(data, nobody.pw_uid, nobody.pw_gid)
+        prefix = [
+            "setpriv",
+            f"--reuid={nobody.pw_uid}",
+            f"--regid={nobody.pw_gid}",
+            "--clear-groups",
+            "--",
+        ]
+    cluster = data / "cluster"
+    port = _free_port()
+
+    def run(*command: str) -> None:
+        subprocess.run([*prefix, *command], check=True, capture_output=True, cwd=data)
+
+    try:
+        run(str(bin_dir / "initdb"), "-D", str(cluster), "-U", "postgres", "--auth", "trust")
+        run(
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(cluster),
+            "-l",
+            str(data / "log"),
+            "-o",
+            f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
+            "-w",
+            "start",
+        )
+        try:
+            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        finally:
+            run(str(bin_dir / "pg_ctl"), "-D", str(cluster), "-m", "fast", "-w", "stop")
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+_batches = iter(range(1_000_000))
+
+
+@pytest.fixture
+def batch_name(request: pytest.FixtureRequest) -> str:
+    """A batch name of this test alone (tests share one cluster)."""
+    return f"{request.node.name}-{next(_batches)}"
+
+
+def _prompts(tmp_path: Path, count: int) -> Path:
+    path = tmp_path / "prompts.txt"
+    path.write_text("".join(f"prompt {i}\n" for i in range(count)), encoding="utf-8")
+    return path
+
+
+async def _start_worker(
+    url: str, batch: str, server: FakeBananaServer, prompts: Path, concurrency: int, lease: float
+) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(WORKER),
+        url,
+        batch,
+        server.url,
+        str(prompts),
+        str(concurrency),
+        str(lease),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def _outcomes(worker: asyncio.subprocess.Process) -> list[dict[str, Any]]:
+    out, err = await worker.communicate()
+    assert worker.returncode == 0, err.decode(errors="replace")
+    return [json.loads(line) for line in out.decode().splitlines()]
+
+
+async def _entries(url: str, batch: str) -> list[JournalEntry]:
+    async with await PostgresStore.open(url, batch=batch, join=False) as reader:
+        return await reader.entries()
+
+
+async def _until_joined(url: str, batch: str, count: int) -> None:
+    for _ in range(_LOOKS):
+        async with await PostgresStore.open(url, batch=batch, join=False) as reader:
+            if len(await reader.workers()) >= count:
+                return
+        await asyncio.sleep(_LOOK_PAUSE)
+    pytest.fail(f"{count} workers never joined batch {batch}")
+
+
+def _creates(server: FakeBananaServer) -> collections.Counter[str]:
+    return collections.Counter(r.json["prompt"] for r in server.requests if r.kind == "create")
+
+
+@contextlib.asynccontextmanager
+async def _killed_at_exit(
+    *workers: asyncio.subprocess.Process,
+) -> AsyncIterator[None]:
+    """Kill workers still running when the test leaves (a failed assertion)."""
+    try:
+        yield
+    finally:
+        for worker in workers:
+            if worker.returncode is None:
+                worker.kill()
+                await worker.communicate()
+
+
+async def test_three_workers_create_each_input_once(
+    postgres_url: str, batch_name: str, tmp_path: Path
+) -> None:
+    count = 60
+    prompts = _prompts(tmp_path, count)
+    holding = True  # no task finishes before all three workers have joined
+    async with FakeBananaServer(api_key=API_KEY, duration=0.05) as server:
+        server.script_for = lambda body: TaskScript(duration=None) if holding else None
+        workers = [
+            await _start_worker(postgres_url, batch_name, server, prompts, 5, 5.0) for _ in range(3)
+        ]
+        async with _killed_at_exit(*workers):
+            await _until_joined(postgres_url, batch_name, 3)
+            holding = False
+            for task_id in list(server.tasks):
+                server.finish(task_id)
+            results = [await _outcomes(worker) for worker in workers]
+    creates = _creates(server)
+    assert len(creates) == count  # every input created...
+    assert set(creates.values()) == {1}  # ...exactly once across the workers
+    seen = collections.Counter(r["index"] for rows in results for r in rows)
+    assert sorted(seen) == list(range(count))
+    assert set(seen.values()) == {1}  # each outcome yielded by one worker only
+    assert all(r["ok"] and not r["from_journal"] for rows in results for r in rows)
+    # The work was shared: every worker settled inputs.
+    assert all(results)
+    entries = await _entries(postgres_url, batch_name)
+    assert [e.index for e in entries] == list(range(count))
+    assert {e.state for e in entries} == {EntryState.COMPLETED}
+
+
+async def test_a_killed_worker_loses_no_task(
+    postgres_url: str, batch_name: str, tmp_path: Path
+) -> None:
+    count = 12
+    prompts = _prompts(tmp_path, count)
+    holding = True  # tasks created while the first worker runs never finish by themselves
+    async with FakeBananaServer(api_key=API_KEY, duration=0.1) as server:
+        server.script_for = lambda body: TaskScript(duration=None) if holding else None
+        # The first create is processed (a task is billed), then its answer
+        # never comes: in flight when its worker is killed.
+        server.inject(Fault.stall(3600, process=True), on="create")
+        # Leases of 3 s: a loaded machine may stall a live worker for a second.
+        first = await _start_worker(postgres_url, batch_name, server, prompts, 3, 3.0)
+        async with _killed_at_exit(first):
+            entries: list[JournalEntry] = []
+            for _ in range(_LOOKS):
+                entries = await _entries(postgres_url, batch_name)
+                states = collections.Counter(e.state for e in entries)
+                if states[EntryState.SENDING] == 1 and states[EntryState.CREATED] == 2:
+                    break
+                await asyncio.sleep(_LOOK_PAUSE)
+            else:
+                pytest.fail(f"the first worker never had 3 tasks in flight: {entries}")
+            first.send_signal(signal.SIGKILL)
+            await first.communicate()
+        recorded = {e.index: e.task_id for e in entries if e.state is EntryState.CREATED}
+        in_flight = next(e.index for e in entries if e.state is EntryState.SENDING)
+        holding = False
+        for task_id in list(server.tasks):
+            with contextlib.suppress(ValueError):
+                server.finish(task_id)
+        others = [
+            await _start_worker(postgres_url, batch_name, server, prompts, 3, 3.0) for _ in range(2)
+        ]
+        async with _killed_at_exit(*others):
+            results = [await _outcomes(worker) for worker in others]
+    rows = {r["index"]: r for worker_rows in results for r in worker_rows}
+    assert sum(len(worker_rows) for worker_rows in results) == count  # no input twice
+    assert sorted(rows) == list(range(count))  # every input finished elsewhere
+    for index, recorded_id in recorded.items():
+        # A recorded task is polled by whoever took it over, never created again.
+        assert rows[index]["ok"]
+        assert rows[index]["task_id"] == recorded_id
+    unconfirmed = rows[in_flight]
+    assert unconfirmed["error_type"] == "UnconfirmedCreateError"
+    assert unconfirmed["from_journal"]
+    others_ok = [r for i, r in rows.items() if i != in_flight]
+    assert all(r["ok"] for r in others_ok)
+    creates = _creates(server)
+    assert len(creates) == count  # the in-flight create is not sent again
+    assert set(creates.values()) == {1}
+    final = {e.index: e.state for e in await _entries(postgres_url, batch_name)}
+    assert final[in_flight] is EntryState.SENDING  # reported unconfirmed, as SQLite does
+    assert all(final[i] is EntryState.COMPLETED for i in range(count) if i != in_flight)
+
+
+async def test_a_worker_with_other_inputs_is_refused(
+    postgres_url: str, batch_name: str, tmp_path: Path
+) -> None:
+    async with (
+        FakeBananaServer(api_key=API_KEY, duration=0.0) as server,
+        ba.BananaClient(API_KEY, base_url=server.url, poll_interval=0.1) as client,
+    ):
+        done = [
+            o
+            async for o in client.generate_many(
+                ["a cat", "a dog"], journal=postgres_url, batch=batch_name
+            )
+        ]
+        assert all(o.ok for o in done)
+        with pytest.raises(ba.JournalError, match="input 1 differs"):
+            async for _ in client.generate_many(
+                ["a cat", "a fish"], journal=postgres_url, batch=batch_name
+            ):
+                pass
+        # A later run of the same inputs resumes: reported from the journal.
+        again = [
+            o
+            async for o in client.generate_many(
+                ["a cat", "a dog"], journal=postgres_url, batch=batch_name
+            )
+        ]
+    assert sorted(o.index for o in again) == [0, 1]
+    assert all(o.from_journal for o in again)
+    assert server.count("create") == 2
+
+
+async def _cli(*argv: str, server: FakeBananaServer) -> tuple[int, str, str]:
+    env = {**os.environ, "BANANA_API_KEY": API_KEY, "BANANA_BASE_URL": server.url}
+    env.pop("BANANA_DIALECT", None)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "banana_async",
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    async with _killed_at_exit(process):
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_two_cli_workers_share_a_batch_and_the_journal_command_reads_it(
+    postgres_url: str, batch_name: str, tmp_path: Path
+) -> None:
+    count = 16
+    prompts = _prompts(tmp_path, count)
+    async with FakeBananaServer(api_key=API_KEY, duration=0.05) as server:
+        runs = await asyncio.gather(
+            *(
+                _cli(
+                    "--json",
+                    "batch",
+                    str(prompts),
+                    "--out",
+                    str(tmp_path / f"out{n}"),
+                    "--journal",
+                    postgres_url,
+                    "--batch",
+                    batch_name,
+                    "--poll-interval",
+                    "0.05",
+                    server=server,
+                )
+                for n in range(2)
+            )
+        )
+        code, out, err = await _cli(
+            "--json", "journal", postgres_url, "--batch", batch_name, server=server
+        )
+    assert [run[0] for run in runs] == [0, 0], [run[2] for run in runs]
+    lines = [json.loads(line) for run in runs for line in run[1].splitlines()]
+    assert sorted(line["index"] for line in lines) == list(range(count))
+    assert server.count("create") == count
+    assert code == 0, err
+    entries = [json.loads(line) for line in out.splitlines()]
+    assert [e["index"] for e in entries] == list(range(count))
+    assert {e["state"] for e in entries} == {"completed"}
+    assert all(e["file"] for e in entries)  # each image saved by the worker that ran it
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--journal", "j.sqlite", "--batch", "b"], "--batch needs a postgresql://"),
+        (["--journal", "postgresql://u@127.0.0.1:1/db"], "needs --batch NAME"),
+    ],
+)
+def test_batch_and_postgres_journal_go_together(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    argv: list[str],
+    message: str,
+) -> None:
+    monkeypatch.setenv("BANANA_API_KEY", API_KEY)
+    monkeypatch.chdir(tmp_path)
+    prompts = _prompts(tmp_path, 1)
+    code = main(["batch", str(prompts), "--out", str(tmp_path / "out"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+
+
+async def test_generate_many_refuses_a_batch_name_without_postgres(tmp_path: Path) -> None:
+    async with ba.BananaClient(API_KEY, base_url="http://127.0.0.1:9") as client:
+        with pytest.raises(ba.InvalidRequestError, match="batch= names a batch"):
+            client.generate_many(["a"], journal=tmp_path / "j.sqlite", batch="b")
+        with pytest.raises(ba.InvalidRequestError, match="needs batch=NAME"):
+            client.generate_many(["a"], journal="postgresql://u@127.0.0.1:1/db")
+
+
+def test_passwords_stay_out_of_names() -> None:
+    assert redact_url("postgresql://u:secret@db:5432/jobs") == "postgresql://u:***@db:5432/jobs"
+    assert redact_url("postgresql://u@db/jobs?password=secret&sslmode=require") == (
+        "postgresql://u@db/jobs?password=***&sslmode=require"
+    )
+    assert redact_url("postgresql://u@db/jobs") == "postgresql://u@db/jobs"
+
+
+def _request(prompt: str) -> ba.GenerationRequest:
+    return ba.GenerationRequest(prompt=prompt)
+
+
+async def test_a_worker_past_its_lease_records_nothing(postgres_url: str, batch_name: str) -> None:
+    async with (
+        await PostgresStore.open(postgres_url, batch=batch_name, lease=0.3) as slow,
+        await PostgresStore.open(postgres_url, batch=batch_name, lease=30) as other,
+    ):
+        assert await slow.claim(0, _request("a cat"))
+        assert not await other.claim(0, _request("a cat"))  # held by a live lease
+        await slow.record_sending(0, _request("a cat"))
+        # The slow worker stalls (its renewals stop) past its lease.
+        assert slow._renewer is not None
+        slow._renewer.cancel()
+        for _ in range(_LOOKS):
+            if await other.claim(0, _request("a cat")):
+                break
+            await asyncio.sleep(_LOOK_PAUSE)
+        else:
+            pytest.fail("the expired claim was never taken over")
+        task = ba.Task(id="t-1", status=ba.TaskStatus.PROCESSING)
+        with pytest.raises(ba.JournalError, match="no longer holds input 0"):
+            await slow.record_created(0, task)
+        with pytest.raises(ba.JournalError, match="no longer holds input 0"):
+            await slow.settle(0)
+        entry = await other.get(0)
+        assert entry is not None
+        assert entry.state is EntryState.SENDING  # untouched by the fenced record
+        await other.record_unconfirmed(0, _request("a cat"), RuntimeError("lost"))
+        with pytest.raises(ValueError, match="cannot record a new create"):
+            await other.record_sending(0, _request("a cat"))  # the table still rules
+        assert await other.counts() == {EntryState.UNCONFIRMED: 1}
+
+
+async def test_a_closed_worker_gives_its_inputs_back_at_once(
+    postgres_url: str, batch_name: str
+) -> None:
+    async with await PostgresStore.open(postgres_url, batch=batch_name) as staying:
+        leaving = await PostgresStore.open(postgres_url, batch=batch_name)
+        assert await leaving.claim(3, _request("a dog"))
+        assert not await staying.claim(3, _request("a dog"))
+        await leaving.aclose()
+        await leaving.aclose()  # harmless
+        assert await staying.claim(3, _request("a dog"))  # no lease to wait for
+        with pytest.raises(ValueError, match="closed"):
+            await leaving.get(3)
+
+
+async def test_a_batch_belongs_to_one_provider(postgres_url: str, batch_name: str) -> None:
+    async with await PostgresStore.open(postgres_url, batch=batch_name) as store:
+        await store.bind_provider("nano", "https://a.example/", "https://a.example")
+        await store.bind_provider("NANO", "https://A.example", "https://a.example/")
+        with pytest.raises(ba.JournalError, match="another provider"):
+            await store.bind_provider("nano", "https://b.example", "https://b.example")
+
+
+async def test_an_unreachable_database_is_a_journal_error() -> None:
+    with pytest.raises(ba.JournalError, match="cannot connect") as caught:
+        await PostgresStore.open("postgresql://u:hunter2@127.0.0.1:1/db", batch="b")
+    assert "hunter2" not in str(caught.value)
+
+
+def test_the_journal_command_reads_a_sqlite_journal(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "batch.sqlite"
+    with Journal.open(path) as journal:
+        journal.record_sending(0, _request("a cat"))
+        journal.record_created(0, ba.Task(id="t-7", status=ba.TaskStatus.PROCESSING))
+        journal.record_error(1, None, ba.InvalidRequestError("empty prompt"), raw_input="''")
+    assert main(["journal", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["0", "created", "t-7"]
+    assert out[1].split()[:3] == ["1", "error", "-"]
+    assert out[-1] == "2 inputs recorded: 1 created, 1 error"
+    assert main(["--json", "journal", str(path)]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["index"], r["state"], r["prompt"]) for r in records] == [
+        (0, "created", "a cat"),
+        (1, "error", "''"),
+    ]
+
+
+async def test_without_asyncpg_the_error_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # import asyncpg now fails
+    with pytest.raises(ba.JournalError, match=r"pip install 'banana-async\[postgres\]'"):
+        await PostgresStore.open("postgresql://u@127.0.0.1:1/db", batch="b")
