@@ -6,7 +6,7 @@ on through the same connection pool. Try it against the fake provider, with
 no key and no network::
 
     python -m banana_async.testing --port 8500 &
-    BANANA_BASE_URL=http://127.0.0.1:8500 BANANA_API_KEY=sk-fake-0123456789 python examples/aiohttp_app.py
+    BANANA_BASE_URL=http://127.0.0.1:8500 BANANA_API_KEY=sk-fake-123 python examples/aiohttp_app.py
     curl -X POST localhost:8080/images -d '{"prompt": "a cat on a windowsill"}'
 
 Against the real service, set ``BANANA_API_KEY`` only (and ``BANANA_DIALECT=navo``

@@ -3,7 +3,7 @@
 Try it against the fake provider, with no key and no network::
 
     python -m banana_async.testing --port 8500 &
-    BANANA_BASE_URL=http://127.0.0.1:8500 BANANA_API_KEY=sk-fake-0123456789 python examples/fastapi_app.py
+    BANANA_BASE_URL=http://127.0.0.1:8500 BANANA_API_KEY=sk-fake-123 python examples/fastapi_app.py
     curl -X POST localhost:8000/images -H 'content-type: application/json' \\
          -d '{"prompt": "a cat on a windowsill"}'
 

@@ -15,7 +15,7 @@ starts a batch and shows it. Try it against the fake provider, with no key
 and no network::
 
     python -m banana_async.testing --port 8500 &
-    BANANA_BASE_URL=http://127.0.0.1:8500 BANANA_API_KEY=sk-fake-0123456789 python examples/fastapi_sse.py
+    BANANA_BASE_URL=http://127.0.0.1:8500 BANANA_API_KEY=sk-fake-123 python examples/fastapi_sse.py
     # open http://localhost:8000/ , or:
     curl -X POST localhost:8000/batches -H 'content-type: application/json' \\
          -d '{"prompts": ["a cat", "a dog"]}'
