@@ -12,7 +12,7 @@ The design (what a reviewer should check):
 * **One hash per key, named by a hash of the key.** Everything shared lives
   in one Redis hash, ``banana_async:rl:<first 32 hex digits of SHA-256 of
   the key>``; the key itself never leaves the process. The hash expires
-  after :data:`IDLE_TTL` seconds unused, so a learned limit does not outlive
+  after an hour unused, so a learned limit does not outlive
   the batches that learned it by much (the provider may have changed it).
 * **A schedule, not a counter.** The budget is a GCRA schedule (the
   "virtual scheduling" form of a token bucket): the hash holds the time at
@@ -36,7 +36,7 @@ The design (what a reviewer should check):
   next acquire, so it costs no round trip) and reports each 429 for a
   request sent after the last cut; the cut script estimates the provider's
   limit from the shared count (since the previous cut, or over the last
-  :data:`WINDOW` seconds) and sets the shared rate to 90 % of it, from
+  two seconds) and sets the shared rate to 90 % of it, from
   where it climbs back with demand. Before the first 429 creates ramp up
   from 64 a second, doubling with demand (slow start), and status queries
   are not held. A configured ``requests_per_second`` caps the rate on top.
@@ -44,7 +44,7 @@ The design (what a reviewer should check):
   one WARNING and serves requests from an in-process
   :class:`~banana_async.ratelimit.AdaptiveRateLimiter`, which was told of
   every answer and pause all along, so it starts from this process's share
-  of the learned limit. Every :data:`RETRY_EVERY` seconds one request tries
+  of the learned limit. Every few seconds (``RETRY_EVERY``) one request tries
   Redis again; when that works it logs one INFO and rejoins the shared
   budget.
 
@@ -60,7 +60,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from banana_async._polling import Clock, SystemClock, check_interval
@@ -69,7 +69,6 @@ from banana_async.ratelimit._adaptive import AdaptiveRateLimiter
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from banana_async.ratelimit import RequestKind
 
 __all__ = [
     "IDLE_TTL",
@@ -274,7 +273,7 @@ def _shown(url: str) -> str:
     netloc = (f"{parts.username}:***@" if parts.username else ":***@") + host
     if parts.port is not None:
         netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def _failures() -> tuple[type[BaseException], ...]:
@@ -379,7 +378,9 @@ class RedisRateLimiter:
 
     # -- the protocol ------------------------------------------------------------
 
-    async def acquire(self, kind: RequestKind, *, timeout: float | None = None) -> float | None:
+    async def acquire(
+        self, kind: Literal["create", "query"], *, timeout: float | None = None
+    ) -> float | None:
         """Wait for this request's slot in the shared schedule; None past ``timeout``."""
         clock = self._clock
         deadline = None if timeout is None else clock.time() + timeout
