@@ -18,10 +18,14 @@ The design (what a reviewer should check):
   "virtual scheduling" form of a token bucket): the hash holds the time at
   which the next request may go, and one Lua script, run atomically by
   Redis on Redis's clock, hands each request the next free slot and moves
-  the schedule on by ``1 / rate``. A request then sleeps until its slot.
-  One round trip per request, no polling, no stampede at a window's edge,
-  and requests from all processes go out evenly spaced: at most ``rate``
-  (plus one) in any one second, which is what a provider's bucket counts.
+  the schedule on by ``1 / rate``. Each process asks for one slot at a
+  time, for the request first in its own line (creates before status
+  queries, as in-process), sleeps until it, and asks for the next: the
+  schedule runs at most one slot per process ahead of now, so a new rate
+  applies at once. One round trip per request, no polling, no stampede at
+  a window's edge, and requests from all processes go out evenly spaced:
+  at most ``rate`` (plus one) in any one second, which is what a
+  provider's bucket counts.
   Window counters (the ``limits`` package's strategies) cannot say *when* a
   refused request may go, so every process would poll, and they allow a
   window's whole budget in one burst; see the changelog for the choice.
@@ -48,8 +52,8 @@ The design (what a reviewer should check):
   Redis again; when that works it logs one INFO and rejoins the shared
   budget.
 
-Not shared: the in-process limiter's preference for creates over status
-queries (the shared schedule serves requests in the order they ask).
+Creates go before status queries inside each process, not across
+processes: the shared schedule serves the processes in the order they ask.
 """
 
 from __future__ import annotations
@@ -59,12 +63,13 @@ import contextlib
 import hashlib
 import logging
 import math
+from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from banana_async._polling import Clock, SystemClock, check_interval
-from banana_async.ratelimit._adaptive import AdaptiveRateLimiter
+from banana_async.ratelimit._adaptive import QUERY_PATIENCE, AdaptiveRateLimiter
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -164,7 +169,16 @@ if learned ~= nil and elapsed > 0 and (cap == nil or learned < cap) then
     learned = learned * 2 ^ (elapsed / 0.1)
     if learned >= 100000 then learned = 0 end
   else
-    learned = learned + 0.1 * limit / 5 * elapsed
+    -- Back to the estimate in RECOVERY (5 s), on slowly for PLATEAU (2 s)
+    -- more, then faster and faster (doubling every second): a limit that
+    -- was raised is far above (the in-process limiter's shape).
+    local pace = 0.1 * limit / 5
+    if learned >= limit then
+      local above = (num('above') or 0) + elapsed
+      redis.call('HSET', key, 'above', above)
+      pace = pace * 2 ^ math.max(0, above - 2)
+    end
+    learned = learned + pace * elapsed
   end
   redis.call('HSET', key, 'rate', learned)
 end
@@ -215,7 +229,8 @@ else
 end
 local new_limit = math.max(0.05, estimate)
 local new_rate = math.max(0.05, 0.9 * new_limit)
-redis.call('HSET', key, 'limit', new_limit, 'rate', new_rate, 'cut', now, 'since_cut', 0)
+redis.call('HSET', key, 'limit', new_limit, 'rate', new_rate, 'cut', now, 'since_cut', 0,
+  'above', 0)
 return {tostring(new_limit), tostring(new_rate)}
 """
 )
@@ -280,6 +295,31 @@ def _failures() -> tuple[type[BaseException], ...]:
     from redis.exceptions import RedisError  # noqa: PLC0415 (the optional extra)
 
     return (RedisError, OSError, TimeoutError)
+
+
+class _GoLocal:
+    """What a waiter is handed when Redis went away: ask the local limiter."""
+
+
+_GO_LOCAL = _GoLocal()
+
+
+class _Waiter:
+    """A request waiting in this process for its slot."""
+
+    __slots__ = ("deadline", "future", "kind", "since")
+
+    def __init__(
+        self,
+        future: asyncio.Future[float | _GoLocal | None],
+        kind: str,
+        since: float,
+        deadline: float | None,
+    ) -> None:
+        self.future = future
+        self.kind = kind
+        self.since = since
+        self.deadline = deadline
 
 
 async def _close_quietly(connection: Redis) -> None:
@@ -359,6 +399,9 @@ class RedisRateLimiter:
         self._retry_at = -math.inf
         self._trying = False
         self._background: set[asyncio.Task[None]] = set()
+        self._creates: deque[_Waiter] = deque()
+        self._queries: deque[_Waiter] = deque()
+        self._dispatcher: asyncio.Task[None] | None = None
         self.shared_limit: float | None = None
         """The provider's limit as last estimated from all processes' answers."""
 
@@ -384,37 +427,25 @@ class RedisRateLimiter:
         """Wait for this request's slot in the shared schedule; None past ``timeout``."""
         clock = self._clock
         deadline = None if timeout is None else clock.time() + timeout
-        while True:
-            if not self._use_redis():
-                left = None if deadline is None else deadline - clock.time()
-                return await self._local.acquire(kind, timeout=left)
-            left = None if deadline is None else max(0.0, deadline - clock.time())
-            accepted, self._accepted = self._accepted, 0
-            try:
-                delay, now = await self._run(
-                    _ACQUIRE,
-                    kind,
-                    "" if self._cap is None else repr(self._cap),
-                    "" if left is None else repr(left),
-                    str(accepted),
-                    str(IDLE_TTL),
-                )
-            except _failures():
-                self._accepted += accepted
-                continue
-            self._back()
-            if delay < 0:
-                return None
-            if delay <= 0:
-                return self._turn(now)
-            await clock.sleep(delay)
-            # Another process may have met a 429 while this one slept.
-            try:
-                paused, now = await self._run(_PAUSED)
-            except _failures():
-                return self._turn(now + delay)
-            if paused <= now:
-                return self._turn(now)
+        if self._use_redis():
+            future: asyncio.Future[float | _GoLocal | None] = (
+                asyncio.get_running_loop().create_future()
+            )
+            waiter = _Waiter(future, kind, clock.time(), deadline)
+            (self._creates if kind == "create" else self._queries).append(waiter)
+            if self._dispatcher is None:
+                self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
+            if timeout is not None:
+                # Behind other waiters the dispatcher cannot see this deadline.
+                await asyncio.wait({future}, timeout=max(0.0, timeout))
+                if not future.done():
+                    future.cancel()
+                    return None
+            turn = await future
+            if not isinstance(turn, _GoLocal):
+                return turn
+        left = None if deadline is None else deadline - clock.time()
+        return await self._local.acquire(kind, timeout=left)
 
     def record(self, turn: float, *, limited: bool) -> None:
         """Count an answer; a 429 asks Redis to re-estimate the shared limit."""
@@ -441,6 +472,13 @@ class RedisRateLimiter:
 
     async def aclose(self) -> None:
         """Wait for pending reports to Redis and close its connections."""
+        dispatcher, self._dispatcher = self._dispatcher, None
+        if dispatcher is not None:
+            dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await dispatcher
+            for left_behind in [*self._creates, *self._queries]:
+                self._give(left_behind, _GO_LOCAL)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         connection, self._redis = self._redis, None
@@ -449,6 +487,75 @@ class RedisRateLimiter:
             await connection.aclose()
 
     # -- inside ----------------------------------------------------------------------
+
+    def _next_waiter(self, now: float) -> _Waiter | None:
+        """The waiter the next slot goes to (creates first; see the module docstring)."""
+        creates, queries = self._creates, self._queries
+        while creates and creates[0].future.done():
+            creates.popleft()
+        while queries and queries[0].future.done():
+            queries.popleft()
+        if queries and (not creates or now - queries[0].since >= QUERY_PATIENCE):
+            return queries[0]
+        return creates[0] if creates else None
+
+    def _give(self, waiter: _Waiter, turn: float | _GoLocal | None) -> None:
+        (self._creates if waiter.kind == "create" else self._queries).remove(waiter)
+        if not waiter.future.done():
+            waiter.future.set_result(turn)
+
+    async def _dispatch(self) -> None:
+        """Ask Redis for one slot at a time, for the waiter first in line.
+
+        One slot at a time per process keeps the shared schedule at most a
+        slot per process ahead of now, so a rate that changes (a 429, a
+        climb) applies to the next request of every process at once.
+        """
+        clock = self._clock
+        me = asyncio.current_task()
+        try:
+            while (waiter := self._next_waiter(clock.time())) is not None:
+                if self._down_since is not None and not self._trying:
+                    for gone in [*self._creates, *self._queries]:
+                        self._give(gone, _GO_LOCAL)
+                    break
+                left = None if waiter.deadline is None else waiter.deadline - clock.time()
+                if left is not None and left <= 0:
+                    self._give(waiter, None)
+                    continue
+                accepted, self._accepted = self._accepted, 0
+                try:
+                    delay, now = await self._run(
+                        _ACQUIRE,
+                        waiter.kind,
+                        "" if self._cap is None else repr(self._cap),
+                        "" if left is None else repr(left),
+                        str(accepted),
+                        str(IDLE_TTL),
+                    )
+                    self._back()
+                    if delay < 0:
+                        self._give(waiter, None)
+                        continue
+                    if delay > 0:
+                        await clock.sleep(delay)
+                        # Another process may have met a 429 meanwhile.
+                        paused, now = await self._run(_PAUSED)
+                        if paused > now:
+                            continue
+                except _failures():
+                    self._accepted += accepted
+                    continue
+                # The slot goes to whoever is first in line now.
+                first = self._next_waiter(clock.time())
+                if first is not None:
+                    self._give(first, self._turn(now))
+        finally:
+            if self._dispatcher is me:
+                self._dispatcher = None
+                # Stopped early (closed): nobody is left waiting for a slot.
+                for left_behind in [*self._creates, *self._queries]:
+                    self._give(left_behind, _GO_LOCAL)
 
     def _in_background(self, job: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(job)
