@@ -29,7 +29,7 @@ import banana_async as ba
 from banana_async.client import RATE_LIMIT_URL_ENV
 from banana_async.errors import InvalidRequestError
 from banana_async.ratelimit import AdaptiveRateLimiter, RateLimiter
-from banana_async.testing import FakeBananaServer, Fault, RecordedRequest
+from banana_async.testing import FakeBananaServer, Fault, RecordedRequest, RequestBudget
 
 from .conftest import API_KEY, live_client
 
@@ -199,6 +199,40 @@ async def test_a_429_seen_by_one_process_pauses_the_others(
         if r.at >= at + 1.0
     }
     assert set(names) <= after  # every worker went on afterwards
+
+
+async def test_processes_learn_one_limit_together(
+    provider: FakeBananaServer, redis_server: RedisServer
+) -> None:
+    provider.budget = RequestBudget(rate=40.0, burst=10.0)
+    reports = await _workers(provider, redis_server.url, ["a", "b", "c"], 30, None)
+    assert [r["ok"] for r in reports] == [30, 30, 30]
+    assert len(provider.tasks) == 90  # every prompt created once
+    assert provider.count_rate_limited() > 0  # the budget did bind
+    # 429s are the exception: the processes learned one limit and kept under it.
+    assert provider.count_rate_limited() < 0.1 * len(provider.requests)
+    connection = redis_asyncio.Redis.from_url(redis_server.url)
+    try:
+        state = await connection.hgetall(shared.redis_key(API_KEY))
+    finally:
+        await connection.aclose()
+    assert 0 < float(state[b"limit"]) < 2 * 40.0
+
+
+async def test_a_pause_set_by_one_limiter_holds_another(redis_server: RedisServer) -> None:
+    one = shared.RedisRateLimiter(redis_server.url, api_key=API_KEY)
+    other = shared.RedisRateLimiter(redis_server.url, api_key=API_KEY)
+    stranger = shared.RedisRateLimiter(redis_server.url, api_key="sk-another-key-000")
+    try:
+        assert await other.acquire("create", timeout=5.0) is not None
+        await one.pause(30.0)
+        assert await other.acquire("create", timeout=0.1) is None
+        assert await other.acquire("query", timeout=0.1) is None
+        assert other.shared
+        assert await stranger.acquire("create", timeout=0.1) is not None  # another key
+    finally:
+        for limiter in (one, other, stranger):
+            await limiter.aclose()
 
 
 # -- Redis away ------------------------------------------------------------------------
