@@ -32,6 +32,8 @@ from banana_async.ratelimit import AdaptiveRateLimiter, RateLimiter
 from banana_async.testing import FakeBananaServer, Fault, RecordedRequest, RequestBudget
 
 from .conftest import API_KEY, live_client
+from .test_cli import FAST, TEXT_PROMPTS, ServerThread, run_main
+from .test_cli import KEY as CLI_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL = "redis-server not found: install it (Debian: apt-get install redis-server)"
@@ -357,3 +359,67 @@ async def test_redis_unreachable_from_the_start_serves_requests_locally(
         assert not limiter.shared
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
+
+
+# -- the command line ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[ServerThread]:
+    """A user's environment pointed at a fake provider on a thread of its own."""
+    thread = ServerThread(FakeBananaServer(api_key=CLI_KEY, duration=0.05))
+    thread.start()
+    monkeypatch.setenv("BANANA_API_KEY", CLI_KEY)
+    monkeypatch.setenv("BANANA_BASE_URL", thread.server.url)
+    monkeypatch.delenv("BANANA_DIALECT", raising=False)
+    try:
+        yield thread
+    finally:
+        thread.stop()
+
+
+def _hash_exists(url: str, api_key: str) -> bool:
+    import redis
+
+    connection = redis.Redis.from_url(url)
+    try:
+        return bool(connection.exists(shared.redis_key(api_key)))
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_cli_batch_shares_the_budget_through_redis(
+    capsys: pytest.CaptureFixture[str],
+    cli_env: ServerThread,
+    tmp_path: Path,
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(TEXT_PROMPTS)
+    shared_by = ["--rate-limit-url", redis_server.url]
+    if how == "environment":
+        monkeypatch.setenv(RATE_LIMIT_URL_ENV, redis_server.url)
+        shared_by = []
+    code, out, err = run_main(
+        capsys, "batch", str(prompts), "--out", str(tmp_path), *FAST,
+        "--requests-per-second", "50", *shared_by,
+    )  # fmt: skip
+    assert code == 0, err
+    assert len(out.splitlines()) == 3
+    assert _hash_exists(redis_server.url, CLI_KEY)
+
+
+def test_cli_batch_refuses_a_rate_limit_url_that_is_not_redis(
+    capsys: pytest.CaptureFixture[str], cli_env: ServerThread, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(TEXT_PROMPTS)
+    code, _, err = run_main(
+        capsys, "batch", str(prompts), "--out", str(tmp_path), "--rate-limit-url", "http://x:1"
+    )
+    assert code != 0
+    assert "redis://" in err
+    assert cli_env.server.requests == []
