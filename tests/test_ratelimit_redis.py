@@ -237,6 +237,48 @@ async def test_a_pause_set_by_one_limiter_holds_another(redis_server: RedisServe
             await limiter.aclose()
 
 
+async def test_a_cancelled_acquire_spends_no_slot_and_blocks_nobody(
+    redis_server: RedisServer,
+) -> None:
+    limiter = shared.RedisRateLimiter(redis_server.url, api_key=API_KEY, requests_per_second=2)
+    try:
+        assert await limiter.acquire("create") is not None
+        waiting = asyncio.ensure_future(limiter.acquire("create"))
+        await asyncio.sleep(0)  # it queued behind the first
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert await limiter.acquire("create", timeout=30.0) is not None
+        assert limiter.shared
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_pause_while_redis_is_away_rejoins_once_it_is_back(
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(shared, "RETRY_EVERY", 0.0)
+    caplog.set_level(logging.INFO, logger="banana_async")
+    limiter = shared.RedisRateLimiter(redis_server.url, api_key=API_KEY)
+    try:
+        redis_server.kill()
+        assert await limiter.acquire("create") is not None  # the local limiter's turn
+        away = not limiter.shared
+        redis_server.start()
+        await limiter.pause(0.01)
+        assert away
+        assert limiter.shared
+        assert await limiter.acquire("create") is not None
+    finally:
+        await limiter.aclose()
+    messages = [r.getMessage() for r in caplog.records if "shared rate limit" in r.getMessage()]
+    assert len(messages) == 2
+    assert "unreachable" in messages[0]
+    assert "is back" in messages[1]
+
+
 # -- Redis away ------------------------------------------------------------------------
 
 

@@ -435,13 +435,17 @@ class RedisRateLimiter:
             (self._creates if kind == "create" else self._queries).append(waiter)
             if self._dispatcher is None:
                 self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
-            if timeout is not None:
-                # Behind other waiters the dispatcher cannot see this deadline.
-                await asyncio.wait({future}, timeout=max(0.0, timeout))
-                if not future.done():
-                    future.cancel()
-                    return None
-            turn = await future
+            try:
+                if timeout is not None:
+                    # Behind other waiters the dispatcher cannot see this deadline.
+                    await asyncio.wait({future}, timeout=max(0.0, timeout))
+                    if not future.done():
+                        future.cancel()
+                        return None
+                turn = await future
+            except asyncio.CancelledError:
+                future.cancel()  # the dispatcher skips it: no slot is spent on it
+                raise
             if not isinstance(turn, _GoLocal):
                 return turn
         left = None if deadline is None else deadline - clock.time()
@@ -468,6 +472,7 @@ class RedisRateLimiter:
             )
         except _failures():
             return
+        self._back()
         logger.info("rate limited: every process of this key pauses for %.2f s", until - now)
 
     async def aclose(self) -> None:
