@@ -161,9 +161,11 @@ async def test_processes_on_one_redis_never_exceed_the_shared_budget(
     reports = await _workers(provider, redis_server.url, names, 40, rate)
     assert [r["ok"] for r in reports] == [40, 40, 40]
     assert len(provider.tasks) == 120
-    # All three worked at once, and together kept to the one budget (a
-    # request may arrive a little off its slot on a busy machine: one more).
-    assert _busiest_second(provider.requests) <= rate + 1
+    # All three worked at once, and together kept to the one budget. A
+    # request may reach the provider a little after its slot on a busy
+    # machine and bunch with the next: the issue's own bound, 1.1 times.
+    busiest = _busiest_second(provider.requests)
+    assert busiest <= 1.1 * rate, busiest
     owners = _owner(provider.requests)
     assert set(owners.values()) == set(names)
 
