@@ -20,7 +20,7 @@ from typing import Any
 from banana_async._logging import install_from_env as _install_log_handler
 from banana_async._polling import Clock
 from banana_async._version import __version__
-from banana_async.client import API_KEY_ENV, BananaClient
+from banana_async.client import API_KEY_ENV, RATE_LIMIT_URL_ENV, BananaClient
 from banana_async.dialects import (
     NANO,
     NAVO,
@@ -69,6 +69,7 @@ __all__ = [
     "API_KEY_ENV",
     "NANO",
     "NAVO",
+    "RATE_LIMIT_URL_ENV",
     "APIConnectionError",
     "APIStatusError",
     "APITimeoutError",

@@ -79,11 +79,13 @@ if TYPE_CHECKING:
     import aiohttp
 
 # Clock and SystemClock are public here too: the types of ``clock=``.
-__all__ = ["API_KEY_ENV", "BananaClient", "Clock", "SystemClock"]
+__all__ = ["API_KEY_ENV", "RATE_LIMIT_URL_ENV", "BananaClient", "Clock", "SystemClock"]
 
 logger = logging.getLogger("banana_async")
 
 API_KEY_ENV = "BANANA_API_KEY"
+RATE_LIMIT_URL_ENV = "BANANA_RATE_LIMIT_URL"
+"""Where ``rate_limit_url`` comes from when it is not given (and no ``rate_limiter`` is)."""
 """The environment variable the API key is read from when none is passed."""
 
 DEFAULT_TIMEOUT = 60.0
@@ -200,6 +202,13 @@ class BananaClient:
             :class:`~banana_async.ratelimit.AdaptiveRateLimiter` (give that
             one its ``requests_per_second``); one limiter may serve several
             clients of one API key in one event loop.
+        rate_limit_url: A Redis URL (``redis://host:6379/0``): every client,
+            in any process on any machine, that names the same Redis and the
+            same API key shares one request budget, one 429 pause and one
+            learned limit (see :mod:`banana_async.ratelimit.redis`; needs
+            ``pip install 'banana-async[redis]'``). Defaults to
+            ``$BANANA_RATE_LIMIT_URL``; ``""`` turns it off. If Redis goes
+            away, the client goes on with its own limiter.
         adaptive_polling: Learn how long tasks take (per model and
             resolution) and aim the first poll of a new task near its expected
             completion. When False, every poll comes ``poll_interval`` (plus
@@ -238,6 +247,7 @@ class BananaClient:
         clock: Clock | None = None,
         rate_limiter: RateLimiter | None = None,
         on_status: OnStatus | None = None,
+        rate_limit_url: str | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         if isinstance(key, str) and not key.strip():
@@ -287,7 +297,13 @@ class BananaClient:
         # task id -> (model, resolution), creation time: lets wait() time its
         # first poll for tasks this client created.
         self._created: dict[str, tuple[DurationKey, float]] = {}
-        self._limiter = _make_limiter(requests_per_second, rate_limiter, self._clock)
+        if rate_limit_url is None and rate_limiter is None:
+            rate_limit_url = os.environ.get(RATE_LIMIT_URL_ENV)
+        self._limiter = _make_limiter(
+            requests_per_second, rate_limiter, self._clock, rate_limit_url or None, key
+        )
+        # A limiter the client built (a Redis one holds connections) is closed with it.
+        self._owns_limiter = rate_limiter is None
         self._on_status = _check_on_status(on_status)
         # Requests in flight at once, sized to the session's connection pool
         # (set on entry): a request waits here, untimed, rather than in the
@@ -342,6 +358,9 @@ class BananaClient:
             await images.close()
         if session is not None and self._owns_session:
             await session.close()
+        closer = getattr(self._limiter, "aclose", None)
+        if self._owns_limiter and closer is not None:
+            await closer()
 
     @property
     def closed(self) -> bool:
@@ -1240,8 +1259,21 @@ class _Changes:
 
 
 def _make_limiter(
-    requests_per_second: float | None, given: RateLimiter | None, clock: Clock
+    requests_per_second: float | None,
+    given: RateLimiter | None,
+    clock: Clock,
+    url: str | None,
+    key: str,
 ) -> RateLimiter:
+    if url is not None:
+        if given is not None:
+            raise InvalidRequestError("pass either rate_limiter or rate_limit_url, not both")
+        # Imported here: `import banana_async` must not import redis.
+        from banana_async.ratelimit.redis import RedisRateLimiter  # noqa: PLC0415
+
+        return RedisRateLimiter(
+            url, api_key=key, requests_per_second=requests_per_second, clock=clock
+        )
     if given is None:
         return AdaptiveRateLimiter(requests_per_second=requests_per_second, clock=clock)
     if requests_per_second is not None:

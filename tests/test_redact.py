@@ -13,11 +13,12 @@ from hypothesis import strategies as st
 from banana_async._redact import REDACTED, REDACTED_TEXT, Redactor
 from banana_async.errors import shorten
 
-# A key that is a piece of the marker itself ("[redacte") would be found again
-# in "[redacted]": no key looks like that, and no redaction could help it.
+# A key that begins like the marker ("[redacte", "[red0000") would be found
+# again in "[redacted]", or its first four characters before a cut: no key
+# looks like that, and no redaction could help it.
 keys = st.text(
     st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=8, max_size=40
-).filter(lambda key: key not in REDACTED and key not in REDACTED_TEXT)
+).filter(lambda key: key[:4] not in REDACTED_TEXT)
 
 
 def spell(char: str, how: int) -> str:

@@ -161,6 +161,9 @@ def api_client(
             "taken as an option, which would leave it in shell history)"
         )
     options: dict[str, Any] = {}
+    rate_limit_url: str | None = getattr(args, "rate_limit_url", None)
+    if rate_limit_url is not None:  # else the client reads the environment
+        options["rate_limit_url"] = rate_limit_url
     poll_interval: float | None = getattr(args, "poll_interval", None)
     if poll_interval is not None:
         options["poll_interval"] = poll_interval

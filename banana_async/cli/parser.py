@@ -13,7 +13,7 @@ import os
 from typing import Final
 
 from banana_async._version import __version__
-from banana_async.client import API_KEY_ENV
+from banana_async.client import API_KEY_ENV, RATE_LIMIT_URL_ENV
 from banana_async.models import AspectRatio, Resolution
 
 __all__ = [
@@ -261,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="R",
         help="hard cap on all requests to the API, in requests per second "
         "(the provider's limit is learned anyway)",
+    )
+    batch.add_argument(
+        "--rate-limit-url",
+        metavar="URL",
+        help="share one request budget, 429 pause and learned limit with every "
+        "process using this API key through this Redis (redis://host:6379/0; "
+        f"default: ${RATE_LIMIT_URL_ENV}; needs the redis extra)",
     )
     batch.add_argument(
         "--format",

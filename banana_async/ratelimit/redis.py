@@ -1,0 +1,657 @@
+"""One request budget for every process that uses an API key, kept in Redis.
+
+``BananaClient(rate_limit_url="redis://...")`` builds a
+:class:`RedisRateLimiter`: every client, in any process on any machine, that
+names the same Redis and the same API key shares one request budget, one
+429 pause and one learned limit. Needs the ``redis`` extra
+(``pip install 'banana-async[redis]'``); ``import banana_async`` never
+imports it.
+
+The design (what a reviewer should check):
+
+* **One hash per key, named by a hash of the key.** Everything shared lives
+  in one Redis hash, ``banana_async:rl:<first 32 hex digits of SHA-256 of
+  the key>``; the key itself never leaves the process. The hash expires
+  after an hour unused, so a learned limit does not outlive
+  the batches that learned it by much (the provider may have changed it).
+* **A schedule, not a counter.** The budget is a GCRA schedule (the
+  "virtual scheduling" form of a token bucket): the hash holds the time at
+  which the next request may go, and one Lua script, run atomically by
+  Redis on Redis's clock, hands each request the next free slot and moves
+  the schedule on by ``1 / rate``. Each process asks for one slot at a
+  time, for the request first in its own line (creates before status
+  queries, as in-process), sleeps until it, and asks for the next: the
+  schedule runs at most one slot per process ahead of now, so a new rate
+  applies at once. One round trip per request, no polling, no stampede at
+  a window's edge, and requests from all processes go out evenly spaced:
+  at most ``rate`` (plus one) in any one second, which is what a
+  provider's bucket counts.
+  Window counters (the ``limits`` package's strategies) cannot say *when* a
+  refused request may go, so every process would poll, and they allow a
+  window's whole budget in one burst; see the changelog for the choice.
+* **The 429 pause** is a field "paused until" (Redis time) in the same hash,
+  only ever moved later by :meth:`RedisRateLimiter.pause`. The acquire
+  script never hands out a slot before it, so one process's 429 holds every
+  process's next requests; a request that waited for its slot looks at the
+  pause once more before it goes.
+* **The learned limit** is learned as the in-process limiter learns it
+  (:mod:`banana_async.ratelimit`), from the answers of all processes:
+  each process adds its accepted answers to a shared count (carried on its
+  next acquire, so it costs no round trip) and reports each 429 for a
+  request sent after the last cut; the cut script estimates the provider's
+  limit from the shared count (since the previous cut, or over the last
+  two seconds) and sets the shared rate to 90 % of it, from
+  where it climbs back with demand. Before the first 429 creates ramp up
+  from 64 a second, doubling with demand (slow start), and status queries
+  are not held. A configured ``requests_per_second`` caps the rate on top.
+* **When Redis goes away** (refused, reset, timed out), the limiter logs
+  one WARNING and serves requests from an in-process
+  :class:`~banana_async.ratelimit.AdaptiveRateLimiter`, which was told of
+  every answer and pause all along, so it starts from this process's share
+  of the learned limit. Every few seconds (``RETRY_EVERY``) one request tries
+  Redis again; when that works it logs one INFO and rejoins the shared
+  budget.
+
+Creates go before status queries inside each process, not across
+processes: the shared schedule serves the processes in the order they ask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+from collections import deque
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from banana_async._polling import Clock, SystemClock, check_interval
+from banana_async.ratelimit._adaptive import QUERY_PATIENCE, AdaptiveRateLimiter
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+
+__all__ = [
+    "IDLE_TTL",
+    "INSTALL_HINT",
+    "KEY_PREFIX",
+    "RETRY_EVERY",
+    "WINDOW",
+    "RedisRateLimiter",
+    "redis_key",
+]
+
+logger = logging.getLogger("banana_async")
+
+INSTALL_HINT = "rate_limit_url needs the redis extra: pip install 'banana-async[redis]'"
+"""What an ImportError of the extra tells the user."""
+
+KEY_PREFIX = "banana_async:rl:"
+"""Every hash this module writes is named this prefix plus a hash of the API key."""
+
+IDLE_TTL = 3600
+"""Seconds after its last use that Redis forgets a key's shared state."""
+
+RETRY_EVERY = 5.0
+"""Seconds between attempts to reach Redis again while it is away."""
+
+WINDOW = 2.0
+"""Seconds of accepted answers that measure the provider's limit at a first 429."""
+
+SOCKET_TIMEOUT = 2.0
+"""Seconds a Redis command may take before Redis counts as away."""
+
+_HASH_CONTEXT = b"banana_async shared rate limit v1\x00"
+
+# The scripts run atomically in Redis on Redis's clock (TIME), so every
+# process on every machine reads one clock. Numbers go back as strings:
+# Redis truncates a Lua number to an integer.
+_COMMON = """
+local key = KEYS[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function num(field)
+  return tonumber(redis.call('HGET', key, field))
+end
+local function add_accepted(n)
+  if n <= 0 then return end
+  local bin = math.floor(now * 4)
+  local slot = bin % 8
+  if num('i' .. slot) ~= bin then
+    redis.call('HSET', key, 'i' .. slot, bin, 'b' .. slot, 0)
+  end
+  redis.call('HINCRBY', key, 'b' .. slot, n)
+  redis.call('HINCRBY', key, 'since_cut', n)
+  if not num('first') then redis.call('HSET', key, 'first', now) end
+end
+"""
+
+# ARGV: kind, cap ('' for none), most seconds to wait ('' for no limit),
+# answers accepted since the last call, idle ttl.
+# Returns {delay, now}; delay -1 means no slot within the wait.
+_ACQUIRE = (
+    _COMMON
+    + """
+add_accepted(tonumber(ARGV[4]))
+redis.call('EXPIRE', key, ARGV[5])
+local start = math.max(now, num('paused') or 0)
+local cap = tonumber(ARGV[2])
+local limit = num('limit')
+local learned = num('rate')
+if learned == nil then learned = 64 end
+if learned <= 0 then learned = nil end
+if ARGV[1] == 'query' and limit == nil and cap == nil then
+  return {tostring(start - now), tostring(now)}
+end
+local rate = learned
+if cap ~= nil and (rate == nil or cap < rate) then rate = cap end
+if rate == nil then
+  return {tostring(start - now), tostring(now)}
+end
+local tat = math.max(num('tat') or 0, start)
+local delay = tat - now
+local most = tonumber(ARGV[3])
+if most ~= nil and delay > most then
+  return {'-1', tostring(now)}
+end
+redis.call('HSET', key, 'tat', tat + 1 / rate)
+-- Demand queues: let the learned rate climb (slow start, then linear).
+local grown = num('grown') or now
+local elapsed = math.min(math.max(now - grown, 0), 1)
+if delay <= 0 then elapsed = 0 end
+redis.call('HSET', key, 'grown', now)
+if learned ~= nil and elapsed > 0 and (cap == nil or learned < cap) then
+  if limit == nil then
+    learned = learned * 2 ^ (elapsed / 0.1)
+    if learned >= 100000 then learned = 0 end
+  else
+    -- Back to the estimate in RECOVERY (5 s), on slowly for PLATEAU (2 s)
+    -- more, then faster and faster (doubling every second): a limit that
+    -- was raised is far above (the in-process limiter's shape).
+    local pace = 0.1 * limit / 5
+    if learned >= limit then
+      local above = (num('above') or 0) + elapsed
+      redis.call('HSET', key, 'above', above)
+      pace = pace * 2 ^ math.max(0, above - 2)
+    end
+    learned = learned + pace * elapsed
+  end
+  redis.call('HSET', key, 'rate', learned)
+end
+return {tostring(delay), tostring(now)}
+"""
+)
+
+# ARGV: when the refused request was sent (Redis time), answers accepted
+# since the last call, idle ttl. Returns {limit, rate}, or {} for a 429
+# that says nothing new (sent before the last cut).
+_CUT = (
+    _COMMON
+    + """
+add_accepted(tonumber(ARGV[2]))
+redis.call('EXPIRE', key, ARGV[3])
+local cut = num('cut') or 0
+if tonumber(ARGV[1]) < cut then return {} end
+local current = num('rate')
+if current == nil then current = 64 end
+if current <= 0 then current = nil end
+local previous = num('limit')
+local since = num('since_cut') or 0
+local cycle = now - cut
+local bin = math.floor(now * 4)
+local count = 0
+for slot = 0, 7 do
+  local at = num('i' .. slot)
+  if at ~= nil and at > bin - 8 and at <= bin then count = count + (num('b' .. slot) or 0) end
+end
+local first = num('first') or now
+local begin = math.max(now - 2, first)
+local pb, pe = num('pause_began') or 0, num('paused') or 0
+local paused = math.max(0, math.min(pe, now) - math.max(pb, begin))
+local span = math.max(1, now - begin - paused)
+local measured = nil
+local over_cycle = since / cycle
+if cut > 0 and cycle >= 3 and since >= 4 and (previous == nil or over_cycle <= 1.1 * previous) then
+  measured = over_cycle
+elseif count >= 4 then
+  measured = count / span
+end
+local estimate
+if measured ~= nil then
+  estimate = measured
+  if current ~= nil and current < measured then estimate = current end
+else
+  estimate = math.max(1, (current or 64) / 2)
+end
+local new_limit = math.max(0.05, estimate)
+local new_rate = math.max(0.05, 0.9 * new_limit)
+redis.call('HSET', key, 'limit', new_limit, 'rate', new_rate, 'cut', now, 'since_cut', 0,
+  'above', 0)
+return {tostring(new_limit), tostring(new_rate)}
+"""
+)
+
+# ARGV: seconds ('' to decide here), idle ttl. Returns {paused until, now}.
+_PAUSE = (
+    _COMMON
+    + """
+redis.call('EXPIRE', key, ARGV[2])
+local seconds = tonumber(ARGV[1])
+if seconds == nil then
+  local rate = num('rate')
+  if num('limit') == nil or rate == nil or rate <= 0 then
+    seconds = 1
+  else
+    seconds = math.min(1, math.max(0.05, 1 / rate))
+  end
+end
+local paused = num('paused') or 0
+local untl = now + seconds
+if untl > paused then
+  if now >= paused then redis.call('HSET', key, 'pause_began', now) end
+  redis.call('HSET', key, 'paused', untl)
+  paused = untl
+end
+return {tostring(paused), tostring(now)}
+"""
+)
+
+# Returns {paused until, now}.
+_PAUSED = (
+    _COMMON
+    + """
+return {tostring(num('paused') or 0), tostring(now)}
+"""
+)
+
+
+def redis_key(api_key: str) -> str:
+    """The name of the Redis hash that holds ``api_key``'s shared budget.
+
+    A SHA-256 of the key (under a fixed context string), cut to 128 bits:
+    the same in every process, and useless for recovering the key.
+    """
+    digest = hashlib.sha256(_HASH_CONTEXT + api_key.encode()).hexdigest()
+    return KEY_PREFIX + digest[:32]
+
+
+def _shown(url: str) -> str:
+    """``url`` without its password, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = (f"{parts.username}:***@" if parts.username else ":***@") + host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _failures() -> tuple[type[BaseException], ...]:
+    from redis.exceptions import RedisError  # noqa: PLC0415 (the optional extra)
+
+    return (RedisError, OSError, TimeoutError)
+
+
+class _GoLocal:
+    """What a waiter is handed when Redis went away: ask the local limiter."""
+
+
+_GO_LOCAL = _GoLocal()
+
+
+class _Waiter:
+    """A request waiting in this process for its slot."""
+
+    __slots__ = ("deadline", "future", "kind", "since")
+
+    def __init__(
+        self,
+        future: asyncio.Future[float | _GoLocal | None],
+        kind: str,
+        since: float,
+        deadline: float | None,
+    ) -> None:
+        self.future = future
+        self.kind = kind
+        self.since = since
+        self.deadline = deadline
+
+
+async def _close_quietly(connection: Redis) -> None:
+    """Close a pool whose server went away (its connections may fail to say goodbye)."""
+    with contextlib.suppress(*_failures()):
+        await connection.aclose()
+
+
+class RedisRateLimiter:
+    """A request budget shared through Redis by every client of one API key.
+
+    Implements :class:`~banana_async.ratelimit.RateLimiter`. The design is in
+    this module's docstring. Usually built by the client
+    (``BananaClient(rate_limit_url=...)``); build one yourself to share it
+    between clients of one event loop or to tune it.
+
+    Args:
+        url: A Redis URL (``redis://``, ``rediss://`` or ``unix://``), with a
+            database number and a password if needed.
+        api_key: The API key whose budget this is; only a hash of it goes
+            into Redis.
+        requests_per_second: A hard cap on requests per second of all
+            processes together; None for none (the limit is then learned).
+        clock: Where time is read and sleeping happens.
+        local: The in-process limiter used while Redis is away (by default
+            an :class:`~banana_async.ratelimit.AdaptiveRateLimiter` with the
+            same cap).
+
+    Raises:
+        InvalidRequestError: If the URL is not a Redis URL, or the ``redis``
+            extra is not installed.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str,
+        requests_per_second: float | None = None,
+        clock: Clock | None = None,
+        local: AdaptiveRateLimiter | None = None,
+    ) -> None:
+        from banana_async.errors import InvalidRequestError  # noqa: PLC0415 (kept light)
+
+        scheme = urlsplit(url).scheme if isinstance(url, str) else ""
+        if scheme not in ("redis", "rediss", "unix"):
+            raise InvalidRequestError(
+                f"rate_limit_url must be a redis://, rediss:// or unix:// URL, not {_shown(url)!r}"
+                if isinstance(url, str)
+                else f"rate_limit_url must be a string, not {type(url).__name__}"
+            )
+        try:
+            import redis.asyncio  # noqa: F401, PLC0415 (the optional extra)
+        except ImportError as exc:
+            raise InvalidRequestError(INSTALL_HINT) from exc
+        self._url = url
+        self._key = redis_key(api_key)
+        self._cap = (
+            None
+            if requests_per_second is None
+            else check_interval(requests_per_second, "requests_per_second", low=0.001, high=1e6)
+        )
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._local = (
+            local
+            if local is not None
+            else AdaptiveRateLimiter(requests_per_second=requests_per_second, clock=self._clock)
+        )
+        self._redis: Redis | None = None
+        # Bumped whenever Redis fails: a failure of a command sent on an
+        # older connection pool (stale since) says nothing about Redis now.
+        self._generation = 0
+        self._scripts: dict[str, Any] = {}
+        self._accepted = 0  # answers accepted since the last script call
+        self._offset = 0.0  # Redis time minus our clock's, as of the last reply
+        self._down_since: float | None = None  # our clock, while Redis is away
+        self._retry_at = -math.inf
+        self._trying = False
+        self._background: set[asyncio.Task[None]] = set()
+        self._creates: deque[_Waiter] = deque()
+        self._queries: deque[_Waiter] = deque()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self.shared_limit: float | None = None
+        """The provider's limit as last estimated from all processes' answers."""
+
+    def __repr__(self) -> str:
+        state = "away" if self._down_since is not None else "shared"
+        return f"<RedisRateLimiter {_shown(self._url)!r} {state} cap={self._cap!r}>"
+
+    @property
+    def shared(self) -> bool:
+        """False while Redis is away and the in-process limiter serves requests."""
+        return self._down_since is None
+
+    @property
+    def local(self) -> AdaptiveRateLimiter:
+        """The in-process limiter that serves requests while Redis is away."""
+        return self._local
+
+    # -- the protocol ------------------------------------------------------------
+
+    async def acquire(
+        self, kind: Literal["create", "query"], *, timeout: float | None = None
+    ) -> float | None:
+        """Wait for this request's slot in the shared schedule; None past ``timeout``."""
+        clock = self._clock
+        deadline = None if timeout is None else clock.time() + timeout
+        if self._use_redis():
+            future: asyncio.Future[float | _GoLocal | None] = (
+                asyncio.get_running_loop().create_future()
+            )
+            waiter = _Waiter(future, kind, clock.time(), deadline)
+            (self._creates if kind == "create" else self._queries).append(waiter)
+            if self._dispatcher is None:
+                self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
+            try:
+                if timeout is not None:
+                    # Behind other waiters the dispatcher cannot see this deadline.
+                    await asyncio.wait({future}, timeout=max(0.0, timeout))
+                    if not future.done():
+                        future.cancel()
+                        return None
+                turn = await future
+            except asyncio.CancelledError:
+                future.cancel()  # the dispatcher skips it: no slot is spent on it
+                raise
+            if not isinstance(turn, _GoLocal):
+                return turn
+        left = None if deadline is None else deadline - clock.time()
+        return await self._local.acquire(kind, timeout=left)
+
+    def record(self, turn: float, *, limited: bool) -> None:
+        """Count an answer; a 429 asks Redis to re-estimate the shared limit."""
+        self._local.record(turn, limited=limited)
+        if not limited:
+            self._accepted += 1
+            return
+        if not self.shared:
+            return
+        self._in_background(self._cut(turn + self._offset))
+
+    async def pause(self, seconds: float | None) -> None:
+        """Hold every request of every process for ``seconds`` (None: decided by the rate)."""
+        await self._local.pause(seconds)
+        if not self._use_redis():
+            return
+        try:
+            until, now = await self._run(
+                _PAUSE, "" if seconds is None else repr(seconds), str(IDLE_TTL)
+            )
+        except _failures():
+            return
+        self._back()
+        logger.info("rate limited: every process of this key pauses for %.2f s", until - now)
+
+    async def aclose(self) -> None:
+        """Wait for pending reports to Redis and close its connections."""
+        dispatcher, self._dispatcher = self._dispatcher, None
+        if dispatcher is not None:
+            dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await dispatcher
+            for left_behind in [*self._creates, *self._queries]:
+                self._give(left_behind, _GO_LOCAL)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        connection, self._redis = self._redis, None
+        self._scripts.clear()
+        if connection is not None:
+            await connection.aclose()
+
+    # -- inside ----------------------------------------------------------------------
+
+    def _next_waiter(self, now: float) -> _Waiter | None:
+        """The waiter the next slot goes to (creates first; see the module docstring)."""
+        creates, queries = self._creates, self._queries
+        while creates and creates[0].future.done():
+            creates.popleft()
+        while queries and queries[0].future.done():
+            queries.popleft()
+        if queries and (not creates or now - queries[0].since >= QUERY_PATIENCE):
+            return queries[0]
+        return creates[0] if creates else None
+
+    def _give(self, waiter: _Waiter, turn: float | _GoLocal | None) -> None:
+        (self._creates if waiter.kind == "create" else self._queries).remove(waiter)
+        if not waiter.future.done():
+            waiter.future.set_result(turn)
+
+    async def _dispatch(self) -> None:
+        """Ask Redis for one slot at a time, for the waiter first in line.
+
+        One slot at a time per process keeps the shared schedule at most a
+        slot per process ahead of now, so a rate that changes (a 429, a
+        climb) applies to the next request of every process at once.
+        """
+        clock = self._clock
+        me = asyncio.current_task()
+        try:
+            while (waiter := self._next_waiter(clock.time())) is not None:
+                if self._down_since is not None and not self._trying:
+                    for gone in [*self._creates, *self._queries]:
+                        self._give(gone, _GO_LOCAL)
+                    break
+                left = None if waiter.deadline is None else waiter.deadline - clock.time()
+                if left is not None and left <= 0:
+                    self._give(waiter, None)
+                    continue
+                accepted, self._accepted = self._accepted, 0
+                try:
+                    delay, now = await self._run(
+                        _ACQUIRE,
+                        waiter.kind,
+                        "" if self._cap is None else repr(self._cap),
+                        "" if left is None else repr(left),
+                        str(accepted),
+                        str(IDLE_TTL),
+                    )
+                    self._back()
+                    if delay < 0:
+                        self._give(waiter, None)
+                        continue
+                    if delay > 0:
+                        await clock.sleep(delay)
+                        # Another process may have met a 429 meanwhile.
+                        paused, now = await self._run(_PAUSED)
+                        if paused > now:
+                            continue
+                except _failures():
+                    self._accepted += accepted
+                    continue
+                # The slot goes to whoever is first in line now.
+                first = self._next_waiter(clock.time())
+                if first is not None:
+                    self._give(first, self._turn(now))
+        finally:
+            if self._dispatcher is me:
+                self._dispatcher = None
+                # Stopped early (closed): nobody is left waiting for a slot.
+                for left_behind in [*self._creates, *self._queries]:
+                    self._give(left_behind, _GO_LOCAL)
+
+    def _in_background(self, job: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(job)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _turn(self, redis_now: float) -> float:
+        """A token for :meth:`record`: our clock's time of the turn."""
+        local_now = self._clock.time()
+        self._offset = redis_now - local_now
+        return local_now
+
+    def _connection(self) -> Redis:
+        if self._redis is None:
+            from redis.asyncio import Redis  # noqa: PLC0415 (the optional extra)
+
+            self._redis = Redis.from_url(
+                self._url,
+                socket_timeout=SOCKET_TIMEOUT,
+                socket_connect_timeout=SOCKET_TIMEOUT,
+                # Retrying belongs to this class: it falls back instead.
+                retry_on_timeout=False,
+            )
+        return self._redis
+
+    async def _eval(self, script: str, *args: str) -> Any:
+        """Run ``script`` on the hash; a failure marks Redis away and is raised."""
+        connection, generation = self._connection(), self._generation
+        registered = self._scripts.get(script)
+        if registered is None:
+            # EVALSHA, falling back to EVAL once per connection pool.
+            registered = self._scripts[script] = connection.register_script(script)
+        try:
+            return await registered(keys=[self._key], args=list(args))
+        except _failures() as exc:
+            self._went_away(exc, generation)
+            raise
+
+    async def _run(self, script: str, *args: str) -> tuple[float, float]:
+        reply = await self._eval(script, *args)
+        first, second = (float(item) for item in reply)
+        return first, second
+
+    async def _cut(self, turn: float) -> None:
+        accepted, self._accepted = self._accepted, 0
+        try:
+            reply = await self._eval(_CUT, repr(turn), str(accepted), str(IDLE_TTL))
+        except _failures():
+            return
+        if reply:
+            limit, rate = (float(item) for item in reply)
+            self.shared_limit = limit
+            logger.info(
+                "rate limited: the provider's limit for this key looks like %.3g requests/s "
+                "(all processes); sending %.3g/s",
+                limit,
+                rate,
+            )
+
+    def _use_redis(self) -> bool:
+        """Whether to ask Redis: it is up, or it is time for one request to try again."""
+        if self._down_since is None:
+            return True
+        if self._trying or self._clock.time() < self._retry_at:
+            return False
+        self._trying = True
+        return True
+
+    def _went_away(self, exc: BaseException, generation: int) -> None:
+        if generation != self._generation:
+            return  # sent on a pool dropped since: nothing new
+        self._generation += 1
+        # A fresh pool for the next try: the old one's connections are dead.
+        old, self._redis = self._redis, None
+        self._scripts.clear()
+        if old is not None:
+            self._in_background(_close_quietly(old))
+        self._trying = False
+        self._retry_at = self._clock.time() + RETRY_EVERY
+        if self._down_since is None:
+            self._down_since = self._clock.time()
+            logger.warning(
+                "the shared rate limit at %s is unreachable (%s): this process goes on "
+                "with its own limiter and tries again every %g s",
+                _shown(self._url),
+                type(exc).__name__,
+                RETRY_EVERY,
+            )
+
+    def _back(self) -> None:
+        self._trying = False
+        if self._down_since is not None:
+            self._down_since = None
+            logger.info("the shared rate limit at %s is back: using it again", _shown(self._url))

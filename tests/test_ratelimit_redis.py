@@ -1,0 +1,469 @@
+"""The request budget shared through Redis, against a real redis-server.
+
+Each test starts its own ``redis-server`` on a free loopback port in a
+temporary folder (no persistence) and stops it. Without ``redis-server``
+the tests are skipped, except under CI, where that is an error. Workers are
+real processes (``tests/_redis_worker.py``) against one fake provider
+served by this test's event loop; the provider's request log is the
+evidence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import banana_async as ba
+from banana_async.client import RATE_LIMIT_URL_ENV
+from banana_async.errors import InvalidRequestError
+from banana_async.ratelimit import AdaptiveRateLimiter, RateLimiter
+from banana_async.testing import FakeBananaServer, Fault, RecordedRequest, RequestBudget
+
+from .conftest import API_KEY, live_client
+from .test_cli import FAST, TEXT_PROMPTS, ServerThread, run_main
+from .test_cli import KEY as CLI_KEY
+
+ROOT = Path(__file__).resolve().parent.parent
+INSTALL = "redis-server not found: install it (Debian: apt-get install redis-server)"
+
+redis_asyncio = pytest.importorskip(
+    "redis.asyncio", reason="the redis extra: pip install 'banana-async[redis]'"
+)
+from banana_async.ratelimit import redis as shared  # noqa: E402 (needs the extra)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A redis-server of the test's own, on loopback, keeping nothing on disk."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = _free_port()
+        self.process: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.folder)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        # It says so once it listens; a server that dies ends the output instead.
+        for line in self.process.stdout:
+            if "Ready to accept connections" in line:
+                return
+        raise AssertionError(f"redis-server exited with {self.process.wait()}")
+
+    def kill(self) -> None:
+        process, self.process = self.process, None
+        if process is not None:
+            process.kill()
+            process.wait()
+            assert process.stdout is not None
+            process.stdout.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail(INSTALL)
+        pytest.skip(INSTALL)
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[FakeBananaServer]:
+    async with FakeBananaServer(api_key=API_KEY, duration=0.05) as server:
+        yield server
+
+
+async def _workers(
+    provider: FakeBananaServer, redis_url: str, names: list[str], count: int, rps: float | None
+) -> list[dict[str, object]]:
+    """Run one worker process per name at once; their reports."""
+    extra = [] if rps is None else [str(rps)]
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests._redis_worker",
+            provider.url, redis_url, name, str(count), *extra,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for name in names
+    ]  # fmt: skip
+    reports = []
+    for process in processes:
+        out, _ = await process.communicate()
+        assert process.returncode == 0
+        reports.append(json.loads(out.decode().strip().splitlines()[-1]))
+    return reports
+
+
+def _busiest_second(requests: list[RecordedRequest]) -> int:
+    """The most requests that arrived within any one second (a sliding window)."""
+    times = sorted(r.at for r in requests if r.kind in ("create", "query"))
+    most = start = 0
+    for end, at in enumerate(times):
+        while at - times[start] >= 1.0:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+def _owner(requests: list[RecordedRequest]) -> dict[str, str]:
+    """Task id -> the worker that created it (its prompts are named NAME-i)."""
+    return {
+        r.task_id: str(r.json["prompt"]).split("-")[0]
+        for r in requests
+        if r.kind == "create" and r.task_id is not None and isinstance(r.json, dict)
+    }
+
+
+# -- the budget ---------------------------------------------------------------------
+
+
+async def test_processes_on_one_redis_never_exceed_the_shared_budget(
+    provider: FakeBananaServer, redis_server: RedisServer
+) -> None:
+    rate = 40.0
+    names = ["a", "b", "c"]
+    reports = await _workers(provider, redis_server.url, names, 40, rate)
+    assert [r["ok"] for r in reports] == [40, 40, 40]
+    assert len(provider.tasks) == 120
+    # All three worked at once, and together kept to the one budget. A
+    # request may reach the provider a little after its slot on a busy
+    # machine and bunch with the next: the issue's own bound, 1.1 times.
+    busiest = _busiest_second(provider.requests)
+    assert busiest <= 1.1 * rate, busiest
+    owners = _owner(provider.requests)
+    assert set(owners.values()) == set(names)
+
+
+async def test_a_429_seen_by_one_process_pauses_the_others(
+    provider: FakeBananaServer, redis_server: RedisServer
+) -> None:
+    names = ["a", "b", "c"]
+    sending: set[str] = set()
+    everyone = asyncio.Event()
+
+    def watch(body: dict[str, Any]) -> None:
+        sending.add(str(body["prompt"]).split("-")[0])
+        if len(sending) == len(names):
+            everyone.set()
+
+    provider.script_for = watch
+    run = asyncio.ensure_future(_workers(provider, redis_server.url, names, 60, 30.0))
+    # Once every worker is sending, one create (whoever sends it) meets a 429.
+    await everyone.wait()
+    provider.inject(Fault.status(429, headers={"Retry-After": "1"}), on="create")
+    reports = await run
+    assert [r["ok"] for r in reports] == [60, 60, 60]
+    refused = [r for r in provider.requests if r.kind == "create" and r.task_id is None]
+    assert len(refused) == 1
+    at = refused[0].at
+    # Requests already on their way when it came may still arrive; after
+    # that, nobody sends until the second is over.
+    during = [r for r in provider.requests if at + 0.25 <= r.at < at + 0.95]
+    assert during == []
+    owners = _owner(provider.requests)
+    after = {
+        owners.get(r.task_id or "", str(r.json["prompt"]).split("-")[0] if r.json else "")
+        for r in provider.requests
+        if r.at >= at + 1.0
+    }
+    assert set(names) <= after  # every worker went on afterwards
+
+
+async def test_processes_learn_one_limit_together(
+    provider: FakeBananaServer, redis_server: RedisServer
+) -> None:
+    provider.budget = RequestBudget(rate=40.0, burst=10.0)
+    reports = await _workers(provider, redis_server.url, ["a", "b", "c"], 30, None)
+    assert [r["ok"] for r in reports] == [30, 30, 30]
+    assert len(provider.tasks) == 90  # every prompt created once
+    assert provider.count_rate_limited() > 0  # the budget did bind
+    # 429s are the exception: the processes learned one limit and kept under it.
+    assert provider.count_rate_limited() < 0.1 * len(provider.requests)
+    connection = redis_asyncio.Redis.from_url(redis_server.url)
+    try:
+        state = await connection.hgetall(shared.redis_key(API_KEY))
+    finally:
+        await connection.aclose()
+    assert 0 < float(state[b"limit"]) < 2 * 40.0
+
+
+async def test_a_pause_set_by_one_limiter_holds_another(redis_server: RedisServer) -> None:
+    one = shared.RedisRateLimiter(redis_server.url, api_key=API_KEY)
+    other = shared.RedisRateLimiter(redis_server.url, api_key=API_KEY)
+    stranger = shared.RedisRateLimiter(redis_server.url, api_key="sk-another-key-000")
+    try:
+        assert await other.acquire("create", timeout=5.0) is not None
+        await one.pause(30.0)
+        assert await other.acquire("create", timeout=0.1) is None
+        assert await other.acquire("query", timeout=0.1) is None
+        assert other.shared
+        assert await stranger.acquire("create", timeout=0.1) is not None  # another key
+    finally:
+        for limiter in (one, other, stranger):
+            await limiter.aclose()
+
+
+async def test_a_cancelled_acquire_spends_no_slot_and_blocks_nobody(
+    redis_server: RedisServer,
+) -> None:
+    limiter = shared.RedisRateLimiter(redis_server.url, api_key=API_KEY, requests_per_second=2)
+    try:
+        assert await limiter.acquire("create") is not None
+        waiting = asyncio.ensure_future(limiter.acquire("create"))
+        await asyncio.sleep(0)  # it queued behind the first
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert await limiter.acquire("create", timeout=30.0) is not None
+        assert limiter.shared
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_pause_while_redis_is_away_rejoins_once_it_is_back(
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(shared, "RETRY_EVERY", 0.0)
+    caplog.set_level(logging.INFO, logger="banana_async")
+    limiter = shared.RedisRateLimiter(redis_server.url, api_key=API_KEY)
+    try:
+        redis_server.kill()
+        assert await limiter.acquire("create") is not None  # the local limiter's turn
+        away = not limiter.shared
+        redis_server.start()
+        await limiter.pause(0.01)
+        assert away
+        assert limiter.shared
+        assert await limiter.acquire("create") is not None
+    finally:
+        await limiter.aclose()
+    messages = [r.getMessage() for r in caplog.records if "shared rate limit" in r.getMessage()]
+    assert len(messages) == 2
+    assert "unreachable" in messages[0]
+    assert "is back" in messages[1]
+
+
+# -- Redis away ------------------------------------------------------------------------
+
+
+async def test_redis_killed_mid_run_the_batch_finishes_on_the_local_limiter(
+    provider: FakeBananaServer,
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(shared, "RETRY_EVERY", 0.05)
+    caplog.set_level(logging.INFO, logger="banana_async")
+    prompts = [f"cat {i}" for i in range(150)]
+    done = 0
+    async with live_client(provider, rate_limit_url=redis_server.url, requests_per_second=100) as c:
+        limiter = c.rate_limiter
+        assert isinstance(limiter, shared.RedisRateLimiter)
+        async with contextlib.aclosing(c.generate_many(prompts, concurrency=30)) as outcomes:
+            async for outcome in outcomes:
+                assert outcome.ok, outcome.error
+                done += 1
+                if done == 30:
+                    assert limiter.shared
+                    redis_server.kill()
+                if done == 90:
+                    assert not limiter.shared
+                    redis_server.start()  # the same port: it comes back
+    assert done == 150
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "unreachable" in warnings[0].getMessage()
+    assert redis_server.url in warnings[0].getMessage()
+    backs = [r for r in caplog.records if "is back" in r.getMessage()]
+    assert len(backs) == 1
+    assert backs[0].levelno == logging.INFO
+    assert limiter.shared
+
+
+# -- the key ------------------------------------------------------------------------------
+
+
+async def test_the_api_key_never_reaches_redis(
+    provider: FakeBananaServer, redis_server: RedisServer
+) -> None:
+    async with live_client(provider, rate_limit_url=redis_server.url) as client:
+        prompts = [f"cat {i}" for i in range(20)]
+        provider.inject(Fault.status(429, headers={"Retry-After": "1"}), on="create")
+        async with contextlib.aclosing(client.generate_many(prompts)) as outcomes:
+            assert all([o.ok async for o in outcomes])
+    seen: list[bytes] = []
+    connection = redis_asyncio.Redis.from_url(redis_server.url)
+    try:
+        async for name in connection.scan_iter("*"):
+            seen.append(name)
+            kind = await connection.type(name)
+            assert kind == b"hash"
+            for field, value in (await connection.hgetall(name)).items():
+                seen += [field, value]
+        keys = [name async for name in connection.scan_iter("*")]
+    finally:
+        await connection.aclose()
+    assert keys == [shared.redis_key(API_KEY).encode()]
+    assert b"paused" in seen  # the 429's pause went through Redis
+    secret = API_KEY.encode()
+    for blob in seen:
+        assert secret not in blob
+        assert secret[3:] not in blob  # nor its body without the "sk-" prefix
+
+
+# -- wiring ---------------------------------------------------------------------------------
+
+
+def test_import_banana_async_does_not_import_redis() -> None:
+    code = "import sys, banana_async; print('redis' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "False"
+
+
+async def test_the_client_reads_the_url_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(RATE_LIMIT_URL_ENV, "redis://127.0.0.1:1/0")
+    async with ba.BananaClient(API_KEY) as client:
+        limiter = client.rate_limiter
+        assert isinstance(limiter, shared.RedisRateLimiter)
+        assert isinstance(limiter, RateLimiter)
+    async with ba.BananaClient(API_KEY, rate_limit_url="") as client:
+        assert isinstance(client.rate_limiter, AdaptiveRateLimiter)
+    given = AdaptiveRateLimiter()
+    async with ba.BananaClient(API_KEY, rate_limiter=given) as client:
+        assert client.rate_limiter is given
+
+
+def test_bad_urls_and_conflicts_are_refused_before_any_request() -> None:
+    with pytest.raises(InvalidRequestError, match="redis://"):
+        ba.BananaClient(API_KEY, rate_limit_url="http://127.0.0.1:6379")
+    with pytest.raises(InvalidRequestError, match="not both"):
+        ba.BananaClient(
+            API_KEY, rate_limit_url="redis://127.0.0.1:1/0", rate_limiter=AdaptiveRateLimiter()
+        )
+
+
+def test_a_password_in_the_url_stays_out_of_reprs() -> None:
+    limiter = shared.RedisRateLimiter("redis://user:hunter2@127.0.0.1:1/0", api_key=API_KEY)
+    assert "hunter2" not in repr(limiter)
+    assert API_KEY not in repr(limiter)
+
+
+async def test_redis_unreachable_from_the_start_serves_requests_locally(
+    provider: FakeBananaServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"redis://127.0.0.1:{_free_port()}/0"
+    async with live_client(provider, rate_limit_url=url) as client:
+        for i in range(3):
+            task = await client.generate(f"cat {i}")
+            assert task.ok
+        limiter = client.rate_limiter
+        assert isinstance(limiter, shared.RedisRateLimiter)
+        assert not limiter.shared
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+
+
+# -- the command line ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[ServerThread]:
+    """A user's environment pointed at a fake provider on a thread of its own."""
+    thread = ServerThread(FakeBananaServer(api_key=CLI_KEY, duration=0.05))
+    thread.start()
+    monkeypatch.setenv("BANANA_API_KEY", CLI_KEY)
+    monkeypatch.setenv("BANANA_BASE_URL", thread.server.url)
+    monkeypatch.delenv("BANANA_DIALECT", raising=False)
+    try:
+        yield thread
+    finally:
+        thread.stop()
+
+
+def _hash_exists(url: str, api_key: str) -> bool:
+    import redis
+
+    connection = redis.Redis.from_url(url)
+    try:
+        return bool(connection.exists(shared.redis_key(api_key)))
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_cli_batch_shares_the_budget_through_redis(
+    capsys: pytest.CaptureFixture[str],
+    cli_env: ServerThread,
+    tmp_path: Path,
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(TEXT_PROMPTS)
+    shared_by = ["--rate-limit-url", redis_server.url]
+    if how == "environment":
+        monkeypatch.setenv(RATE_LIMIT_URL_ENV, redis_server.url)
+        shared_by = []
+    code, out, err = run_main(
+        capsys, "batch", str(prompts), "--out", str(tmp_path), *FAST,
+        "--requests-per-second", "50", *shared_by,
+    )  # fmt: skip
+    assert code == 0, err
+    assert len(out.splitlines()) == 3
+    assert _hash_exists(redis_server.url, CLI_KEY)
+
+
+def test_cli_batch_refuses_a_rate_limit_url_that_is_not_redis(
+    capsys: pytest.CaptureFixture[str], cli_env: ServerThread, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(TEXT_PROMPTS)
+    code, _, err = run_main(
+        capsys, "batch", str(prompts), "--out", str(tmp_path), "--rate-limit-url", "http://x:1"
+    )
+    assert code != 0
+    assert "redis://" in err
+    assert cli_env.server.requests == []
