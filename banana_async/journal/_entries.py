@@ -157,3 +157,30 @@ def check_index(index: int) -> None:
     problem = count_problem(index, "a journal index", minimum=0)
     if problem is not None:
         raise ValueError(problem)
+
+
+def entry_from_row(row: tuple[Any, ...]) -> JournalEntry:
+    """An entry from its row (the columns of every store, in their order).
+
+    Raises:
+        Exception: The row cannot be read (bad JSON, an unknown state...);
+            each store turns it into its own :class:`~banana_async.JournalError`.
+    """
+    index, state, request, raw_input, task_id, task, error, error_type, path, updated = row
+    stored_task = None if task is None else CONVERTER.structure(json.loads(task), Task)
+    return JournalEntry(
+        index=int(index),
+        state=EntryState(state),
+        request=None
+        if request is None
+        else CONVERTER.structure(json.loads(request), GenerationRequest),
+        raw_input=raw_input,
+        # The column is escaped text; the task's JSON has the exact id
+        # (every write that sets the id sets the task with it).
+        task_id=task_id if stored_task is None else stored_task.id,
+        task=stored_task,
+        error=error,
+        error_type=error_type,
+        path=path,
+        updated_at=float(updated),
+    )

@@ -80,6 +80,7 @@ from banana_async.journal._entries import (
     canonical_request,
     check_index,
     dumps_task,
+    entry_from_row,
     storable,
 )
 from banana_async.journal.states import EntryState, sources
@@ -872,25 +873,10 @@ class PostgresStore:
         )
 
     def _entry(self, row: tuple[Any, ...]) -> JournalEntry:
-        index, state, request, raw_input, task_id, task, error, error_type, path, updated = row
         try:
-            stored_task = None if task is None else CONVERTER.structure(json.loads(task), Task)
-            return JournalEntry(
-                index=int(index),
-                state=EntryState(state),
-                request=None
-                if request is None
-                else CONVERTER.structure(json.loads(request), GenerationRequest),
-                raw_input=raw_input,
-                task_id=task_id if stored_task is None else stored_task.id,
-                task=stored_task,
-                error=error,
-                error_type=error_type,
-                path=path,
-                updated_at=float(updated),
-            )
+            return entry_from_row(row)
         except Exception as exc:
             raise JournalError(
-                f"journal {self.name} is damaged: entry {index} cannot be read ({exc})",
+                f"journal {self.name} is damaged: entry {row[0]} cannot be read ({exc})",
                 path=self.name,
             ) from exc

@@ -57,7 +57,6 @@ from typing import Any, Final, Generic, Self, TypeVar
 import attrs
 
 from banana_async._checks import error_message as error_text  # message, or the class name
-from banana_async._convert import CONVERTER
 from banana_async.errors import JournalError
 from banana_async.journal._entries import (
     JournalEntry,
@@ -65,6 +64,7 @@ from banana_async.journal._entries import (
     canonical_request,
     check_index,
     dumps_task,
+    entry_from_row,
     storable,
 )
 from banana_async.journal.states import EntryState, may_follow, sources
@@ -1080,27 +1080,10 @@ class Journal:
             raise ValueError(f"input {index} already has task {exact}, not {task.id}")
 
     def _entry(self, row: tuple[Any, ...]) -> JournalEntry:
-        index, state, request, raw_input, task_id, task, error, error_type, path, updated = row
         try:
-            stored_task = None if task is None else CONVERTER.structure(json.loads(task), Task)
-            return JournalEntry(
-                index=int(index),
-                state=EntryState(state),
-                request=None
-                if request is None
-                else CONVERTER.structure(json.loads(request), GenerationRequest),
-                raw_input=raw_input,
-                # The column is escaped text; the task's JSON has the exact id
-                # (every write that sets the id sets the task with it).
-                task_id=task_id if stored_task is None else stored_task.id,
-                task=stored_task,
-                error=error,
-                error_type=error_type,
-                path=path,
-                updated_at=float(updated),
-            )
+            return entry_from_row(row)
         except Exception as exc:
-            raise self._corrupt(f"entry {index} cannot be read ({exc})") from exc
+            raise self._corrupt(f"entry {row[0]} cannot be read ({exc})") from exc
 
     def _provider(self, connection: sqlite3.Connection) -> JournalProvider | None:
         row = connection.execute("SELECT value FROM meta WHERE key = 'provider'").fetchone()
