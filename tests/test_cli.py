@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -57,8 +58,9 @@ class ServerThread:
         self._loop.close()
 
 
-@pytest.fixture
-def threaded() -> Iterator[ServerThread]:
+@contextlib.contextmanager
+def fake_in_a_thread() -> Iterator[ServerThread]:
+    """A fake provider (tasks of 50 ms, key ``KEY``) on a thread of its own."""
     thread = ServerThread(FakeBananaServer(api_key=KEY, duration=0.05))
     thread.start()
     try:
@@ -67,13 +69,24 @@ def threaded() -> Iterator[ServerThread]:
         thread.stop()
 
 
+def point_user_at(monkeypatch: pytest.MonkeyPatch, thread: ServerThread) -> ServerThread:
+    """Set a user's environment (key, base URL, no dialect) to use ``thread``'s provider."""
+    monkeypatch.setenv("BANANA_API_KEY", KEY)
+    monkeypatch.setenv("BANANA_BASE_URL", thread.server.url)
+    monkeypatch.delenv("BANANA_DIALECT", raising=False)
+    return thread
+
+
+@pytest.fixture
+def threaded() -> Iterator[ServerThread]:
+    with fake_in_a_thread() as thread:
+        yield thread
+
+
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, threaded: ServerThread) -> ServerThread:
     """The environment of a user pointed at the threaded fake provider."""
-    monkeypatch.setenv("BANANA_API_KEY", KEY)
-    monkeypatch.setenv("BANANA_BASE_URL", threaded.server.url)
-    monkeypatch.delenv("BANANA_DIALECT", raising=False)
-    return threaded
+    return point_user_at(monkeypatch, threaded)
 
 
 def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -29,8 +29,10 @@ from tests.test_cli import (
     ServerThread,
     create_task,
     fail_prompts,
+    fake_in_a_thread,
     is_png,
     json_lines,
+    point_user_at,
     run_main,
     server_env,
 )
@@ -39,15 +41,8 @@ from tests.test_cli import (
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[ServerThread]:
     """The environment of a user pointed at a fake provider in a thread."""
-    thread = ServerThread(FakeBananaServer(api_key=KEY, duration=0.05))
-    thread.start()
-    monkeypatch.setenv("BANANA_API_KEY", KEY)
-    monkeypatch.setenv("BANANA_BASE_URL", thread.server.url)
-    monkeypatch.delenv("BANANA_DIALECT", raising=False)
-    try:
-        yield thread
-    finally:
-        thread.stop()
+    with fake_in_a_thread() as thread:
+        yield point_user_at(monkeypatch, thread)
 
 
 # -- checked before any create ------------------------------------------------------------

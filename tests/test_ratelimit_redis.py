@@ -32,7 +32,7 @@ from banana_async.ratelimit import AdaptiveRateLimiter, RateLimiter
 from banana_async.testing import FakeBananaServer, Fault, RecordedRequest, RequestBudget
 
 from .conftest import API_KEY, live_client
-from .test_cli import FAST, TEXT_PROMPTS, ServerThread, run_main
+from .test_cli import FAST, TEXT_PROMPTS, ServerThread, fake_in_a_thread, point_user_at, run_main
 from .test_cli import KEY as CLI_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -411,15 +411,8 @@ async def test_redis_unreachable_from_the_start_serves_requests_locally(
 @pytest.fixture
 def cli_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[ServerThread]:
     """A user's environment pointed at a fake provider on a thread of its own."""
-    thread = ServerThread(FakeBananaServer(api_key=CLI_KEY, duration=0.05))
-    thread.start()
-    monkeypatch.setenv("BANANA_API_KEY", CLI_KEY)
-    monkeypatch.setenv("BANANA_BASE_URL", thread.server.url)
-    monkeypatch.delenv("BANANA_DIALECT", raising=False)
-    try:
-        yield thread
-    finally:
-        thread.stop()
+    with fake_in_a_thread() as thread:
+        yield point_user_at(monkeypatch, thread)
 
 
 def _hash_exists(url: str, api_key: str) -> bool:
