@@ -585,6 +585,10 @@ async def test_demo_writes_pngs_and_exits_0(tmp_path: Path) -> None:
     assert out.count("(expected: scripted by the demo)") == 2
     assert "demo finished as designed" in out
     assert "demo: 20/20, 18 done, 2 failed" in err  # plain progress on a pipe
+    page = tmp_path / "banana-demo-out" / "index.html"  # what a newcomer opens
+    assert out.endswith(
+        f"gallery: banana-demo-out/index.html; open it in a browser: {page.as_uri()}\n"
+    )
 
 
 def test_demo_json_in_process(

@@ -13,6 +13,7 @@ waits (``wait_for_function``) keep the test free of sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import os
@@ -24,9 +25,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from banana_async.cli.commands import demo
 from banana_async.cli.gallery import GALLERY, read_gallery
-from tests.test_cli import FAST, ServerThread, env, run_main, threaded
+from tests.test_cli import FAST, ServerThread, env, run_cli, run_main, threaded
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Page
@@ -112,22 +112,22 @@ def _visible_prompts(page: Page) -> list[str]:
 def test_the_demos_gallery_in_chromium(
     chromium: str,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
     env: ServerThread,
     tmp_path: Path,
 ) -> None:
-    out = tmp_path / "demo out"  # a space: the page's URL and links are quoted
-    monkeypatch.setattr(demo, "DEMO_DURATIONS", (0.05, 0.3))
-    code, _, err = run_main(capsys, "demo", "--count", "10", "--out", str(out), *FAST)
+    # The README's command, as a newcomer runs it; then a batch into its folder.
+    code, text, err = asyncio.run(run_cli("demo", cwd=tmp_path))
     assert code == 0, err
+    out = tmp_path / "banana-demo-out"
+    assert f"open it in a browser: {(out / GALLERY).as_uri()}" in text
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(EVIL + "\n")
     code, _, err = run_main(capsys, "batch", str(prompts), "--out", str(out), "--gallery", *FAST)
     assert code == 0, err
-    gallery = read_gallery(out)
-    assert gallery.counts()["images"] == 10  # 9 of the demo's, 1 of the batch's
+    assert read_gallery(out).counts()["images"] == 19  # 18 of the demo's, 1 of the batch's
 
-    # Another folder: the page must not depend on where the run wrote it.
+    # Another folder (with a space: the URLs are quoted): the page must not
+    # depend on where the run wrote it.
     copy = shutil.copytree(out, tmp_path / "copied elsewhere")
     with headless(chromium, tmp_path / "profile") as browser:
         _check_the_page(browser.new_page(), copy / GALLERY)
@@ -141,7 +141,7 @@ def _check_the_page(page: Page, path: Path) -> None:
 
     # Thumbnails load lazily: bring each into view, then wait for all of them.
     cards = page.locator("figure.card")
-    assert cards.count() == 10
+    assert cards.count() == 19
     for index in range(cards.count()):
         cards.nth(index).locator("img").scroll_into_view_if_needed()
     page.wait_for_function(
@@ -150,24 +150,24 @@ def _check_the_page(page: Page, path: Path) -> None:
     widths = page.eval_on_selector_all(
         "figure.card img", "images => images.map(i => i.naturalWidth)"
     )
-    assert len(widths) == 10
+    assert len(widths) == 19
     assert all(width > 0 for width in widths), widths
 
     # The prompt with a script is shown as text, and nothing of it ran.
     assert EVIL in _visible_prompts(page)
     assert page.evaluate("typeof window.__pwned") == "undefined"
     assert page.locator("img[src=x]").count() == 0
-    assert page.locator("#counts").text_content() == "10 images · 1 failed · 0 unconfirmed"
+    assert page.locator("#counts").text_content() == "19 images · 2 failed · 0 unconfirmed"
     assert "content policy violation" in (page.locator(".list").text_content() or "")
 
     # The filter hides the cards whose prompt lacks the words typed.
     page.fill("#filter", "lighthouse DUSK")
     assert _visible_prompts(page) == ["a lighthouse at dusk, oil painting"]
-    assert page.locator("#shown").text_content() == "1 of 11 shown"  # cards and the failure
+    assert page.locator("#shown").text_content() == "1 of 21 shown"  # cards and the failure
     page.fill("#filter", "<script>")
     assert _visible_prompts(page) == [EVIL]
     page.fill("#filter", "")
-    assert len(_visible_prompts(page)) == 10
+    assert len(_visible_prompts(page)) == 19
 
     # A click shows the full image, loaded, over the page.
     page.locator("figure.card a.full").first.click()

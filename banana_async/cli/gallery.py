@@ -23,8 +23,8 @@ import html
 import json
 import math
 import os
+import secrets
 import string
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -311,12 +311,14 @@ def write_gallery(folder: Path) -> Gallery:
     """
     gallery = read_gallery(folder)
     page = render_gallery(gallery).encode("utf-8")
-    fd, temporary = tempfile.mkstemp(dir=folder, prefix=".banana-gallery-", suffix=".tmp")
+    temporary = folder / f".banana-gallery-{secrets.token_hex(8)}.tmp"
+    # Not mkstemp, whose files are private: the page gets the mode of any
+    # new file under the umask, as the images do.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    fd = os.open(temporary, flags, 0o666)
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(page)
-        # mkstemp makes the file private; a page is for sharing, like the images.
-        os.chmod(temporary, 0o644)
         os.replace(temporary, gallery.path)
     except BaseException:
         with contextlib.suppress(OSError):
