@@ -289,8 +289,12 @@ def test_an_older_manifest_without_the_newer_keys(tmp_path: Path) -> None:
     old = ("model", "size", "resolution", "seconds", "error_type")
     line = {k: v for k, v in record(0, "a cat").items() if k not in old}
     bad = {k: v for k, v in failed(1, "a dog", "refused").items() if k not in old}
-    gallery = read_gallery(folder_with(tmp_path, line, bad))
-    assert gallery.counts()["images"] == 1
+    by_hand = {"prompt": "a fox", "file": "fox.png", "ok": True}  # no index, no task id
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "fox.png").write_bytes(PNG)
+    gallery = read_gallery(folder_with(tmp_path, line, bad, by_hand))
+    assert [e.prompt for e in gallery.images] == ["a cat", "a fox"]
+    assert gallery.images[1].where == "-"
     assert [e.error for e in gallery.failed] == ["refused"]
     assert gallery.images[0].seconds is None
 

@@ -42,6 +42,7 @@ __all__ = [
     "Damaged",
     "Entry",
     "Gallery",
+    "gallery_from",
     "make_gallery",
     "read_gallery",
     "render_gallery",
@@ -254,12 +255,13 @@ def gallery_from(
         folder: The output folder (images are looked for there).
         damaged: The lines skipped while reading.
     """
-    images: dict[str, Mapping[str, Any]] = {}
+    images: dict[object, Mapping[str, Any]] = {}
     latest: dict[tuple[Any, ...], Mapping[str, Any]] = {}
-    for record in records:
+    for number, record in enumerate(records):
         latest[_input_key(record)] = record
         if record["ok"]:
-            images[record.get("task_id") or f"#{len(images)}"] = record
+            # A hand-made line may lack the task id: then it is its own image.
+            images[record.get("task_id") or ("line", number)] = record
     shown = [_entry(record, folder) for record in images.values()]
     without = [_entry(record, folder) for record in latest.values() if not record["ok"]]
     return Gallery(
