@@ -579,12 +579,16 @@ async def test_demo_writes_pngs_and_exits_0(tmp_path: Path) -> None:
     # No API key, no base URL: the demo brings its own provider.
     code, out, err = await run_cli("demo", cwd=tmp_path)
     assert code == 0, err
-    pngs = sorted((tmp_path / "banana-demo-out").iterdir())
+    pngs = sorted((tmp_path / "banana-demo-out").glob("*.png"))
     assert len(pngs) == 18  # 20 prompts, 2 scripted to fail
     assert all(p.suffix == ".png" and is_png(p) for p in pngs)
     assert out.count("(expected: scripted by the demo)") == 2
     assert "demo finished as designed" in out
     assert "demo: 20/20, 18 done, 2 failed" in err  # plain progress on a pipe
+    page = tmp_path / "banana-demo-out" / "index.html"  # what a newcomer opens
+    assert out.endswith(
+        f"gallery: banana-demo-out/index.html; open it in a browser: {page.as_uri()}\n"
+    )
 
 
 def test_demo_json_in_process(

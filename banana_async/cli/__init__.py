@@ -1,4 +1,4 @@
-"""The ``banana-async`` command line: generate, batch, status, download, models, demo.
+"""The ``banana-async`` command line: generate, batch, status, download, models, demo, gallery.
 
 The API key comes from the ``BANANA_API_KEY`` environment variable only: a key
 given as an option would end up in shell history and process listings.
@@ -13,6 +13,7 @@ The package: :mod:`~banana_async.cli.parser` (the options),
 :mod:`~banana_async.cli.output` (printing), :mod:`~banana_async.cli.progress`,
 :mod:`~banana_async.cli.prompt_file` (reading ``batch``'s FILE),
 :mod:`~banana_async.cli.common` (what the commands share),
+:mod:`~banana_async.cli.gallery` (the page of an output folder),
 :mod:`~banana_async.cli.exit_codes`, and one module per command under
 :mod:`~banana_async.cli.commands`, imported only when that command runs.
 Only the names in ``__all__`` here are meant for use from Python.

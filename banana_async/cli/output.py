@@ -167,6 +167,8 @@ class Shown:
     error: str | None
     error_type: str | None
     expected: bool = False
+    seconds: float | None = None
+    """Seconds from the task's creation (or a resume) to the outcome, if known."""
 
     def record(self) -> dict[str, Any]:
         """The outcome's fields for ``--json``."""

@@ -275,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="how FILE is read (default: auto)",
     )
+    batch.add_argument(
+        "--gallery",
+        action="store_true",
+        help="at the end, write DIR/index.html: a page of the images with their prompts "
+        "(the same as `banana-async gallery DIR`)",
+    )
 
     status = commands.add_parser(
         "status", parents=[common], help="query a task's status once", description=None
@@ -325,6 +331,21 @@ def build_parser() -> argparse.ArgumentParser:
     journal.add_argument("journal", metavar="JOURNAL", help="a journal file or postgresql:// URL")
     journal.add_argument(
         "--batch", metavar="NAME", help="the batch's name (a postgresql:// journal only)"
+    )
+
+    gallery = commands.add_parser(
+        "gallery",
+        parents=[local],
+        help="write a page of a batch's images (index.html)",
+        description=(
+            "Write DIR/index.html from DIR/manifest.jsonl: the images with their prompts, "
+            "model, size, task id and time taken, the inputs that failed with their "
+            "errors, and a filter over the prompts. One static file: open it from disk, "
+            "or copy the folder anywhere. Sends nothing to the API."
+        ),
+    )
+    gallery.add_argument(
+        "out_dir", metavar="DIR", help="the --out folder of a batch or demo (has manifest.jsonl)"
     )
 
     demo = commands.add_parser(

@@ -62,6 +62,9 @@ class Stats:
         # tasks that were paid for and may still finish.
         self.task_ids: dict[int, str] = {}
         self._counts: Counter[TaskStatus] = Counter()
+        # When each input's task was first seen (created, or found by a
+        # resume), for the time taken that the manifest records.
+        self._seen: dict[int, float] = {}
 
     @property
     def finished(self) -> int:
@@ -73,6 +76,7 @@ class Stats:
         index = event.index
         if index is None:
             return
+        self._seen.setdefault(index, time.monotonic())
         self._forget(index)
         if not event.task.done:
             self.statuses[index] = event.task.status
@@ -84,6 +88,15 @@ class Stats:
         status = self.statuses.pop(index, None)
         if status is not None:
             self._counts[status] -= 1
+
+    def took(self, index: int) -> float | None:
+        """Seconds from input ``index``'s first status event to now (once), or None.
+
+        None when no event came for it in this run (read from the journal,
+        or refused before any task was created).
+        """
+        seen = self._seen.pop(index, None)
+        return None if seen is None else time.monotonic() - seen
 
     def add(self, outcome: Outcome) -> None:
         """Count one reported outcome."""

@@ -29,6 +29,7 @@ COMMANDS: Final[Mapping[str, str]] = MappingProxyType(
         "download": "banana_async.cli.commands.download",
         "journal": "banana_async.cli.commands.journal",
         "models": "banana_async.cli.commands.models",
+        "gallery": "banana_async.cli.commands.gallery",
         "demo": "banana_async.cli.commands.demo",
     }
 )

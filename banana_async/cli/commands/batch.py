@@ -28,6 +28,7 @@ from banana_async.cli.common import (
     request_defaults,
 )
 from banana_async.cli.exit_codes import ExitCode
+from banana_async.cli.gallery import make_gallery
 from banana_async.cli.output import Shown, emit, error_of, json_line, prompt_of, to_stderr
 from banana_async.cli.progress import PROGRESS_INTERVAL, Progress, Stats, duration
 from banana_async.cli.prompt_file import PromptFile, looks_binary, scan
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from banana_async.client import BananaClient
     from banana_async.models import Outcome
 
-__all__ = ["MANIFEST", "STDIN", "manifest_record", "run"]
+__all__ = ["MANIFEST", "STDIN", "manifest_record", "open_manifest", "run"]
 
 MANIFEST: Final = "manifest.jsonl"
 """The file in ``--out`` that gets one JSON line per outcome (appended, run after run)."""
@@ -52,9 +53,16 @@ _HINT_IDS: Final = 10
 
 
 def manifest_record(shown: Shown) -> dict[str, Any]:
-    """One outcome as a line of the manifest: index, line, prompt, task, status, file."""
+    """One outcome as a line of the manifest: index, line, prompt, task, status, file, ...
+
+    The keys after ``from_journal`` (what was asked, the time taken, the
+    error's class) came later: the gallery shows them, and reads older
+    manifests without them.
+    """
     outcome = shown.outcome
     task = outcome.task
+    request = outcome.request
+    model = str(request.model) if request is not None else None
     return {
         "index": outcome.index,
         "line": shown.line,
@@ -65,6 +73,13 @@ def manifest_record(shown: Shown) -> dict[str, Any]:
         "ok": outcome.ok,
         "error": shown.error,
         "from_journal": outcome.from_journal,
+        "model": model if model is not None or task is None else task.model,
+        "size": request.size.value if request is not None and request.size else None,
+        "resolution": (
+            request.resolution.value if request is not None and request.resolution else None
+        ),
+        "seconds": round(shown.seconds, 3) if shown.seconds is not None else None,
+        "error_type": shown.error_type,
     }
 
 
@@ -179,6 +194,7 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
             prompt=line.prompt if line is not None else prompt_of(outcome),
             error=error,
             error_type=error_type,
+            seconds=stats.took(outcome.index),
         )
 
     label = f"batch {path.name if path is not None else 'stdin'}"
@@ -186,8 +202,9 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
         stats, label, enabled=show_progress, interval=PROGRESS_INTERVAL
     ) as progress:
         await _run_batch(args, state, client, prompts, out, progress, stats, show)
+    page = await make_gallery(out) if args.gallery else None
     if show_progress:
-        _summary(args, stats, out, elsewhere)
+        _summary(args, stats, out, elsewhere, page)
     if waiting and not args.json:
         named = waiting[:_HINT_IDS]
         more = (
@@ -222,7 +239,7 @@ async def _run_batch(  # noqa: PLR0917 - the pieces run() prepared
             )
         elif args.journal is not None:
             journal = await stack.enter_async_context(await SQLiteStore.open(args.journal))
-        manifest = await asyncio.to_thread(_open_manifest, out)
+        manifest = await asyncio.to_thread(open_manifest, out)
         stack.callback(manifest.close)
         state.manifest = manifest.name
 
@@ -252,15 +269,24 @@ async def _run_batch(  # noqa: PLR0917 - the pieces run() prepared
         await consume(outcomes, progress, stats, show, report)
 
 
-def _open_manifest(out: Path) -> TextIO:
+def open_manifest(out: Path) -> TextIO:
+    """Open ``out``'s manifest to append outcomes to (the demo writes the same file)."""
     return (out / MANIFEST).open("a", encoding="utf-8")
 
 
-def _summary(args: argparse.Namespace, stats: Stats, out: Path, elsewhere: Counter[Path]) -> None:
+def _summary(
+    args: argparse.Namespace,
+    stats: Stats,
+    out: Path,
+    elsewhere: Counter[Path],
+    page: Path | None,
+) -> None:
     to_stderr(
         f"{stats.finished} inputs in {duration(stats.elapsed())}: {stats.ok} done, "
         f"{stats.failed} failed; images in {out}, list in {out / MANIFEST}"
     )
+    if page is not None:
+        to_stderr(f"gallery: {page}; open it in a browser: {page.resolve().as_uri()}")
     for folder, count in sorted(elsewhere.items()):
         # A rerun with another --out: what an earlier run saved stays put.
         to_stderr(

@@ -6,11 +6,13 @@ The only command that needs :mod:`banana_async.testing` (and so ``aiohttp.web``)
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from banana_async.cli.commands.batch import manifest_record, open_manifest
 from banana_async.cli.common import (
     RunState,
     check_defaults,
@@ -19,7 +21,8 @@ from banana_async.cli.common import (
     request_defaults,
 )
 from banana_async.cli.exit_codes import ExitCode
-from banana_async.cli.output import Shown, emit, error_of, prompt_of, to_stdout
+from banana_async.cli.gallery import make_gallery
+from banana_async.cli.output import Shown, emit, error_of, json_line, prompt_of, to_stdout
 from banana_async.cli.progress import Progress, Stats, duration
 from banana_async.client import BananaClient
 from banana_async.models import GenerationRequest, request_from
@@ -106,6 +109,7 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
             error=error,
             error_type=error_type,
             expected=not outcome.ok and prompt in scripted,
+            seconds=stats.took(outcome.index),
         )
 
     def inputs() -> Iterator[BatchInput]:
@@ -141,12 +145,24 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
                 download_to=out,
                 on_status=progress.on_status,
             )
-            async with progress:
-                await consume(outcomes, progress, stats, show, lambda s: emit(args, s))
-    return _summary(args, stats, out, scripted_count=len(scripted))
+            # The same manifest as a batch's: the gallery is made from it.
+            with await asyncio.to_thread(open_manifest, out) as manifest:
+                state.manifest = manifest.name
+
+                def report(shown: Shown) -> None:
+                    manifest.write(json_line(manifest_record(shown)) + "\n")
+                    manifest.flush()
+                    emit(args, shown)
+
+                async with progress:
+                    await consume(outcomes, progress, stats, show, report)
+    page = await make_gallery(out)
+    return _summary(args, stats, out, scripted_count=len(scripted), page=page)
 
 
-def _summary(args: argparse.Namespace, stats: Stats, out: Path, *, scripted_count: int) -> ExitCode:
+def _summary(
+    args: argparse.Namespace, stats: Stats, out: Path, *, scripted_count: int, page: Path | None
+) -> ExitCode:
     unexpected = stats.failed - stats.expected_failures
     as_designed = unexpected == 0 and stats.expected_failures == scripted_count
     if args.json or (args.quiet and as_designed):
@@ -163,4 +179,7 @@ def _summary(args: argparse.Namespace, stats: Stats, out: Path, *, scripted_coun
             f"{unexpected} unexpected failure(s), {stats.expected_failures} of "
             f"{scripted_count} scripted failure(s) seen."
         )
+    if page is not None and not (args.json or args.quiet):
+        # The URL too: many terminals open it on a click.
+        to_stdout(f"gallery: {page}; open it in a browser: {page.resolve().as_uri()}")
     return ExitCode.OK if as_designed else ExitCode.FAILED
