@@ -50,7 +50,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from types import TracebackType
 from typing import Any, Final, Generic, Self, TypeVar
 
@@ -153,9 +153,13 @@ def _quoted(states: frozenset[EntryState | None]) -> str:
     return ", ".join(sorted(f"'{state.value}'" for state in states if state is not None))
 
 
+# The columns a task's record sets: state, task_id, task, error, error_type.
+_Values = tuple[str, str | None, str, str | None, str | None]
+
+
 def _task_values(
     task: Task, state: EntryState, error: str | None, error_type: str | None
-) -> tuple[str, str | None, str, str | None, str | None]:
+) -> _Values:
     """The columns a task's record sets: state, task_id, task, error, error_type."""
     return (state.value, storable(task.id), dumps_task(task), error, error_type)
 
@@ -256,18 +260,28 @@ _TASK_RECORDS: Final = _Kind(
 class _Step(Generic[_T]):
     """An op on one entry; with a kind, it may share a statement with others of its group."""
 
-    __slots__ = ("index", "kind", "row", "run")
+    __slots__ = ("args", "index", "kind", "row", "run")
 
     def __init__(
-        self, run: Op[_T], index: int | None, kind: _Kind | None = None, row: tuple[Any, ...] = ()
+        self,
+        run: Callable[..., _T],
+        index: int | None,
+        kind: _Kind | None = None,
+        row: tuple[Any, ...] = (),
+        args: tuple[Any, ...] = (),
     ) -> None:
+        # run(connection, *args): the frequent records pass a plain function
+        # and its arguments rather than a closure, which would cost a function
+        # object and a cell per variable for every record (and more work for
+        # the garbage collector while thousands of records are on their way).
         self.run = run
         self.index = index
         self.kind = kind if _STATEMENTS_FOR_MANY else None
         self.row = row
+        self.args = args
 
     def __call__(self, connection: sqlite3.Connection) -> _T:
-        return self.run(connection)
+        return self.run(connection, *self.args)
 
 
 class Journal:
@@ -716,29 +730,40 @@ class Journal:
         check_index(index)
 
         text = canonical_request(request)
+        return _Step(
+            Journal._sending_alone,
+            index,
+            _NEW_ENTRIES,
+            (index, EntryState.SENDING.value, text),
+            (self, index, text),
+        )
 
-        def step(connection: sqlite3.Connection) -> None:
-            if not self._surely_absent(index):
-                self._expect(connection, index, EntryState.SENDING, "record a new create")
-            self._raise_highest(index)
-            # A new create starts a new entry: nothing of an ERROR entry stays.
-            connection.execute(
-                f"INSERT OR REPLACE INTO entries ({_COLUMNS})"
-                " VALUES (?, ?, ?, NULL, NULL, NULL, NULL, NULL, NULL, ?)",
-                (index, EntryState.SENDING.value, text, time.time()),
-            )
-
-        return _Step(step, index, _NEW_ENTRIES, (index, EntryState.SENDING.value, text))
+    @staticmethod
+    def _sending_alone(
+        connection: sqlite3.Connection, journal: Journal, index: int, text: str
+    ) -> None:
+        """record_sending's step when it runs alone (see _Kind)."""
+        if not journal._surely_absent(index):
+            journal._expect(connection, index, EntryState.SENDING, "record a new create")
+        journal._raise_highest(index)
+        # A new create starts a new entry: nothing of an ERROR entry stays.
+        connection.execute(
+            f"INSERT OR REPLACE INTO entries ({_COLUMNS})"
+            " VALUES (?, ?, ?, NULL, NULL, NULL, NULL, NULL, NULL, ?)",
+            (index, EntryState.SENDING.value, text, time.time()),
+        )
 
     def _op_record_created(self, index: int, task: Task) -> _Step[None]:
         check_index(index)
 
         values = _task_values(task, EntryState.CREATED, None, None)
-
-        def step(connection: sqlite3.Connection) -> None:
-            self._update_task(connection, index, task, values, action="record its task")
-
-        return _Step(step, index, _TASK_RECORDS, (index, *values))
+        return _Step(
+            Journal._created_alone,
+            index,
+            _TASK_RECORDS,
+            (index, *values),
+            (self, index, task, values),
+        )
 
     def _op_record_finished(self, index: int, task: Task) -> _Step[None]:
         check_index(index)
@@ -750,11 +775,27 @@ class Journal:
         error_type = None if completed else "TaskFailedError"
 
         values = _task_values(task, state, error, error_type)
+        return _Step(
+            Journal._finished_alone,
+            index,
+            _TASK_RECORDS,
+            (index, *values),
+            (self, index, task, values),
+        )
 
-        def step(connection: sqlite3.Connection) -> None:
-            self._update_task(connection, index, task, values, action="record its end")
+    @staticmethod
+    def _created_alone(
+        connection: sqlite3.Connection, journal: Journal, index: int, task: Task, values: _Values
+    ) -> None:
+        """record_created's step when it runs alone (see _Kind)."""
+        journal._update_task(connection, index, task, values, action="record its task")
 
-        return _Step(step, index, _TASK_RECORDS, (index, *values))
+    @staticmethod
+    def _finished_alone(
+        connection: sqlite3.Connection, journal: Journal, index: int, task: Task, values: _Values
+    ) -> None:
+        """record_finished's step when it runs alone (see _Kind)."""
+        journal._update_task(connection, index, task, values, action="record its end")
 
     def _op_record_error(
         self,
@@ -1249,17 +1290,23 @@ class SQLiteStore:
         """See :meth:`~banana_async.Journal.request_matches`."""
         return await self._call(self.journal._op_request_matches(index, request, raw_input))
 
-    async def record_sending(self, index: int, request: GenerationRequest) -> None:
+    def record_sending(self, index: int, request: GenerationRequest) -> Coroutine[Any, Any, None]:
         """See :meth:`~banana_async.Journal.record_sending`."""
-        await self._call(self.journal._op_record_sending(index, request))
+        # Not a coroutine itself: the caller awaits _call's, one frame fewer
+        # for each of the three records every task makes.
+        return self._call(self.journal._op_record_sending(index, request))
 
-    async def record_created(self, index: int, task: Task) -> None:
+    def record_created(self, index: int, task: Task) -> Coroutine[Any, Any, None]:
         """See :meth:`~banana_async.Journal.record_created`."""
-        await self._call(self.journal._op_record_created(index, task))
+        # Not a coroutine itself: the caller awaits _call's, one frame fewer
+        # for each of the three records every task makes.
+        return self._call(self.journal._op_record_created(index, task))
 
-    async def record_finished(self, index: int, task: Task) -> None:
+    def record_finished(self, index: int, task: Task) -> Coroutine[Any, Any, None]:
         """See :meth:`~banana_async.Journal.record_finished`."""
-        await self._call(self.journal._op_record_finished(index, task))
+        # Not a coroutine itself: the caller awaits _call's, one frame fewer
+        # for each of the three records every task makes.
+        return self._call(self.journal._op_record_finished(index, task))
 
     async def record_error(
         self,
