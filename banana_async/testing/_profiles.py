@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
 import attrs
 
+from banana_async.testing._common import check_non_negative
 from banana_async.testing._faults import Fault
 
 if TYPE_CHECKING:
@@ -183,6 +184,9 @@ class FaultProfile:
             ValueError: If ``name`` is not a profile's name, or a duration is
                 negative.
         """
+        check_non_negative(stall, "stall")
+        check_non_negative(slow, "slow")
+        check_non_negative(retry_after, "retry_after")
         builders = {"flaky": _flaky, "overloaded": _overloaded, "hostile": _hostile}
         builder = builders.get(name)
         if builder is None:
