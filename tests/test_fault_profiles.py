@@ -58,7 +58,7 @@ def test_a_draw_takes_two_numbers_struck_or_not() -> None:
     rng, twin = random.Random(3), random.Random(3)
     for kind in ["create", "query", "image", "create"] * 50:
         profile.draw(kind, rng)  # type: ignore[arg-type]
-        twin.random(), twin.random()  # noqa: B018 (the draw's two numbers)
+        twin.random(), twin.random()
         assert rng.getstate() == twin.getstate()
     assert profile.draw("other", rng) is None
 
@@ -144,8 +144,9 @@ async def test_the_profile_can_be_set_named_and_lifted() -> None:
     assert isinstance(server.seed, int)  # drawn, so that a failure can be repeated
 
 
-def _always(*faults: Fault, on: str = "create") -> FaultProfile:
-    return FaultProfile("always", **{f"{on}_rate": 1.0, f"{on}_faults": faults})
+def _always(*faults: Fault) -> FaultProfile:
+    """Every create struck, by these faults in turn (at random)."""
+    return FaultProfile("always", create_rate=1.0, create_faults=faults)
 
 
 async def test_queued_faults_and_the_budget_come_first() -> None:
@@ -218,22 +219,24 @@ async def test_a_slow_answer_inside_the_timeout_is_answered() -> None:
 
 
 async def test_every_fault_of_the_profiles_leaves_a_wait_to_finish() -> None:
-    """A wait sails through each query fault of every profile (each struck once)."""
+    """A wait sails through each query fault of every profile, twice in a row."""
     faults = {
         item.fault
         for name in FAULT_PROFILES
         for item in FaultProfile.named(name, stall=0.2, slow=0.01).query_faults
     }
     clock = FastClock(speed=1000)
-    async with FakeBananaServer(api_key=API_KEY, clock=clock.time) as server:
-        async with ba.BananaClient(
+    async with (
+        FakeBananaServer(api_key=API_KEY, clock=clock.time) as server,
+        ba.BananaClient(
             API_KEY, base_url=server.url, clock=clock, timeout=0.1, wait_timeout=3600
-        ) as client:
-            for fault in faults:
-                server.plan(TaskScript(queries=2))
-                task = await client.create("a cat")
-                server.inject(fault, on="query", times=2)  # a reset needs two (see Fault.reset)
-                assert (await client.wait(task)).ok, fault
+        ) as client,
+    ):
+        for fault in faults:
+            server.plan(TaskScript(queries=2))
+            task = await client.create("a cat")
+            server.inject(fault, on="query", times=2)  # a reset needs two (see Fault.reset)
+            assert (await client.wait(task)).ok, fault
     assert server.pending_faults == 0
 
 
@@ -252,11 +255,13 @@ async def test_the_fast_clock_speeds_up_real_time() -> None:
 async def test_generate_many_through_a_profile_on_the_fast_clock() -> None:
     """What the docs show: a user's own batch test through ``faults="flaky"``."""
     clock = FastClock(speed=500)
-    async with FakeBananaServer(
-        api_key=API_KEY, duration=4.0, clock=clock.time, faults="flaky", seed=1
-    ) as server:
-        async with ba.BananaClient(API_KEY, base_url=server.url, clock=clock) as client:
-            outcomes = [o async for o in client.generate_many([f"p{i}" for i in range(60)])]
+    async with (
+        FakeBananaServer(
+            api_key=API_KEY, duration=4.0, clock=clock.time, faults="flaky", seed=1
+        ) as server,
+        ba.BananaClient(API_KEY, base_url=server.url, clock=clock) as client,
+    ):
+        outcomes = [o async for o in client.generate_many([f"p{i}" for i in range(60)])]
     assert sorted(o.index for o in outcomes) == list(range(60))
     kinds = collections.Counter(type(o.error).__name__ for o in outcomes if not o.ok)
     assert set(kinds) <= {"ServerError", "APIConnectionError"}
