@@ -167,6 +167,7 @@ class Shown:
     error: str | None
     error_type: str | None
     expected: bool = False
+    why_expected: str = "scripted by the demo"
 
     def record(self) -> dict[str, Any]:
         """The outcome's fields for ``--json``."""
@@ -197,7 +198,7 @@ class Shown:
             word = "failed"
             detail = self.error or "failed"
             if self.expected:
-                detail += " (expected: scripted by the demo)"
+                detail += f" (expected: {self.why_expected})"
         journal = " (from journal)" if outcome.from_journal else ""
         shown = preview(self.prompt)
         return f"{word:<6} {self.where:<8} {shown:<{PROMPT_PREVIEW + 2}} {detail}{journal}"
