@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import random
 
 import pytest
@@ -267,3 +268,19 @@ async def test_generate_many_through_a_profile_on_the_fast_clock() -> None:
     assert set(kinds) <= {"ServerError", "APIConnectionError"}
     completed = {o.task.id for o in outcomes if o.ok and o.task is not None}
     assert completed == set(server.tasks) - set(server.unanswered_creates())
+
+
+@pytest.mark.parametrize("banana_faults", ["flaky"])
+async def test_the_plugin_runs_a_test_through_a_profile(
+    banana_server: FakeBananaServer, banana_client: ba.BananaClient
+) -> None:
+    assert banana_server.faults == FaultProfile.named("flaky")
+    assert banana_server.seed == 0
+    for i in range(30):
+        with contextlib.suppress(ba.BananaError):  # a 5xx or a reset on the create
+            await banana_client.generate(f"a cat {i}")
+    assert any(r.fault is not None for r in banana_server.requests)
+
+
+async def test_the_plugin_strikes_nothing_by_default(banana_server: FakeBananaServer) -> None:
+    assert banana_server.faults is None
