@@ -44,7 +44,7 @@ from banana_async.testing import _faults, _profiles, _tasks
 from banana_async.testing._budget import RequestBudget
 from banana_async.testing._clock import FakeClock, FastClock
 from banana_async.testing._faults import Fault
-from banana_async.testing._profiles import FAULT_PROFILES, FaultProfile, WeightedFault
+from banana_async.testing._profiles import FaultProfile, WeightedFault
 from banana_async.testing._server import FakeBananaServer
 from banana_async.testing._tasks import FakeTask, RecordedRequest, TaskScript
 
@@ -83,6 +83,8 @@ FaultTarget = _faults.FaultTarget
 FaultAction = _faults.FaultAction
 #: The names of the built-in fault profiles (see :meth:`FaultProfile.named`).
 FaultProfileName = _profiles.FaultProfileName
+#: The built-in fault profiles' names, mildest first.
+FAULT_PROFILES = _profiles.FAULT_PROFILES
 
 # Documented (and cross-referenced) where users import them from.
 for _cls in (

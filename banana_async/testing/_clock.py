@@ -55,7 +55,7 @@ class FastClock:
     429 pauses keep their order and spacing, only faster. Share it with the
     server (``FakeBananaServer(clock=clock.time)``) and the client
     (``BananaClient(clock=clock)``). Time is read from
-    :func:`time.monotonic`, so it is one time line across threads (a
+    ``time.monotonic()``, so it is one time line across threads (a
     :class:`~banana_async.SyncBananaClient` runs its own event loop).
 
     What the clock does not govern stays real: the client's HTTP

@@ -93,7 +93,7 @@ def _json_only(_instance: object, attribute: attrs.Attribute[Any], value: Any) -
 class FaultProfile:
     """A seeded mix of faults for :class:`FakeBananaServer` to draw from.
 
-    Give one (or a name of :data:`FAULT_PROFILES`) to the server:
+    Give one (or a name of :data:`~banana_async.testing.FAULT_PROFILES`) to the server:
     ``FakeBananaServer(faults="flaky", seed=1)``. Each create, status query
     and image download that the server's budget lets through, and that no
     fault queued with :meth:`FakeBananaServer.inject` strikes, is struck by
