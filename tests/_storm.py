@@ -286,6 +286,7 @@ async def storm(
     sync: bool = False,
     label: str | None = None,
     retry_after: int = 1,
+    dialect: str = "nano",
 ) -> StormReport:
     """Run one storm and check its books (see the module's docstring).
 
@@ -301,6 +302,7 @@ async def storm(
         rate_limit_url: A Redis URL for a shared request budget.
         sync: Run the batch through :class:`~banana_async.SyncBananaClient`.
         label: The name in the report (default: the profile's).
+        dialect: The client's dialect.
         retry_after: The ``Retry-After`` of the profile's 429s, in seconds
             (of the fast clock, but of real time for a Redis budget, which
             keeps its pauses on Redis's clock).
@@ -323,6 +325,7 @@ async def storm(
         "timeout": CLIENT_TIMEOUT,
         "wait_timeout": DEADLINE,
         "rate_limit_url": rate_limit_url or "",
+        "dialect": dialect,
     }
     batch_options: dict[str, Any] = {"concurrency": concurrency, "timeout": DEADLINE}
     if journal is not None:
