@@ -193,7 +193,7 @@ def _check_outcomes(
     return by_index
 
 
-def _check_provider(
+def check_provider(
     report: StormReport,
     server: FakeBananaServer,
     prompts: list[str],
@@ -356,7 +356,7 @@ async def storm(
                     )
             # The server is closed: stalled creates have ended, its books are final.
             by_index = _check_outcomes(report, outcomes, count)
-            unconfirmed_inputs = _check_provider(report, server, prompts, by_index)
+            unconfirmed_inputs = check_provider(report, server, prompts, by_index)
             if resumed is not None:
                 _check_resumed(report, by_index, resumed, unconfirmed_inputs, count)
             del outcomes, resumed

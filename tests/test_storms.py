@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from banana_async.testing import FAULT_PROFILES, FaultProfileName
+import banana_async as ba
+from banana_async.testing import FAULT_PROFILES, FakeBananaServer, FakeClock, FaultProfileName
 
 from ._servers import postgres_cluster, redis_server
-from ._storm import StormReport, storm, table
+from ._storm import API_KEY, StormReport, check_provider, storm, table
 
 
 def _held(report: StormReport) -> None:
@@ -74,3 +75,26 @@ async def test_a_storm_on_the_postgres_journal() -> None:
         )
     _held(report)
     assert report.resumed_unconfirmed is not None
+
+
+async def test_the_books_catch_a_create_sent_twice_and_a_task_lost() -> None:
+    """The storms' checks fail when a promise breaks (here broken by hand)."""
+    prompts = ["storm books prompt 0", "storm books prompt 1"]
+    clock = FakeClock()
+    async with (
+        FakeBananaServer(api_key=API_KEY, duration=0.0, clock=clock.time) as server,
+        ba.BananaClient(API_KEY, base_url=server.url, clock=clock) as client,
+    ):
+        done = await client.generate(prompts[0])
+        await client.create(prompts[0])  # sent twice: a second task for input 0
+        await client.create(prompts[1])  # created, then reported as a plain failure
+    refused = ba.ServerError("refused", status_code=503)
+    outcomes = {
+        0: ba.Outcome(0, ba.GenerationRequest(prompts[0]), done),
+        1: ba.Outcome(1, ba.GenerationRequest(prompts[1]), error=refused),
+    }
+    report = StormReport("broken by hand", 2)
+    check_provider(report, server, prompts, outcomes)
+    assert report.duplicate_creates == 1
+    assert report.lost == 2  # input 0's second task, and input 1's
+    assert len(report.problems) == 4  # the duplicate, two tasks for input 0, two lost

@@ -9,7 +9,6 @@ sequence of requests give the same faults.
 from __future__ import annotations
 
 import random
-import types
 from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
 import attrs
@@ -24,7 +23,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FAULT_PROFILES",
-    "PROFILE_SUMMARIES",
     "FaultProfile",
     "FaultProfileName",
     "WeightedFault",
@@ -277,14 +275,3 @@ def _hostile(stall: float, slow: float, retry: Mapping[str, str]) -> dict[str, A
             WeightedFault(Fault.stall(slow), 1),
         ),
     }
-
-
-# Read-only: the names and what they are, for messages and the CLI's help.
-PROFILE_SUMMARIES: Final[Mapping[str, str]] = types.MappingProxyType(
-    {
-        "flaky": "10% of requests: 5xx, HTML 502, 429s, resets, slow answers",
-        "overloaded": "about 1 in 3 requests: 429s, 503s, slow answers and stalls",
-        "hostile": "1 in 4 requests: HTML and malformed bodies, odd status words, "
-        "resets before and after a create was processed, stalls",
-    }
-)

@@ -217,7 +217,10 @@ def _not_processed(record: RecordedRequest) -> bool:
     """Whether a create was answered 429 (a client may send it again)."""
     fault = record.fault
     return record.rate_limited or (
-        fault is not None and fault.action == "respond" and fault.status_code == 429
+        fault is not None
+        and fault.action == "respond"
+        and fault.status_code == 429
+        and not fault.process
     )
 
 
