@@ -72,6 +72,17 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench.py", *session.posargs)
 
 
+@nox.session(python=MAIN_PYTHON, default=False)
+def faults(session: nox.Session) -> None:
+    """Storms of 5,000 inputs per fault profile with the SQLite journal (not run by default).
+
+    Prints the table of counts per profile and fails if any promise broke;
+    ``python3 -m nox -s faults -- --inputs 20000`` for more (see tests/_storm.py).
+    """
+    session.install(".[test]")
+    session.run("python", "-m", "tests._storm", *session.posargs)
+
+
 @nox.session(python=MAIN_PYTHON)
 def docs(session: nox.Session) -> None:
     """Build the HTML docs, treating every warning as an error."""
