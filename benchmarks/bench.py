@@ -972,6 +972,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     say("")
     say(f"targets missed: {', '.join(missed)}" if missed else "every target met")
     say(f"results written to {args.output}")
+    if importlib.util.find_spec("matplotlib") is None:
+        say("matplotlib is not installed: no charts (pip install -e '.[bench]')")
+    else:
+        import plots  # benchmarks/plots.py: matplotlib is only needed for the charts
+
+        for path in plots.write_charts(report, args.output):
+            say(f"chart written to {path}")
     return 0
 
 
