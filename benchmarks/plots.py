@@ -43,6 +43,7 @@ matplotlib.use("Agg")
 import bench  # the targets: one source for the table and the charts
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 DPI = 110
 MEASURED = "#1f5fa8"
@@ -153,128 +154,171 @@ def first_poll_at(durations: Sequence[float], first: float, interval: float) -> 
 
 
 def best_first_poll(
-    durations: Sequence[float], interval: float, delay_target: float, step: float
+    firsts: Sequence[float], curve: Sequence[tuple[float, float]], delay_target: float
 ) -> tuple[float, float, float] | None:
-    """The fixed first poll with the fewest queries whose mean delay meets ``delay_target``.
+    """Of the ideal pollers ``curve`` (queries, delay) for ``firsts``, the cheapest on time.
 
-    Tried on a grid of ``step`` seconds from ``interval`` (banana_async
-    never polls sooner) to the longest task. Returns (first poll, queries
-    per task, mean delay), or None when no first poll meets the target.
+    Returns (first poll, queries per task, mean delay) of the one with the
+    fewest queries among those whose mean delay meets ``delay_target``, or
+    None when none does.
     """
-    best: tuple[float, float, float] | None = None
-    first = interval
-    while first <= max(durations) + step:
-        queries, delay = first_poll_at(durations, first, interval)
-        if delay <= delay_target and (best is None or queries < best[1]):
-            best = (first, queries, delay)
-        first += step
-    return best
+    meeting = [
+        (queries, first, delay)
+        for first, (queries, delay) in zip(firsts, curve, strict=True)
+        if delay <= delay_target
+    ]
+    if not meeting:
+        return None
+    queries, first, delay = min(meeting)
+    return first, queries, delay
 
 
 def polling_chart(details: dict[str, Any], sizes: dict[str, Any], note: str = "") -> Figure:
-    """Part c: queries per task against mean detection delay, measured and ideal."""
+    """Part c: queries per task against mean detection delay, measured and ideal.
+
+    The left panel shows every poller; the right one is a close-up of the
+    dashed box around banana_async's figures and the best fixed first poll.
+    """
     interval = float(sizes["poll_interval"])
     durations: list[float] = details["banana"]["durations_s"]
-    figure = Figure(figsize=(8.5, 5.6), dpi=DPI, layout="constrained")
-    axes = figure.add_subplot()
-    step = interval / 200
-    # The ideal pollers, as curves over their one setting.
+    figure = Figure(figsize=(12, 5.8), dpi=DPI, layout="constrained")
+    axes, zoom = figure.subplots(1, 2, width_ratios=[2, 1])
+    # The ideal pollers, as curves over their one setting. Their first poll
+    # comes no sooner than the interval, as banana_async's does.
+    step = interval / 100
     firsts = [interval + i * step for i in range(int((max(durations) - interval) / step) + 2)]
     curve = [first_poll_at(durations, first, interval) for first in firsts]
-    axes.plot(
-        [c[0] for c in curve],
-        [c[1] for c in curve],
-        color=IDEAL,
-        linewidth=1.5,
-        label=f"ideal: 1st query at a fixed time T, then every {interval:g} s",
-    )
-    label_every = interval  # T = 1, 2, 3 ... intervals, marked on the curve
-    for multiple in range(1, int(max(durations) / label_every) + 1):
-        first = multiple * label_every
-        queries, delay = first_poll_at(durations, first, interval)
-        axes.plot(queries, delay, "o", color=IDEAL, markersize=3)
-        axes.annotate(
-            f"T={first:g} s",
-            (queries, delay),
-            xytext=(4, 3),
-            textcoords="offset points",
-            fontsize=7,
-            color=IDEAL,
-        )
     intervals = [interval * i / 40 for i in range(8, 121)]  # 0.2 to 3 intervals
     every = [first_poll_at(durations, each, each) for each in intervals]
-    axes.plot(
-        [c[0] for c in every],
-        [c[1] for c in every],
-        color=IDEAL,
-        linestyle=":",
-        linewidth=1.5,
-        label="ideal: a query every I s from the start (I from "
-        f"{intervals[0]:g} to {intervals[-1]:g} s)",
-    )
     delay_target = bench.BATCH_DELAY_TARGET_INTERVALS * interval
-    best = best_first_poll(durations, interval, delay_target, step)
-    if best is not None:
-        first, queries, delay = best
-        axes.plot(queries, delay, "*", color="black", markersize=13, zorder=5)
-        axes.annotate(
-            f"best fixed 1st query for a mean delay ≤ {delay_target:g} s:\n"
-            f"T={first:.2f} s, {queries:.2f} queries/task (ideal)",
-            (queries, delay),
-            xytext=(0.02, 0.06),
-            textcoords="axes fraction",
-            fontsize=8,
-            arrowprops={"arrowstyle": "->", "color": "black", "linewidth": 0.8},
-        )
-    # The whole batch's target: a box in the lower left.
     queries_target = bench.BATCH_QUERIES_TARGET
-    axes.fill_between([0, queries_target], 0, delay_target, color=MEASURED, alpha=0.07, zorder=0)
-    axes.plot(
-        [0, queries_target, queries_target],
-        [delay_target, delay_target, 0],
-        color=MEASURED,
-        linestyle="--",
-        linewidth=0.8,
-        label=f"target, whole batch: ≤ {queries_target:g} queries/task, ≤ {delay_target:g} s",
-    )
-    # The measured points.
+    best = best_first_poll(firsts, curve, delay_target)
     first_wave = sizes["poll_concurrency"]
-    for name, marker, size, text in (
-        ("all", "o", 9, "all tasks"),
-        ("first", "^", 7, f"1st wave (first {first_wave} inputs)"),
-        ("steady", "s", 7, "after the 1st wave"),
-    ):
-        for variant, colour, who in (
-            ("banana", MEASURED, "banana_async, adaptive"),
-            ("fixed", BASELINE, f"plain loop, every {interval:g} s"),
-        ):
-            figures = details[variant][name]
-            axes.plot(
-                figures["queries_per_task"],
-                figures["mean_delay_s"],
-                marker,
-                color=colour,
-                markersize=size,
+    for panel in (axes, zoom):
+        panel.plot(
+            [c[0] for c in curve],
+            [c[1] for c in curve],
+            color=IDEAL,
+            linewidth=1.5,
+            label=f"ideal: 1st query at a fixed time T, then every {interval:g} s",
+        )
+        panel.plot(
+            [c[0] for c in every],
+            [c[1] for c in every],
+            color=IDEAL,
+            linestyle=":",
+            linewidth=1.5,
+            label="ideal: a query every I s from the start (I from "
+            f"{intervals[0]:g} to {intervals[-1]:g} s)",
+        )
+        # The whole batch's target: a box in the lower left.
+        panel.fill_between(
+            [0, queries_target], 0, delay_target, color=MEASURED, alpha=0.07, zorder=0
+        )
+        panel.plot(
+            [0, queries_target, queries_target],
+            [delay_target, delay_target, 0],
+            color=MEASURED,
+            linestyle="--",
+            linewidth=0.8,
+            label=f"target, whole batch: ≤ {queries_target:g} queries/task, ≤ {delay_target:g} s",
+        )
+        if best is not None:
+            # Hollow and under the measured points, which may land right on it.
+            panel.plot(
+                best[1],
+                best[2],
+                "*",
+                markerfacecolor="none",
                 markeredgecolor="black",
-                markeredgewidth=0.5,
+                markersize=16,
                 linestyle="none",
-                label=f"measured: {who}, {text}",
-                zorder=6,
+                zorder=4,
+                label=f"ideal: the fewest queries for a mean delay ≤ {delay_target:g} s "
+                f"(T={best[0]:.2f} s, {best[1]:.2f} queries/task)",
             )
+        for name, marker, size, text in (
+            ("all", "o", 9, "all tasks"),
+            ("first", "^", 7, f"1st wave (first {first_wave} inputs)"),
+            ("steady", "s", 7, "after the 1st wave"),
+        ):
+            for variant, colour, who in (
+                ("banana", MEASURED, "banana_async, adaptive"),
+                ("fixed", BASELINE, f"plain loop, every {interval:g} s"),
+            ):
+                figures = details[variant][name]
+                panel.plot(
+                    figures["queries_per_task"],
+                    figures["mean_delay_s"],
+                    marker,
+                    color=colour,
+                    markersize=size,
+                    markeredgecolor="black",
+                    markeredgewidth=0.5,
+                    linestyle="none",
+                    label=f"measured: {who}, {text}",
+                    zorder=6,
+                )
+        panel.grid(alpha=0.3)
+        panel.set_xlabel("status queries per task (counted by the provider)")
+
+    def mark(panel: Axes, every_t: float, low: float, high: float) -> None:
+        """Dots with their T on the fixed-first-poll curve, every ``every_t`` seconds."""
+        first = math.ceil(low / every_t) * every_t
+        while first <= high:
+            queries, delay = first_poll_at(durations, first, interval)
+            panel.plot(queries, delay, "o", color=IDEAL, markersize=3)
+            panel.annotate(
+                f"T={first:g} s",
+                (queries, delay),
+                xytext=(4, 3),
+                textcoords="offset points",
+                fontsize=7,
+                color=IDEAL,
+            )
+            first += every_t
+
+    mark(axes, interval, interval, max(durations))
     fixed_q = max(details["fixed"][n]["queries_per_task"] for n in ("all", "first", "steady"))
     delays = [details[v][n]["mean_delay_s"] for v in ("banana", "fixed") for n in ("all", "first")]
     axes.set_xlim(0.8, fixed_q + 1.2)
     axes.set_ylim(0, max(*delays, interval) * 1.35)
-    axes.set_xlabel("status queries per task (counted by the provider)")
     axes.set_ylabel("mean detection delay (s): seen done - really done")
-    axes.set_title(
+    axes.legend(fontsize=7, loc="upper right", framealpha=0.9)
+    # The close-up: banana_async after the first wave and over the whole
+    # batch, the best fixed first poll and the target's corner.
+    xs = [details["banana"][n]["queries_per_task"] for n in ("all", "steady")]
+    ys = [details["banana"][n]["mean_delay_s"] for n in ("all", "steady")]
+    xs.append(queries_target)
+    ys.append(delay_target)
+    if best is not None:
+        xs.append(best[1])
+        ys.append(best[2])
+    left, right = min(xs) - 0.3, max(xs) + 0.3
+    bottom, top = min(ys) - 0.25 * interval / 2, max(ys) + 0.25 * interval / 2
+    zoom.set_xlim(left, right)
+    zoom.set_ylim(bottom, top)
+    mark(zoom, interval / 4, interval, max(durations))
+    axes.add_patch(
+        Rectangle(
+            (left, bottom),
+            right - left,
+            top - bottom,
+            fill=False,
+            linestyle="--",
+            linewidth=0.8,
+            edgecolor="black",
+            zorder=7,
+        )
+    )
+    zoom.set_title("close-up of the dashed box", fontsize=9)
+    zoom.set_ylabel("mean detection delay (s)")
+    figure.suptitle(
         f"c. Polling: {sizes['poll_count']} tasks of {sizes['poll_min']:g}-"
         f"{sizes['poll_max']:g} s, concurrency {sizes['poll_concurrency']}, "
         f"poll interval {interval:g} s (lower left is better){note}",
-        fontsize=10,
+        fontsize=11,
     )
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=7.5, loc="upper right", framealpha=0.9)
     return figure
 
 
@@ -337,21 +381,19 @@ def ratelimit_chart(details: dict[str, Any], sizes: dict[str, Any], note: str = 
                 label=f"{label} ({100 * run['rate_limited_share']:.1f} % overall)",
             )
         best = details[mode][measured]["best_images_per_s"]
-        top.axhline(best, color="black", linestyle=":", linewidth=1)
-        top.annotate(
-            f"a client that knows every duration: {best:.1f}/s on average",
-            (0, best),
-            xytext=(2, 3),
-            textcoords="offset points",
-            fontsize=7.5,
+        top.axhline(
+            best,
+            color="black",
+            linestyle=":",
+            linewidth=1,
+            label=f"a client that knows every duration (mean {best:.1f}/s)",
         )
-        bottom.axhline(share_target, color="black", linestyle="--", linewidth=1)
-        bottom.annotate(
-            f"target for the whole batch: ≤ {share_target:g} %",
-            (0, share_target),
-            xytext=(2, 3),
-            textcoords="offset points",
-            fontsize=7.5,
+        bottom.axhline(
+            share_target,
+            color="black",
+            linestyle="--",
+            linewidth=1,
+            label=f"target for the whole batch: ≤ {share_target:g} %",
         )
         top.set_title(f"429s {mode}", fontsize=10)
         top.set_ylabel("images completed per second")
