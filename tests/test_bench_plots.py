@@ -1,7 +1,7 @@
 """benchmarks/plots.py draws real PNG charts from what bench.py writes.
 
 The charts need matplotlib, a benchmark-only dependency (the ``bench``
-extra): without it these tests are skipped. ``samples/bench-quick.json`` is
+extra): without it these tests are skipped. ``data/bench-quick.json`` is
 the JSON of a real ``bench.py --quick --part cpu --part polling --part
 ratelimit`` run, so the charts are drawn from the very shape bench.py
 writes. plots.py runs in a process of its own, as a user runs it.
@@ -22,7 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PLOTS = ROOT / "benchmarks" / "plots.py"
-SAMPLE = Path(__file__).parent / "samples" / "bench-quick.json"
+SAMPLE = Path(__file__).parent / "data" / "bench-quick.json"
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("matplotlib") is None,
