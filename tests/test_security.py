@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gzip
 import json
 import logging
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -70,6 +72,18 @@ def test_the_leak_detector_sees_a_cut_key() -> None:
     assert leaks(f"error: invalid key {KEY[:_WINDOW]}...")
     assert leaks(KEY.encode())
     assert not leaks(f"sk- {KEY[: _WINDOW - 1]} and nothing else")
+
+
+def test_the_security_page_names_every_test_here() -> None:
+    # docs/security.md states each promise with its test: they stay in step.
+    page = (ROOT / "docs" / "security.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`(test_\w+)`", page))
+    here = {name for name in globals() if name.startswith("test_")}
+    helpers = {
+        "test_the_leak_detector_sees_a_cut_key",
+        "test_the_security_page_names_every_test_here",
+    }
+    assert named == here - helpers
 
 
 # -- hosts of our own --------------------------------------------------------------------
@@ -671,11 +685,16 @@ def test_plain_http_on_loopback_is_allowed(host: str) -> None:
 
 async def test_downloads_are_capped_in_size(provider: FakeBananaServer, tmp_path: Path) -> None:
     png = make_png(4, 4, (5, 5, 5))
+    # 1 MiB of image once decoded, a few KiB on the wire.
+    bomb = gzip.compress(png + b"\0" * (1 << 20))
 
     async def huge(request: web.Request) -> web.StreamResponse:
+        if request.path == "/bomb.png":
+            headers = {"Content-Type": "image/png", "Content-Encoding": "gzip"}
+            return web.Response(body=bomb, headers=headers)
         response = web.StreamResponse(headers={"Content-Type": "image/png"})
         if request.path == "/announced.png":
-            response.content_length = 10 * 1024 * 1024
+            response.content_length = int(request.query["length"])
         await response.prepare(request)
         await response.write(png)
         with contextlib.suppress(ConnectionError):
@@ -685,14 +704,22 @@ async def test_downloads_are_capped_in_size(provider: FakeBananaServer, tmp_path
 
     dest = tmp_path / "images"
     async with Host(huge) as host, client_of(provider) as client:
-        for name in ("streamed.png", "announced.png"):
+        for name in ("streamed.png", "announced.png?length=10000000", "bomb.png"):
             task = ba.Task(name, ba.TaskStatus.COMPLETED, image_url=f"{host.url}/{name}")
             with pytest.raises(ba.DownloadError) as too_large:
                 await client.download(task, dest, max_bytes=100_000)
             assert too_large.value.reason == "too_large"
-        # The default cap, through a batch: a body past it is refused too.
-        big = ba.download.DEFAULT_MAX_IMAGE_BYTES
-        assert big < 64 * 1024 * 1024
+        # The default cap, in a batch: one byte over it is refused.
+        over = ba.download.DEFAULT_MAX_IMAGE_BYTES + 1
+        provider.inject(
+            Fault.edit({"image_url": f"{host.url}/announced.png?length={over}"}),
+            on="query",
+            times=1000,
+        )
+        async for outcome in client.generate_many(["a"], download_to=dest):
+            assert isinstance(outcome.error, ba.DownloadError)
+            assert outcome.error.reason == "too_large"
+    assert len(host.requests) == 4
     assert list(dest.iterdir()) == []  # no partial file is left
 
 
