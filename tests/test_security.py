@@ -243,12 +243,34 @@ async def provoke_every_echo(
                 with pytest.raises(ba.BananaError) as caught:
                     await call()
                 errors.append(caught.value)
+            # A wait that ends on its deadline, the last status word echoing the key.
+            server.plan(TaskScript(duration=None))
+            slow = await client.create("a slow cat")
+            server.inject(Fault.status_word(f"busy-{KEY}"), on="query", times=1000)
+            with pytest.raises(ba.TaskTimeoutError) as late:
+                await client.wait(slow, timeout=0.1)
+            errors.append(late.value)
+            server.finish(slow.id)
             seen += events
             seen += [e.task for e in events]
         seen.append(client)
         elsewhere.assert_never_saw_the_key()
+    # A provider that cannot be reached at all.
+    dead = f"http://127.0.0.1:{_free_port()}"
+    async with ba.BananaClient(KEY, base_url=dead, max_retries=0) as lost:
+        with pytest.raises(ba.APIConnectionError) as unreachable:
+            await lost.get("t")
+        errors.append(unreachable.value)
     seen += errors
     return errors, seen
+
+
+def _free_port() -> int:
+    """A loopback port nobody listens on (it was free a moment ago)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _every_text_of(error: BaseException) -> str:
@@ -334,6 +356,8 @@ async def test_the_key_never_appears_in_a_repr_or_str(
         "ResponseValidationError",
         "NotFoundError",
         "DownloadError",
+        "TaskTimeoutError",
+        "APIConnectionError",
     ):
         assert kind in met, kind
     for obj in seen:
