@@ -672,7 +672,7 @@ class _LoopbackResolver(AbstractResolver):
         "http://127.0.0.1:{port}@api.example.com:{port}",
         "http://api.example.com:{port}#@127.0.0.1",
         "http://api.example.com:{port}\\@127.0.0.1",
-        "http://[::ffff:7f00:1]:{port}",
+        "http://[::ffff:a00:1]:{port}",
     ],
 )
 async def test_plain_http_off_loopback_is_refused_before_any_traffic(
@@ -697,7 +697,8 @@ async def test_plain_http_off_loopback_is_refused_before_any_traffic(
 
 
 @pytest.mark.parametrize(
-    "host", ["127.0.0.1", "localhost", "LOCALHOST", "localhost.", "127.0.0.2", "[::1]"]
+    "host",
+    ["127.0.0.1", "localhost", "LOCALHOST", "localhost.", "127.0.0.2", "[::1]", "[::ffff:7f00:1]"],
 )
 def test_plain_http_on_loopback_is_allowed(host: str) -> None:
     client = ba.BananaClient(KEY, base_url=f"http://{host}:8080")
