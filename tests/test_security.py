@@ -287,8 +287,10 @@ def _every_text_of(error: BaseException) -> str:
 async def test_the_key_never_appears_in_logs_at_any_level(
     provider: FakeBananaServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Every logger (aiohttp's and asyncio's too), every level, tracebacks included.
-    caplog.set_level(logging.DEBUG)
+    # Every logger (aiohttp's and asyncio's too), every level, tracebacks included;
+    # the package's logger too, whatever level an earlier test left it at.
+    for name in (None, "banana_async", "aiohttp", "asyncio"):
+        caplog.set_level(logging.DEBUG, logger=name)
     await provoke_every_echo(provider, tmp_path, journal=tmp_path / "journal.sqlite")
     formatter = logging.Formatter("%(levelname)s %(name)s %(message)s")
     lines = [formatter.format(record) for record in caplog.records]
