@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import stat
 import subprocess
@@ -449,17 +450,18 @@ async def test_the_key_never_appears_in_postgres_rows(
 
 
 async def test_the_key_never_appears_in_redis(
-    provider: FakeBananaServer, tmp_path: Path, redis_server: RedisServer
+    provider: FakeBananaServer, tmp_path: Path, redis_url: str
 ) -> None:
-    redis_asyncio = pytest.importorskip("redis.asyncio")
+    import redis.asyncio as redis_asyncio  # the redis extra: see redis_url
+
     # 429s make the limiters write a pause and a learned limit.
     provider.inject(Fault.status(429, headers={"Retry-After": "1"}), on="create", times=2)
-    _, met = await provoke_every_echo(provider, tmp_path, rate_limit_url=redis_server.url)
+    _, met = await provoke_every_echo(provider, tmp_path, rate_limit_url=redis_url)
     limiters = [obj.rate_limiter for obj in met if isinstance(obj, ba.BananaClient)]
     assert {type(limiter).__name__ for limiter in limiters} == {"RedisRateLimiter"}
     for limiter in limiters:
         assert_no_key("the repr of a RedisRateLimiter", repr(limiter))
-    connection = redis_asyncio.Redis.from_url(redis_server.url)
+    connection = redis_asyncio.Redis.from_url(redis_url)
     seen: list[bytes] = []
     try:
         async for name in connection.scan_iter("*"):
@@ -916,8 +918,31 @@ def test_the_manifest_is_private(
     assert _mode(out / "manifest.jsonl") == 0o600
 
 
-# Fixtures of the Postgres and Redis tests: their servers, started the same way.
-from .test_journal_postgres import postgres_url  # noqa: E402
-from .test_ratelimit_redis import RedisServer, redis_server  # noqa: E402
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A redis-server of the test's own, as the Redis tests start one.
 
-__all__ = ["postgres_url", "redis_server"]
+    Imported here, not at the top: without the redis extra only the Redis
+    test is skipped, not this whole module.
+    """
+    pytest.importorskip(
+        "redis.asyncio", reason="the redis extra: pip install 'banana-async[redis]'"
+    )
+    from . import test_ratelimit_redis as redis_tests
+
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail(redis_tests.INSTALL)
+        pytest.skip(redis_tests.INSTALL)
+    server = redis_tests.RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.kill()
+
+
+# The Postgres tests' cluster, started the same way.
+from .test_journal_postgres import postgres_url  # noqa: E402
+
+__all__ = ["postgres_url"]
