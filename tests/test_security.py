@@ -662,6 +662,32 @@ async def test_the_key_never_follows_a_redirect(
         assert "redirects are not followed" in str(error)
 
 
+async def test_the_key_goes_only_to_the_api_host_whatever_the_task_id(
+    provider: FakeBananaServer,
+) -> None:
+    async with Host() as elsewhere:
+        port = elsewhere.url.rpartition(":")[2]
+        ids = [
+            f"{elsewhere.url}/steal",
+            f"//127.0.0.1:{port}/steal",
+            f"@127.0.0.1:{port}",
+            f"\\\\127.0.0.1:{port}\\steal",
+            "../../../../steal",
+            "x?next=//elsewhere#",
+        ]
+        # Ids a provider hands out, polled by a batch ...
+        provider.plan(*(TaskScript(duration=0.05, task_id=task_id) for task_id in ids))
+        async with client_of(provider) as client:
+            async for outcome in client.generate_many([f"p{i}" for i in range(len(ids))]):
+                assert outcome.ok, outcome
+            # ... and ids a caller passes.
+            for task_id in ids:
+                assert (await client.get(task_id)).id == task_id
+        assert elsewhere.requests == []
+    polled = {r.task_id for r in provider.requests if r.kind == "query"}
+    assert polled == set(ids)
+
+
 # -- plain HTTP only on loopback -------------------------------------------------------------
 
 
