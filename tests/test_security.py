@@ -225,7 +225,8 @@ async def provoke_every_echo(
                 if outcome.error is not None:
                     errors.append(outcome.error)
             assert server.pending_faults == 0, "every echo was sent"
-            # Single calls: a 401 that echoes the key, an unknown task, a failed wait.
+            # Single calls: a 401 and a 404 echoing the key, a failed task, an image
+            # over its cap.
             server.inject(
                 Fault.status(401, body=json.dumps({"error": {"message": _ECHOED}})), on="create"
             )
