@@ -15,8 +15,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -31,12 +29,12 @@ from banana_async.errors import InvalidRequestError
 from banana_async.ratelimit import AdaptiveRateLimiter, RateLimiter
 from banana_async.testing import FakeBananaServer, Fault, RecordedRequest, RequestBudget
 
+from ._redis_server import INSTALL, RedisServer, free_port
 from .conftest import API_KEY, live_client
 from .test_cli import FAST, TEXT_PROMPTS, ServerThread, fake_in_a_thread, point_user_at, run_main
 from .test_cli import KEY as CLI_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
-INSTALL = "redis-server not found: install it (Debian: apt-get install redis-server)"
 
 redis_asyncio = pytest.importorskip(
     "redis.asyncio", reason="the redis extra: pip install 'banana-async[redis]'"
@@ -44,53 +42,9 @@ redis_asyncio = pytest.importorskip(
 from banana_async.ratelimit import redis as shared  # noqa: E402 (needs the extra)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class RedisServer:
-    """A redis-server of the test's own, on loopback, keeping nothing on disk."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = _free_port()
-        self.process: subprocess.Popen[str] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary is not None
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        assert self.process.stdout is not None
-        # It says so once it listens; a server that dies ends the output instead.
-        for line in self.process.stdout:
-            if "Ready to accept connections" in line:
-                return
-        raise AssertionError(f"redis-server exited with {self.process.wait()}")
-
-    def kill(self) -> None:
-        process, self.process = self.process, None
-        if process is not None:
-            process.kill()
-            process.wait()
-            assert process.stdout is not None
-            process.stdout.close()
-
-
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
+    if not RedisServer.available():
         if os.environ.get("CI"):
             pytest.fail(INSTALL)
         pytest.skip(INSTALL)
@@ -221,6 +175,85 @@ async def test_processes_learn_one_limit_together(
     finally:
         await connection.aclose()
     assert 0 < float(state[b"limit"]) < 2 * 40.0
+
+
+async def _state(url: str) -> dict[str, str]:
+    """The shared hash of API_KEY, as text."""
+    connection = redis_asyncio.Redis.from_url(url)
+    try:
+        state = await connection.hgetall(shared.redis_key(API_KEY))
+    finally:
+        await connection.aclose()
+    return {field.decode(): value.decode() for field, value in state.items()}
+
+
+_CUT_FIELDS = ("limit", "rate", "cut", "quick")
+"""What a cut (a 429 that measures) writes into the shared hash."""
+
+
+async def _reported(limiter: shared.RedisRateLimiter) -> None:
+    """Wait until what ``record`` sends to Redis in the background got there."""
+    await asyncio.gather(*list(limiter._background))
+
+
+async def test_a_429_sent_before_the_pause_after_a_cut_says_nothing_new(
+    redis_server: RedisServer,
+) -> None:
+    limiter = shared.RedisRateLimiter(redis_server.url, api_key=API_KEY)
+    clock = limiter._clock
+    try:
+        turn = await limiter.acquire("create")  # also learns Redis's clock
+        assert turn is not None
+        for _ in range(40):
+            limiter.record(turn, limited=False)
+        limiter.record(turn, limited=True)  # the first 429: a cut
+        await _reported(limiter)
+        first = await _state(redis_server.url)
+        assert first["quick"] == "1"  # the first estimate is only a start
+        await asyncio.sleep(0.05)
+        before_pause = clock.time()  # a request sent after the cut ...
+        await asyncio.sleep(0.05)
+        await limiter.pause(0.05)  # ... and before the pause reached Redis
+        limiter.record(before_pause, limited=True)
+        await _reported(limiter)
+        after = await _state(redis_server.url)
+        assert {f: after[f] for f in _CUT_FIELDS} == {f: first[f] for f in _CUT_FIELDS}
+        await asyncio.sleep(0.1)
+        limiter.record(clock.time(), limited=True)  # sent after the pause: measured
+        await _reported(limiter)
+        second = await _state(redis_server.url)
+        assert float(second["cut"]) > float(first["cut"])
+        assert second["quick"] == "0"
+    finally:
+        await limiter.aclose()
+
+
+async def test_after_the_first_429_the_shared_rate_climbs_fast_but_not_while_paused(
+    redis_server: RedisServer,
+) -> None:
+    limiter = shared.RedisRateLimiter(redis_server.url, api_key=API_KEY)
+    try:
+        turn = await limiter.acquire("create")
+        assert turn is not None
+        for _ in range(40):
+            limiter.record(turn, limited=False)
+        limiter.record(turn, limited=True)
+        await _reported(limiter)
+        cut = await _state(redis_server.url)
+        estimate, rate = float(cut["limit"]), float(cut["rate"])
+        assert rate < estimate
+        # Requests queued behind a pause are not demand: the rate waits too.
+        await limiter.pause(0.5)
+        assert await limiter.acquire("create") is not None
+        assert float((await _state(redis_server.url))["rate"]) == rate
+        # With demand the rate passes the first estimate within a second or
+        # so of it (doubling every QUICK_DOUBLING s), where it used to take
+        # RECOVERY (5 s) to get back to it and PLATEAU (2 s) more to pass it.
+        turns = await asyncio.gather(*(limiter.acquire("create") for _ in range(60)))
+        assert None not in turns
+        assert float((await _state(redis_server.url))["rate"]) > estimate
+    finally:
+        await limiter.aclose()
 
 
 async def test_a_pause_set_by_one_limiter_holds_another(redis_server: RedisServer) -> None:
@@ -393,7 +426,7 @@ def test_a_password_in_the_url_stays_out_of_reprs() -> None:
 async def test_redis_unreachable_from_the_start_serves_requests_locally(
     provider: FakeBananaServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    url = f"redis://127.0.0.1:{_free_port()}/0"
+    url = f"redis://127.0.0.1:{free_port()}/0"
     async with live_client(provider, rate_limit_url=url) as client:
         for i in range(3):
             task = await client.generate(f"cat {i}")
