@@ -146,6 +146,7 @@ class Tally:
         # When each create and query the budget let through arrived (part d
         # measures how much of the budget a client used).
         self.accepted_at: list[float] = []
+        self.limited_at: list[float] = []  # when each 429 was answered (part g)
 
     def take(self, server: FakeBananaServer) -> None:
         """Count the server's request log, then clear it."""
@@ -153,6 +154,7 @@ class Tally:
             self.received[record.kind] += 1
             if record.rate_limited:
                 self.rate_limited[record.kind] += 1
+                self.limited_at.append(record.at)
             elif record.kind in ("create", "query"):
                 self.accepted_at.append(record.at)
         server.requests.clear()
@@ -166,6 +168,7 @@ class Tally:
                 "by_kind": dict(self.rate_limited),
             },
             "accepted_at": self.accepted_at,
+            "limited_at": self.limited_at,
         }
 
 
