@@ -175,6 +175,9 @@ async def test_processes_learn_one_limit_together(
     finally:
         await connection.aclose()
     assert 0 < float(state[b"limit"]) < 2 * 40.0
+    # The first 429's rough estimate was measured again by a later one (the
+    # fast climb in between ended), as QUICK_DOUBLING describes.
+    assert state[b"quick"] == b"0"
 
 
 async def _state(url: str) -> dict[str, str]:
