@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import attrs
 import pytest
 
@@ -295,7 +296,7 @@ def _check(
     assert max(creates.values()) == 1
     assert lost == set()
     # Only creates in flight at a kill are unconfirmed, and each one is.
-    assert unconfirmed <= in_flight_at_kills
+    assert unconfirmed == in_flight_at_kills
     assert kills > 0
     recorded = {e.index: e for e in entries}
     for index, outcome in by_index.items():
@@ -368,10 +369,33 @@ async def test_sqlite_crash_loop(tmp_path: Path) -> None:
     print(f"kills by moment: {dict(killer.modes)}")
 
 
-async def _postgres_in_flight(url: str, batch: str) -> tuple[set[int], list[JournalEntry]]:
+async def _postgres_entries(url: str, batch: str) -> list[JournalEntry]:
     async with await PostgresStore.open(url, batch=batch, join=False) as reader:
-        entries = await reader.entries()
-    return {e.index for e in entries if e.state in _IN_FLIGHT}, entries
+        return await reader.entries()
+
+
+async def _postgres_in_flight(url: str, batch: str, worker: Worker) -> set[int]:
+    """The inputs whose create was on the wire when ``worker`` was killed.
+
+    Read right after the kill, before its lease runs out: they are still
+    the killed worker's, unsettled, and ``SENDING`` (other workers' creates
+    in flight at that moment are theirs).
+    """
+    started = [line["started"] for line in worker.lines if "started" in line]
+    if not started:
+        return set()  # killed before it joined: it sent nothing
+    connection = await asyncpg.connect(url)
+    try:
+        rows = await connection.fetch(
+            "SELECT idx FROM banana_entries WHERE batch = $1 AND owner = $2"
+            " AND settled_run IS NULL AND state = ANY($3::text[])",
+            batch,
+            started[0],
+            [state.value for state in _IN_FLIGHT],
+        )
+    finally:
+        await connection.close()
+    return {row["idx"] for row in rows}
 
 
 async def _until_no_worker(url: str, batch: str) -> None:
@@ -409,8 +433,7 @@ async def test_postgres_crash_loop(postgres_url: str, batch_name: str, tmp_path:
             killer.stall_some_creates()
             victim = rng.choice(live)
             if await killer.strike(victim, concurrency):
-                in_flight, _ = await _postgres_in_flight(postgres_url, batch_name)
-                in_flight_at_kills |= in_flight
+                in_flight_at_kills |= await _postgres_in_flight(postgres_url, batch_name, victim)
             # A new worker in its place (one that ended by itself is replaced too).
             live.remove(victim)
             live.append(await Worker.start(base_url=server.url, **settings))
@@ -435,7 +458,7 @@ async def test_postgres_crash_loop(postgres_url: str, batch_name: str, tmp_path:
         assert last.run is not None
         # (A worker killed before it joined has no run.)
         assert all(w.run is None or w.run < last.run for w in workers if w is not last)
-        _, entries = await _postgres_in_flight(postgres_url, batch_name)
+        entries = await _postgres_entries(postgres_url, batch_name)
         # The live workers left nothing undone: the new run only reports.
         assert all(line["from_journal"] for line in last.outcomes())
         _check(
