@@ -12,8 +12,9 @@ killed at seeded random moments of four kinds:
   in the journal; others are on the wire or polling);
 - ``outcome``: right after the worker yielded an outcome.
 
-Some creates are slow (before or after the provider processes them) and a
-few are refused with 429 (created again later: nothing was created). Then
+Some creates are slow (before or after the provider processes them), and
+some rounds run under a tight request budget whose 429s refuse creates
+(sent again later: nothing was created). Then
 the batch runs to the end, and the provider's counts are held to the
 journal's promises: no input was ever created twice (duplicate creates),
 every task the provider created ends in the outcomes unless its create was
@@ -43,7 +44,7 @@ import attrs
 import pytest
 
 from banana_async.journal import EntryState, Journal, JournalEntry, PostgresStore
-from banana_async.testing import FakeBananaServer, Fault, TaskScript
+from banana_async.testing import FakeBananaServer, Fault, RequestBudget, TaskScript
 
 from .conftest import API_KEY
 
@@ -181,20 +182,29 @@ class Killer:
                 self.armed = None
         return _script(body)
 
-    def trouble_some_creates(self) -> None:
-        """Make a few of the next creates slow, or refused with 429 (nothing created).
+    def trouble(self) -> None:
+        """Make a few of the next creates slow, and some rounds' requests rate-limited.
 
         A slow create is slow before or after the provider processes it: a
-        kill then finds it in flight. A create refused with 429 waits to be
-        sent again, recorded as certainly not created: a kill then leaves it
-        to be created by the next run (a second request, never a second task).
+        kill then finds it in flight. Under a tight budget the provider
+        answers 429 (nothing created) and the create waits to be sent again,
+        recorded as certainly not created: a kill then leaves it to be
+        created by a later run (a second request, never a second task).
         """
         for _ in range(self.rng.randint(0, 3)):
             fault = Fault.stall(self.rng.uniform(0.1, 0.8), process=self.rng.random() < 0.5)
             self.server.inject(fault, on="create")
-        for _ in range(self.rng.randint(0, 2)):
-            retry_after = self.rng.choice([{}, {"Retry-After": "0"}, {"Retry-After": "1"}])
-            self.server.inject(Fault.status(429, headers=retry_after), on="create")
+        self.server.budget = None
+        if self.rng.random() < 0.5:
+            self.server.budget = RequestBudget(
+                rate=self.rng.uniform(10.0, 40.0),
+                burst=self.rng.uniform(2.0, 8.0),
+                retry_after=self.rng.random() < 0.5,
+            )
+
+    def calm(self) -> None:
+        """No budget for the run to the end (a worker learns a 429's rate slowly back)."""
+        self.server.budget = None
 
     async def strike(self, victim: Worker, concurrency: int) -> bool:
         """Kill ``victim`` at this round's moment; False if it ended by itself first."""
@@ -233,6 +243,7 @@ class Tally:
     rounds: int
     kills: int
     create_requests: int
+    refused: int
     tasks: int
     duplicate_creates: int
     unconfirmed: int
@@ -243,14 +254,15 @@ class Tally:
     @staticmethod
     def header() -> str:
         return (
-            "store     inputs rounds kills creates tasks duplicates unconfirmed "
+            "store     inputs rounds kills creates (429) tasks duplicates unconfirmed "
             "(billed) lost outcomes"
         )
 
     def row(self) -> str:
         return (
             f"{self.store:<9} {self.inputs:>6} {self.rounds:>6} {self.kills:>5} "
-            f"{self.create_requests:>7} {self.tasks:>5} {self.duplicate_creates:>10} "
+            f"{self.create_requests:>7} {self.refused:>5} {self.tasks:>5} "
+            f"{self.duplicate_creates:>10} "
             f"{self.unconfirmed:>11} {self.unconfirmed_billed:>8} {self.lost_tasks:>4} "
             f"{self.outcomes:>8}"
         )
@@ -290,6 +302,7 @@ def _check(
         rounds=rounds,
         kills=kills,
         create_requests=sum(creates.values()),
+        refused=server.count_rate_limited("create"),
         tasks=len(server.tasks),
         duplicate_creates=len(duplicates),
         unconfirmed=len(unconfirmed),
@@ -357,12 +370,13 @@ async def test_sqlite_crash_loop(tmp_path: Path) -> None:
     async with FakeBananaServer(api_key=API_KEY) as server, _reaped(workers):
         killer = Killer(rng, server)
         for _ in range(ROUNDS):
-            killer.trouble_some_creates()
+            killer.trouble()
             worker = await Worker.start(base_url=server.url, **settings)
             workers.append(worker)
             if await killer.strike(worker, concurrency):
                 # What the kill left on the wire: the unconfirmed of later runs.
                 in_flight_at_kills |= await asyncio.to_thread(_sqlite_in_flight, journal)
+        killer.calm()
         last = await Worker.start(base_url=server.url, **settings)
         workers.append(last)
         await last.ended()
@@ -441,7 +455,7 @@ async def test_postgres_crash_loop(postgres_url: str, batch_name: str, tmp_path:
         live = [await Worker.start(base_url=server.url, **settings) for _ in range(3)]
         workers.extend(live)
         for _ in range(ROUNDS):
-            killer.trouble_some_creates()
+            killer.trouble()
             victim = rng.choice(live)
             if await killer.strike(victim, concurrency):
                 in_flight_at_kills |= await _postgres_in_flight(postgres_url, batch_name, victim)
@@ -449,6 +463,7 @@ async def test_postgres_crash_loop(postgres_url: str, batch_name: str, tmp_path:
             live.remove(victim)
             live.append(await Worker.start(base_url=server.url, **settings))
             workers.append(live[-1])
+        killer.calm()
         for worker in live:
             await worker.ended()
         # Within one run, no input's outcome is yielded twice.
