@@ -1,4 +1,4 @@
-"""Servers the tests start for themselves: a redis-server and a Postgres cluster.
+"""Servers the tests start for themselves (a redis-server, a Postgres cluster), and stop.
 
 Each runs on a free loopback port out of a temporary folder and is stopped
 afterwards; no system service, no Docker. :func:`redis_server` and
@@ -15,13 +15,14 @@ private to root).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -114,3 +115,15 @@ def postgres_cluster() -> Iterator[str]:
             run(str(bin_dir / "pg_ctl"), "-D", str(cluster), "-m", "fast", "-w", "stop")
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def killed_at_exit(*workers: asyncio.subprocess.Process) -> AsyncIterator[None]:
+    """Kill the workers still running when the block is left (a failed assertion)."""
+    try:
+        yield
+    finally:
+        for worker in workers:
+            if worker.returncode is None:
+                worker.kill()
+                await worker.communicate()

@@ -15,6 +15,8 @@ import banana_async as ba
 from banana_async.journal import Journal, JournalEntry
 from banana_async.testing import FakeBananaServer, FakeClock
 
+from ._servers import postgres_cluster
+
 # pytester runs pytest in a temporary directory: the tests of the pytest plugin use it.
 pytest_plugins = ["pytester"]
 
@@ -78,6 +80,22 @@ async def live() -> AsyncIterator[FakeBananaServer]:
     """A fake provider on the real clock (batches run many tasks at once)."""
     async with FakeBananaServer(api_key=API_KEY, duration=0.05) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A Postgres cluster of this test session: its URL (skipped without Postgres, but in CI)."""
+    with postgres_cluster() as url:
+        yield url
+
+
+_batches = itertools.count()
+
+
+@pytest.fixture
+def batch_name(request: pytest.FixtureRequest) -> str:
+    """A batch name of this test alone (the tests share one cluster)."""
+    return f"{request.node.name}-{next(_batches)}"
 
 
 def live_client(server: FakeBananaServer, **options: Any) -> ba.BananaClient:
