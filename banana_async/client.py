@@ -118,6 +118,8 @@ _MAY_BE_BILLED: Final = (
 
 def _check_base_url(url: str, what: str) -> str:
     """Refuse URLs that would carry the API key in clear text off this machine."""
+    if not isinstance(url, str):  # urlsplit would fail on it with an AttributeError
+        raise InvalidRequestError(f"{what} must be an http(s) URL, not {url!r}")
     parts = split_http_url(url)
     if isinstance(parts, str) or not parts.hostname:
         raise InvalidRequestError(f"{what} must be an http(s) URL, not {url!r}")
