@@ -865,7 +865,10 @@ class BananaClient:
                     if deadline is not None and deadline - clock.time() <= 0:
                         raise TaskTimeoutError(task_id, limit or 0.0, last)
                     try:
-                        last = await self._request(http, parse)
+                        # The deadline also bounds the wait for a turn of the
+                        # rate limiter, on the client's clock: a poll never
+                        # goes out after it, whatever clock was injected.
+                        last = await self._request(http, parse, deadline=deadline)
                     except BananaError as exc:
                         failures += 1
                         delay = self._poll_failed(exc, failures, task_id, interval)
