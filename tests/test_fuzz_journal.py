@@ -52,6 +52,14 @@ REQUESTS = [ba.GenerationRequest(prompt) for prompt in PROMPTS]
 indices = st.integers(0, INPUTS - 1)
 
 
+def _copy_journal(source: Path, target: Path) -> None:
+    """Copy a journal's files as they are on disk (an open one: what a kill leaves)."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        part = Path(f"{source}{suffix}")
+        if part.exists():
+            shutil.copyfile(part, f"{target}{suffix}")
+
+
 @attrs.frozen
 class Entry:
     """What the machine knows an input's entry holds."""
@@ -177,6 +185,20 @@ class JournalMachine(RuleBasedStateMachine):
             self.created(index)
 
     @rule(index=indices, ok=st.booleans())
+    def created_and_ended(self, index: int, ok: bool) -> None:
+        """A whole task, as a batch sees it: recorded, sent, created, polled to its end."""
+        self.sent_and_created(index)
+        if self.model[index].state is EntryState.CREATED:
+            self.finished(index, ok)
+
+    @rule(index=indices, made=st.booleans())
+    def sent_and_lost(self, index: int, made: bool) -> None:
+        """A create recorded and sent, whose answer never came."""
+        self.sending(index)
+        if self.model[index].state is EntryState.SENDING:
+            self.unconfirmed(index, made)
+
+    @rule(index=indices, ok=st.booleans())
     def finished(self, index: int, ok: bool) -> None:
         """The task ended (seen by a poll, or at once in the create's answer)."""
         now = self.model[index]
@@ -256,10 +278,7 @@ class JournalMachine(RuleBasedStateMachine):
         old = self.path
         self.crashes += 1
         self.path = self._fresh_path()
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            source = Path(f"{old}{suffix}")
-            if source.exists():
-                shutil.copyfile(source, f"{self.path}{suffix}")
+        _copy_journal(old, self.path)
         # The dead process's journal goes away without a word more written to the copy.
         self._run(self._store.aclose())
         self.store = self._run(SQLiteStore.open(self.path))
@@ -279,11 +298,8 @@ class JournalMachine(RuleBasedStateMachine):
         before = list(self.model)
         for entry in before:
             event(f"resumed an entry {'with nothing' if entry.state is None else entry.state}")
-        # Every task the provider holds ends now, and new ones at once: the
-        # resume then only waits for answers on loopback.
-        for task_id, fake in self.server.tasks.items():
-            if not fake.is_terminal(self.server.now()):
-                self.server.finish(task_id)
+        # Every task the provider holds ends now, and new ones at once.
+        self._finish_all()
         self.server.duration = 0.0
         creates = Counter(str(task.body["prompt"]) for task in self.server.tasks.values())
         # The batch opens the file itself, as a user's run does.
@@ -316,10 +332,86 @@ class JournalMachine(RuleBasedStateMachine):
             )
         event(f"a resume created {sum(made.values())} of {INPUTS}")
 
-    async def _batch(self, *, resend_unconfirmed: bool, retry_failed: bool) -> list[ba.Outcome]:
+    @rule(
+        kill_at=st.integers(1, INPUTS),
+        resend_unconfirmed=st.booleans(),
+        retry_failed=st.booleans(),
+    )
+    def killed_during_resume(
+        self, kill_at: int, resend_unconfirmed: bool, retry_failed: bool
+    ) -> None:
+        """The process is killed in a resumed batch, as a create reaches the provider.
+
+        The journal is copied as the ``kill_at``-th create arrives, between
+        two commits (what SIGKILL leaves on disk), and the next run starts
+        from the copy. No task created by then may be missing from it, but
+        for the creates in flight (``sending``, or unconfirmed).
+        """
+        self._finish_all()
+        known = set(self.server.tasks)
+        store = self._store
+        old = self.path
+        self.crashes += 1
+        copy = self._fresh_path()
+        arrived = 0
+
+        def at_create(body: dict[str, Any]) -> None:
+            nonlocal arrived
+            arrived += 1
+            if arrived == kill_at:
+                # Between two commits of the store's thread, as a kill finds the file.
+                with store.journal._lock:
+                    _copy_journal(old, copy)
+
+        self.server.script_for = at_create
+        self.server.duration = 0.0
+        try:
+            self._run(
+                self._batch(
+                    resend_unconfirmed=resend_unconfirmed,
+                    retry_failed=retry_failed,
+                    journal=store,
+                )
+            )
+        finally:
+            self.server.script_for = None
+            self.server.duration = None
+        if arrived < kill_at:  # fewer creates than that: killed at the end
+            with store.journal._lock:
+                _copy_journal(old, copy)
+        self._run(store.aclose())
+        self.path = copy
+        self.store = self._run(SQLiteStore.open(copy))
+        found = {entry.index: entry for entry in self._store.journal.entries()}
+        created = [task for task_id, task in self.server.tasks.items() if task_id not in known]
+        for task in created[:kill_at]:  # by the kill (the last one perhaps not even sent)
+            index = PROMPTS.index(str(task.body["prompt"]))
+            entry = found.get(index)
+            assert entry is not None, (task.id, index)
+            in_flight = entry.state in (EntryState.SENDING, EntryState.UNCONFIRMED)
+            assert entry.task_id == task.id or in_flight, (task.id, entry)
+        self.model = [
+            Entry() if index not in found else Entry(found[index].state, found[index].task_id)
+            for index in range(INPUTS)
+        ]
+        event(f"killed at create {kill_at} of {arrived}")
+
+    def _finish_all(self) -> None:
+        """End every task the provider holds: a resume then only waits on loopback."""
+        for task_id, fake in self.server.tasks.items():
+            if not fake.is_terminal(self.server.now()):
+                self.server.finish(task_id)
+
+    async def _batch(
+        self,
+        *,
+        resend_unconfirmed: bool,
+        retry_failed: bool,
+        journal: Path | SQLiteStore | None = None,
+    ) -> list[ba.Outcome]:
         batch = self.client.generate_many(
             PROMPTS,
-            journal=self.path,
+            journal=self.path if journal is None else journal,
             timeout=30,
             poll_interval=0.01,
             resend_unconfirmed=resend_unconfirmed,
