@@ -444,8 +444,9 @@ def test_client_options_end_in_a_client_or_invalid_request_error(
 @pytest.mark.parametrize("url", [True, 1, b"http://127.0.0.1:1", ["http://127.0.0.1:1"]])
 def test_a_base_url_that_is_not_text_is_refused(name: str, url: object) -> None:
     """Found by the fuzzing above: ``base_url=True`` raised AttributeError from urlsplit."""
+    options: dict[str, Any] = {name: url}
     with pytest.raises(ba.InvalidRequestError, match=f"{name} must be an http"):
-        ba.BananaClient(API_KEY, rate_limit_url="", **{name: url})
+        ba.BananaClient(API_KEY, rate_limit_url="", **options)
 
 
 @pytest.fixture
