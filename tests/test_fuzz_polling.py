@@ -217,7 +217,6 @@ class PollerMachine(RuleBasedStateMachine):
         self.loop.run_until_complete(self._enter())
         self.wait: Wait | None = None
         self.queued: list[Answer] = []
-        self.ended = 0
 
     async def _enter(self) -> None:
         await self.client.__aenter__()
@@ -369,7 +368,6 @@ class PollerMachine(RuleBasedStateMachine):
         wait = self.wait
         if wait is None or not wait.task.done():
             return
-        self.ended += 1
         polls = self._polls(wait)
         heard = [self._answer(index) for index, _ in polls]
         ends = [answer.ends for answer in heard]
