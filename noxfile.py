@@ -98,6 +98,25 @@ def crash(session: nox.Session) -> None:
     )
 
 
+@nox.session(python=MAIN_PYTHON, default=False)
+def fuzz(session: nox.Session) -> None:
+    """Fuzz for longer: the tests/test_fuzz_*.py files, Hypothesis profile "long".
+
+    Not run by default (several minutes). Each run tries new random inputs,
+    and keeps the failing ones in .hypothesis/ to try first next time; see
+    docs/contributing.md ("Fuzzing"). Extra pytest options go after ``--``.
+    """
+    session.install(".[test]")
+    files = sorted(str(path.relative_to(ROOT)) for path in ROOT.glob("tests/test_fuzz_*.py"))
+    session.run(
+        "pytest",
+        "--hypothesis-show-statistics",
+        *files,
+        *session.posargs,
+        env={"HYPOTHESIS_PROFILE": "long"},
+    )
+
+
 @nox.session(python=MAIN_PYTHON)
 def docs(session: nox.Session) -> None:
     """Build the HTML docs, treating every warning as an error."""

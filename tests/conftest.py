@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import os
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 import banana_async as ba
 from banana_async.journal import Journal, JournalEntry
@@ -19,6 +21,30 @@ from ._servers import postgres_cluster
 
 # pytester runs pytest in a temporary directory: the tests of the pytest plugin use it.
 pytest_plugins = ["pytester"]
+
+# Hypothesis profiles (docs/contributing.md, "Fuzzing"). "suite", the default,
+# keeps the regular run cheap and the same on every run: derandomized, no
+# example database, no deadline (eight jobs may share two cores).
+# HYPOTHESIS_PROFILE=long (nox -s fuzz) searches far more, at random, and
+# keeps what it found for the next run.
+settings.register_profile(
+    "suite",
+    max_examples=100,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "long",
+    max_examples=2000,
+    stateful_step_count=100,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 API_KEY = "sk-test-0123456789abcdef"
 
