@@ -445,7 +445,13 @@ class _Batch:
         journal = self.journal
         path = journal.name if journal is not None else ""
         error = self.journal_error
-        message = f"the journal {path} failed ({error_text(error)}); no task was created after that"
+        if isinstance(error, JournalError):
+            # Says itself what happened (inputs that differ, a lost lease).
+            message = f"{error}; no task was created after that"
+        else:
+            message = (
+                f"the journal {path} failed ({error_text(error)}); no task was created after that"
+            )
         if self.unrecorded:
             ids = ", ".join(f"input {i}: {t}" for i, t in sorted(self.unrecorded.items()))
             message += (
@@ -596,6 +602,15 @@ class _Batch:
             return Outcome(index, None, error=exc)
         if journal is None:
             return request, None
+        claims = self.claims
+        if claims is not None:
+            # The claim checks the input against what the batch recorded for
+            # the index, even one another worker holds (JournalError, which
+            # stops this worker), and records it when nothing is.
+            if not await self.jot(lambda _: claims.claim(index, request)):
+                return None
+            entry = await self.jot(lambda j: j.get(index))
+            return await self.resume(index, request, entry)
         entry = await self.jot(lambda j: j.get(index))
         # An entry without a request was an invalid input that created nothing:
         # a corrected input may take its place.
@@ -605,12 +620,6 @@ class _Batch:
             and not await self.jot(lambda j: j.request_matches(index, request))
         ):
             raise self.mismatch(index, journal)
-        claims = self.claims
-        if claims is not None:
-            if not await self.jot(lambda _: claims.claim(index, request)):
-                return None
-            # Read again: another worker may have recorded it before this claim.
-            entry = await self.jot(lambda j: j.get(index))
         return await self.resume(index, request, entry)
 
     async def resume(

@@ -491,3 +491,87 @@ async def test_without_asyncpg_the_error_says_what_to_install(
     monkeypatch.setitem(sys.modules, "asyncpg", None)  # import asyncpg now fails
     with pytest.raises(ba.JournalError, match=r"pip install 'banana-async\[postgres\]'"):
         await PostgresStore.open("postgresql://u@127.0.0.1:1/db", batch="b")
+
+
+async def test_a_claim_checks_the_input_another_worker_holds(
+    postgres_url: str, batch_name: str
+) -> None:
+    async with (
+        await PostgresStore.open(postgres_url, batch=batch_name) as first,
+        await PostgresStore.open(postgres_url, batch=batch_name) as second,
+    ):
+        assert await first.claim(0, _request("a cat"))  # recorded with the claim
+        assert not await second.claim(0, _request("a cat"))  # held, and the same input
+        with pytest.raises(ba.JournalError, match=r"input 0 differs .*by worker"):
+            await second.claim(0, _request("a dog"))  # held by first, yet checked
+        with pytest.raises(ba.JournalError, match="input 0 differs"):
+            await second.claim(0, None, raw_input="{broken")
+        # Settled in this run by the first worker: still checked.
+        await first.record_sending(0, _request("a cat"))
+        await first.record_error(0, _request("a cat"), ba.InvalidRequestError("no"))
+        await first.settle(0)
+        with pytest.raises(ba.JournalError, match="finished it in this run"):
+            await second.claim(0, _request("a dog"))
+        # An invalid input is checked too.
+        assert await first.claim(1, None, raw_input="{broken")
+        with pytest.raises(ba.JournalError, match="input 1 differs"):
+            await second.claim(1, _request("a fish"))
+        # A claim that created nothing and was given back may be replaced:
+        # nothing was paid for under it.
+        leaving = await PostgresStore.open(postgres_url, batch=batch_name)
+        assert await leaving.claim(2, _request("a bird"))
+        await leaving.aclose()
+        assert await second.claim(2, _request("a horse"))
+        entry_requests = await first.entries()
+        assert [e.index for e in entry_requests] == [0]  # a claim alone is no entry
+
+
+async def test_workers_given_different_files_stop_before_creating(
+    postgres_url: str, batch_name: str
+) -> None:
+    """Two workers with different inputs under one name: the second stops, the batch stays whole."""
+    holding = True  # the first worker's tasks stay in flight while the second starts
+    async with (
+        FakeBananaServer(api_key=API_KEY, duration=0.0) as server,
+        ba.BananaClient(API_KEY, base_url=server.url, poll_interval=0.05) as client,
+    ):
+        server.script_for = lambda body: TaskScript(duration=None) if holding else None
+        first_prompts = [f"cat {i}" for i in range(8)]
+        # Another file that starts with the same two lines: the first worker
+        # has claimed inputs 0-3 (twice its concurrency) and recorded 0-1.
+        second_prompts = [*first_prompts[:2], *(f"dog {i}" for i in range(2, 8))]
+        first = client.generate_many(
+            first_prompts, concurrency=2, journal=postgres_url, batch=batch_name
+        )
+        first_outcomes: list[ba.Outcome] = []
+
+        async def read_first() -> None:
+            first_outcomes.extend([o async for o in first])
+
+        reader = asyncio.create_task(read_first())
+        try:
+            for _ in range(_LOOKS):
+                if server.count("create") >= 2:
+                    break
+                await asyncio.sleep(_LOOK_PAUSE)
+            else:
+                pytest.fail("the first worker never created its first tasks")
+            with pytest.raises(ba.JournalError, match="input 2 differs") as caught:
+                async for _ in client.generate_many(
+                    second_prompts, concurrency=2, journal=postgres_url, batch=batch_name
+                ):
+                    pass
+            assert "no task was created after that" in str(caught.value)
+            assert server.count("create") == 2  # the second worker created nothing
+            holding = False
+            for task_id in list(server.tasks):
+                server.finish(task_id)
+            await reader
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+    # The first worker ran the whole batch from its own inputs.
+    assert sorted(o.index for o in first_outcomes) == list(range(8))
+    assert all(o.ok for o in first_outcomes)
+    assert sorted(_creates(server)) == sorted(first_prompts)

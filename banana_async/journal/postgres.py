@@ -649,35 +649,74 @@ class PostgresStore:
         """Claim input ``index`` for this worker; False if another worker has it.
 
         Another worker has it while its lease is alive, and once it settled
-        the input in this run. The claim keeps the request (or, for an input
-        that is no valid request, ``raw_input``) so that another worker can
-        take the input over without reading it.
+        the input in this run. Whoever holds it, the input is first checked
+        against what the batch recorded for the index (and recorded when
+        nothing is): the request (or, for an input that is no valid request,
+        ``raw_input``) stays on the row, so that another worker can take the
+        input over without reading it, and every worker reading the index
+        later is checked against it.
+
+        What a differing input may replace: a claim that created nothing
+        and that no live worker holds nor anybody settled in this run (a
+        worker that stopped gave it back), and an invalid input recorded
+        by an earlier run (a corrected file, as SQLite allows).
 
         Raises:
+            JournalError: The batch recorded another input at ``index``: the
+                workers read different inputs (another file, or other options).
             ValueError: a closed store.
         """
         check_index(index)
         text = None if request is None else canonical_request(request)
-        async with self._connection() as connection:
-            claimed = await connection.fetchval(
-                "INSERT INTO banana_entries AS e"
-                " (batch, idx, request, raw_input, updated_at, owner)"
-                " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (batch, idx) DO UPDATE SET"
-                " owner = excluded.owner,"
-                " request = CASE WHEN e.state IS NULL THEN excluded.request ELSE e.request END,"
-                " raw_input = CASE WHEN e.state IS NULL THEN excluded.raw_input"
-                " ELSE e.raw_input END"
-                f" WHERE e.settled_run IS DISTINCT FROM $7 AND (e.owner = $6 OR {_ORPHAN})"
+        raw = None if request is not None else _text(raw_input)
+        async with self._connection() as connection, connection.transaction():
+            inserted = await connection.fetchval(
+                "INSERT INTO banana_entries (batch, idx, request, raw_input, updated_at, owner)"
+                " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (batch, idx) DO NOTHING"
                 " RETURNING idx",
                 self.batch,
                 index,
                 text,
-                None if request is not None else _text(raw_input),
+                raw,
                 time.time(),
                 self.worker,
+            )
+            if inserted is not None:
+                return True
+            row = await connection.fetchrow(
+                "SELECT e.state, e.request, e.raw_input, e.owner,"
+                f" e.settled_run IS NOT DISTINCT FROM $3 AS settled, {_ORPHAN} AS orphan"
+                " FROM banana_entries e WHERE e.batch = $1 AND e.idx = $2 FOR UPDATE",
+                self.batch,
+                index,
                 self._run,
             )
-        return claimed is not None
+            mine = row["owner"] == self.worker
+            free = not row["settled"] and (mine or row["orphan"])
+            same = (
+                row["request"] == text
+                if text is not None
+                else row["request"] is None and row["raw_input"] == raw
+            )
+            replaceable = free and (
+                row["state"] is None or (row["request"] is None and text is not None)
+            )
+            if not same and not replaceable:
+                raise self._mismatch(index, row["owner"], settled=bool(row["settled"]))
+            if not free:
+                return False
+            await connection.execute(
+                "UPDATE banana_entries SET owner = $3,"
+                " request = CASE WHEN state IS NULL THEN $4 ELSE request END,"
+                " raw_input = CASE WHEN state IS NULL THEN $5 ELSE raw_input END"
+                " WHERE batch = $1 AND idx = $2",
+                self.batch,
+                index,
+                self.worker,
+                text,
+                raw,
+            )
+        return True
 
     async def settle(self, index: int) -> None:
         """Mark input ``index`` settled in this run (its outcome was handed over); unclaim it.
@@ -864,6 +903,20 @@ class PostgresStore:
             raise ValueError(f"cannot {action} for input {index}: it has {shown}")
         recorded = json.loads(row["task"])["id"] if row["task"] else row["task_id"]
         raise ValueError(f"input {index} already has task {recorded}, not {values[0]}")
+
+    def _mismatch(self, index: int, owner: str | None, *, settled: bool) -> JournalError:
+        if owner is not None:
+            whose = f" (by worker {owner})"
+        elif settled:
+            whose = " (another worker finished it in this run)"
+        else:
+            whose = ""
+        return JournalError(
+            f"input {index} differs from the one recorded in the journal {self.name}{whose}: "
+            "every worker of a batch must read the same inputs with the same options (file, "
+            "--size, --model, ...)",
+            path=self.name,
+        )
 
     def _lost(self, index: int) -> JournalError:
         return JournalError(
