@@ -77,7 +77,7 @@ from banana_async.journal import (
     open_store,
     resume_step,
 )
-from banana_async.journal.postgres import is_postgres_url
+from banana_async.journal.postgres import PostgresStore, inputs_fingerprint, is_postgres_url
 from banana_async.models import (
     BatchInput,
     GenerationRequest,
@@ -970,6 +970,12 @@ async def _results(
             if isinstance(batch.journal, ClaimingStore):
                 batch.claims = batch.journal
             await _bind(batch.journal, batch.ops.provider)
+            if isinstance(batch.journal, PostgresStore) and isinstance(inputs, list | tuple):
+                # Known in full: checked against the other workers' before any create.
+                fingerprint, count = await asyncio.to_thread(
+                    inputs_fingerprint, tuple(inputs), batch.defaults
+                )
+                await batch.journal.check_inputs(fingerprint, count)
         producer = asyncio.create_task(batch.produce(inputs), name="banana_async-batch-producer")
         try:
             while True:

@@ -558,7 +558,11 @@ async def test_workers_given_different_files_stop_before_creating(
                 pytest.fail("the first worker never created its first tasks")
             with pytest.raises(ba.JournalError, match="input 2 differs") as caught:
                 async for _ in client.generate_many(
-                    second_prompts, concurrency=2, journal=postgres_url, batch=batch_name
+                    # An iterator: not known in full, so each input is checked.
+                    iter(second_prompts),
+                    concurrency=2,
+                    journal=postgres_url,
+                    batch=batch_name,
                 ):
                     pass
             assert "no task was created after that" in str(caught.value)
@@ -575,3 +579,66 @@ async def test_workers_given_different_files_stop_before_creating(
     assert sorted(o.index for o in first_outcomes) == list(range(8))
     assert all(o.ok for o in first_outcomes)
     assert sorted(_creates(server)) == sorted(first_prompts)
+
+
+async def test_a_whole_input_list_is_checked_before_any_create(
+    postgres_url: str, batch_name: str, tmp_path: Path
+) -> None:
+    """A list, or a CLI file, known in full: a worker with another one creates nothing."""
+    prompts = [f"cat {i}" for i in range(8)]
+    holding = True  # the first worker's tasks stay in flight meanwhile
+    async with (
+        FakeBananaServer(api_key=API_KEY, duration=0.0) as server,
+        ba.BananaClient(API_KEY, base_url=server.url, poll_interval=0.05) as client,
+    ):
+        server.script_for = lambda body: TaskScript(duration=None) if holding else None
+        first = client.generate_many(prompts, concurrency=2, journal=postgres_url, batch=batch_name)
+        outcomes: list[ba.Outcome] = []
+
+        async def read_first() -> None:
+            outcomes.extend([o async for o in first])
+
+        reader = asyncio.create_task(read_first())
+        try:
+            for _ in range(_LOOKS):
+                if server.count("create") >= 2:
+                    break
+                await asyncio.sleep(_LOOK_PAUSE)
+            else:
+                pytest.fail("the first worker never created its first tasks")
+            # Only the last input differs: no input of its own is checked
+            # before the other worker's inputs 4-6 would have been created.
+            with pytest.raises(ba.JournalError, match=r"inputs \(8\) differ .*\(8\)"):
+                async for _ in client.generate_many(
+                    [*prompts[:-1], "a dog"], concurrency=2, journal=postgres_url, batch=batch_name
+                ):
+                    pass
+            # The same file through the CLI, with another size.
+            path = tmp_path / "prompts.txt"
+            path.write_text("".join(f"{p}\n" for p in prompts), encoding="utf-8")
+            code, _, err = await _cli(
+                "batch",
+                str(path),
+                "--out",
+                str(tmp_path / "out"),
+                "--journal",
+                postgres_url,
+                "--batch",
+                batch_name,
+                "--size",
+                "16:9",
+                server=server,
+            )
+            assert code == 3, err
+            assert "differ from the ones another worker" in err
+            assert server.count("create") == 2  # neither created anything
+            holding = False
+            for task_id in list(server.tasks):
+                server.finish(task_id)
+            await reader
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+    assert sorted(o.index for o in outcomes) == list(range(8))
+    assert all(o.ok for o in outcomes)

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -68,6 +69,7 @@ import socket
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Self
 from urllib.parse import urlsplit, urlunsplit
 
@@ -84,12 +86,18 @@ from banana_async.journal._entries import (
     storable,
 )
 from banana_async.journal.states import EntryState, sources
-from banana_async.models import GenerationRequest, Task, TaskStatus
+from banana_async.models import GenerationRequest, Task, TaskStatus, request_from
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["DEFAULT_LEASE", "PostgresStore", "is_postgres_url", "redact_url"]
+__all__ = [
+    "DEFAULT_LEASE",
+    "PostgresStore",
+    "inputs_fingerprint",
+    "is_postgres_url",
+    "redact_url",
+]
 
 logger = logging.getLogger("banana_async")
 
@@ -137,6 +145,13 @@ _SCHEMA: Final = (
     )""",
 )
 
+# Added after the first release of the tables: a table made by it gains them.
+_MIGRATIONS: Final = (
+    "ALTER TABLE banana_batches ADD COLUMN IF NOT EXISTS inputs TEXT",
+    "ALTER TABLE banana_batches ADD COLUMN IF NOT EXISTS inputs_count BIGINT",
+    "ALTER TABLE banana_batches ADD COLUMN IF NOT EXISTS inputs_run BIGINT",
+)
+
 _COLUMNS: Final = (
     "idx, state, request, raw_input, task_id, task, error, error_type, path, updated_at"
 )
@@ -172,6 +187,35 @@ def redact_url(url: str) -> str:
         for pair in parts.query.split("&")
     )
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def inputs_fingerprint(
+    inputs: Iterable[object], defaults: Mapping[str, Any] | None = None
+) -> tuple[str, int]:
+    """A digest of a whole input list as a batch reads it, and how many inputs it has.
+
+    Each input counts as the request a batch makes of it (a prompt with
+    ``defaults``, as ``generate_many`` is given them), so the same file read
+    with another ``size`` gives another digest; an input that is no valid
+    request counts as its ``repr``.
+    """
+    digest = hashlib.sha256()
+    count = 0
+    fields = dict(defaults or {})
+    for item in inputs:
+        # As the batch builds its requests: a request as it is, a prompt with the defaults.
+        try:
+            if isinstance(item, GenerationRequest):
+                text = canonical_request(item)
+            elif isinstance(item, str):
+                text = canonical_request(request_from(item, **fields))
+            else:
+                text = "!" + repr(item)[:1000]
+        except Exception:  # an invalid input is an input too
+            text = "!" + repr(item)[:1000]
+        digest.update(text.encode("utf-8", "surrogatepass") + b"\n")
+        count += 1
+    return f"sha256:{digest.hexdigest()}", count
 
 
 def _text(value: str | None) -> str | None:
@@ -316,7 +360,7 @@ class PostgresStore:
     async def _join(self, *, join: bool) -> None:
         async with self._pool.acquire() as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
-            for statement in _SCHEMA:
+            for statement in (*_SCHEMA, *_MIGRATIONS):
                 await connection.execute(statement)
             if not join:
                 self._run = int(
@@ -427,6 +471,49 @@ class PostgresStore:
                 f"batch {self.batch!r} in {self._url} belongs to another provider: it was "
                 f"recorded for {known}, not {given}; its task ids mean nothing there",
                 path=self.name,
+            )
+
+    async def check_inputs(self, fingerprint: str, count: int) -> None:
+        """Check this worker's whole input list against the one of the batch's run.
+
+        The first worker of a run that gives its list records it; every
+        later worker of the run must give the same, or stops here, before
+        anything is created. A new run (the batch resumed when no worker was
+        alive) records its own: a corrected file may resume a batch, as each
+        input's own check allows (see :meth:`claim`).
+
+        Args:
+            fingerprint: :func:`inputs_fingerprint` of the inputs.
+            count: How many inputs there are.
+
+        Raises:
+            JournalError: Another worker of this run gave other inputs.
+        """
+        async with self._connection() as connection, connection.transaction():
+            row = await connection.fetchrow(
+                "SELECT inputs, inputs_count, inputs_run FROM banana_batches"
+                " WHERE name = $1 FOR UPDATE",
+                self.batch,
+            )
+            if row is None:
+                raise JournalError(f"journal {self.name}: the batch is gone", path=self.name)
+            if row["inputs_run"] == self._run and row["inputs"] is not None:
+                if row["inputs"] != fingerprint:
+                    raise JournalError(
+                        f"journal {self.name}: this worker's inputs ({count}) differ from "
+                        f"the ones another worker of this run gave ({row['inputs_count']}): "
+                        "every worker of a batch must read the same inputs with the same "
+                        "options (file, --size, --model, ...); nothing was created",
+                        path=self.name,
+                    )
+                return
+            await connection.execute(
+                "UPDATE banana_batches SET inputs = $2, inputs_count = $3, inputs_run = $4"
+                " WHERE name = $1",
+                self.batch,
+                fingerprint,
+                count,
+                self._run,
             )
 
     async def get(self, index: int) -> JournalEntry | None:

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
@@ -33,11 +33,11 @@ from banana_async.cli.progress import PROGRESS_INTERVAL, Progress, Stats, durati
 from banana_async.cli.prompt_file import PromptFile, looks_binary, scan
 from banana_async.errors import InvalidRequestError, JournalError, TaskTimeoutError
 from banana_async.journal import PostgresStore, SQLiteStore
-from banana_async.journal.postgres import is_postgres_url, redact_url
+from banana_async.journal.postgres import inputs_fingerprint, is_postgres_url, redact_url
 
 if TYPE_CHECKING:
     from banana_async.client import BananaClient
-    from banana_async.models import Outcome
+    from banana_async.models import BatchInput, Outcome
 
 __all__ = ["MANIFEST", "STDIN", "manifest_record", "run"]
 
@@ -222,6 +222,13 @@ async def _run_batch(  # noqa: PLR0917 - the pieces run() prepared
             )
         elif args.journal is not None:
             journal = await stack.enter_async_context(await SQLiteStore.open(args.journal))
+        if isinstance(journal, PostgresStore) and isinstance(prompts.path, Path):
+            # The whole file is known: a worker given another file (or other
+            # options) stops here, before the client creates anything.
+            fingerprint, count = await asyncio.to_thread(
+                _fingerprint, prompts.path, prompts.jsonl, request_defaults(args)
+            )
+            await journal.check_inputs(fingerprint, count)
         manifest = await asyncio.to_thread(_open_manifest, out)
         stack.callback(manifest.close)
         state.manifest = manifest.name
@@ -250,6 +257,20 @@ async def _run_batch(  # noqa: PLR0917 - the pieces run() prepared
             **request_defaults(args),
         )
         await consume(outcomes, progress, stats, show, report)
+
+
+def _fingerprint(path: Path, jsonl: bool | None, defaults: dict[str, Any]) -> tuple[str, int]:
+    """The digest of a prompt file's inputs as the batch reads them (see inputs_fingerprint)."""
+    reader = PromptFile(
+        path, jsonl=jsonl, defaults=defaults, stats=Stats(total=None, concurrency=1)
+    )
+
+    def inputs() -> Iterator[BatchInput]:
+        for item in reader.inputs():
+            reader.lines.clear()  # what a line was is not needed here
+            yield item
+
+    return inputs_fingerprint(inputs(), defaults)
 
 
 def _open_manifest(out: Path) -> TextIO:
