@@ -18,6 +18,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import logging
 import os
 import pwd
 import shutil
@@ -26,7 +27,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +71,58 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A Postgres cluster of this test session: its URL (user postgres, trust auth)."""
+class _Cluster:
+    """A Postgres cluster of the tests' own, which a test may stop and start again."""
+
+    def __init__(self, bin_dir: Path, data: Path, prefix: list[str]) -> None:
+        self._bin_dir = bin_dir
+        self._data = data
+        self._prefix = prefix
+        self.port = _free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *command: str) -> None:
+        subprocess.run([*self._prefix, *command], check=True, capture_output=True, cwd=self._data)
+
+    def create(self) -> None:
+        self._run(
+            str(self._bin_dir / "initdb"),
+            "-D",
+            str(self._data / "cluster"),
+            "-U",
+            "postgres",
+            "--auth",
+            "trust",
+        )
+
+    def start(self) -> None:
+        self._run(
+            str(self._bin_dir / "pg_ctl"),
+            "-D",
+            str(self._data / "cluster"),
+            "-l",
+            str(self._data / "log"),
+            "-o",
+            f"-p {self.port} -k {self._data} -c listen_addresses=127.0.0.1",
+            "-w",
+            "start",
+        )
+
+    def stop(self) -> None:
+        self._run(
+            str(self._bin_dir / "pg_ctl"),
+            "-D",
+            str(self._data / "cluster"),
+            "-m",
+            "fast",
+            "-w",
+            "stop",
+        )
+
+
+@contextlib.contextmanager
+def _cluster() -> Iterator[_Cluster]:
+    """A new, started cluster (user postgres, trust auth), stopped and removed at the end."""
     bin_dir = _bin_dir()
     if bin_dir is None:
         if "CI" in os.environ:
@@ -90,31 +140,24 @@ def postgres_url() -> Iterator[str]:
             "--clear-groups",
             "--",
         ]
-    cluster = data / "cluster"
-    port = _free_port()
-
-    def run(*command: str) -> None:
-        subprocess.run([*prefix, *command], check=True, capture_output=True, cwd=data)
-
+    cluster = _Cluster(bin_dir, data, prefix)
     try:
-        run(str(bin_dir / "initdb"), "-D", str(cluster), "-U", "postgres", "--auth", "trust")
-        run(
-            str(bin_dir / "pg_ctl"),
-            "-D",
-            str(cluster),
-            "-l",
-            str(data / "log"),
-            "-o",
-            f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
-            "-w",
-            "start",
-        )
+        cluster.create()
+        cluster.start()
         try:
-            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+            yield cluster
         finally:
-            run(str(bin_dir / "pg_ctl"), "-D", str(cluster), "-m", "fast", "-w", "stop")
+            with contextlib.suppress(subprocess.CalledProcessError):  # stopped by the test
+                cluster.stop()
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A Postgres cluster of this test session: its URL."""
+    with _cluster() as cluster:
+        yield cluster.url
 
 
 _batches = iter(range(1_000_000))
@@ -572,9 +615,10 @@ async def test_workers_given_different_files_stop_before_creating(
                 server.finish(task_id)
             await reader
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            if not reader.done():  # a failed assertion: stop the first worker
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
     # The first worker ran the whole batch from its own inputs.
     assert sorted(o.index for o in first_outcomes) == list(range(8))
     assert all(o.ok for o in first_outcomes)
@@ -637,8 +681,111 @@ async def test_a_whole_input_list_is_checked_before_any_create(
                 server.finish(task_id)
             await reader
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            if not reader.done():  # a failed assertion: stop the first worker
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
     assert sorted(o.index for o in outcomes) == list(range(8))
     assert all(o.ok for o in outcomes)
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(_LOOKS):
+        if condition():
+            return
+        await asyncio.sleep(_LOOK_PAUSE)
+    pytest.fail(f"never: {what}")
+
+
+async def test_a_worker_rides_out_a_database_restart(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    prompts = [f"cat {i}" for i in range(6)]
+    holding = True  # the first two tasks run until the database is down
+    with _cluster() as cluster:
+        async with (
+            FakeBananaServer(api_key=API_KEY, duration=0.0) as server,
+            ba.BananaClient(API_KEY, base_url=server.url, poll_interval=0.05) as client,
+            await PostgresStore.open(cluster.url, batch="restart", lease=30) as store,
+        ):
+            server.script_for = lambda body: TaskScript(duration=None) if holding else None
+            outcomes: list[ba.Outcome] = []
+
+            async def read() -> None:
+                batch = client.generate_many(prompts, concurrency=2, journal=store)
+                outcomes.extend([o async for o in batch])
+
+            reader = asyncio.create_task(read())
+            try:
+                await _until(lambda: server.count("create") == 2, "two tasks created")
+                await asyncio.to_thread(cluster.stop)
+                polled = server.count("query")
+                # The tasks it holds are still polled while the database is away...
+                await _until(lambda: server.count("query") >= polled + 4, "polls go on")
+                holding = False
+                for task_id in list(server.tasks):
+                    server.finish(task_id)
+                await _until(
+                    lambda: any("lost the database" in r.getMessage() for r in caplog.records),
+                    "the outage is noticed",
+                )
+                assert server.count("create") == 2  # ...and nothing is created
+                await asyncio.to_thread(cluster.start)
+                await reader
+            finally:
+                if not reader.done():  # a failed assertion: stop the worker
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reader
+            counts = await store.counts()
+    assert sorted(o.index for o in outcomes) == list(range(6))
+    assert all(o.ok for o in outcomes)
+    assert sorted(_creates(server)) == prompts  # each created once
+    assert counts == {EntryState.COMPLETED: 6}
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert [m for level, m in messages if level >= logging.WARNING] == [
+        m for m in (m for _, m in messages) if "lost the database" in m
+    ]
+    assert len([m for _, m in messages if "lost the database" in m]) == 1
+    assert len([m for _, m in messages if "the database is back" in m]) == 1
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback
+
+
+async def test_a_worker_cut_off_past_its_lease_stops_creating(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    prompts = [f"cat {i}" for i in range(6)]
+    holding = True
+    with _cluster() as cluster:
+        async with (
+            FakeBananaServer(api_key=API_KEY, duration=0.0) as server,
+            ba.BananaClient(API_KEY, base_url=server.url, poll_interval=0.05) as client,
+            await PostgresStore.open(cluster.url, batch="cut-off", lease=2) as store,
+        ):
+            server.script_for = lambda body: TaskScript(duration=None) if holding else None
+            outcomes: list[ba.Outcome] = []
+
+            async def read() -> None:
+                batch = client.generate_many(prompts, concurrency=2, journal=store)
+                outcomes.extend([o async for o in batch])
+
+            reader = asyncio.create_task(read())
+            try:
+                await _until(lambda: server.count("create") == 2, "two tasks created")
+                await asyncio.to_thread(cluster.stop)
+                await _until(
+                    lambda: any("ran out" in r.getMessage() for r in caplog.records),
+                    "the lease runs out",
+                )
+                holding = False
+                for task_id in list(server.tasks):
+                    server.finish(task_id)
+                with pytest.raises(ba.JournalError, match="lease of 2 s ran out") as caught:
+                    await reader
+            finally:
+                if not reader.done():  # a failed assertion: stop the worker
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reader
+    assert "no task was created after that" in str(caught.value)
+    assert server.count("create") == 2  # nothing created once the lease was in doubt
+    assert not caught.value.unrecorded  # both tasks were recorded before the outage

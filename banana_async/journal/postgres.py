@@ -69,8 +69,8 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final, Self
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from banana_async._checks import error_message as error_text
@@ -100,6 +100,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("banana_async")
+_T = TypeVar("_T")
 
 DEFAULT_LEASE: Final = 30.0
 """Seconds a worker's claims outlive its last renewal (renewed every third of it)."""
@@ -107,6 +108,11 @@ DEFAULT_LEASE: Final = 30.0
 # Serialises the creation of the tables and the joining of workers: two
 # workers creating the tables at once would collide in the catalogue.
 _LOCK_KEY: Final = 0x62616E616E61  # "banana"
+
+# The first and the longest pause between two tries to reach a database
+# that went away (a restart, a failover, a dropped network).
+_RETRY_FIRST: Final = 0.2
+_RETRY_MOST: Final = 2.0
 
 # How often a worker with nothing left to claim looks again while other
 # workers still hold inputs of the batch (at most; a third of the lease if shorter).
@@ -218,6 +224,59 @@ def inputs_fingerprint(
     return f"sha256:{digest.hexdigest()}", count
 
 
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database or the way to it going away, not a refused statement.
+
+    Such a statement may be tried again on a new connection: it either never
+    ran or, if its commit got through before the answer was lost, is found
+    done on the next try (see :meth:`PostgresStore._update`).
+    """
+    import asyncpg  # noqa: PLC0415 - loaded by open() already
+
+    if isinstance(exc, OSError):  # refused, reset, timed out (TimeoutError is one)
+        return True
+    if isinstance(
+        exc,
+        asyncpg.PostgresConnectionError
+        | asyncpg.exceptions.AdminShutdownError
+        | asyncpg.exceptions.CrashShutdownError
+        | asyncpg.exceptions.CannotConnectNowError,
+    ):
+        return True
+    # asyncpg's own word for a connection closed under it.
+    return isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
+
+
+class _Retrying:
+    """Runs each statement on the pool, trying again while the database is away.
+
+    Attributes:
+        retried: Whether a statement was sent again after a lost connection
+            (its first try may have committed).
+    """
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+        self.retried = False
+
+    async def _run(self, call: Callable[[Any], Awaitable[Any]]) -> Any:
+        result, retried = await self._store._retrying(call)
+        self.retried = self.retried or retried
+        return result
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await self._run(lambda connection: connection.fetchval(query, *args))
+
+    async def fetchrow(self, query: str, *args: Any) -> Any:
+        return await self._run(lambda connection: connection.fetchrow(query, *args))
+
+    async def fetch(self, query: str, *args: Any) -> Any:
+        return await self._run(lambda connection: connection.fetch(query, *args))
+
+    async def execute(self, query: str, *args: Any) -> Any:
+        return await self._run(lambda connection: connection.execute(query, *args))
+
+
 def _text(value: str | None) -> str | None:
     """Text as a Postgres column keeps it: no lone surrogates (see JournalEntry), no NUL."""
     stored = storable(value)
@@ -263,6 +322,13 @@ class PostgresStore:
         self._run = 0
         self._renewer: asyncio.Task[None] | None = None
         self._closed = False
+        # When this worker's lease runs out at the latest, on this machine's
+        # monotonic clock: counted from before the statement that set it.
+        self._lease_until = time.monotonic() + lease
+        # When the database went away (None: it is there), for the one
+        # WARNING and the one INFO of an outage.
+        self._down_since: float | None = None
+        self._joined = False
 
     @classmethod
     async def open(
@@ -306,7 +372,9 @@ class PostgresStore:
             ) from exc
         worker = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         try:
-            pool = await asyncpg.create_pool(url, min_size=1, max_size=max_connections)
+            # No floor of connections: asyncpg would restore it with a traceback
+            # logged at every try while the database is away (see _retrying).
+            pool = await asyncpg.create_pool(url, min_size=0, max_size=max_connections)
         except Exception as exc:
             raise JournalError(
                 f"cannot connect to the journal {redact_url(url)}: {error_text(exc)}",
@@ -318,10 +386,14 @@ class PostgresStore:
         except BaseException as exc:
             await pool.close()
             if isinstance(exc, Exception) and not isinstance(exc, JournalError):
-                raise JournalError(
-                    f"cannot join batch {batch!r} in {store.name}: {error_text(exc)}",
-                    path=store.name,
-                ) from exc
+                # The pool connects on first use: this is where an
+                # unreachable database shows.
+                what = (
+                    f"cannot connect to the journal {redact_url(url)}"
+                    if _connection_lost(exc)
+                    else f"cannot join batch {batch!r} in {store.name}"
+                )
+                raise JournalError(f"{what}: {error_text(exc)}", path=store.name) from exc
             raise
         if join:
             store._renewer = asyncio.get_running_loop().create_task(
@@ -358,6 +430,7 @@ class PostgresStore:
     # -- joining and the lease ------------------------------------------------------
 
     async def _join(self, *, join: bool) -> None:
+        started = time.monotonic()
         async with self._pool.acquire() as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
             for statement in (*_SCHEMA, *_MIGRATIONS):
@@ -401,40 +474,39 @@ class PostgresStore:
                 self.lease,
             )
             self._run = int(run)
+        self._lease_until = started + self.lease
+        self._joined = True
 
     async def _renew(self) -> None:
-        """Renew this worker's lease every third of it, until the store closes."""
+        """Renew this worker's lease every third of it, until the store closes or it runs out."""
         while True:
             await asyncio.sleep(self.lease / 3)
-            try:
-                async with self._pool.acquire() as connection:
-                    renewed = await connection.execute(
-                        "UPDATE banana_workers SET lease_until = now() + make_interval(secs => $3)"
-                        " WHERE batch = $1 AND id = $2 AND lease_until > now()",
-                        self.batch,
-                        self.worker,
-                        self.lease,
-                    )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Not fatal yet: the lease may outlast the outage. If it does
-                # not, every record fails (fenced) and the batch stops.
-                logger.warning(
-                    "journal %s: could not renew the lease of worker %s (%s)",
-                    self.name,
+            started = time.monotonic()
+
+            async def renew(connection: Any) -> str:
+                result: str = await connection.execute(
+                    "UPDATE banana_workers SET lease_until = now() + make_interval(secs => $3)"
+                    " WHERE batch = $1 AND id = $2 AND lease_until > now()",
+                    self.batch,
                     self.worker,
-                    error_text(exc),
+                    self.lease,
                 )
-                continue
+                return result
+
+            try:
+                renewed, _ = await self._retrying(renew)
+            except JournalError:
+                renewed = " 0"  # the database stayed away past the lease
             if renewed.endswith(" 0"):
                 logger.error(
-                    "journal %s: the lease of worker %s expired; other workers may take "
-                    "its inputs, and its records now fail",
+                    "journal %s: the lease of worker %s ran out; other workers may take "
+                    "its inputs, and it creates nothing more (its records now fail)",
                     self.name,
                     self.worker,
                 )
+                self._lease_until = 0.0  # every later statement fails at once
                 return
+            self._lease_until = started + self.lease
 
     # -- the protocol -----------------------------------------------------------------
 
@@ -453,15 +525,21 @@ class PostgresStore:
             },
             sort_keys=True,
         )
-        async with self._connection() as connection, connection.transaction():
-            recorded = await connection.fetchval(
+
+        async def bind(connection: Any) -> str | None:
+            recorded: str | None = await connection.fetchval(
                 "SELECT provider FROM banana_batches WHERE name = $1 FOR UPDATE", self.batch
             )
             if recorded is None:
                 await connection.execute(
                     "UPDATE banana_batches SET provider = $2 WHERE name = $1", self.batch, value
                 )
-                return
+            return recorded
+
+        self._check_open()
+        recorded, _ = await self._retrying(bind, transaction=True)
+        if recorded is None:
+            return
         fields = json.loads(recorded)
         known = JournalProvider(
             str(fields["dialect"]), str(fields["create_base_url"]), str(fields["query_base_url"])
@@ -489,7 +567,8 @@ class PostgresStore:
         Raises:
             JournalError: Another worker of this run gave other inputs.
         """
-        async with self._connection() as connection, connection.transaction():
+
+        async def check(connection: Any) -> None:
             row = await connection.fetchrow(
                 "SELECT inputs, inputs_count, inputs_run FROM banana_batches"
                 " WHERE name = $1 FOR UPDATE",
@@ -515,6 +594,9 @@ class PostgresStore:
                 count,
                 self._run,
             )
+
+        self._check_open()
+        await self._retrying(check, transaction=True)
 
     async def get(self, index: int) -> JournalEntry | None:
         """Return the entry of input ``index``, or None if nothing is recorded."""
@@ -756,7 +838,8 @@ class PostgresStore:
         check_index(index)
         text = None if request is None else canonical_request(request)
         raw = None if request is not None else _text(raw_input)
-        async with self._connection() as connection, connection.transaction():
+
+        async def claim(connection: Any) -> bool:
             inserted = await connection.fetchval(
                 "INSERT INTO banana_entries (batch, idx, request, raw_input, updated_at, owner)"
                 " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (batch, idx) DO NOTHING"
@@ -803,7 +886,11 @@ class PostgresStore:
                 text,
                 raw,
             )
-        return True
+            return True
+
+        self._check_open()
+        claimed, _ = await self._retrying(claim, transaction=True)
+        return claimed
 
     async def settle(self, index: int) -> None:
         """Mark input ``index`` settled in this run (its outcome was handed over); unclaim it.
@@ -823,6 +910,15 @@ class PostgresStore:
                 self._run,
                 self.worker,
             )
+            if done is None and connection.retried:
+                # The first try may have committed before its answer was lost.
+                done = await connection.fetchval(
+                    "SELECT idx FROM banana_entries WHERE batch = $1 AND idx = $2"
+                    " AND owner IS NULL AND settled_run = $3",
+                    self.batch,
+                    index,
+                    self._run,
+                )
         if done is None:
             raise self._lost(index)
 
@@ -912,10 +1008,87 @@ class PostgresStore:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _connection(self) -> Any:
+    def _check_open(self) -> None:
         if self._closed:
             raise ValueError(f"the journal store {self.name} is closed")
-        return self._pool.acquire()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[_Retrying]:
+        self._check_open()
+        yield _Retrying(self)
+
+    async def _retrying(
+        self, operation: Callable[[Any], Awaitable[_T]], *, transaction: bool = False
+    ) -> tuple[_T, bool]:
+        """Run ``operation`` on a connection, again while the database is away.
+
+        A worker waits for the database as long as its lease lasts: past
+        that, other workers may take its inputs, so it must create nothing
+        more. The first lost connection of an outage logs one WARNING, the
+        first statement that gets through after it one INFO.
+
+        Returns:
+            What ``operation`` returned, and whether it was run more than once.
+
+        Raises:
+            JournalError: The database stayed away until this worker's lease
+                ran out (for a store that only reads: for one lease's length).
+        """
+        delay = _RETRY_FIRST
+        retried = False
+        while True:
+            try:
+                async with self._pool.acquire() as connection:
+                    if transaction:
+                        async with connection.transaction():
+                            result = await operation(connection)
+                    else:
+                        result = await operation(connection)
+            except Exception as exc:
+                if not _connection_lost(exc):
+                    raise
+                left = self._wait_left(exc)
+                if left <= 0:
+                    raise JournalError(
+                        f"journal {self.name}: the database has been unreachable for "
+                        f"{time.monotonic() - (self._down_since or 0):.0f} s "
+                        f"({error_text(exc)}) and worker {self.worker}'s lease of "
+                        f"{self.lease:g} s ran out meanwhile: other workers may take its "
+                        "inputs, so it creates nothing more",
+                        path=self.name,
+                    ) from exc
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, _RETRY_MOST)
+                retried = True
+                continue
+            if self._down_since is not None:
+                logger.info(
+                    "journal %s: the database is back after %.1f s; worker %s goes on",
+                    self.name,
+                    time.monotonic() - self._down_since,
+                    self.worker,
+                )
+                self._down_since = None
+            return result, retried
+
+    def _wait_left(self, exc: Exception) -> float:
+        """Seconds left to wait for the database; logs the WARNING of a new outage."""
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            left = self._lease_until - now if self._joined else self.lease
+            if left > 0:
+                logger.warning(
+                    "journal %s: lost the database (%s); worker %s tries again for up to "
+                    "%.0f s (until its lease runs out) and keeps polling its tasks meanwhile",
+                    self.name,
+                    error_text(exc),
+                    self.worker,
+                    left,
+                )
+        if self._joined:
+            return self._lease_until - now
+        return self._down_since + self.lease - now
 
     async def _task(  # noqa: PLR0917 - one record's parts, in its order
         self,
@@ -972,6 +1145,7 @@ class PostgresStore:
             )
             if changed is not None:
                 return
+            retried = connection.retried
             row = await connection.fetchrow(
                 "SELECT state, task_id, task, owner, EXISTS (SELECT 1 FROM banana_workers w"
                 " WHERE w.batch = $1 AND w.id = $3 AND w.lease_until > now()) AS alive"
@@ -983,6 +1157,9 @@ class PostgresStore:
         if row is None or row["owner"] != self.worker or not row["alive"]:
             raise self._lost(index)
         state = None if row["state"] is None else EntryState(row["state"])
+        if retried and not keep_state and state is after:
+            # Sent again after a lost connection: the first try committed.
+            return
         if (state is None and not from_nothing) or (
             state is not None and state.value not in states
         ):
