@@ -789,3 +789,48 @@ async def test_a_worker_cut_off_past_its_lease_stops_creating(
     assert "no task was created after that" in str(caught.value)
     assert server.count("create") == 2  # nothing created once the lease was in doubt
     assert not caught.value.unrecorded  # both tasks were recorded before the outage
+
+
+async def test_a_worker_says_whose_lease_it_waits_for(
+    postgres_url: str, batch_name: str, tmp_path: Path
+) -> None:
+    prompts = _prompts(tmp_path, 2)
+    # A worker that claimed input 0 and died (it renews nothing more).
+    dead = await PostgresStore.open(postgres_url, batch=batch_name, lease=1.5)
+    try:
+        assert await dead.claim(0, _request("prompt 0"))
+        assert dead._renewer is not None
+        dead._renewer.cancel()
+        async with FakeBananaServer(api_key=API_KEY, duration=0.0) as server:
+            code, _, err = await _cli(
+                "-v",
+                "batch",
+                str(prompts),
+                "--out",
+                str(tmp_path / "out"),
+                "--journal",
+                postgres_url,
+                "--batch",
+                batch_name,
+                "--lease",
+                "5",
+                "--poll-interval",
+                "0.05",
+                server=server,
+            )
+    finally:
+        await dead.aclose()
+    assert code == 0, err
+    assert f"waits for worker {dead.worker}'s lease on 1 input(s)" in err
+    assert "takes over input 0" in err
+    assert server.count("create") == 2
+
+
+async def test_lease_needs_a_postgres_journal(tmp_path: Path) -> None:
+    prompts = _prompts(tmp_path, 1)
+    async with FakeBananaServer(api_key=API_KEY) as server:
+        code, _, err = await _cli(
+            "batch", str(prompts), "--out", str(tmp_path / "out"), "--lease", "5", server=server
+        )
+    assert code == 2
+    assert "--lease needs a postgresql:// --journal" in err

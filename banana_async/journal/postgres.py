@@ -109,6 +109,9 @@ DEFAULT_LEASE: Final = 30.0
 # workers creating the tables at once would collide in the catalogue.
 _LOCK_KEY: Final = 0x62616E616E61  # "banana"
 
+# How often a worker waiting for other workers' inputs says so again (at INFO).
+_WAIT_NOTE_EVERY: Final = 10.0
+
 # The first and the longest pause between two tries to reach a database
 # that went away (a restart, a failover, a dropped network).
 _RETRY_FIRST: Final = 0.2
@@ -934,6 +937,7 @@ class PostgresStore:
             valid request), and its text in that case.
         """
         pause = min(_SWEEP_PAUSE, self.lease / 3)
+        said: tuple[Any, float] | None = None
         while True:
             async with self._connection() as connection:
                 row = await connection.fetchrow(
@@ -949,9 +953,13 @@ class PostgresStore:
                     self.worker,
                 )
                 if row is None:
-                    held = await connection.fetchval(
-                        "SELECT count(*) FROM banana_entries WHERE batch = $1"
-                        " AND settled_run IS DISTINCT FROM $2 AND owner IS DISTINCT FROM $3",
+                    holders = await connection.fetch(
+                        "SELECT e.owner, count(*) AS inputs,"
+                        " extract(epoch FROM max(w.lease_until) - now()) AS left"
+                        " FROM banana_entries e LEFT JOIN banana_workers w"
+                        " ON w.batch = e.batch AND w.id = e.owner"
+                        " WHERE e.batch = $1 AND e.settled_run IS DISTINCT FROM $2"
+                        " AND e.owner IS DISTINCT FROM $3 GROUP BY e.owner ORDER BY e.owner",
                         self.batch,
                         self._run,
                         self.worker,
@@ -967,9 +975,31 @@ class PostgresStore:
                     "journal %s: worker %s takes over input %d", self.name, self.worker, row["idx"]
                 )
                 return int(row["idx"]), request, row["raw_input"]
-            if not held:
+            if not holders:
                 return None
+            said = self._say_waiting(holders, said)
             await asyncio.sleep(pause)
+
+    def _say_waiting(self, holders: list[Any], said: tuple[Any, float] | None) -> tuple[Any, float]:
+        """Log at INFO whom this worker waits for: when that changes, and every 10 s."""
+        now = time.monotonic()
+        who = tuple((row["owner"], int(row["inputs"])) for row in holders)
+        if said is not None and said[0] == who and now - said[1] < _WAIT_NOTE_EVERY:
+            return said
+        for row in holders:
+            if row["owner"] is None:
+                continue  # given back: taken at the next look
+            left = max(0.0, float(row["left"] or 0.0))
+            logger.info(
+                "journal %s: worker %s waits for worker %s's lease on %d input(s), ~%.0f s "
+                "left (renewed while it is alive; if it died, its inputs are taken then)",
+                self.name,
+                self.worker,
+                row["owner"],
+                row["inputs"],
+                left,
+            )
+        return who, now
 
     # -- reading the whole batch --------------------------------------------------------
 

@@ -33,7 +33,12 @@ from banana_async.cli.progress import PROGRESS_INTERVAL, Progress, Stats, durati
 from banana_async.cli.prompt_file import PromptFile, looks_binary, scan
 from banana_async.errors import InvalidRequestError, JournalError, TaskTimeoutError
 from banana_async.journal import PostgresStore, SQLiteStore
-from banana_async.journal.postgres import inputs_fingerprint, is_postgres_url, redact_url
+from banana_async.journal.postgres import (
+    DEFAULT_LEASE,
+    inputs_fingerprint,
+    is_postgres_url,
+    redact_url,
+)
 
 if TYPE_CHECKING:
     from banana_async.client import BananaClient
@@ -117,6 +122,8 @@ def _check_flags(args: argparse.Namespace) -> None:
             )
     elif args.batch is not None:
         raise InvalidRequestError("--batch needs a postgresql:// --journal")
+    elif args.lease is not None:
+        raise InvalidRequestError("--lease needs a postgresql:// --journal")
 
 
 async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
@@ -218,7 +225,11 @@ async def _run_batch(  # noqa: PLR0917 - the pieces run() prepared
         journal: SQLiteStore | PostgresStore | None = None
         if is_postgres_url(args.journal):
             journal = await stack.enter_async_context(
-                await PostgresStore.open(args.journal, batch=args.batch)
+                await PostgresStore.open(
+                    args.journal,
+                    batch=args.batch,
+                    lease=DEFAULT_LEASE if args.lease is None else args.lease,
+                )
             )
         elif args.journal is not None:
             journal = await stack.enter_async_context(await SQLiteStore.open(args.journal))
