@@ -199,15 +199,22 @@ async def _outcomes(worker: asyncio.subprocess.Process) -> list[dict[str, Any]]:
 
 
 async def _entries(url: str, batch: str) -> list[JournalEntry]:
-    async with await PostgresStore.open(url, batch=batch, join=False) as reader:
+    try:
+        reader = await PostgresStore.open(url, batch=batch, join=False)
+    except ba.JournalError as exc:
+        if "no batch named" not in str(exc):
+            raise
+        return []  # no worker has joined yet
+    async with reader:
         return await reader.entries()
 
 
 async def _until_joined(url: str, batch: str, count: int) -> None:
     for _ in range(_LOOKS):
-        async with await PostgresStore.open(url, batch=batch, join=False) as reader:
-            if len(await reader.workers()) >= count:
-                return
+        with contextlib.suppress(ba.JournalError):  # no worker has joined yet
+            async with await PostgresStore.open(url, batch=batch, join=False) as reader:
+                if len(await reader.workers()) >= count:
+                    return
         await asyncio.sleep(_LOOK_PAUSE)
     pytest.fail(f"{count} workers never joined batch {batch}")
 
@@ -834,3 +841,18 @@ async def test_lease_needs_a_postgres_journal(tmp_path: Path) -> None:
         )
     assert code == 2
     assert "--lease needs a postgresql:// --journal" in err
+
+
+async def test_an_unknown_batch_name_is_an_error(
+    postgres_url: str, batch_name: str, tmp_path: Path
+) -> None:
+    async with await PostgresStore.open(postgres_url, batch=batch_name):
+        pass  # the batch exists from here on
+    with pytest.raises(ba.JournalError, match=rf"no batch named 'nosuch' .*{batch_name}"):
+        await PostgresStore.open(postgres_url, batch="nosuch", join=False)
+    async with FakeBananaServer(api_key=API_KEY) as server:
+        code, out, err = await _cli("journal", postgres_url, "--batch", "nosuch", server=server)
+    assert code == 3, (out, err)
+    assert "no batch named 'nosuch'" in err
+    assert batch_name in err  # the names there are
+    assert "inputs recorded" not in out

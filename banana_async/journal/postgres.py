@@ -109,6 +109,9 @@ DEFAULT_LEASE: Final = 30.0
 # workers creating the tables at once would collide in the catalogue.
 _LOCK_KEY: Final = 0x62616E616E61  # "banana"
 
+# How many batch names an error about an unknown one lists (the newest first).
+_NAMES_SHOWN: Final = 10
+
 # How often a worker waiting for other workers' inputs says so again (at INFO).
 _WAIT_NOTE_EVERY: Final = 10.0
 
@@ -355,11 +358,14 @@ class PostgresStore:
             max_connections: Most connections this worker opens.
             join: False to only read the batch (:meth:`entries`,
                 :meth:`counts`): the store joins as no worker, holds no
-                lease, and every record and claim fails.
+                lease, and every record and claim fails. The batch must
+                exist.
 
         Raises:
             JournalError: asyncpg is not installed, the database cannot be
-                reached, or the batch cannot be joined.
+                reached, the batch cannot be joined, or (``join=False``)
+                there is no batch of that name: the error lists the names
+                there are.
             ValueError: an empty batch name or a lease <= 0.
         """
         if not isinstance(batch, str) or not batch:
@@ -439,12 +445,12 @@ class PostgresStore:
             for statement in (*_SCHEMA, *_MIGRATIONS):
                 await connection.execute(statement)
             if not join:
-                self._run = int(
-                    await connection.fetchval(
-                        "SELECT coalesce(max(run), 0) FROM banana_batches WHERE name = $1",
-                        self.batch,
-                    )
+                run = await connection.fetchval(
+                    "SELECT run FROM banana_batches WHERE name = $1", self.batch
                 )
+                if run is None:
+                    raise await self._unknown(connection)
+                self._run = int(run)
                 return
             await connection.execute(
                 "INSERT INTO banana_batches (name) VALUES ($1) ON CONFLICT DO NOTHING", self.batch
@@ -479,6 +485,25 @@ class PostgresStore:
             self._run = int(run)
         self._lease_until = started + self.lease
         self._joined = True
+
+    async def _unknown(self, connection: Any) -> JournalError:
+        """The error for a batch name that the database does not know (a typo, mostly)."""
+        names = [
+            str(row["name"])
+            for row in await connection.fetch(
+                "SELECT name FROM banana_batches ORDER BY created_at DESC LIMIT $1",
+                _NAMES_SHOWN + 1,
+            )
+        ]
+        if not names:
+            known = "it has no batch yet"
+        else:
+            more = ", ..." if len(names) > _NAMES_SHOWN else ""
+            known = "its batches: " + ", ".join(names[:_NAMES_SHOWN]) + more
+        return JournalError(
+            f"no batch named {self.batch!r} in the journal {self._url} ({known})",
+            path=self.name,
+        )
 
     async def _renew(self) -> None:
         """Renew this worker's lease every third of it, until the store closes or it runs out."""
