@@ -232,6 +232,12 @@ class BatchOptions:
                 "journal must be a file path, a Journal or a JournalStore, "
                 f"not {type(journal).__name__}"
             )
+        if isinstance(journal, PostgresStore) and journal.read_only:
+            raise InvalidRequestError(
+                f"journal= is a PostgresStore opened with join=False ({journal.name}): it only "
+                "reads the batch. Open it with join=True (the default) to run the batch as "
+                "one of its workers"
+            )
         if is_postgres_url(journal):
             if not isinstance(self.batch, str) or not self.batch:
                 raise InvalidRequestError(

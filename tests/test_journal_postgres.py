@@ -856,3 +856,15 @@ async def test_an_unknown_batch_name_is_an_error(
     assert "no batch named 'nosuch'" in err
     assert batch_name in err  # the names there are
     assert "inputs recorded" not in out
+
+
+async def test_a_read_only_store_cannot_run_a_batch(postgres_url: str, batch_name: str) -> None:
+    async with await PostgresStore.open(postgres_url, batch=batch_name) as worker:
+        assert not worker.read_only
+    async with (
+        await PostgresStore.open(postgres_url, batch=batch_name, join=False) as reader,
+        ba.BananaClient(API_KEY, base_url="http://127.0.0.1:9") as client,
+    ):
+        assert reader.read_only
+        with pytest.raises(ba.InvalidRequestError, match=r"join=False .*only reads the batch"):
+            client.generate_many(["a cat"], journal=reader)

@@ -416,6 +416,11 @@ class PostgresStore:
         return f"{self._url} batch {self.batch!r}"
 
     @property
+    def read_only(self) -> bool:
+        """True for a store opened with ``join=False``: it reads the batch, and runs none of it."""
+        return not self._joined
+
+    @property
     def run(self) -> int:
         """The batch's run this worker joined (see the module)."""
         return self._run
