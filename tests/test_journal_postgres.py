@@ -84,15 +84,20 @@ class _Cluster:
     def _run(self, *command: str) -> None:
         subprocess.run([*self._prefix, *command], check=True, capture_output=True, cwd=self._data)
 
-    def create(self) -> None:
+    def create(self, password: str | None = None) -> None:
+        if password is None:
+            auth = ["--auth", "trust"]
+        else:
+            secret = self._data / "password"
+            secret.write_text(password, encoding="utf-8")
+            auth = ["--auth", "scram-sha-256", "--pwfile", str(secret)]
         self._run(
             str(self._bin_dir / "initdb"),
             "-D",
             str(self._data / "cluster"),
             "-U",
             "postgres",
-            "--auth",
-            "trust",
+            *auth,
         )
 
     def start(self) -> None:
@@ -121,8 +126,8 @@ class _Cluster:
 
 
 @contextlib.contextmanager
-def _cluster() -> Iterator[_Cluster]:
-    """A new, started cluster (user postgres, trust auth), stopped and removed at the end."""
+def _cluster(password: str | None = None) -> Iterator[_Cluster]:
+    """A new, started cluster (user postgres; trust auth, or this password), stopped at the end."""
     bin_dir = _bin_dir()
     if bin_dir is None:
         if "CI" in os.environ:
@@ -142,7 +147,7 @@ def _cluster() -> Iterator[_Cluster]:
         ]
     cluster = _Cluster(bin_dir, data, prefix)
     try:
-        cluster.create()
+        cluster.create(password)
         cluster.start()
         try:
             yield cluster
@@ -868,3 +873,27 @@ async def test_a_read_only_store_cannot_run_a_batch(postgres_url: str, batch_nam
         assert reader.read_only
         with pytest.raises(ba.InvalidRequestError, match=r"join=False .*only reads the batch"):
             client.generate_many(["a cat"], journal=reader)
+
+
+async def test_the_password_comes_from_pgpassword_and_stays_off_the_command_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with _cluster(password="s3cret-pw") as cluster:
+        # The URL without a password: asyncpg takes it from $PGPASSWORD.
+        monkeypatch.delenv("PGPASSWORD", raising=False)
+        with pytest.raises(ba.JournalError, match=r"password"):
+            await PostgresStore.open(cluster.url, batch="pw")
+        monkeypatch.setenv("PGPASSWORD", "s3cret-pw")
+        async with await PostgresStore.open(cluster.url, batch="pw") as store:
+            assert await store.workers() == [store.worker]
+        async with FakeBananaServer(api_key=API_KEY) as server:
+            code, _, err = await _cli("journal", cluster.url, "--batch", "pw", server=server)
+            assert code == 0, err
+            assert "password" not in err
+            monkeypatch.delenv("PGPASSWORD")
+            with_password = cluster.url.replace("postgres@", "postgres:s3cret-pw@")
+            code, _, err = await _cli("journal", with_password, "--batch", "pw", server=server)
+    assert code == 0, err
+    assert err.count("warning: the journal URL carries a password") == 1
+    assert "~/.pgpass or $PGPASSWORD" in err
+    assert "s3cret-pw" not in err

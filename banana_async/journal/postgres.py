@@ -94,6 +94,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_LEASE",
     "PostgresStore",
+    "has_password",
     "inputs_fingerprint",
     "is_postgres_url",
     "redact_url",
@@ -228,6 +229,14 @@ def inputs_fingerprint(
         digest.update(text.encode("utf-8", "surrogatepass") + b"\n")
         count += 1
     return f"sha256:{digest.hexdigest()}", count
+
+
+def has_password(url: str) -> bool:
+    """Whether a Postgres URL carries a password (in its user part or as a parameter)."""
+    parts = urlsplit(url)
+    return parts.password is not None or any(
+        pair.lower().startswith("password=") for pair in parts.query.split("&")
+    )
 
 
 def _connection_lost(exc: BaseException) -> bool:

@@ -26,6 +26,7 @@ from banana_async.cli.common import (
     later_hint,
     prepare_out,
     request_defaults,
+    warn_if_password,
 )
 from banana_async.cli.exit_codes import ExitCode
 from banana_async.cli.output import Shown, emit, error_of, json_line, prompt_of, to_stderr
@@ -134,6 +135,7 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
         JournalError: the journal cannot be used.
     """
     _check_flags(args)
+    warn_if_password(args.journal)
     path = await _check_input(args)
     show_progress = not (args.json or args.quiet)
     defaults = request_defaults(args)
