@@ -695,8 +695,14 @@ class _Batch:
                 await self.jot(lambda j: j.mark_resend(index))
                 return None
             known = f" (the provider named task {entry.task_id!a})" if entry.task_id else ""
+            # With many workers, the create may be another worker's of this run.
+            when = (
+                "by a worker that stopped before its answer came (in this run or an earlier one)"
+                if self.claims is not None
+                else "in an earlier run"
+            )
             unconfirmed = UnconfirmedCreateError(
-                f"input {index}: a create was sent in an earlier run but its answer never "
+                f"input {index}: a create was sent {when} but its answer never "
                 f"confirmed a task{known}; the provider may have created (and billed) one. "
                 "It is not sent again unless resend_unconfirmed=True",
                 index=index,

@@ -318,6 +318,7 @@ async def test_a_killed_worker_loses_no_task(
         assert rows[index]["task_id"] == recorded_id
     unconfirmed = rows[in_flight]
     assert unconfirmed["error_type"] == "UnconfirmedCreateError"
+    assert "sent by a worker that stopped before its answer came" in unconfirmed["error"]
     assert unconfirmed["from_journal"]
     others_ok = [r for i, r in rows.items() if i != in_flight]
     assert all(r["ok"] for r in others_ok)
@@ -836,6 +837,10 @@ async def test_a_worker_says_whose_lease_it_waits_for(
     assert f"waits for worker {dead.worker}'s lease on 1 input(s)" in err
     assert "takes over input 0" in err
     assert server.count("create") == 2
+    # Its share is told as a share, with no time left to guess.
+    assert "2/2 (this worker's share)" in err
+    assert f"this worker ran 2 of the 2 inputs of batch '{batch_name}'" in err
+    assert "ETA" not in err
 
 
 async def test_lease_needs_a_postgres_journal(tmp_path: Path) -> None:

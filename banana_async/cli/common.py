@@ -122,7 +122,15 @@ class RunState:
             stats = self.stats
             message = (
                 f"interrupted: {stats.ok} done, {stats.failed} failed, "
-                f"{stats.in_flight()} were in flight."
+                f"{stats.in_flight()} created task(s) were in flight"
+            )
+            # A create on the wire has no task id yet, so no status event:
+            # it is not among those counted.
+            message += (
+                " (creates still unanswered are not counted: the journal has them as "
+                "'sending', reported as unconfirmed when the batch resumes)."
+                if self.journal is not None
+                else " (creates still unanswered are not counted)."
             )
             if self.manifest is not None:
                 message += f" What finished is listed in {self.manifest}."

@@ -155,7 +155,11 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
             jsonl = None  # decided by the first input
         else:
             jsonl = path.suffix.lower() == ".jsonl" or (found is not None and found.all_objects)
-    stats = Stats(total=found.inputs if found else None, concurrency=args.concurrency)
+    stats = Stats(
+        total=found.inputs if found else None,
+        concurrency=args.concurrency,
+        shared=is_postgres_url(args.journal),
+    )
     state.stats = stats
     state.journal = args.journal
     if is_postgres_url(args.journal):
@@ -295,6 +299,13 @@ def _summary(args: argparse.Namespace, stats: Stats, out: Path, elsewhere: Count
         f"{stats.finished} inputs in {duration(stats.elapsed())}: {stats.ok} done, "
         f"{stats.failed} failed; images in {out}, list in {out / MANIFEST}"
     )
+    if stats.shared:
+        of = f" of the {stats.total}" if stats.total is not None else ""
+        to_stderr(
+            f"this worker ran {stats.finished}{of} inputs of batch {args.batch!r}; the other "
+            "workers ran the rest. The whole batch: banana-async journal "
+            f"{redact_url(args.journal)} --batch {args.batch}"
+        )
     for folder, count in sorted(elsewhere.items()):
         # A rerun with another --out: what an earlier run saved stays put.
         to_stderr(
