@@ -902,3 +902,16 @@ async def test_the_password_comes_from_pgpassword_and_stays_off_the_command_line
     assert err.count("warning: the journal URL carries a password") == 1
     assert "~/.pgpass or $PGPASSWORD" in err
     assert "s3cret-pw" not in err
+
+
+async def test_a_database_that_never_answers_names_the_timeout() -> None:
+    with socket.socket() as hung:  # accepts connections (the kernel does), answers nothing
+        hung.bind(("127.0.0.1", 0))
+        hung.listen()
+        port = hung.getsockname()[1]
+        with pytest.raises(ba.JournalError, match=r"no answer within 0\.5 s \(connect_timeout\)"):
+            await PostgresStore.open(
+                f"postgresql://u@127.0.0.1:{port}/db?sslmode=disable",
+                batch="b",
+                connect_timeout=0.5,
+            )

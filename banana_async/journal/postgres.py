@@ -92,6 +92,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
 __all__ = [
+    "CONNECT_TIMEOUT",
     "DEFAULT_LEASE",
     "PostgresStore",
     "has_password",
@@ -105,6 +106,14 @@ _T = TypeVar("_T")
 
 DEFAULT_LEASE: Final = 30.0
 """Seconds a worker's claims outlive its last renewal (renewed every third of it)."""
+
+CONNECT_TIMEOUT: Final = 10.0
+"""Seconds a new connection may take to be answered (asyncpg's own default is 60)."""
+
+# Seconds one statement may take before its connection counts as lost (and
+# the statement is sent again on a new one, while the lease lasts): every
+# statement is short, so a database that takes this long is not answering.
+_STATEMENT_TIMEOUT: Final = 20.0
 
 # Serialises the creation of the tables and the joining of workers: two
 # workers creating the tables at once would collide in the catalogue.
@@ -354,6 +363,7 @@ class PostgresStore:
         lease: float = DEFAULT_LEASE,
         max_connections: int = 10,
         join: bool = True,
+        connect_timeout: float = CONNECT_TIMEOUT,
     ) -> Self:
         """Connect, create the tables if missing, and join batch ``batch`` as a new worker.
 
@@ -369,6 +379,9 @@ class PostgresStore:
                 :meth:`counts`): the store joins as no worker, holds no
                 lease, and every record and claim fails. The batch must
                 exist.
+            connect_timeout: Seconds a new connection may take to be
+                answered: a database that accepts connections and never
+                answers fails the open after that long.
 
         Raises:
             JournalError: asyncpg is not installed, the database cannot be
@@ -392,7 +405,13 @@ class PostgresStore:
         try:
             # No floor of connections: asyncpg would restore it with a traceback
             # logged at every try while the database is away (see _retrying).
-            pool = await asyncpg.create_pool(url, min_size=0, max_size=max_connections)
+            pool = await asyncpg.create_pool(
+                url,
+                min_size=0,
+                max_size=max_connections,
+                timeout=connect_timeout,
+                command_timeout=_STATEMENT_TIMEOUT,
+            )
         except Exception as exc:
             raise JournalError(
                 f"cannot connect to the journal {redact_url(url)}: {error_text(exc)}",
@@ -411,7 +430,13 @@ class PostgresStore:
                     if _connection_lost(exc)
                     else f"cannot join batch {batch!r} in {store.name}"
                 )
-                raise JournalError(f"{what}: {error_text(exc)}", path=store.name) from exc
+                why = error_text(exc)
+                if isinstance(exc, TimeoutError):
+                    why = (
+                        f"no answer within {connect_timeout:g} s (connect_timeout): the server "
+                        "accepted the connection but never answered"
+                    )
+                raise JournalError(f"{what}: {why}", path=store.name) from exc
             raise
         if join:
             store._renewer = asyncio.get_running_loop().create_task(
