@@ -1,15 +1,8 @@
 """One batch shared by many worker processes through a real Postgres.
 
-The tests start their own cluster (``initdb`` into a temporary folder,
-``pg_ctl`` on a free loopback port) and stop it at the end; no system
-service, no Docker. Locally, a machine without Postgres skips them with a
-hint; under CI (``$CI`` set) that is an error.
-
-``initdb`` refuses to run as root, and CI (``.ci/run``) runs as root: then
-the cluster is made and run as the user ``nobody`` through ``setpriv``
-(util-linux, on every Debian), in a folder of its own under the system's
-temporary folder (which ``nobody`` can reach; pytest's own folders are
-private to root).
+The tests start their own cluster (see ``tests/_postgres.py``) and stop it
+at the end; a test that restarts the database, or needs a password, starts
+one of its own.
 """
 
 from __future__ import annotations
@@ -20,13 +13,9 @@ import contextlib
 import json
 import logging
 import os
-import pwd
-import shutil
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,129 +28,20 @@ from banana_async.journal import EntryState, Journal, JournalEntry, PostgresStor
 from banana_async.journal.postgres import redact_url
 from banana_async.testing import FakeBananaServer, Fault, TaskScript
 
+from ._postgres import cluster as new_cluster
 from .conftest import API_KEY
 
 WORKER = Path(__file__).with_name("_pg_worker.py")
-INSTALL_HINT = (
-    "Postgres is not installed (initdb not found on PATH nor in /usr/lib/postgresql/*/bin); "
-    "install it to run these tests: apt-get install postgresql (Debian, Ubuntu), "
-    "brew install postgresql (macOS)"
-)
 # Bounds on how often a test looks for what it waits for: a stuck test
 # fails with a message instead of hanging (they say nothing about speed).
 _LOOKS = 6000
 _LOOK_PAUSE = 0.05
 
 
-def _bin_dir() -> Path | None:
-    found = shutil.which("initdb")
-    if found is not None:
-        return Path(found).parent
-    # Debian's package keeps the binaries off PATH.
-    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (candidate / "initdb").is_file():
-            return candidate
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class _Cluster:
-    """A Postgres cluster of the tests' own, which a test may stop and start again."""
-
-    def __init__(self, bin_dir: Path, data: Path, prefix: list[str]) -> None:
-        self._bin_dir = bin_dir
-        self._data = data
-        self._prefix = prefix
-        self.port = _free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _run(self, *command: str) -> None:
-        subprocess.run([*self._prefix, *command], check=True, capture_output=True, cwd=self._data)
-
-    def create(self, password: str | None = None) -> None:
-        if password is None:
-            auth = ["--auth", "trust"]
-        else:
-            secret = self._data / "password"
-            secret.write_text(password, encoding="utf-8")
-            auth = ["--auth", "scram-sha-256", "--pwfile", str(secret)]
-        self._run(
-            str(self._bin_dir / "initdb"),
-            "-D",
-            str(self._data / "cluster"),
-            "-U",
-            "postgres",
-            *auth,
-        )
-
-    def start(self) -> None:
-        self._run(
-            str(self._bin_dir / "pg_ctl"),
-            "-D",
-            str(self._data / "cluster"),
-            "-l",
-            str(self._data / "log"),
-            "-o",
-            f"-p {self.port} -k {self._data} -c listen_addresses=127.0.0.1",
-            "-w",
-            "start",
-        )
-
-    def stop(self) -> None:
-        self._run(
-            str(self._bin_dir / "pg_ctl"),
-            "-D",
-            str(self._data / "cluster"),
-            "-m",
-            "fast",
-            "-w",
-            "stop",
-        )
-
-
-@contextlib.contextmanager
-def _cluster(password: str | None = None) -> Iterator[_Cluster]:
-    """A new, started cluster (user postgres; trust auth, or this password), stopped at the end."""
-    bin_dir = _bin_dir()
-    if bin_dir is None:
-        if "CI" in os.environ:
-            pytest.fail(INSTALL_HINT)
-        pytest.skip(INSTALL_HINT)
-    data = Path(tempfile.mkdtemp(prefix="banana-pg-"))
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        nobody = pwd.getpwnam("nobody")
-        os.chown(data, nobody.pw_uid, nobody.pw_gid)
-        prefix = [
-            "setpriv",
-            f"--reuid={nobody.pw_uid}",
-            f"--regid={nobody.pw_gid}",
-            "--clear-groups",
-            "--",
-        ]
-    cluster = _Cluster(bin_dir, data, prefix)
-    try:
-        cluster.create(password)
-        cluster.start()
-        try:
-            yield cluster
-        finally:
-            with contextlib.suppress(subprocess.CalledProcessError):  # stopped by the test
-                cluster.stop()
-    finally:
-        shutil.rmtree(data, ignore_errors=True)
-
-
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A Postgres cluster of this test session: its URL."""
-    with _cluster() as cluster:
+    with new_cluster() as cluster:
         yield cluster.url
 
 
@@ -714,7 +594,7 @@ async def test_a_worker_rides_out_a_database_restart(caplog: pytest.LogCaptureFi
     caplog.set_level(logging.INFO)
     prompts = [f"cat {i}" for i in range(6)]
     holding = True  # the first two tasks run until the database is down
-    with _cluster() as cluster:
+    with new_cluster() as cluster:
         async with (
             FakeBananaServer(api_key=API_KEY, duration=0.0) as server,
             ba.BananaClient(API_KEY, base_url=server.url, poll_interval=0.05) as client,
@@ -768,7 +648,7 @@ async def test_a_worker_cut_off_past_its_lease_stops_creating(
 ) -> None:
     prompts = [f"cat {i}" for i in range(6)]
     holding = True
-    with _cluster() as cluster:
+    with new_cluster() as cluster:
         async with (
             FakeBananaServer(api_key=API_KEY, duration=0.0) as server,
             ba.BananaClient(API_KEY, base_url=server.url, poll_interval=0.05) as client,
@@ -883,7 +763,7 @@ async def test_a_read_only_store_cannot_run_a_batch(postgres_url: str, batch_nam
 async def test_the_password_comes_from_pgpassword_and_stays_off_the_command_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with _cluster(password="s3cret-pw") as cluster:
+    with new_cluster(password="s3cret-pw") as cluster:
         # The URL without a password: asyncpg takes it from $PGPASSWORD.
         monkeypatch.delenv("PGPASSWORD", raising=False)
         with pytest.raises(ba.JournalError, match=r"password"):
