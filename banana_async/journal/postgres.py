@@ -628,7 +628,7 @@ class PostgresStore:
         input's own check allows (see :meth:`claim`).
 
         Args:
-            fingerprint: :func:`inputs_fingerprint` of the inputs.
+            fingerprint: :func:`~banana_async.journal.postgres.inputs_fingerprint` of the inputs.
             count: How many inputs there are.
 
         Raises:
