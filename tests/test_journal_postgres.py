@@ -104,6 +104,20 @@ async def _until_joined(url: str, batch: str, count: int) -> None:
     pytest.fail(f"{count} workers never joined batch {batch}")
 
 
+async def _claimed(url: str, batch: str) -> int:
+    """How many inputs of the batch have a row (claimed, recorded or both)."""
+    import asyncpg  # here: a machine without the extra still collects the module
+
+    connection = await asyncpg.connect(url)
+    try:
+        count: int = await connection.fetchval(
+            "SELECT count(*) FROM banana_entries WHERE batch = $1", batch
+        )
+    finally:
+        await connection.close()
+    return count
+
+
 def _creates(server: FakeBananaServer) -> collections.Counter[str]:
     return collections.Counter(r.json["prompt"] for r in server.requests if r.kind == "create")
 
@@ -487,11 +501,11 @@ async def test_workers_given_different_files_stop_before_creating(
         reader = asyncio.create_task(read_first())
         try:
             for _ in range(_LOOKS):
-                if server.count("create") >= 2:
+                if server.count("create") >= 2 and await _claimed(postgres_url, batch_name) == 4:
                     break
                 await asyncio.sleep(_LOOK_PAUSE)
             else:
-                pytest.fail("the first worker never created its first tasks")
+                pytest.fail("the first worker never claimed its first inputs")
             with pytest.raises(ba.JournalError, match="input 2 differs") as caught:
                 async for _ in client.generate_many(
                     # An iterator: not known in full, so each input is checked.
@@ -688,29 +702,36 @@ async def test_a_worker_says_whose_lease_it_waits_for(
     postgres_url: str, batch_name: str, tmp_path: Path
 ) -> None:
     prompts = _prompts(tmp_path, 2)
-    # A worker that claimed input 0 and died (it renews nothing more).
-    dead = await PostgresStore.open(postgres_url, batch=batch_name, lease=1.5)
+    # A worker that claimed input 0 and dies once the CLI worker has joined
+    # (it renews nothing more): a worker joining later would start a new run.
+    dead = await PostgresStore.open(postgres_url, batch=batch_name, lease=2)
     try:
         assert await dead.claim(0, _request("prompt 0"))
-        assert dead._renewer is not None
-        dead._renewer.cancel()
         async with FakeBananaServer(api_key=API_KEY, duration=0.0) as server:
-            code, _, err = await _cli(
-                "-v",
-                "batch",
-                str(prompts),
-                "--out",
-                str(tmp_path / "out"),
-                "--journal",
-                postgres_url,
-                "--batch",
-                batch_name,
-                "--lease",
-                "5",
-                "--poll-interval",
-                "0.05",
-                server=server,
+            worker = asyncio.create_task(
+                _cli(
+                    "-v",
+                    "batch",
+                    str(prompts),
+                    "--out",
+                    str(tmp_path / "out"),
+                    "--journal",
+                    postgres_url,
+                    "--batch",
+                    batch_name,
+                    "--lease",
+                    "5",
+                    "--poll-interval",
+                    "0.05",
+                    server=server,
+                )
             )
+            try:
+                await _until_joined(postgres_url, batch_name, 2)
+            finally:
+                assert dead._renewer is not None
+                dead._renewer.cancel()
+                code, _, err = await worker
     finally:
         await dead.aclose()
     assert code == 0, err
