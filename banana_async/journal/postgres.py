@@ -46,9 +46,18 @@ How workers share the inputs (the design a reviewer should check):
 - A worker that stops cleanly (its batch ended, or it was cancelled) gives
   its unsettled inputs back at once, and leaves the batch's worker list.
 
-Every worker must read the same inputs in the same order: an input whose
-recorded request differs from the worker's own at the same index stops that
-worker with :class:`~banana_async.JournalError` (as SQLite does).
+Every worker must read the same inputs in the same order. A claim compares
+the worker's input with what the batch recorded at that index, whichever
+worker recorded it and whether or not another worker holds it, and records
+it when nothing is: an input that differs stops the worker with
+:class:`~banana_async.JournalError` at the first such index. A worker that
+knows its whole input list (:meth:`PostgresStore.check_inputs`) is checked
+against the run's before it creates anything.
+
+A statement that loses its connection (a database restart, a failover) is
+sent again, with backoff, for as long as the worker's lease lasts; past it
+the worker's records fail and its batch stops creating (see the
+"When the database goes away" section of the docs' Scaling out page).
 
 Tables (created when missing, under an advisory lock, in the connection's
 schema): ``banana_batches`` (one row per batch: the provider, the run
