@@ -51,7 +51,7 @@ the worker's input with what the batch recorded at that index, whichever
 worker recorded it and whether or not another worker holds it, and records
 it when nothing is: an input that differs stops the worker with
 :class:`~banana_async.JournalError` at the first such index. A worker that
-knows its whole input list (:meth:`PostgresStore.check_inputs`) is checked
+knows its whole input list (:meth:`~banana_async.journal.PostgresStore.check_inputs`) is checked
 against the run's before it creates anything.
 
 A statement that loses its connection (a database restart, a failover) is
