@@ -77,7 +77,7 @@ from banana_async.journal import (
     open_store,
     resume_step,
 )
-from banana_async.journal.postgres import is_postgres_url
+from banana_async.journal.postgres import PostgresStore, inputs_fingerprint, is_postgres_url
 from banana_async.models import (
     BatchInput,
     GenerationRequest,
@@ -231,6 +231,12 @@ class BatchOptions:
             raise InvalidRequestError(
                 "journal must be a file path, a Journal or a JournalStore, "
                 f"not {type(journal).__name__}"
+            )
+        if isinstance(journal, PostgresStore) and journal.read_only:
+            raise InvalidRequestError(
+                f"journal= is a PostgresStore opened with join=False ({journal.name}): it only "
+                "reads the batch. Open it with join=True (the default) to run the batch as "
+                "one of its workers"
             )
         if is_postgres_url(journal):
             if not isinstance(self.batch, str) or not self.batch:
@@ -445,7 +451,13 @@ class _Batch:
         journal = self.journal
         path = journal.name if journal is not None else ""
         error = self.journal_error
-        message = f"the journal {path} failed ({error_text(error)}); no task was created after that"
+        if isinstance(error, JournalError):
+            # Says itself what happened (inputs that differ, a lost lease).
+            message = f"{error}; no task was created after that"
+        else:
+            message = (
+                f"the journal {path} failed ({error_text(error)}); no task was created after that"
+            )
         if self.unrecorded:
             ids = ", ".join(f"input {i}: {t}" for i, t in sorted(self.unrecorded.items()))
             message += (
@@ -596,6 +608,15 @@ class _Batch:
             return Outcome(index, None, error=exc)
         if journal is None:
             return request, None
+        claims = self.claims
+        if claims is not None:
+            # The claim checks the input against what the batch recorded for
+            # the index, even one another worker holds (JournalError, which
+            # stops this worker), and records it when nothing is.
+            if not await self.jot(lambda _: claims.claim(index, request)):
+                return None
+            entry = await self.jot(lambda j: j.get(index))
+            return await self.resume(index, request, entry)
         entry = await self.jot(lambda j: j.get(index))
         # An entry without a request was an invalid input that created nothing:
         # a corrected input may take its place.
@@ -605,12 +626,6 @@ class _Batch:
             and not await self.jot(lambda j: j.request_matches(index, request))
         ):
             raise self.mismatch(index, journal)
-        claims = self.claims
-        if claims is not None:
-            if not await self.jot(lambda _: claims.claim(index, request)):
-                return None
-            # Read again: another worker may have recorded it before this claim.
-            entry = await self.jot(lambda j: j.get(index))
         return await self.resume(index, request, entry)
 
     async def resume(
@@ -680,8 +695,14 @@ class _Batch:
                 await self.jot(lambda j: j.mark_resend(index))
                 return None
             known = f" (the provider named task {entry.task_id!a})" if entry.task_id else ""
+            # With many workers, the create may be another worker's of this run.
+            when = (
+                "by a worker that stopped before its answer came (in this run or an earlier one)"
+                if self.claims is not None
+                else "in an earlier run"
+            )
             unconfirmed = UnconfirmedCreateError(
-                f"input {index}: a create was sent in an earlier run but its answer never "
+                f"input {index}: a create was sent {when} but its answer never "
                 f"confirmed a task{known}; the provider may have created (and billed) one. "
                 "It is not sent again unless resend_unconfirmed=True",
                 index=index,
@@ -961,6 +982,12 @@ async def _results(
             if isinstance(batch.journal, ClaimingStore):
                 batch.claims = batch.journal
             await _bind(batch.journal, batch.ops.provider)
+            if isinstance(batch.journal, PostgresStore) and isinstance(inputs, list | tuple):
+                # Known in full: checked against the other workers' before any create.
+                fingerprint, count = await asyncio.to_thread(
+                    inputs_fingerprint, tuple(inputs), batch.defaults
+                )
+                await batch.journal.check_inputs(fingerprint, count)
         producer = asyncio.create_task(batch.produce(inputs), name="banana_async-batch-producer")
         try:
             while True:

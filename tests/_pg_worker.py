@@ -36,6 +36,7 @@ async def main(argv: list[str]) -> None:
                 "task_id": outcome.task.id if outcome.task is not None else None,
                 "from_journal": outcome.from_journal,
                 "error_type": type(outcome.error).__name__ if outcome.error else None,
+                "error": str(outcome.error) if outcome.error else None,
                 "worker": store.worker,
             }
             print(json.dumps(record), flush=True)

@@ -106,7 +106,7 @@ async def test_batch_progress_counts_tasks_by_status_and_ctrl_c_tells_how_many(
         )
     assert code == 130
     assert "batch prompts.txt: 1/3, 1 done, 0 failed, 2 in flight (2 processing)" in line
-    assert "interrupted: 1 done, 0 failed, 2 were in flight." in err
+    assert "interrupted: 1 done, 0 failed, 2 created task(s) were in flight (creates" in err
     # Without a journal, the ids of the paid tasks in flight are only here.
     ids = " ".join(task.id for task in running)
     assert f"banana-async download {ids} --out {tmp_path / 'out'}" in err
@@ -134,7 +134,7 @@ async def test_sigterm_stops_a_journaled_batch_as_ctrl_c_does(tmp_path: Path) ->
         finally:
             code, _, err = await finish(proc)
         assert code == 143
-        assert "interrupted: 1 done, 0 failed, 2 were in flight." in err
+        assert "interrupted: 1 done, 0 failed, 2 created task(s) were in flight (creates" in err
         assert "to resume" in err
         assert "Traceback" not in err
         # The journal is consistent: a rerun polls the two tasks, creates nothing.

@@ -12,6 +12,9 @@ The convention (also in ``docs/contributing.md``):
 - ``BANANA_API_KEY`` is set, and every ``BananaClient`` made without a base
   URL talks to a :class:`~banana_async.testing.FakeBananaServer` on a virtual
   clock: tasks take seconds of that clock and no real time.
+- A page whose blocks name the database ``postgresql://batcher@db.internal/jobs``
+  runs them against a Postgres cluster the test starts for that page
+  (``tests/_postgres.py``; skipped without Postgres, an error under CI).
 - A block that cannot run opens with ```` ```python notest ```` and the text
   around it says why; there are few. A block that needs an optional package
   which is not installed is skipped (and says which).
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import functools
 import re
 import threading
@@ -34,6 +38,8 @@ import pytest
 import banana_async as ba
 from banana_async.testing import FakeBananaServer, FakeClock
 
+from ._postgres import cluster
+
 ROOT = Path(__file__).resolve().parents[1]
 FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # A fence opens with ```python, then maybe words ("notest"), on its own line.
@@ -42,6 +48,8 @@ NOT_RUN = "notest"
 KEY = "sk-docs-0123456789"
 PROMPTS = ["a red fox in the snow", "a blue whale, watercolour", "a green parrot"]
 # Packages a block may need that the test environment need not have.
+# The database the docs' examples name; a real one takes its place (see above).
+POSTGRES = "postgresql://batcher@db.internal/jobs"
 OPTIONAL = frozenset({"fastapi", "pydantic", "uvicorn", "starlette", "redis", "django", "flask"})
 T = TypeVar("T")
 
@@ -160,6 +168,17 @@ def test_page_runs(
 ) -> None:
     (tmp_path / "prompts.txt").write_text("".join(f"{p}\n" for p in PROMPTS), encoding="utf-8")
     monkeypatch.chdir(tmp_path)
+    blocks = [block for block in blocks_of(page) if block.runs]
+    with contextlib.ExitStack() as stack:
+        if any(POSTGRES in block.code for block in blocks):
+            database = stack.enter_context(cluster()).url
+            blocks = [
+                attrs.evolve(block, code=block.code.replace(POSTGRES, database)) for block in blocks
+            ]
+        _run_page(blocks)
+
+
+def _run_page(blocks: list[Block]) -> None:
     loop = asyncio.new_event_loop()
     client = ba.BananaClient()
     try:
@@ -167,9 +186,7 @@ def test_page_runs(
         task = loop.run_until_complete(client.generate(PROMPTS[0]))
         namespace: dict[str, Any] = {"__name__": "docs_block"}
         skipped = []
-        for block in blocks_of(page):
-            if not block.runs:
-                continue
+        for block in blocks:
             namespace.update(ba=ba, client=client, prompts=list(PROMPTS), task=task)
             try:
                 _run(loop, block, namespace)

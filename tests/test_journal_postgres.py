@@ -1,9 +1,8 @@
 """One batch shared by many worker processes through a real Postgres.
 
-The tests share one cluster of the test session (the ``postgres_url``
-fixture of conftest.py, started by :func:`tests._servers.postgres_cluster`):
-no system service, no Docker. Locally, a machine without Postgres skips
-them with a hint; under CI (``$CI`` set) that is an error.
+The tests start their own cluster (see ``tests/_postgres.py``) and stop it
+at the end; a test that restarts the database, or needs a password, starts
+one of its own.
 """
 
 from __future__ import annotations
@@ -12,9 +11,12 @@ import asyncio
 import collections
 import contextlib
 import json
+import logging
 import os
 import signal
+import socket
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from banana_async.journal import EntryState, Journal, JournalEntry, PostgresStor
 from banana_async.journal.postgres import redact_url
 from banana_async.testing import FakeBananaServer, Fault, TaskScript
 
+from ._postgres import cluster as new_cluster
 from ._servers import killed_at_exit
 from .conftest import API_KEY
 
@@ -34,6 +37,22 @@ WORKER = Path(__file__).with_name("_pg_worker.py")
 # fails with a message instead of hanging (they say nothing about speed).
 _LOOKS = 6000
 _LOOK_PAUSE = 0.05
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A Postgres cluster of this test session: its URL."""
+    with new_cluster() as cluster:
+        yield cluster.url
+
+
+_batches = iter(range(1_000_000))
+
+
+@pytest.fixture
+def batch_name(request: pytest.FixtureRequest) -> str:
+    """A batch name of this test alone (tests share one cluster)."""
+    return f"{request.node.name}-{next(_batches)}"
 
 
 def _prompts(tmp_path: Path, count: int) -> Path:
@@ -66,17 +85,38 @@ async def _outcomes(worker: asyncio.subprocess.Process) -> list[dict[str, Any]]:
 
 
 async def _entries(url: str, batch: str) -> list[JournalEntry]:
-    async with await PostgresStore.open(url, batch=batch, join=False) as reader:
+    try:
+        reader = await PostgresStore.open(url, batch=batch, join=False)
+    except ba.JournalError as exc:
+        if "no batch named" not in str(exc):
+            raise
+        return []  # no worker has joined yet
+    async with reader:
         return await reader.entries()
 
 
 async def _until_joined(url: str, batch: str, count: int) -> None:
     for _ in range(_LOOKS):
-        async with await PostgresStore.open(url, batch=batch, join=False) as reader:
-            if len(await reader.workers()) >= count:
-                return
+        with contextlib.suppress(ba.JournalError):  # no worker has joined yet
+            async with await PostgresStore.open(url, batch=batch, join=False) as reader:
+                if len(await reader.workers()) >= count:
+                    return
         await asyncio.sleep(_LOOK_PAUSE)
     pytest.fail(f"{count} workers never joined batch {batch}")
+
+
+async def _claimed(url: str, batch: str) -> int:
+    """How many inputs of the batch have a row (claimed, recorded or both)."""
+    import asyncpg  # here: a machine without the extra still collects the module
+
+    connection = await asyncpg.connect(url)
+    try:
+        count: int = await connection.fetchval(
+            "SELECT count(*) FROM banana_entries WHERE batch = $1", batch
+        )
+    finally:
+        await connection.close()
+    return count
 
 
 def _creates(server: FakeBananaServer) -> collections.Counter[str]:
@@ -159,6 +199,7 @@ async def test_a_killed_worker_loses_no_task(
         assert rows[index]["task_id"] == recorded_id
     unconfirmed = rows[in_flight]
     assert unconfirmed["error_type"] == "UnconfirmedCreateError"
+    assert "sent by a worker that stopped before its answer came" in unconfirmed["error"]
     assert unconfirmed["from_journal"]
     others_ok = [r for i, r in rows.items() if i != in_flight]
     assert all(r["ok"] for r in others_ok)
@@ -392,3 +433,378 @@ async def test_without_asyncpg_the_error_says_what_to_install(
     monkeypatch.setitem(sys.modules, "asyncpg", None)  # import asyncpg now fails
     with pytest.raises(ba.JournalError, match=r"pip install 'banana-async\[postgres\]'"):
         await PostgresStore.open("postgresql://u@127.0.0.1:1/db", batch="b")
+
+
+async def test_a_claim_checks_the_input_another_worker_holds(
+    postgres_url: str, batch_name: str
+) -> None:
+    async with (
+        await PostgresStore.open(postgres_url, batch=batch_name) as first,
+        await PostgresStore.open(postgres_url, batch=batch_name) as second,
+    ):
+        assert await first.claim(0, _request("a cat"))  # recorded with the claim
+        assert not await second.claim(0, _request("a cat"))  # held, and the same input
+        with pytest.raises(ba.JournalError, match=r"input 0 differs .*by worker"):
+            await second.claim(0, _request("a dog"))  # held by first, yet checked
+        with pytest.raises(ba.JournalError, match="input 0 differs"):
+            await second.claim(0, None, raw_input="{broken")
+        # Settled in this run by the first worker: still checked.
+        await first.record_sending(0, _request("a cat"))
+        await first.record_error(0, _request("a cat"), ba.InvalidRequestError("no"))
+        await first.settle(0)
+        with pytest.raises(ba.JournalError, match="finished it in this run"):
+            await second.claim(0, _request("a dog"))
+        # An invalid input is checked too.
+        assert await first.claim(1, None, raw_input="{broken")
+        with pytest.raises(ba.JournalError, match="input 1 differs"):
+            await second.claim(1, _request("a fish"))
+        # A claim that created nothing and was given back may be replaced:
+        # nothing was paid for under it.
+        leaving = await PostgresStore.open(postgres_url, batch=batch_name)
+        assert await leaving.claim(2, _request("a bird"))
+        await leaving.aclose()
+        assert await second.claim(2, _request("a horse"))
+        entry_requests = await first.entries()
+        assert [e.index for e in entry_requests] == [0]  # a claim alone is no entry
+
+
+async def test_workers_given_different_files_stop_before_creating(
+    postgres_url: str, batch_name: str
+) -> None:
+    """Two workers with different inputs under one name: the second stops, the batch stays whole."""
+    holding = True  # the first worker's tasks stay in flight while the second starts
+    async with (
+        FakeBananaServer(api_key=API_KEY, duration=0.0) as server,
+        ba.BananaClient(API_KEY, base_url=server.url, poll_interval=0.05) as client,
+    ):
+        server.script_for = lambda body: TaskScript(duration=None) if holding else None
+        first_prompts = [f"cat {i}" for i in range(8)]
+        # Another file that starts with the same two lines: the first worker
+        # has claimed inputs 0-3 (twice its concurrency) and recorded 0-1.
+        second_prompts = [*first_prompts[:2], *(f"dog {i}" for i in range(2, 8))]
+        first = client.generate_many(
+            first_prompts, concurrency=2, journal=postgres_url, batch=batch_name
+        )
+        first_outcomes: list[ba.Outcome] = []
+
+        async def read_first() -> None:
+            first_outcomes.extend([o async for o in first])
+
+        reader = asyncio.create_task(read_first())
+        try:
+            for _ in range(_LOOKS):
+                if server.count("create") >= 2 and await _claimed(postgres_url, batch_name) == 4:
+                    break
+                await asyncio.sleep(_LOOK_PAUSE)
+            else:
+                pytest.fail("the first worker never claimed its first inputs")
+            with pytest.raises(ba.JournalError, match="input 2 differs") as caught:
+                async for _ in client.generate_many(
+                    # An iterator: not known in full, so each input is checked.
+                    iter(second_prompts),
+                    concurrency=2,
+                    journal=postgres_url,
+                    batch=batch_name,
+                ):
+                    pass
+            assert "no task was created after that" in str(caught.value)
+            assert server.count("create") == 2  # the second worker created nothing
+            holding = False
+            for task_id in list(server.tasks):
+                server.finish(task_id)
+            await reader
+        finally:
+            if not reader.done():  # a failed assertion: stop the first worker
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+    # The first worker ran the whole batch from its own inputs.
+    assert sorted(o.index for o in first_outcomes) == list(range(8))
+    assert all(o.ok for o in first_outcomes)
+    assert sorted(_creates(server)) == sorted(first_prompts)
+
+
+async def test_a_whole_input_list_is_checked_before_any_create(
+    postgres_url: str, batch_name: str, tmp_path: Path
+) -> None:
+    """A list, or a CLI file, known in full: a worker with another one creates nothing."""
+    prompts = [f"cat {i}" for i in range(8)]
+    holding = True  # the first worker's tasks stay in flight meanwhile
+    async with (
+        FakeBananaServer(api_key=API_KEY, duration=0.0) as server,
+        ba.BananaClient(API_KEY, base_url=server.url, poll_interval=0.05) as client,
+    ):
+        server.script_for = lambda body: TaskScript(duration=None) if holding else None
+        first = client.generate_many(prompts, concurrency=2, journal=postgres_url, batch=batch_name)
+        outcomes: list[ba.Outcome] = []
+
+        async def read_first() -> None:
+            outcomes.extend([o async for o in first])
+
+        reader = asyncio.create_task(read_first())
+        try:
+            for _ in range(_LOOKS):
+                if server.count("create") >= 2:
+                    break
+                await asyncio.sleep(_LOOK_PAUSE)
+            else:
+                pytest.fail("the first worker never created its first tasks")
+            # Only the last input differs: no input of its own is checked
+            # before the other worker's inputs 4-6 would have been created.
+            with pytest.raises(ba.JournalError, match=r"inputs \(8\) differ .*\(8\)"):
+                async for _ in client.generate_many(
+                    [*prompts[:-1], "a dog"], concurrency=2, journal=postgres_url, batch=batch_name
+                ):
+                    pass
+            # The same file through the CLI, with another size.
+            path = tmp_path / "prompts.txt"
+            path.write_text("".join(f"{p}\n" for p in prompts), encoding="utf-8")
+            code, _, err = await _cli(
+                "batch",
+                str(path),
+                "--out",
+                str(tmp_path / "out"),
+                "--journal",
+                postgres_url,
+                "--batch",
+                batch_name,
+                "--size",
+                "16:9",
+                server=server,
+            )
+            assert code == 3, err
+            assert "differ from the ones another worker" in err
+            assert server.count("create") == 2  # neither created anything
+            holding = False
+            for task_id in list(server.tasks):
+                server.finish(task_id)
+            await reader
+        finally:
+            if not reader.done():  # a failed assertion: stop the first worker
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+    assert sorted(o.index for o in outcomes) == list(range(8))
+    assert all(o.ok for o in outcomes)
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(_LOOKS):
+        if condition():
+            return
+        await asyncio.sleep(_LOOK_PAUSE)
+    pytest.fail(f"never: {what}")
+
+
+async def test_a_worker_rides_out_a_database_restart(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    prompts = [f"cat {i}" for i in range(6)]
+    holding = True  # the first two tasks run until the database is down
+    with new_cluster() as cluster:
+        async with (
+            FakeBananaServer(api_key=API_KEY, duration=0.0) as server,
+            ba.BananaClient(API_KEY, base_url=server.url, poll_interval=0.05) as client,
+            await PostgresStore.open(cluster.url, batch="restart", lease=30) as store,
+        ):
+            server.script_for = lambda body: TaskScript(duration=None) if holding else None
+            outcomes: list[ba.Outcome] = []
+
+            async def read() -> None:
+                batch = client.generate_many(prompts, concurrency=2, journal=store)
+                outcomes.extend([o async for o in batch])
+
+            reader = asyncio.create_task(read())
+            try:
+                await _until(lambda: server.count("create") == 2, "two tasks created")
+                await asyncio.to_thread(cluster.stop)
+                polled = server.count("query")
+                # The tasks it holds are still polled while the database is away...
+                await _until(lambda: server.count("query") >= polled + 4, "polls go on")
+                holding = False
+                for task_id in list(server.tasks):
+                    server.finish(task_id)
+                await _until(
+                    lambda: any("lost the database" in r.getMessage() for r in caplog.records),
+                    "the outage is noticed",
+                )
+                assert server.count("create") == 2  # ...and nothing is created
+                await asyncio.to_thread(cluster.start)
+                await reader
+            finally:
+                if not reader.done():  # a failed assertion: stop the worker
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reader
+            counts = await store.counts()
+    assert sorted(o.index for o in outcomes) == list(range(6))
+    assert all(o.ok for o in outcomes)
+    assert sorted(_creates(server)) == prompts  # each created once
+    assert counts == {EntryState.COMPLETED: 6}
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert [m for level, m in messages if level >= logging.WARNING] == [
+        m for m in (m for _, m in messages) if "lost the database" in m
+    ]
+    assert len([m for _, m in messages if "lost the database" in m]) == 1
+    assert len([m for _, m in messages if "the database is back" in m]) == 1
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback
+
+
+async def test_a_worker_cut_off_past_its_lease_stops_creating(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    prompts = [f"cat {i}" for i in range(6)]
+    holding = True
+    with new_cluster() as cluster:
+        async with (
+            FakeBananaServer(api_key=API_KEY, duration=0.0) as server,
+            ba.BananaClient(API_KEY, base_url=server.url, poll_interval=0.05) as client,
+            await PostgresStore.open(cluster.url, batch="cut-off", lease=2) as store,
+        ):
+            server.script_for = lambda body: TaskScript(duration=None) if holding else None
+            outcomes: list[ba.Outcome] = []
+
+            async def read() -> None:
+                batch = client.generate_many(prompts, concurrency=2, journal=store)
+                outcomes.extend([o async for o in batch])
+
+            reader = asyncio.create_task(read())
+            try:
+                await _until(lambda: server.count("create") == 2, "two tasks created")
+                await asyncio.to_thread(cluster.stop)
+                await _until(
+                    lambda: any("ran out" in r.getMessage() for r in caplog.records),
+                    "the lease runs out",
+                )
+                holding = False
+                for task_id in list(server.tasks):
+                    server.finish(task_id)
+                with pytest.raises(ba.JournalError, match="lease of 2 s ran out") as caught:
+                    await reader
+            finally:
+                if not reader.done():  # a failed assertion: stop the worker
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reader
+    assert "no task was created after that" in str(caught.value)
+    assert server.count("create") == 2  # nothing created once the lease was in doubt
+    assert not caught.value.unrecorded  # both tasks were recorded before the outage
+
+
+async def test_a_worker_says_whose_lease_it_waits_for(
+    postgres_url: str, batch_name: str, tmp_path: Path
+) -> None:
+    prompts = _prompts(tmp_path, 2)
+    # A worker that claimed input 0 and dies once the CLI worker has joined
+    # (it renews nothing more): a worker joining later would start a new run.
+    dead = await PostgresStore.open(postgres_url, batch=batch_name, lease=2)
+    try:
+        assert await dead.claim(0, _request("prompt 0"))
+        async with FakeBananaServer(api_key=API_KEY, duration=0.0) as server:
+            worker = asyncio.create_task(
+                _cli(
+                    "-v",
+                    "batch",
+                    str(prompts),
+                    "--out",
+                    str(tmp_path / "out"),
+                    "--journal",
+                    postgres_url,
+                    "--batch",
+                    batch_name,
+                    "--lease",
+                    "5",
+                    "--poll-interval",
+                    "0.05",
+                    server=server,
+                )
+            )
+            try:
+                await _until_joined(postgres_url, batch_name, 2)
+            finally:
+                assert dead._renewer is not None
+                dead._renewer.cancel()
+                code, _, err = await worker
+    finally:
+        await dead.aclose()
+    assert code == 0, err
+    assert f"waits for worker {dead.worker}'s lease on 1 input(s)" in err
+    assert "takes over input 0" in err
+    assert server.count("create") == 2
+    # Its share is told as a share, with no time left to guess.
+    assert "2/2 (this worker's share)" in err
+    assert f"this worker ran 2 of the 2 inputs of batch '{batch_name}'" in err
+    assert "ETA" not in err
+
+
+async def test_lease_needs_a_postgres_journal(tmp_path: Path) -> None:
+    prompts = _prompts(tmp_path, 1)
+    async with FakeBananaServer(api_key=API_KEY) as server:
+        code, _, err = await _cli(
+            "batch", str(prompts), "--out", str(tmp_path / "out"), "--lease", "5", server=server
+        )
+    assert code == 2
+    assert "--lease needs a postgresql:// --journal" in err
+
+
+async def test_an_unknown_batch_name_is_an_error(
+    postgres_url: str, batch_name: str, tmp_path: Path
+) -> None:
+    async with await PostgresStore.open(postgres_url, batch=batch_name):
+        pass  # the batch exists from here on
+    with pytest.raises(ba.JournalError, match=rf"no batch named 'nosuch' .*{batch_name}"):
+        await PostgresStore.open(postgres_url, batch="nosuch", join=False)
+    async with FakeBananaServer(api_key=API_KEY) as server:
+        code, out, err = await _cli("journal", postgres_url, "--batch", "nosuch", server=server)
+    assert code == 3, (out, err)
+    assert "no batch named 'nosuch'" in err
+    assert batch_name in err  # the names there are
+    assert "inputs recorded" not in out
+
+
+async def test_a_read_only_store_cannot_run_a_batch(postgres_url: str, batch_name: str) -> None:
+    async with await PostgresStore.open(postgres_url, batch=batch_name) as worker:
+        assert not worker.read_only
+    async with (
+        await PostgresStore.open(postgres_url, batch=batch_name, join=False) as reader,
+        ba.BananaClient(API_KEY, base_url="http://127.0.0.1:9") as client,
+    ):
+        assert reader.read_only
+        with pytest.raises(ba.InvalidRequestError, match=r"join=False .*only reads the batch"):
+            client.generate_many(["a cat"], journal=reader)
+
+
+async def test_the_password_comes_from_pgpassword_and_stays_off_the_command_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with new_cluster(password="s3cret-pw") as cluster:
+        # The URL without a password: asyncpg takes it from $PGPASSWORD.
+        monkeypatch.delenv("PGPASSWORD", raising=False)
+        with pytest.raises(ba.JournalError, match=r"password"):
+            await PostgresStore.open(cluster.url, batch="pw")
+        monkeypatch.setenv("PGPASSWORD", "s3cret-pw")
+        async with await PostgresStore.open(cluster.url, batch="pw") as store:
+            assert await store.workers() == [store.worker]
+        async with FakeBananaServer(api_key=API_KEY) as server:
+            code, _, err = await _cli("journal", cluster.url, "--batch", "pw", server=server)
+            assert code == 0, err
+            assert "password" not in err
+            monkeypatch.delenv("PGPASSWORD")
+            with_password = cluster.url.replace("postgres@", "postgres:s3cret-pw@")
+            code, _, err = await _cli("journal", with_password, "--batch", "pw", server=server)
+    assert code == 0, err
+    assert err.count("warning: the journal URL carries a password") == 1
+    assert "~/.pgpass or $PGPASSWORD" in err
+    assert "s3cret-pw" not in err
+
+
+async def test_a_database_that_never_answers_names_the_timeout() -> None:
+    with socket.socket() as hung:  # accepts connections (the kernel does), answers nothing
+        hung.bind(("127.0.0.1", 0))
+        hung.listen()
+        port = hung.getsockname()[1]
+        with pytest.raises(ba.JournalError, match=r"no answer within 0\.5 s \(connect_timeout\)"):
+            await PostgresStore.open(
+                f"postgresql://u@127.0.0.1:{port}/db?sslmode=disable",
+                batch="b",
+                connect_timeout=0.5,
+            )

@@ -12,9 +12,11 @@ from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from banana_async.cli.output import to_stderr
 from banana_async.client import API_KEY_ENV, BananaClient
 from banana_async.dialects import ResolutionIgnoredWarning, get_dialect
 from banana_async.errors import InvalidRequestError
+from banana_async.journal.postgres import has_password, is_postgres_url
 from banana_async.models import request_from
 
 if TYPE_CHECKING:
@@ -120,7 +122,15 @@ class RunState:
             stats = self.stats
             message = (
                 f"interrupted: {stats.ok} done, {stats.failed} failed, "
-                f"{stats.in_flight()} were in flight."
+                f"{stats.in_flight()} created task(s) were in flight"
+            )
+            # A create on the wire has no task id yet, so no status event:
+            # it is not among those counted.
+            message += (
+                " (creates still unanswered are not counted: the journal has them as "
+                "'sending', reported as unconfirmed when the batch resumes)."
+                if self.journal is not None
+                else " (creates still unanswered are not counted)."
             )
             if self.manifest is not None:
                 message += f" What finished is listed in {self.manifest}."
@@ -215,3 +225,16 @@ async def consume(
                 stats.expected_failures += 1
             emit(shown)
             progress.update()
+
+
+def warn_if_password(url: str | None) -> None:
+    """Warn once when a ``postgresql://`` URL on the command line carries a password.
+
+    Every user of the machine can read a process's arguments (``ps``); the
+    password belongs in ``~/.pgpass`` or ``$PGPASSWORD``, which asyncpg reads.
+    """
+    if is_postgres_url(url) and url is not None and has_password(url):
+        to_stderr(
+            "warning: the journal URL carries a password, which every user of this machine "
+            "can read (ps); put it in ~/.pgpass or $PGPASSWORD instead"
+        )

@@ -247,6 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="with a postgresql:// --journal: the batch's name, the same for every worker",
     )
     batch.add_argument(
+        "--lease",
+        metavar="SECONDS",
+        type=positive_float,
+        help=(
+            "with a postgresql:// --journal: how long this worker's claims outlive it if it "
+            "dies, and the longest database outage it rides out (default 30)"
+        ),
+    )
+    batch.add_argument(
         "--resend-unconfirmed",
         action="store_true",
         help="with --journal: create again the inputs whose create was in flight "

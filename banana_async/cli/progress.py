@@ -45,7 +45,7 @@ def duration(seconds: float) -> str:
 class Stats:
     """Counts of a running batch, for the progress display and the summary."""
 
-    def __init__(self, *, total: int | None, concurrency: int) -> None:
+    def __init__(self, *, total: int | None, concurrency: int, shared: bool = False) -> None:
         self.total = total
         self.concurrency = concurrency
         self.read = 0
@@ -54,6 +54,9 @@ class Stats:
         self.expected_failures = 0
         self.resumed = 0
         self.started = time.monotonic()
+        # One worker of a batch shared through Postgres: it runs a share of
+        # the total, and how large a share is not known in advance.
+        self.shared = shared
         # Tasks created and not seen finished, by input index: their last
         # status; and how many have each (kept as events come, as a line is
         # drawn far more often than a batch of thousands could be counted).
@@ -134,7 +137,7 @@ class Stats:
     def eta(self) -> str:
         """The time left at the current rate, or ``?``."""
         rate = self.rate()
-        if self.total is None or rate <= 0:
+        if self.total is None or rate <= 0 or self.shared:
             return "?"
         return duration(max(0, self.total - self.finished) / rate)
 
@@ -145,13 +148,15 @@ class Stats:
             f"{self.failed} failed",
             self.in_flight_text(),
             f"{self.rate():.1f}/s",
-            f"ETA {self.eta()}",
         ]
+        if not self.shared:  # a worker's share is not known: no time left to tell
+            parts.append(f"ETA {self.eta()}")
         if self.resumed:
             parts.insert(2, f"{self.resumed} from journal")
         if count:
             total = "?" if self.total is None else str(self.total)
-            parts.insert(0, f"{self.finished}/{total}")
+            shared = " (this worker's share)" if self.shared else ""
+            parts.insert(0, f"{self.finished}/{total}{shared}")
         return ", ".join(parts)
 
 

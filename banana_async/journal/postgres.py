@@ -46,9 +46,18 @@ How workers share the inputs (the design a reviewer should check):
 - A worker that stops cleanly (its batch ended, or it was cancelled) gives
   its unsettled inputs back at once, and leaves the batch's worker list.
 
-Every worker must read the same inputs in the same order: an input whose
-recorded request differs from the worker's own at the same index stops that
-worker with :class:`~banana_async.JournalError` (as SQLite does).
+Every worker must read the same inputs in the same order. A claim compares
+the worker's input with what the batch recorded at that index, whichever
+worker recorded it and whether or not another worker holds it, and records
+it when nothing is: an input that differs stops the worker with
+:class:`~banana_async.JournalError` at the first such index. A worker that
+knows its whole input list (:meth:`~banana_async.journal.PostgresStore.check_inputs`) is checked
+against the run's before it creates anything.
+
+A statement that loses its connection (a database restart, a failover) is
+sent again, with backoff, for as long as the worker's lease lasts; past it
+the worker's records fail and its batch stops creating (see the
+"When the database goes away" section of the docs' Scaling out page).
 
 Tables (created when missing, under an advisory lock, in the connection's
 schema): ``banana_batches`` (one row per batch: the provider, the run
@@ -61,6 +70,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -68,7 +78,8 @@ import socket
 import time
 import uuid
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Final, Self
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from banana_async._checks import error_message as error_text
@@ -84,21 +95,49 @@ from banana_async.journal._entries import (
     storable,
 )
 from banana_async.journal.states import EntryState, sources
-from banana_async.models import GenerationRequest, Task, TaskStatus
+from banana_async.models import GenerationRequest, Task, TaskStatus, request_from
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["DEFAULT_LEASE", "PostgresStore", "is_postgres_url", "redact_url"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "DEFAULT_LEASE",
+    "PostgresStore",
+    "has_password",
+    "inputs_fingerprint",
+    "is_postgres_url",
+    "redact_url",
+]
 
 logger = logging.getLogger("banana_async")
+_T = TypeVar("_T")
 
 DEFAULT_LEASE: Final = 30.0
 """Seconds a worker's claims outlive its last renewal (renewed every third of it)."""
 
+CONNECT_TIMEOUT: Final = 10.0
+"""Seconds a new connection may take to be answered (asyncpg's own default is 60)."""
+
+# Seconds one statement may take before its connection counts as lost (and
+# the statement is sent again on a new one, while the lease lasts): every
+# statement is short, so a database that takes this long is not answering.
+_STATEMENT_TIMEOUT: Final = 20.0
+
 # Serialises the creation of the tables and the joining of workers: two
 # workers creating the tables at once would collide in the catalogue.
 _LOCK_KEY: Final = 0x62616E616E61  # "banana"
+
+# How many batch names an error about an unknown one lists (the newest first).
+_NAMES_SHOWN: Final = 10
+
+# How often a worker waiting for other workers' inputs says so again (at INFO).
+_WAIT_NOTE_EVERY: Final = 10.0
+
+# The first and the longest pause between two tries to reach a database
+# that went away (a restart, a failover, a dropped network).
+_RETRY_FIRST: Final = 0.2
+_RETRY_MOST: Final = 2.0
 
 # How often a worker with nothing left to claim looks again while other
 # workers still hold inputs of the batch (at most; a third of the lease if shorter).
@@ -137,6 +176,13 @@ _SCHEMA: Final = (
     )""",
 )
 
+# Added after the first release of the tables: a table made by it gains them.
+_MIGRATIONS: Final = (
+    "ALTER TABLE banana_batches ADD COLUMN IF NOT EXISTS inputs TEXT",
+    "ALTER TABLE banana_batches ADD COLUMN IF NOT EXISTS inputs_count BIGINT",
+    "ALTER TABLE banana_batches ADD COLUMN IF NOT EXISTS inputs_run BIGINT",
+)
+
 _COLUMNS: Final = (
     "idx, state, request, raw_input, task_id, task, error, error_type, path, updated_at"
 )
@@ -172,6 +218,96 @@ def redact_url(url: str) -> str:
         for pair in parts.query.split("&")
     )
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def inputs_fingerprint(
+    inputs: Iterable[object], defaults: Mapping[str, Any] | None = None
+) -> tuple[str, int]:
+    """A digest of a whole input list as a batch reads it, and how many inputs it has.
+
+    Each input counts as the request a batch makes of it (a prompt with
+    ``defaults``, as ``generate_many`` is given them), so the same file read
+    with another ``size`` gives another digest; an input that is no valid
+    request counts as its ``repr``.
+    """
+    digest = hashlib.sha256()
+    count = 0
+    fields = dict(defaults or {})
+    for item in inputs:
+        # As the batch builds its requests: a request as it is, a prompt with the defaults.
+        try:
+            if isinstance(item, GenerationRequest):
+                text = canonical_request(item)
+            elif isinstance(item, str):
+                text = canonical_request(request_from(item, **fields))
+            else:
+                text = "!" + repr(item)[:1000]
+        except Exception:  # an invalid input is an input too
+            text = "!" + repr(item)[:1000]
+        digest.update(text.encode("utf-8", "surrogatepass") + b"\n")
+        count += 1
+    return f"sha256:{digest.hexdigest()}", count
+
+
+def has_password(url: str) -> bool:
+    """Whether a Postgres URL carries a password (in its user part or as a parameter)."""
+    parts = urlsplit(url)
+    return parts.password is not None or any(
+        pair.lower().startswith("password=") for pair in parts.query.split("&")
+    )
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database or the way to it going away, not a refused statement.
+
+    Such a statement may be tried again on a new connection: it either never
+    ran or, if its commit got through before the answer was lost, is found
+    done on the next try (see :meth:`PostgresStore._update`).
+    """
+    import asyncpg  # noqa: PLC0415 - loaded by open() already
+
+    if isinstance(exc, OSError):  # refused, reset, timed out (TimeoutError is one)
+        return True
+    if isinstance(
+        exc,
+        asyncpg.PostgresConnectionError
+        | asyncpg.exceptions.AdminShutdownError
+        | asyncpg.exceptions.CrashShutdownError
+        | asyncpg.exceptions.CannotConnectNowError,
+    ):
+        return True
+    # asyncpg's own word for a connection closed under it.
+    return isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
+
+
+class _Retrying:
+    """Runs each statement on the pool, trying again while the database is away.
+
+    Attributes:
+        retried: Whether a statement was sent again after a lost connection
+            (its first try may have committed).
+    """
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+        self.retried = False
+
+    async def _run(self, call: Callable[[Any], Awaitable[Any]]) -> Any:
+        result, retried = await self._store._retrying(call)
+        self.retried = self.retried or retried
+        return result
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await self._run(lambda connection: connection.fetchval(query, *args))
+
+    async def fetchrow(self, query: str, *args: Any) -> Any:
+        return await self._run(lambda connection: connection.fetchrow(query, *args))
+
+    async def fetch(self, query: str, *args: Any) -> Any:
+        return await self._run(lambda connection: connection.fetch(query, *args))
+
+    async def execute(self, query: str, *args: Any) -> Any:
+        return await self._run(lambda connection: connection.execute(query, *args))
 
 
 def _text(value: str | None) -> str | None:
@@ -219,6 +355,13 @@ class PostgresStore:
         self._run = 0
         self._renewer: asyncio.Task[None] | None = None
         self._closed = False
+        # When this worker's lease runs out at the latest, on this machine's
+        # monotonic clock: counted from before the statement that set it.
+        self._lease_until = time.monotonic() + lease
+        # When the database went away (None: it is there), for the one
+        # WARNING and the one INFO of an outage.
+        self._down_since: float | None = None
+        self._joined = False
 
     @classmethod
     async def open(
@@ -229,6 +372,7 @@ class PostgresStore:
         lease: float = DEFAULT_LEASE,
         max_connections: int = 10,
         join: bool = True,
+        connect_timeout: float = CONNECT_TIMEOUT,
     ) -> Self:
         """Connect, create the tables if missing, and join batch ``batch`` as a new worker.
 
@@ -242,11 +386,17 @@ class PostgresStore:
             max_connections: Most connections this worker opens.
             join: False to only read the batch (:meth:`entries`,
                 :meth:`counts`): the store joins as no worker, holds no
-                lease, and every record and claim fails.
+                lease, and every record and claim fails. The batch must
+                exist.
+            connect_timeout: Seconds a new connection may take to be
+                answered: a database that accepts connections and never
+                answers fails the open after that long.
 
         Raises:
             JournalError: asyncpg is not installed, the database cannot be
-                reached, or the batch cannot be joined.
+                reached, the batch cannot be joined, or (``join=False``)
+                there is no batch of that name: the error lists the names
+                there are.
             ValueError: an empty batch name or a lease <= 0.
         """
         if not isinstance(batch, str) or not batch:
@@ -262,7 +412,15 @@ class PostgresStore:
             ) from exc
         worker = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         try:
-            pool = await asyncpg.create_pool(url, min_size=1, max_size=max_connections)
+            # No floor of connections: asyncpg would restore it with a traceback
+            # logged at every try while the database is away (see _retrying).
+            pool = await asyncpg.create_pool(
+                url,
+                min_size=0,
+                max_size=max_connections,
+                timeout=connect_timeout,
+                command_timeout=_STATEMENT_TIMEOUT,
+            )
         except Exception as exc:
             raise JournalError(
                 f"cannot connect to the journal {redact_url(url)}: {error_text(exc)}",
@@ -274,10 +432,20 @@ class PostgresStore:
         except BaseException as exc:
             await pool.close()
             if isinstance(exc, Exception) and not isinstance(exc, JournalError):
-                raise JournalError(
-                    f"cannot join batch {batch!r} in {store.name}: {error_text(exc)}",
-                    path=store.name,
-                ) from exc
+                # The pool connects on first use: this is where an
+                # unreachable database shows.
+                what = (
+                    f"cannot connect to the journal {redact_url(url)}"
+                    if _connection_lost(exc)
+                    else f"cannot join batch {batch!r} in {store.name}"
+                )
+                why = error_text(exc)
+                if isinstance(exc, TimeoutError):
+                    why = (
+                        f"no answer within {connect_timeout:g} s (connect_timeout): the server "
+                        "accepted the connection but never answered"
+                    )
+                raise JournalError(f"{what}: {why}", path=store.name) from exc
             raise
         if join:
             store._renewer = asyncio.get_running_loop().create_task(
@@ -289,6 +457,11 @@ class PostgresStore:
     def name(self) -> str:
         """The journal's URL (without its password) and the batch's name."""
         return f"{self._url} batch {self.batch!r}"
+
+    @property
+    def read_only(self) -> bool:
+        """True for a store opened with ``join=False``: it reads the batch, and runs none of it."""
+        return not self._joined
 
     @property
     def run(self) -> int:
@@ -314,17 +487,18 @@ class PostgresStore:
     # -- joining and the lease ------------------------------------------------------
 
     async def _join(self, *, join: bool) -> None:
+        started = time.monotonic()
         async with self._pool.acquire() as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
-            for statement in _SCHEMA:
+            for statement in (*_SCHEMA, *_MIGRATIONS):
                 await connection.execute(statement)
             if not join:
-                self._run = int(
-                    await connection.fetchval(
-                        "SELECT coalesce(max(run), 0) FROM banana_batches WHERE name = $1",
-                        self.batch,
-                    )
+                run = await connection.fetchval(
+                    "SELECT run FROM banana_batches WHERE name = $1", self.batch
                 )
+                if run is None:
+                    raise await self._unknown(connection)
+                self._run = int(run)
                 return
             await connection.execute(
                 "INSERT INTO banana_batches (name) VALUES ($1) ON CONFLICT DO NOTHING", self.batch
@@ -357,40 +531,58 @@ class PostgresStore:
                 self.lease,
             )
             self._run = int(run)
+        self._lease_until = started + self.lease
+        self._joined = True
+
+    async def _unknown(self, connection: Any) -> JournalError:
+        """The error for a batch name that the database does not know (a typo, mostly)."""
+        names = [
+            str(row["name"])
+            for row in await connection.fetch(
+                "SELECT name FROM banana_batches ORDER BY created_at DESC LIMIT $1",
+                _NAMES_SHOWN + 1,
+            )
+        ]
+        if not names:
+            known = "it has no batch yet"
+        else:
+            more = ", ..." if len(names) > _NAMES_SHOWN else ""
+            known = "its batches: " + ", ".join(names[:_NAMES_SHOWN]) + more
+        return JournalError(
+            f"no batch named {self.batch!r} in the journal {self._url} ({known})",
+            path=self.name,
+        )
 
     async def _renew(self) -> None:
-        """Renew this worker's lease every third of it, until the store closes."""
+        """Renew this worker's lease every third of it, until the store closes or it runs out."""
         while True:
             await asyncio.sleep(self.lease / 3)
-            try:
-                async with self._pool.acquire() as connection:
-                    renewed = await connection.execute(
-                        "UPDATE banana_workers SET lease_until = now() + make_interval(secs => $3)"
-                        " WHERE batch = $1 AND id = $2 AND lease_until > now()",
-                        self.batch,
-                        self.worker,
-                        self.lease,
-                    )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Not fatal yet: the lease may outlast the outage. If it does
-                # not, every record fails (fenced) and the batch stops.
-                logger.warning(
-                    "journal %s: could not renew the lease of worker %s (%s)",
-                    self.name,
+            started = time.monotonic()
+
+            async def renew(connection: Any) -> str:
+                result: str = await connection.execute(
+                    "UPDATE banana_workers SET lease_until = now() + make_interval(secs => $3)"
+                    " WHERE batch = $1 AND id = $2 AND lease_until > now()",
+                    self.batch,
                     self.worker,
-                    error_text(exc),
+                    self.lease,
                 )
-                continue
+                return result
+
+            try:
+                renewed, _ = await self._retrying(renew)
+            except JournalError:
+                renewed = " 0"  # the database stayed away past the lease
             if renewed.endswith(" 0"):
                 logger.error(
-                    "journal %s: the lease of worker %s expired; other workers may take "
-                    "its inputs, and its records now fail",
+                    "journal %s: the lease of worker %s ran out; other workers may take "
+                    "its inputs, and it creates nothing more (its records now fail)",
                     self.name,
                     self.worker,
                 )
+                self._lease_until = 0.0  # every later statement fails at once
                 return
+            self._lease_until = started + self.lease
 
     # -- the protocol -----------------------------------------------------------------
 
@@ -409,15 +601,21 @@ class PostgresStore:
             },
             sort_keys=True,
         )
-        async with self._connection() as connection, connection.transaction():
-            recorded = await connection.fetchval(
+
+        async def bind(connection: Any) -> str | None:
+            recorded: str | None = await connection.fetchval(
                 "SELECT provider FROM banana_batches WHERE name = $1 FOR UPDATE", self.batch
             )
             if recorded is None:
                 await connection.execute(
                     "UPDATE banana_batches SET provider = $2 WHERE name = $1", self.batch, value
                 )
-                return
+            return recorded
+
+        self._check_open()
+        recorded, _ = await self._retrying(bind, transaction=True)
+        if recorded is None:
+            return
         fields = json.loads(recorded)
         known = JournalProvider(
             str(fields["dialect"]), str(fields["create_base_url"]), str(fields["query_base_url"])
@@ -428,6 +626,53 @@ class PostgresStore:
                 f"recorded for {known}, not {given}; its task ids mean nothing there",
                 path=self.name,
             )
+
+    async def check_inputs(self, fingerprint: str, count: int) -> None:
+        """Check this worker's whole input list against the one of the batch's run.
+
+        The first worker of a run that gives its list records it; every
+        later worker of the run must give the same, or stops here, before
+        anything is created. A new run (the batch resumed when no worker was
+        alive) records its own: a corrected file may resume a batch, as each
+        input's own check allows (see :meth:`claim`).
+
+        Args:
+            fingerprint: :func:`~banana_async.journal.postgres.inputs_fingerprint` of the inputs.
+            count: How many inputs there are.
+
+        Raises:
+            JournalError: Another worker of this run gave other inputs.
+        """
+
+        async def check(connection: Any) -> None:
+            row = await connection.fetchrow(
+                "SELECT inputs, inputs_count, inputs_run FROM banana_batches"
+                " WHERE name = $1 FOR UPDATE",
+                self.batch,
+            )
+            if row is None:
+                raise JournalError(f"journal {self.name}: the batch is gone", path=self.name)
+            if row["inputs_run"] == self._run and row["inputs"] is not None:
+                if row["inputs"] != fingerprint:
+                    raise JournalError(
+                        f"journal {self.name}: this worker's inputs ({count}) differ from "
+                        f"the ones another worker of this run gave ({row['inputs_count']}): "
+                        "every worker of a batch must read the same inputs with the same "
+                        "options (file, --size, --model, ...); nothing was created",
+                        path=self.name,
+                    )
+                return
+            await connection.execute(
+                "UPDATE banana_batches SET inputs = $2, inputs_count = $3, inputs_run = $4"
+                " WHERE name = $1",
+                self.batch,
+                fingerprint,
+                count,
+                self._run,
+            )
+
+        self._check_open()
+        await self._retrying(check, transaction=True)
 
     async def get(self, index: int) -> JournalEntry | None:
         """Return the entry of input ``index``, or None if nothing is recorded."""
@@ -649,35 +894,79 @@ class PostgresStore:
         """Claim input ``index`` for this worker; False if another worker has it.
 
         Another worker has it while its lease is alive, and once it settled
-        the input in this run. The claim keeps the request (or, for an input
-        that is no valid request, ``raw_input``) so that another worker can
-        take the input over without reading it.
+        the input in this run. Whoever holds it, the input is first checked
+        against what the batch recorded for the index (and recorded when
+        nothing is): the request (or, for an input that is no valid request,
+        ``raw_input``) stays on the row, so that another worker can take the
+        input over without reading it, and every worker reading the index
+        later is checked against it.
+
+        What a differing input may replace: a claim that created nothing
+        and that no live worker holds nor anybody settled in this run (a
+        worker that stopped gave it back), and an invalid input recorded
+        by an earlier run (a corrected file, as SQLite allows).
 
         Raises:
+            JournalError: The batch recorded another input at ``index``: the
+                workers read different inputs (another file, or other options).
             ValueError: a closed store.
         """
         check_index(index)
         text = None if request is None else canonical_request(request)
-        async with self._connection() as connection:
-            claimed = await connection.fetchval(
-                "INSERT INTO banana_entries AS e"
-                " (batch, idx, request, raw_input, updated_at, owner)"
-                " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (batch, idx) DO UPDATE SET"
-                " owner = excluded.owner,"
-                " request = CASE WHEN e.state IS NULL THEN excluded.request ELSE e.request END,"
-                " raw_input = CASE WHEN e.state IS NULL THEN excluded.raw_input"
-                " ELSE e.raw_input END"
-                f" WHERE e.settled_run IS DISTINCT FROM $7 AND (e.owner = $6 OR {_ORPHAN})"
+        raw = None if request is not None else _text(raw_input)
+
+        async def claim(connection: Any) -> bool:
+            inserted = await connection.fetchval(
+                "INSERT INTO banana_entries (batch, idx, request, raw_input, updated_at, owner)"
+                " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (batch, idx) DO NOTHING"
                 " RETURNING idx",
                 self.batch,
                 index,
                 text,
-                None if request is not None else _text(raw_input),
+                raw,
                 time.time(),
                 self.worker,
+            )
+            if inserted is not None:
+                return True
+            row = await connection.fetchrow(
+                "SELECT e.state, e.request, e.raw_input, e.owner,"
+                f" e.settled_run IS NOT DISTINCT FROM $3 AS settled, {_ORPHAN} AS orphan"
+                " FROM banana_entries e WHERE e.batch = $1 AND e.idx = $2 FOR UPDATE",
+                self.batch,
+                index,
                 self._run,
             )
-        return claimed is not None
+            mine = row["owner"] == self.worker
+            free = not row["settled"] and (mine or row["orphan"])
+            same = (
+                row["request"] == text
+                if text is not None
+                else row["request"] is None and row["raw_input"] == raw
+            )
+            replaceable = free and (
+                row["state"] is None or (row["request"] is None and text is not None)
+            )
+            if not same and not replaceable:
+                raise self._mismatch(index, row["owner"], settled=bool(row["settled"]))
+            if not free:
+                return False
+            await connection.execute(
+                "UPDATE banana_entries SET owner = $3,"
+                " request = CASE WHEN state IS NULL THEN $4 ELSE request END,"
+                " raw_input = CASE WHEN state IS NULL THEN $5 ELSE raw_input END"
+                " WHERE batch = $1 AND idx = $2",
+                self.batch,
+                index,
+                self.worker,
+                text,
+                raw,
+            )
+            return True
+
+        self._check_open()
+        claimed, _ = await self._retrying(claim, transaction=True)
+        return claimed
 
     async def settle(self, index: int) -> None:
         """Mark input ``index`` settled in this run (its outcome was handed over); unclaim it.
@@ -697,6 +986,15 @@ class PostgresStore:
                 self._run,
                 self.worker,
             )
+            if done is None and connection.retried:
+                # The first try may have committed before its answer was lost.
+                done = await connection.fetchval(
+                    "SELECT idx FROM banana_entries WHERE batch = $1 AND idx = $2"
+                    " AND owner IS NULL AND settled_run = $3",
+                    self.batch,
+                    index,
+                    self._run,
+                )
         if done is None:
             raise self._lost(index)
 
@@ -712,6 +1010,7 @@ class PostgresStore:
             valid request), and its text in that case.
         """
         pause = min(_SWEEP_PAUSE, self.lease / 3)
+        said: tuple[Any, float] | None = None
         while True:
             async with self._connection() as connection:
                 row = await connection.fetchrow(
@@ -727,9 +1026,13 @@ class PostgresStore:
                     self.worker,
                 )
                 if row is None:
-                    held = await connection.fetchval(
-                        "SELECT count(*) FROM banana_entries WHERE batch = $1"
-                        " AND settled_run IS DISTINCT FROM $2 AND owner IS DISTINCT FROM $3",
+                    holders = await connection.fetch(
+                        "SELECT e.owner, count(*) AS inputs,"
+                        " extract(epoch FROM max(w.lease_until) - now()) AS left"
+                        " FROM banana_entries e LEFT JOIN banana_workers w"
+                        " ON w.batch = e.batch AND w.id = e.owner"
+                        " WHERE e.batch = $1 AND e.settled_run IS DISTINCT FROM $2"
+                        " AND e.owner IS DISTINCT FROM $3 GROUP BY e.owner ORDER BY e.owner",
                         self.batch,
                         self._run,
                         self.worker,
@@ -745,9 +1048,31 @@ class PostgresStore:
                     "journal %s: worker %s takes over input %d", self.name, self.worker, row["idx"]
                 )
                 return int(row["idx"]), request, row["raw_input"]
-            if not held:
+            if not holders:
                 return None
+            said = self._say_waiting(holders, said)
             await asyncio.sleep(pause)
+
+    def _say_waiting(self, holders: list[Any], said: tuple[Any, float] | None) -> tuple[Any, float]:
+        """Log at INFO whom this worker waits for: when that changes, and every 10 s."""
+        now = time.monotonic()
+        who = tuple((row["owner"], int(row["inputs"])) for row in holders)
+        if said is not None and said[0] == who and now - said[1] < _WAIT_NOTE_EVERY:
+            return said
+        for row in holders:
+            if row["owner"] is None:
+                continue  # given back: taken at the next look
+            left = max(0.0, float(row["left"] or 0.0))
+            logger.info(
+                "journal %s: worker %s waits for worker %s's lease on %d input(s), ~%.0f s "
+                "left (renewed while it is alive; if it died, its inputs are taken then)",
+                self.name,
+                self.worker,
+                row["owner"],
+                row["inputs"],
+                left,
+            )
+        return who, now
 
     # -- reading the whole batch --------------------------------------------------------
 
@@ -786,10 +1111,87 @@ class PostgresStore:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _connection(self) -> Any:
+    def _check_open(self) -> None:
         if self._closed:
             raise ValueError(f"the journal store {self.name} is closed")
-        return self._pool.acquire()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[_Retrying]:
+        self._check_open()
+        yield _Retrying(self)
+
+    async def _retrying(
+        self, operation: Callable[[Any], Awaitable[_T]], *, transaction: bool = False
+    ) -> tuple[_T, bool]:
+        """Run ``operation`` on a connection, again while the database is away.
+
+        A worker waits for the database as long as its lease lasts: past
+        that, other workers may take its inputs, so it must create nothing
+        more. The first lost connection of an outage logs one WARNING, the
+        first statement that gets through after it one INFO.
+
+        Returns:
+            What ``operation`` returned, and whether it was run more than once.
+
+        Raises:
+            JournalError: The database stayed away until this worker's lease
+                ran out (for a store that only reads: for one lease's length).
+        """
+        delay = _RETRY_FIRST
+        retried = False
+        while True:
+            try:
+                async with self._pool.acquire() as connection:
+                    if transaction:
+                        async with connection.transaction():
+                            result = await operation(connection)
+                    else:
+                        result = await operation(connection)
+            except Exception as exc:
+                if not _connection_lost(exc):
+                    raise
+                left = self._wait_left(exc)
+                if left <= 0:
+                    raise JournalError(
+                        f"journal {self.name}: the database has been unreachable for "
+                        f"{time.monotonic() - (self._down_since or 0):.0f} s "
+                        f"({error_text(exc)}) and worker {self.worker}'s lease of "
+                        f"{self.lease:g} s ran out meanwhile: other workers may take its "
+                        "inputs, so it creates nothing more",
+                        path=self.name,
+                    ) from exc
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, _RETRY_MOST)
+                retried = True
+                continue
+            if self._down_since is not None:
+                logger.info(
+                    "journal %s: the database is back after %.1f s; worker %s goes on",
+                    self.name,
+                    time.monotonic() - self._down_since,
+                    self.worker,
+                )
+                self._down_since = None
+            return result, retried
+
+    def _wait_left(self, exc: Exception) -> float:
+        """Seconds left to wait for the database; logs the WARNING of a new outage."""
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            left = self._lease_until - now if self._joined else self.lease
+            if left > 0:
+                logger.warning(
+                    "journal %s: lost the database (%s); worker %s tries again for up to "
+                    "%.0f s (until its lease runs out) and keeps polling its tasks meanwhile",
+                    self.name,
+                    error_text(exc),
+                    self.worker,
+                    left,
+                )
+        if self._joined:
+            return self._lease_until - now
+        return self._down_since + self.lease - now
 
     async def _task(  # noqa: PLR0917 - one record's parts, in its order
         self,
@@ -846,6 +1248,7 @@ class PostgresStore:
             )
             if changed is not None:
                 return
+            retried = connection.retried
             row = await connection.fetchrow(
                 "SELECT state, task_id, task, owner, EXISTS (SELECT 1 FROM banana_workers w"
                 " WHERE w.batch = $1 AND w.id = $3 AND w.lease_until > now()) AS alive"
@@ -857,6 +1260,9 @@ class PostgresStore:
         if row is None or row["owner"] != self.worker or not row["alive"]:
             raise self._lost(index)
         state = None if row["state"] is None else EntryState(row["state"])
+        if retried and not keep_state and state is after:
+            # Sent again after a lost connection: the first try committed.
+            return
         if (state is None and not from_nothing) or (
             state is not None and state.value not in states
         ):
@@ -864,6 +1270,20 @@ class PostgresStore:
             raise ValueError(f"cannot {action} for input {index}: it has {shown}")
         recorded = json.loads(row["task"])["id"] if row["task"] else row["task_id"]
         raise ValueError(f"input {index} already has task {recorded}, not {values[0]}")
+
+    def _mismatch(self, index: int, owner: str | None, *, settled: bool) -> JournalError:
+        if owner is not None:
+            whose = f" (by worker {owner})"
+        elif settled:
+            whose = " (another worker finished it in this run)"
+        else:
+            whose = ""
+        return JournalError(
+            f"input {index} differs from the one recorded in the journal {self.name}{whose}: "
+            "every worker of a batch must read the same inputs with the same options (file, "
+            "--size, --model, ...)",
+            path=self.name,
+        )
 
     def _lost(self, index: int) -> JournalError:
         return JournalError(

@@ -137,7 +137,14 @@ class ClaimingStore(JournalStore, Protocol):
     async def claim(
         self, index: int, request: GenerationRequest | None, *, raw_input: str | None = None
     ) -> bool:
-        """Claim input ``index`` for this worker; False if another worker has it or settled it."""
+        """Claim input ``index`` for this worker; False if another worker has it or settled it.
+
+        Whoever has it, the input is first checked against what the batch
+        recorded at ``index`` (and recorded when nothing is).
+
+        Raises:
+            JournalError: The batch recorded another input at ``index``.
+        """
         ...
 
     async def settle(self, index: int) -> None:

@@ -15,7 +15,7 @@ import contextlib
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
@@ -27,6 +27,7 @@ from banana_async.cli.common import (
     later_hint,
     prepare_out,
     request_defaults,
+    warn_if_password,
 )
 from banana_async.cli.exit_codes import ExitCode
 from banana_async.cli.gallery import make_gallery
@@ -35,11 +36,16 @@ from banana_async.cli.progress import PROGRESS_INTERVAL, Progress, Stats, durati
 from banana_async.cli.prompt_file import PromptFile, looks_binary, scan
 from banana_async.errors import InvalidRequestError, JournalError, TaskTimeoutError
 from banana_async.journal import PostgresStore, SQLiteStore
-from banana_async.journal.postgres import is_postgres_url, redact_url
+from banana_async.journal.postgres import (
+    DEFAULT_LEASE,
+    inputs_fingerprint,
+    is_postgres_url,
+    redact_url,
+)
 
 if TYPE_CHECKING:
     from banana_async.client import BananaClient
-    from banana_async.models import Outcome
+    from banana_async.models import BatchInput, Outcome
 
 __all__ = ["MANIFEST", "STDIN", "manifest_record", "open_manifest", "run"]
 
@@ -133,6 +139,8 @@ def _check_flags(args: argparse.Namespace) -> None:
             )
     elif args.batch is not None:
         raise InvalidRequestError("--batch needs a postgresql:// --journal")
+    elif args.lease is not None:
+        raise InvalidRequestError("--lease needs a postgresql:// --journal")
 
 
 async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
@@ -148,10 +156,7 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
     defaults = request_defaults(args)
     check_defaults(args, defaults)
     client = api_client(args, requests_per_second=args.requests_per_second)
-    if args.journal is not None and not is_postgres_url(args.journal):
-        problem = await asyncio.to_thread(_journal_problem, Path(args.journal))
-        if problem is not None:
-            raise JournalError(problem, path=args.journal)
+    await _check_journal(args)
     out = await prepare_out(args.out)
     found = None
     if path is not None and (show_progress or args.format == "auto"):
@@ -162,7 +167,11 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
             jsonl = None  # decided by the first input
         else:
             jsonl = path.suffix.lower() == ".jsonl" or (found is not None and found.all_objects)
-    stats = Stats(total=found.inputs if found else None, concurrency=args.concurrency)
+    stats = Stats(
+        total=found.inputs if found else None,
+        concurrency=args.concurrency,
+        shared=is_postgres_url(args.journal),
+    )
     state.stats = stats
     state.journal = args.journal
     if is_postgres_url(args.journal):
@@ -219,6 +228,19 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
     return ExitCode.OK if stats.failed == 0 else ExitCode.FAILED
 
 
+async def _check_journal(args: argparse.Namespace) -> None:
+    """Say so when --journal carries a password; refuse a SQLite journal that cannot be used.
+
+    Raises:
+        JournalError: the SQLite journal cannot be used.
+    """
+    warn_if_password(args.journal)
+    if args.journal is not None and not is_postgres_url(args.journal):
+        problem = await asyncio.to_thread(_journal_problem, Path(args.journal))
+        if problem is not None:
+            raise JournalError(problem, path=args.journal)
+
+
 async def _run_batch(  # noqa: PLR0917 - the pieces run() prepared
     args: argparse.Namespace,
     state: RunState,
@@ -236,10 +258,21 @@ async def _run_batch(  # noqa: PLR0917 - the pieces run() prepared
         journal: SQLiteStore | PostgresStore | None = None
         if is_postgres_url(args.journal):
             journal = await stack.enter_async_context(
-                await PostgresStore.open(args.journal, batch=args.batch)
+                await PostgresStore.open(
+                    args.journal,
+                    batch=args.batch,
+                    lease=DEFAULT_LEASE if args.lease is None else args.lease,
+                )
             )
         elif args.journal is not None:
             journal = await stack.enter_async_context(await SQLiteStore.open(args.journal))
+        if isinstance(journal, PostgresStore) and isinstance(prompts.path, Path):
+            # The whole file is known: a worker given another file (or other
+            # options) stops here, before the client creates anything.
+            fingerprint, count = await asyncio.to_thread(
+                _fingerprint, prompts.path, prompts.jsonl, request_defaults(args)
+            )
+            await journal.check_inputs(fingerprint, count)
         manifest = await asyncio.to_thread(open_manifest, out)
         stack.callback(manifest.close)
         state.manifest = manifest.name
@@ -270,6 +303,20 @@ async def _run_batch(  # noqa: PLR0917 - the pieces run() prepared
         await consume(outcomes, progress, stats, show, report)
 
 
+def _fingerprint(path: Path, jsonl: bool | None, defaults: dict[str, Any]) -> tuple[str, int]:
+    """The digest of a prompt file's inputs as the batch reads them (see inputs_fingerprint)."""
+    reader = PromptFile(
+        path, jsonl=jsonl, defaults=defaults, stats=Stats(total=None, concurrency=1)
+    )
+
+    def inputs() -> Iterator[BatchInput]:
+        for item in reader.inputs():
+            reader.lines.clear()  # what a line was is not needed here
+            yield item
+
+    return inputs_fingerprint(inputs(), defaults)
+
+
 def open_manifest(out: Path) -> TextIO:
     """Open ``out``'s manifest to append outcomes to (the demo writes the same file)."""
     # Readable by its owner only, like the journal: it lists prompts and
@@ -289,6 +336,13 @@ def _summary(
         f"{stats.finished} inputs in {duration(stats.elapsed())}: {stats.ok} done, "
         f"{stats.failed} failed; images in {out}, list in {out / MANIFEST}"
     )
+    if stats.shared:
+        of = f" of the {stats.total}" if stats.total is not None else ""
+        to_stderr(
+            f"this worker ran {stats.finished}{of} inputs of batch {args.batch!r}; the other "
+            "workers ran the rest. The whole batch: banana-async journal "
+            f"{redact_url(args.journal)} --batch {args.batch}"
+        )
     if page is not None:
         to_stderr(f"gallery: {page}; open it in a browser: {page.resolve().as_uri()}")
     for folder, count in sorted(elsewhere.items()):

@@ -13,7 +13,7 @@ import asyncio
 from collections import Counter
 from pathlib import Path
 
-from banana_async.cli.common import RunState
+from banana_async.cli.common import RunState, warn_if_password
 from banana_async.cli.exit_codes import ExitCode
 from banana_async.cli.output import json_line, to_stdout
 from banana_async.errors import InvalidRequestError, JournalError
@@ -47,6 +47,7 @@ async def _read(args: argparse.Namespace) -> list[JournalEntry]:
     if is_postgres_url(args.journal):
         if not args.batch:
             raise InvalidRequestError("a postgresql:// journal needs --batch NAME")
+        warn_if_password(args.journal)
         async with await PostgresStore.open(args.journal, batch=args.batch, join=False) as store:
             return await store.entries()
     if args.batch is not None:

@@ -1,0 +1,138 @@
+"""A Postgres cluster of the tests' own: ``initdb`` into a temporary folder, ``pg_ctl`` on loopback.
+
+No system service, no Docker. Locally, a machine without Postgres skips the
+test that asks for one, with a hint; under CI (``$CI`` set) that is an error.
+
+``initdb`` refuses to run as root, and CI (``.ci/run``) runs as root: then
+the cluster is made and run as the user ``nobody`` through ``setpriv``
+(util-linux, on every Debian), in a folder of its own under the system's
+temporary folder (which ``nobody`` can reach; pytest's own folders are
+private to root).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+__all__ = ["INSTALL_HINT", "Cluster", "cluster"]
+
+INSTALL_HINT = (
+    "Postgres is not installed (initdb not found on PATH nor in /usr/lib/postgresql/*/bin); "
+    "install it to run these tests: apt-get install postgresql (Debian, Ubuntu), "
+    "brew install postgresql (macOS)"
+)
+
+
+def _bin_dir() -> Path | None:
+    found = shutil.which("initdb")
+    if found is not None:
+        return Path(found).parent
+    # Debian's package keeps the binaries off PATH.
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "initdb").is_file():
+            return candidate
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Cluster:
+    """A Postgres cluster of the tests' own, which a test may stop and start again."""
+
+    def __init__(self, bin_dir: Path, data: Path, prefix: list[str]) -> None:
+        self._bin_dir = bin_dir
+        self._data = data
+        self._prefix = prefix
+        self.port = _free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *command: str) -> None:
+        subprocess.run([*self._prefix, *command], check=True, capture_output=True, cwd=self._data)
+
+    def create(self, password: str | None = None) -> None:
+        if password is None:
+            auth = ["--auth", "trust"]
+        else:
+            secret = self._data / "password"
+            secret.write_text(password, encoding="utf-8")
+            auth = ["--auth", "scram-sha-256", "--pwfile", str(secret)]
+        self._run(
+            str(self._bin_dir / "initdb"),
+            "-D",
+            str(self._data / "cluster"),
+            "-U",
+            "postgres",
+            *auth,
+        )
+
+    def start(self) -> None:
+        self._run(
+            str(self._bin_dir / "pg_ctl"),
+            "-D",
+            str(self._data / "cluster"),
+            "-l",
+            str(self._data / "log"),
+            "-o",
+            f"-p {self.port} -k {self._data} -c listen_addresses=127.0.0.1",
+            "-w",
+            "start",
+        )
+
+    def stop(self) -> None:
+        self._run(
+            str(self._bin_dir / "pg_ctl"),
+            "-D",
+            str(self._data / "cluster"),
+            "-m",
+            "fast",
+            "-w",
+            "stop",
+        )
+
+
+@contextlib.contextmanager
+def cluster(password: str | None = None) -> Iterator[Cluster]:
+    """A new, started cluster (user postgres; trust auth, or this password), stopped at the end."""
+    bin_dir = _bin_dir()
+    if bin_dir is None:
+        if "CI" in os.environ:
+            pytest.fail(INSTALL_HINT)
+        pytest.skip(INSTALL_HINT)
+    data = Path(tempfile.mkdtemp(prefix="banana-pg-"))
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody")
+        os.chown(data, nobody.pw_uid, nobody.pw_gid)
+        prefix = [
+            "setpriv",
+            f"--reuid={nobody.pw_uid}",
+            f"--regid={nobody.pw_gid}",
+            "--clear-groups",
+            "--",
+        ]
+    made = Cluster(bin_dir, data, prefix)
+    try:
+        made.create(password)
+        made.start()
+        try:
+            yield made
+        finally:
+            with contextlib.suppress(subprocess.CalledProcessError):  # stopped by the test
+                made.stop()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
