@@ -54,8 +54,8 @@ def lint(session: nox.Session) -> None:
 def type_check(session: nox.Session) -> None:
     """Type-check the package, its tests and the helper scripts strictly."""
     # nox itself is installed so that mypy can check this file's imports, and
-    # httpx for the benchmarks' httpx baseline.
-    session.install(".[typing]", "nox", "httpx")
+    # the bench extra (httpx, matplotlib) for the benchmarks' imports.
+    session.install(".[typing,bench]", "nox")
     targets = ["banana_async", "tests", "noxfile.py"]
     targets += [name for name in ("benchmarks", "examples") if (ROOT / name).is_dir()]
     session.run("mypy", "--strict", *targets)
@@ -63,13 +63,24 @@ def type_check(session: nox.Session) -> None:
 
 @nox.session(python=MAIN_PYTHON, default=False)
 def bench(session: nox.Session) -> None:
-    """Measure banana_async against plain aiohttp/httpx loops (not run by default).
+    """Measure banana_async against plain aiohttp/httpx loops and chart it (not run by default).
 
     ``python3 -m nox -s bench`` for the full run (several minutes), or
     ``python3 -m nox -s bench -- --quick`` for a smoke run; see benchmarks/README.md.
     """
-    session.install(".[test]", "httpx")
+    session.install(".[test,bench]")
     session.run("python", "benchmarks/bench.py", *session.posargs)
+
+
+@nox.session(python=MAIN_PYTHON, default=False)
+def faults(session: nox.Session) -> None:
+    """Storms of 5,000 inputs per fault profile with the SQLite journal (not run by default).
+
+    Prints the table of counts per profile and fails if any promise broke;
+    ``python3 -m nox -s faults -- --inputs 20000`` for more (see tests/_storm.py).
+    """
+    session.install(".[test]")
+    session.run("python", "-m", "tests._storm", *session.posargs)
 
 
 @nox.session(python=MAIN_PYTHON)

@@ -104,9 +104,12 @@ def _is_loopback(host: str) -> bool:
     if host.lower() in ("localhost", "localhost."):
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    # ::ffff:127.0.0.1 is 127.0.0.1; Python says so itself only from 3.13 on.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 _MAY_BE_BILLED: Final = (
@@ -121,6 +124,14 @@ def _check_base_url(url: str, what: str) -> str:
     parts = split_http_url(url)
     if isinstance(parts, str) or not parts.hostname:
         raise InvalidRequestError(f"{what} must be an http(s) URL, not {url!r}")
+    if "@" in parts.netloc:
+        # aiohttp would turn a user name into a second Authorization header
+        # (and raise a bare ValueError); and "http://api.example.com\@127.0.0.1"
+        # names one host to some URL parsers and another to others.
+        raise InvalidRequestError(
+            f"{what} carries a user name or password (the part before '@', not shown "
+            "here); the API key is the only credential sent: remove it"
+        )
     if parts.scheme.lower() == "http" and not _is_loopback(parts.hostname):
         raise InvalidRequestError(
             f"{what} {url!r} is plain HTTP to a non-loopback host; the API key is only "

@@ -19,6 +19,7 @@ import bisect
 import heapq
 import importlib.util
 import json
+import math
 import os
 import platform
 import statistics
@@ -155,6 +156,8 @@ BASELINE_RATE_SHARE = 0.9
 """Part d's baseline sets requests_per_second to this share of the provider's limit."""
 CLIENT_CONNECTIONS = 100
 """BananaClient's default connection_limit (part d's clients keep it); sizes the file limit."""
+SERIES_STEP = 1.0
+"""Part d: seconds per bin of the time series that plots.py draws."""
 
 
 @attrs.frozen
@@ -550,6 +553,8 @@ def polling_figures(
         task = tasks[task_id]
         rows.append((index, task["queries"], seen_at - task["finished_at"]))
     figures: dict[str, Any] = {"tasks": len(rows), "ok": result["ok"], "wall_s": result["wall_s"]}
+    # For plots.py, which sets the measured policies beside ideal ones on these tasks.
+    figures["durations_s"] = [t["finished_at"] - t["created_at"] for t in tasks.values()]
     for name, subset in (
         ("all", rows),
         ("first", [r for r in rows if r[0] < first_wave]),
@@ -692,6 +697,32 @@ def best_schedule(durations: Sequence[float], concurrency: int, rate: float, bur
     return t
 
 
+def rate_series(
+    result: dict[str, Any], requests: dict[str, Any], step: float = SERIES_STEP
+) -> dict[str, Any]:
+    """Part d's batch over time, for plots.py: counts per ``step`` seconds from its start.
+
+    ``images`` are the outcomes that completed (seen by the client),
+    ``accepted`` the creates and queries the provider let through and
+    ``rate_limited`` those it answered 429, all on the one CLOCK_MONOTONIC.
+    """
+    start = result["started_at"]
+    bins = max(1, math.ceil(result["wall_s"] / step))
+
+    def count(times: Sequence[float]) -> list[int]:
+        counts = [0] * bins
+        for at in times:
+            counts[min(bins - 1, max(0, int((at - start) // step)))] += 1
+        return counts
+
+    return {
+        "step_s": step,
+        "images": count(result["done_at"]),
+        "accepted": count(requests["accepted_at"]),
+        "rate_limited": count(requests["rate_limited"]["at"]),
+    }
+
+
 def ratelimit_figures(
     result: dict[str, Any],
     dump: dict[str, Any],
@@ -742,6 +773,7 @@ def ratelimit_figures(
         "best_wall_s": best_wall,
         "best_images_per_s": count / best_wall,
         "vs_best": images_per_s * best_wall / count,
+        "series": rate_series(result, requests),
     }
 
 
@@ -940,6 +972,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     say("")
     say(f"targets missed: {', '.join(missed)}" if missed else "every target met")
     say(f"results written to {args.output}")
+    if importlib.util.find_spec("matplotlib") is None:
+        say("matplotlib is not installed: no charts (pip install -e '.[bench]')")
+    else:
+        import plots  # benchmarks/plots.py: matplotlib is only needed for the charts
+
+        for path in plots.write_charts(report, args.output):
+            say(f"chart written to {path}")
     return 0
 
 

@@ -144,8 +144,10 @@ class Tally:
         self.received: Counter[str] = Counter()
         self.rate_limited: Counter[str] = Counter()
         # When each create and query the budget let through arrived (part d
-        # measures how much of the budget a client used).
+        # measures how much of the budget a client used), and when each 429
+        # was sent (part d's charts show the 429s over time).
         self.accepted_at: list[float] = []
+        self.limited_at: list[float] = []
 
     def take(self, server: FakeBananaServer) -> None:
         """Count the server's request log, then clear it."""
@@ -153,6 +155,7 @@ class Tally:
             self.received[record.kind] += 1
             if record.rate_limited:
                 self.rate_limited[record.kind] += 1
+                self.limited_at.append(record.at)
             elif record.kind in ("create", "query"):
                 self.accepted_at.append(record.at)
         server.requests.clear()
@@ -164,6 +167,7 @@ class Tally:
             "rate_limited": {
                 "total": self.rate_limited.total(),
                 "by_kind": dict(self.rate_limited),
+                "at": self.limited_at,
             },
             "accepted_at": self.accepted_at,
         }

@@ -14,9 +14,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -31,12 +28,13 @@ from banana_async.errors import InvalidRequestError
 from banana_async.ratelimit import AdaptiveRateLimiter, RateLimiter
 from banana_async.testing import FakeBananaServer, Fault, RecordedRequest, RequestBudget
 
+from ._servers import RedisServer, free_port
+from ._servers import redis_server as start_redis
 from .conftest import API_KEY, live_client
 from .test_cli import FAST, TEXT_PROMPTS, ServerThread, fake_in_a_thread, point_user_at, run_main
 from .test_cli import KEY as CLI_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
-INSTALL = "redis-server not found: install it (Debian: apt-get install redis-server)"
 
 redis_asyncio = pytest.importorskip(
     "redis.asyncio", reason="the redis extra: pip install 'banana-async[redis]'"
@@ -44,62 +42,10 @@ redis_asyncio = pytest.importorskip(
 from banana_async.ratelimit import redis as shared  # noqa: E402 (needs the extra)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class RedisServer:
-    """A redis-server of the test's own, on loopback, keeping nothing on disk."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = _free_port()
-        self.process: subprocess.Popen[str] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary is not None
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        assert self.process.stdout is not None
-        # It says so once it listens; a server that dies ends the output instead.
-        for line in self.process.stdout:
-            if "Ready to accept connections" in line:
-                return
-        raise AssertionError(f"redis-server exited with {self.process.wait()}")
-
-    def kill(self) -> None:
-        process, self.process = self.process, None
-        if process is not None:
-            process.kill()
-            process.wait()
-            assert process.stdout is not None
-            process.stdout.close()
-
-
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail(INSTALL)
-        pytest.skip(INSTALL)
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
+    with start_redis(tmp_path) as server:
         yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture
@@ -393,7 +339,7 @@ def test_a_password_in_the_url_stays_out_of_reprs() -> None:
 async def test_redis_unreachable_from_the_start_serves_requests_locally(
     provider: FakeBananaServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    url = f"redis://127.0.0.1:{_free_port()}/0"
+    url = f"redis://127.0.0.1:{free_port()}/0"
     async with live_client(provider, rate_limit_url=url) as client:
         for i in range(3):
             task = await client.generate(f"cat {i}")

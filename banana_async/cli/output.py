@@ -169,6 +169,7 @@ class Shown:
     expected: bool = False
     seconds: float | None = None
     """Seconds from the task's creation (or a resume) to the outcome, if known."""
+    why_expected: str = "scripted by the demo"
 
     def record(self) -> dict[str, Any]:
         """The outcome's fields for ``--json``."""
@@ -199,7 +200,7 @@ class Shown:
             word = "failed"
             detail = self.error or "failed"
             if self.expected:
-                detail += " (expected: scripted by the demo)"
+                detail += f" (expected: {self.why_expected})"
         journal = " (from journal)" if outcome.from_journal else ""
         shown = preview(self.prompt)
         return f"{word:<6} {self.where:<8} {shown:<{PROMPT_PREVIEW + 2}} {detail}{journal}"

@@ -37,6 +37,9 @@ BASE_URL_ENV: Final = "BANANA_BASE_URL"
 DEFAULT_CONCURRENCY: Final = 50
 """The default of ``batch --concurrency``."""
 
+FAULT_PROFILE_NAMES: Final = ("flaky", "overloaded", "hostile")
+"""The choices of ``demo --faults`` (banana_async.testing.FAULT_PROFILES; not
+imported from there: the parser must not load the fake server)."""
 DEMO_OUT: Final = "banana-demo-out"
 """The default of ``demo --out``."""
 
@@ -370,5 +373,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEMO_COUNT,
         metavar="N",
         help=f"how many images (default: {DEMO_COUNT})",
+    )
+    demo.add_argument(
+        "--faults",
+        choices=FAULT_PROFILE_NAMES,
+        metavar="PROFILE",
+        help=(
+            "make the fake provider misbehave with a seeded fault profile: "
+            f"{', '.join(FAULT_PROFILE_NAMES)} (see the testing docs); creates it "
+            "breaks are reported, and the books are checked at the end"
+        ),
+    )
+    demo.add_argument(
+        "--seed",
+        type=int,
+        metavar="N",
+        help="the fault profile's seed, to repeat a run (default: a random one, printed)",
     )
     return parser

@@ -339,9 +339,11 @@ class Journal:
     def open(cls, path: str | os.PathLike[str], *, exclusive: bool = True) -> Self:
         """Open the journal at ``path``, creating the file if it does not exist.
 
-        The parent directory must exist. An empty SQLite file (or a new one)
-        becomes a journal; any other SQLite database, or any other file, is
-        refused without being changed. This may wait about a second for a
+        The parent directory must exist. A new file is made readable and
+        writable by its owner only (mode 0600, and so are its ``-wal`` and
+        ``-shm`` files). An empty SQLite file (or a new one) becomes a
+        journal; any other SQLite database, or any other file, is refused
+        without being changed. This may wait about a second for a
         busy file: from a coroutine, use :meth:`~banana_async.journal.SQLiteStore.open`.
 
         Args:
@@ -1486,6 +1488,7 @@ def _connect(name: str, *, exclusive: bool) -> sqlite3.Connection:
             connection); the connection is closed, so a new attempt can win.
         JournalError: For every other failure.
     """
+    _create_private(name)
     try:
         # No busy wait inside an attempt (timeout=0): see _prepare for why the
         # waiting is done by closing and trying again instead.
@@ -1522,6 +1525,25 @@ def _connect(name: str, *, exclusive: bool) -> sqlite3.Connection:
         connection.close()
         raise
     return connection
+
+
+def _create_private(name: str) -> None:
+    """Create the journal file, readable and writable by its owner only, if it is missing.
+
+    A journal holds prompts and the provider's answers. SQLite would create
+    the file with mode 0644 (less the umask), and its ``-wal`` and ``-shm``
+    files take the mode of the database file: made here first with 0600,
+    all three are private. A file that exists keeps the mode it has: its
+    owner chose it.
+    """
+    if name in ("", ":memory:"):
+        return
+    try:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        # It exists, or it cannot be made: sqlite3.connect says what is wrong.
+        return
+    os.close(fd)
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:

@@ -15,8 +15,11 @@ of concurrent tasks cost one dictionary entry each and no timers. Outcomes are
 scripted with :class:`TaskScript`, transport and protocol failures are
 injected with :class:`Fault`, a provider's rate limit is set with
 :class:`RequestBudget`, and every request is recorded as a
-:class:`RecordedRequest`. :class:`FakeClock` lets the server and a client
-share a virtual time line.
+:class:`RecordedRequest`. A :class:`FaultProfile` (``flaky``,
+``overloaded``, ``hostile``, or one of your own) strikes requests with a
+seeded mix of faults. :class:`FakeClock` lets the server and a client
+share a virtual time line; :class:`FastClock` speeds up real time for
+batches.
 
 The package also ships a pytest plugin
 (``banana_async.testing.pytest_plugin``, loaded automatically by pytest)
@@ -37,26 +40,32 @@ Example:
 
 from __future__ import annotations
 
-from banana_async.testing import _faults, _tasks
+from banana_async.testing import _faults, _profiles, _tasks
 from banana_async.testing._budget import RequestBudget
-from banana_async.testing._clock import FakeClock
+from banana_async.testing._clock import FakeClock, FastClock
 from banana_async.testing._faults import Fault
+from banana_async.testing._profiles import FaultProfile, WeightedFault
 from banana_async.testing._server import FakeBananaServer
 from banana_async.testing._tasks import FakeTask, RecordedRequest, TaskScript
 
 __all__ = [
+    "FAULT_PROFILES",
     "DialectName",
     "FakeBananaServer",
     "FakeClock",
     "FakeTask",
+    "FastClock",
     "Fault",
     "FaultAction",
+    "FaultProfile",
+    "FaultProfileName",
     "FaultTarget",
     "RecordedRequest",
     "RequestBudget",
     "RequestKind",
     "TaskOutcome",
     "TaskScript",
+    "WeightedFault",
 ]
 
 # The aliases are bound again here for autodoc, which documents a module's
@@ -72,16 +81,23 @@ RequestKind = _tasks.RequestKind
 FaultTarget = _faults.FaultTarget
 #: What an injected fault does.
 FaultAction = _faults.FaultAction
+#: The names of the built-in fault profiles (see :meth:`FaultProfile.named`).
+FaultProfileName = _profiles.FaultProfileName
+#: The built-in fault profiles' names, mildest first.
+FAULT_PROFILES = _profiles.FAULT_PROFILES
 
 # Documented (and cross-referenced) where users import them from.
 for _cls in (
     FakeBananaServer,
     FakeClock,
     FakeTask,
+    FastClock,
     Fault,
+    FaultProfile,
     RecordedRequest,
     RequestBudget,
     TaskScript,
+    WeightedFault,
 ):
     _cls.__module__ = __name__
 del _cls

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from banana_async.testing._common import check_non_negative
 
-__all__ = ["FakeClock"]
+__all__ = ["FakeClock", "FastClock"]
 
 
 class FakeClock:
@@ -43,3 +44,47 @@ class FakeClock:
         self.sleeps.append(seconds)
         self.now += seconds
         await asyncio.sleep(0)
+
+
+class FastClock:
+    """Real time, sped up: ``speed`` seconds of this clock pass per real second.
+
+    Where :class:`FakeClock` serves one sleeper at a time, this one serves
+    any number: every sleep is a real :func:`asyncio.sleep`, shortened by
+    ``speed``, so a batch's thousands of concurrent polls, retry delays and
+    429 pauses keep their order and spacing, only faster. Share it with the
+    server (``FakeBananaServer(clock=clock.time)``) and the client
+    (``BananaClient(clock=clock)``). Time is read from
+    ``time.monotonic()``, so it is one time line across threads (a
+    :class:`~banana_async.SyncBananaClient` runs its own event loop).
+
+    What the clock does not govern stays real: the client's HTTP
+    ``timeout``, and the length of a :meth:`Fault.stall`.
+
+    Attributes:
+        speed: Seconds of this clock per real second.
+        sleeps: How many times :meth:`sleep` was called.
+    """
+
+    def __init__(self, speed: float = 50.0, start: float = 1000.0) -> None:
+        if not speed > 0:
+            msg = f"speed must be > 0, got {speed!r}"
+            raise ValueError(msg)
+        self.speed = speed
+        self.sleeps = 0
+        self._start = start
+        self._origin = time.monotonic()
+
+    def time(self) -> float:
+        """The sped-up time."""
+        return self._start + (time.monotonic() - self._origin) * self.speed
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds`` of this clock (``seconds / speed`` real seconds).
+
+        Raises:
+            ValueError: ``seconds`` is negative (or NaN).
+        """
+        check_non_negative(seconds, "seconds")
+        self.sleeps += 1
+        await asyncio.sleep(seconds / self.speed)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import random
 import secrets
 import time
 import types
@@ -24,6 +25,7 @@ from banana_async._png import make_png
 from banana_async.testing._budget import LIMITED_KINDS, Bucket, RequestBudget, whole_seconds
 from banana_async.testing._common import reason_phrase
 from banana_async.testing._faults import ERROR_TYPES, Fault, FaultTarget
+from banana_async.testing._profiles import FaultProfile, FaultProfileName
 from banana_async.testing._tasks import (
     DialectName,
     FakeTask,
@@ -83,6 +85,12 @@ def _edited(response: web.Response, fault: Fault) -> web.Response:
     return web.json_response(data, status=response.status)
 
 
+def _gone(request: web.Request) -> bool:
+    """Whether the client's connection is closed: no answer can reach it now."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 def _error(status: int, message: str, error_type: str) -> web.Response:
     """A JSON error response in the fake's house style."""
     return web.json_response({"error": {"message": message, "type": error_type}}, status=status)
@@ -131,7 +139,10 @@ class FakeBananaServer:
     Use it as an async context manager (or call :meth:`start` and
     :meth:`close`) and point clients at :attr:`url`. Pass ``budget=`` (a
     :class:`RequestBudget`) to rate-limit API requests per key, as a real
-    provider does; :attr:`budget` changes it while the server runs.
+    provider does; :attr:`budget` changes it while the server runs. Pass
+    ``faults=`` (a :class:`FaultProfile` or the name of one, such as
+    ``"flaky"``) and ``seed=`` to strike requests with a seeded mix of
+    faults; :attr:`faults` changes it while the server runs.
 
     Attributes:
         api_key: The key every API request must present as
@@ -156,6 +167,8 @@ class FakeBananaServer:
         clock: Callable[[], float] | None = None,
         image_size: tuple[int, int] = (64, 64),
         budget: RequestBudget | None = None,
+        faults: FaultProfile | FaultProfileName | None = None,
+        seed: int | None = None,
     ) -> None:
         self.api_key = api_key
         self.duration = duration
@@ -172,6 +185,13 @@ class FakeBananaServer:
         # Authorization header value (None: no header) -> its tokens.
         self._buckets: dict[str | None, Bucket] = {}
         self.budget = budget
+        self._profile: FaultProfile | None = None
+        self.faults = faults
+        if seed is None:
+            # Drawn and kept, so that a failing run can be repeated.
+            seed = random.SystemRandom().randrange(2**32)
+        self._seed = seed
+        self._fault_rng = random.Random(seed)
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
         self._closing = asyncio.Event()
@@ -356,6 +376,54 @@ class FakeBananaServer:
             bucket.refill(now, old)
             bucket.tokens = min(bucket.tokens, capacity)
 
+    @property
+    def faults(self) -> FaultProfile | None:
+        """The fault profile requests are struck from, or ``None`` for none.
+
+        Set it (a :class:`FaultProfile`, the name of one, or ``None``) at any
+        time, for example to let a storm end on a healthy provider. Faults
+        queued with :meth:`inject` strike first; a request the
+        :attr:`budget` refuses draws nothing.
+
+        Raises:
+            TypeError: If set to something other than a profile, a name or ``None``.
+            ValueError: If set to an unknown profile name.
+        """
+        return self._profile
+
+    @faults.setter
+    def faults(self, value: FaultProfile | FaultProfileName | None) -> None:
+        if isinstance(value, str):
+            value = FaultProfile.named(value)
+        if value is not None and not isinstance(value, FaultProfile):
+            raise TypeError(
+                f"faults must be a FaultProfile, a profile name or None, not {type(value).__name__}"
+            )
+        self._profile = value
+
+    @property
+    def seed(self) -> int:
+        """The seed of the fault profile's draws (drawn at random when none was given)."""
+        return self._seed
+
+    def unanswered_creates(self) -> list[str]:
+        """The tasks created whose create answer never reached the client.
+
+        A reset after processing (``Fault.reset(process=True)``) makes one,
+        and so does a stalled create whose client had gone when its answer
+        was ready (the task is created all the same, as a real provider
+        would). A client cannot know these tasks exist: it must report their
+        inputs as unconfirmed, never create them again on its own.
+
+        Returns:
+            Their ids, in the order their creates arrived.
+        """
+        return [
+            r.task_id
+            for r in self.requests
+            if r.kind == "create" and r.task_id is not None and not r.answered
+        ]
+
     def count(self, kind: RequestKind | None = None) -> int:
         """Count recorded requests.
 
@@ -447,9 +515,19 @@ class FakeBananaServer:
 
     def _set_task_id(self, record: RecordedRequest, task_id: str) -> None:
         """Replace a recorded create with a copy naming the task it created."""
+        self._update(record, task_id=task_id)
+
+    def _update(self, record: RecordedRequest, **changes: Any) -> None:
+        """Replace a recorded request with a copy with ``changes``.
+
+        The record in the list may already be a copy (a create names its task
+        once processed): copies share the original's headers object, which
+        no other record has.
+        """
         for index in range(len(self.requests) - 1, -1, -1):
-            if self.requests[index] is record:
-                self.requests[index] = attrs.evolve(record, task_id=task_id)
+            current = self.requests[index]
+            if current.headers is record.headers:
+                self.requests[index] = attrs.evolve(current, **changes)
                 return
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -469,13 +547,21 @@ class FakeBananaServer:
             at=at,
             rate_limited=refusal is not None,
         )
-        self.requests.append(record)
         if refusal is not None:  # before faults: a refused request consumes none
+            self.requests.append(record)
             return refusal
         fault = self._take_fault(route.kind)
+        if fault is None and self._profile is not None:
+            fault = self._profile.draw(route.kind, self._fault_rng)
+        if fault is not None:
+            record = attrs.evolve(record, fault=fault)
+        self.requests.append(record)
         if fault is None:
             return self._answer(request, route, record)
-        return await self._answer_with_fault(request, route, record, fault)
+        response = await self._answer_with_fault(request, route, record, fault)
+        if fault.action in ("reset", "stall") and _gone(request):
+            self._update(record, answered=False)
+        return response
 
     async def _answer_with_fault(
         self, request: web.Request, route: _Route, record: RecordedRequest, fault: Fault

@@ -12,6 +12,8 @@ from banana_async.testing._common import freeze_mapping, non_negative
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from banana_async.testing._faults import Fault
+
 __all__ = [
     "DialectName",
     "FakeTask",
@@ -172,6 +174,12 @@ class RecordedRequest:
         at: Arrival time on the server's clock.
         rate_limited: Whether the server's :class:`RequestBudget` refused it
             with ``429`` (it was then not processed, and no fault struck it).
+        fault: The fault that struck it (queued with
+            :meth:`FakeBananaServer.inject` or drawn from a
+            :class:`FaultProfile`), or ``None``.
+        answered: ``False`` when no answer reached the client: the server
+            dropped the connection (a reset), or the client had closed it
+            when a stalled answer was ready.
     """
 
     method: str
@@ -184,6 +192,8 @@ class RecordedRequest:
     task_id: str | None
     at: float
     rate_limited: bool = False
+    fault: Fault | None = None
+    answered: bool = True
 
     @property
     def authorization(self) -> str | None:

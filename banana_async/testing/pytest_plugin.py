@@ -2,7 +2,7 @@
 
 pytest loads this plugin by itself once banana-async is installed (it is
 registered under the ``pytest11`` entry point as ``banana_async``; turn it
-off with ``-p no:banana_async``). It adds four function-scoped fixtures:
+off with ``-p no:banana_async``). It adds these function-scoped fixtures:
 
 * ``banana_api_key``: the API key the fake server expects and the client sends;
 * ``banana_clock``: a :class:`~banana_async.testing.FakeClock` that the server
@@ -10,7 +10,13 @@ off with ``-p no:banana_async``). It adds four function-scoped fixtures:
 * ``banana_server``: a started :class:`~banana_async.testing.FakeBananaServer`
   on the loopback interface, closed after the test;
 * ``banana_client``: a :class:`~banana_async.BananaClient` of the ``nano``
-  dialect pointed at ``banana_server``, closed after the test.
+  dialect pointed at ``banana_server``, closed after the test;
+* ``banana_faults``: the fault profile of ``banana_server`` (a name such as
+  ``"flaky"``, a :class:`~banana_async.testing.FaultProfile`, or ``None``,
+  the default); parametrize it to run a test through a profile:
+  ``@pytest.mark.parametrize("banana_faults", ["flaky", "hostile"])``;
+* ``banana_fault_seed``: the seed of its draws (``0``), so a test meets the
+  same faults on every run.
 
 Override any of them in a ``conftest.py`` by defining a fixture of the same
 name: for example ``banana_api_key`` to use another key, or ``banana_client``
@@ -32,7 +38,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 import pytest
 
 from banana_async.client import BananaClient
-from banana_async.testing import FakeBananaServer, FakeClock
+from banana_async.testing import FakeBananaServer, FakeClock, FaultProfile, FaultProfileName
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -43,6 +49,8 @@ __all__ = [
     "banana_api_key",
     "banana_client",
     "banana_clock",
+    "banana_fault_seed",
+    "banana_faults",
     "banana_server",
 ]
 
@@ -97,19 +105,38 @@ def banana_clock() -> FakeClock:
     return FakeClock()
 
 
+@pytest.fixture
+def banana_faults() -> FaultProfile | FaultProfileName | None:
+    """The fault profile ``banana_server`` strikes requests from: none unless overridden."""
+    return None
+
+
+@pytest.fixture
+def banana_fault_seed() -> int:
+    """The seed of ``banana_server``'s fault draws: one seed, the same faults every run."""
+    return 0
+
+
 @_async_fixture
 async def banana_server(
-    banana_api_key: str, banana_clock: FakeClock | None
+    banana_api_key: str,
+    banana_clock: FakeClock | None,
+    banana_faults: FaultProfile | FaultProfileName | None,
+    banana_fault_seed: int,
 ) -> AsyncIterator[FakeBananaServer]:
     """A started fake provider on 127.0.0.1 (a free port), closed after the test.
 
     It answers 401 to a request without ``Authorization: Bearer
     <banana_api_key>``, and its tasks complete at their first status query
     (``duration=0.0`` on ``banana_clock``) unless a script says otherwise.
-    On real time when ``banana_clock`` is overridden to return None.
+    On real time when ``banana_clock`` is overridden to return None. It
+    strikes requests from ``banana_faults`` (none by default), seeded with
+    ``banana_fault_seed``.
     """
     clock = None if banana_clock is None else banana_clock.time
-    async with FakeBananaServer(api_key=banana_api_key, clock=clock) as server:
+    async with FakeBananaServer(
+        api_key=banana_api_key, clock=clock, faults=banana_faults, seed=banana_fault_seed
+    ) as server:
         yield server
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -271,7 +272,10 @@ async def _run_batch(  # noqa: PLR0917 - the pieces run() prepared
 
 def open_manifest(out: Path) -> TextIO:
     """Open ``out``'s manifest to append outcomes to (the demo writes the same file)."""
-    return (out / MANIFEST).open("a", encoding="utf-8")
+    # Readable by its owner only, like the journal: it lists prompts and
+    # errors. An existing manifest keeps the mode it has.
+    fd = os.open(out / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 def _summary(

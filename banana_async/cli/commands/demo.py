@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,14 +25,24 @@ from banana_async.cli.exit_codes import ExitCode
 from banana_async.cli.gallery import make_gallery
 from banana_async.cli.output import Shown, emit, error_of, json_line, prompt_of, to_stdout
 from banana_async.cli.progress import Progress, Stats, duration
-from banana_async.client import BananaClient
+from banana_async.client import DEFAULT_TIMEOUT, BananaClient
+from banana_async.errors import APIConnectionError, TaskFailedError
 from banana_async.models import GenerationRequest, request_from
-from banana_async.testing import FakeBananaServer, TaskScript
+from banana_async.testing import FakeBananaServer, FaultProfile, RecordedRequest, TaskScript
 
 if TYPE_CHECKING:
     from banana_async.models import BatchInput, Outcome
 
-__all__ = ["DEMO_DURATIONS", "DEMO_FAILURE", "DEMO_KEY", "DEMO_PROMPTS", "run"]
+__all__ = [
+    "DEMO_DURATIONS",
+    "DEMO_FAILURE",
+    "DEMO_KEY",
+    "DEMO_PROMPTS",
+    "DEMO_REQUEST_TIMEOUT",
+    "DEMO_SLOW",
+    "DEMO_STALL",
+    "run",
+]
 
 DEMO_DURATIONS: Final = (0.5, 3.0)
 """Range of the fake tasks' random durations in the demo, in seconds."""
@@ -39,6 +50,12 @@ DEMO_KEY: Final = "demo-key-not-secret"
 """The fake provider of the demo accepts any key; this one is not a secret."""
 DEMO_FAILURE: Final = "content policy violation"
 """The error of the prompts scripted to fail."""
+DEMO_STALL: Final = 3.0
+"""With ``--faults``: seconds of a stall, past the client's request timeout."""
+DEMO_SLOW: Final = 0.2
+"""With ``--faults``: seconds of a slow answer, inside the client's request timeout."""
+DEMO_REQUEST_TIMEOUT: Final = 1.5
+"""With ``--faults``: the client's request timeout, so that a stall costs seconds, not a minute."""
 
 # The demo's prompts; the ones marked True are scripted to fail.
 DEMO_PROMPTS: Final[tuple[tuple[str, str, bool], ...]] = (
@@ -87,6 +104,16 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
     requests = _requests(args, count)
     scripted = {request.prompt for request, fails in requests if fails}
     rng = random.Random()
+    profile = (
+        None
+        if args.faults is None
+        else FaultProfile.named(args.faults, stall=DEMO_STALL, slow=DEMO_SLOW)
+    )
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
+    # Outcomes whose create an injected fault broke, by error type; and the
+    # outcome of each prompt, for the books at the end.
+    broken: collections.Counter[str] = collections.Counter()
+    outcome_of: dict[str, Outcome] = {}
 
     def script_for(body: dict[str, Any]) -> TaskScript:
         task_duration = rng.uniform(*DEMO_DURATIONS)
@@ -101,6 +128,13 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
     def show(outcome: Outcome) -> Shown:
         error, error_type = error_of(outcome)
         prompt = prompt_of(outcome)
+        if prompt is not None:
+            outcome_of[prompt] = outcome
+        as_scripted = isinstance(outcome.error, TaskFailedError) and prompt in scripted
+        # Only creates can break: the profiles never end a wait or a download.
+        by_fault = profile is not None and not outcome.ok and outcome.task is None
+        if by_fault and error_type is not None:
+            broken[error_type] += 1
         return Shown(
             outcome,
             where=f"#{outcome.index}",
@@ -108,7 +142,8 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
             prompt=prompt,
             error=error,
             error_type=error_type,
-            expected=not outcome.ok and prompt in scripted,
+            expected=as_scripted or by_fault,
+            why_expected="injected fault" if by_fault else "scripted by the demo",
             seconds=stats.took(outcome.index),
         )
 
@@ -117,25 +152,16 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
             stats.read += 1
             yield request
 
-    async with FakeBananaServer(duration=DEMO_DURATIONS[1]) as server:
+    async with FakeBananaServer(duration=DEMO_DURATIONS[1], faults=profile, seed=seed) as server:
         server.script_for = script_for
-        if human:
-            to_stdout(
-                f"banana-async demo: {count} prompts against a fake provider at {server.url} "
-                f"({args.dialect} dialect; no API key, no network)."
-            )
-            if scripted:
-                to_stdout(
-                    f"{len(scripted)} of them "
-                    f"{'is' if len(scripted) == 1 else 'are'} scripted to fail, to show "
-                    "how a batch reports failures without stopping."
-                )
+        _announce(args, server.url, profile, seed, len(scripted))
         async with BananaClient(
             DEMO_KEY,
             dialect=args.dialect,
             base_url=server.url,
             poll_interval=args.poll_interval,
             allow_unknown_models=args.allow_unknown_models,
+            timeout=DEFAULT_TIMEOUT if profile is None else DEMO_REQUEST_TIMEOUT,
         ) as client:
             progress = Progress(stats, "demo", enabled=human, interval=1.0)
             outcomes = client.generate_many(
@@ -156,13 +182,49 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
 
                 async with progress:
                     await consume(outcomes, progress, stats, show, report)
+    if profile is None:
+        code = _summary(args, stats, out, scripted_count=len(scripted))
+    else:
+        # The server is closed: stalled creates have ended, its books are final.
+        books = _Books.check(server, outcome_of)
+        code = _fault_summary(
+            args, stats, out, profile=profile.name, seed=seed, broken=broken, books=books
+        )
+    await _gallery(args, out)
+    return code
+
+
+def _announce(
+    args: argparse.Namespace, url: str, profile: FaultProfile | None, seed: int, scripted: int
+) -> None:
+    """Say what the demo is about to do (unless --json or --quiet)."""
+    if args.json or args.quiet:
+        return
+    to_stdout(
+        f"banana-async demo: {args.count} prompts against a fake provider at {url} "
+        f"({args.dialect} dialect; no API key, no network)."
+    )
+    if profile is not None:
+        to_stdout(
+            f"The provider is {profile.name} (fault profile {profile.name!r}, seed "
+            f"{seed}: repeat with --faults {profile.name} --seed {seed})."
+        )
+    if scripted:
+        to_stdout(
+            f"{scripted} of them {'is' if scripted == 1 else 'are'} scripted to fail, to show "
+            "how a batch reports failures without stopping."
+        )
+
+
+async def _gallery(args: argparse.Namespace, out: Path) -> None:
+    """Write the gallery page from the demo's manifest, and say where it is."""
     page = await make_gallery(out)
-    return _summary(args, stats, out, scripted_count=len(scripted), page=page)
+    if page is not None and not (args.json or args.quiet):
+        # The URL too: many terminals open it on a click.
+        to_stdout(f"gallery: {page}; open it in a browser: {page.resolve().as_uri()}")
 
 
-def _summary(
-    args: argparse.Namespace, stats: Stats, out: Path, *, scripted_count: int, page: Path | None
-) -> ExitCode:
+def _summary(args: argparse.Namespace, stats: Stats, out: Path, *, scripted_count: int) -> ExitCode:
     unexpected = stats.failed - stats.expected_failures
     as_designed = unexpected == 0 and stats.expected_failures == scripted_count
     if args.json or (args.quiet and as_designed):
@@ -179,7 +241,87 @@ def _summary(
             f"{unexpected} unexpected failure(s), {stats.expected_failures} of "
             f"{scripted_count} scripted failure(s) seen."
         )
-    if page is not None and not (args.json or args.quiet):
-        # The URL too: many terminals open it on a click.
-        to_stdout(f"gallery: {page}; open it in a browser: {page.resolve().as_uri()}")
+    return ExitCode.OK if as_designed else ExitCode.FAILED
+
+
+def _not_processed(record: RecordedRequest) -> bool:
+    """Whether a create was answered 429 (a client may send it again)."""
+    fault = record.fault
+    return record.rate_limited or (
+        fault is not None
+        and fault.action == "respond"
+        and fault.status_code == 429
+        and not fault.process
+    )
+
+
+class _Books:
+    """What the fake provider received and created, against the outcomes."""
+
+    def __init__(self) -> None:
+        self.struck = 0  # requests a fault struck
+        self.duplicates = 0  # creates sent again after one that may have been processed
+        self.unseen = 0  # tasks created whose input is reported as possibly created
+        self.lost = 0  # tasks created that no outcome accounts for
+
+    @classmethod
+    def check(cls, server: FakeBananaServer, outcome_of: dict[str, Outcome]) -> _Books:
+        books = cls()
+        books.struck = sum(1 for r in server.requests if r.fault is not None)
+        sent: collections.Counter[str] = collections.Counter()
+        for record in server.requests:
+            if record.kind != "create" or not isinstance(record.json, dict):
+                continue
+            prompt = str(record.json.get("prompt"))
+            books.duplicates += 1 if sent[prompt] else 0
+            sent[prompt] += 0 if _not_processed(record) else 1
+        for task_id, task in server.tasks.items():
+            outcome = outcome_of.get(str(task.body.get("prompt")))
+            if outcome is not None and outcome.task is not None and outcome.task.id == task_id:
+                continue  # completed, or failed as scripted: accounted for
+            error = outcome.error if outcome is not None else None
+            if isinstance(error, APIConnectionError) and error.request_sent:
+                books.unseen += 1  # its outcome says the create may have happened
+            else:
+                books.lost += 1
+        return books
+
+
+def _fault_summary(
+    args: argparse.Namespace,
+    stats: Stats,
+    out: Path,
+    *,
+    profile: str,
+    seed: int,
+    broken: collections.Counter[str],
+    books: _Books,
+) -> ExitCode:
+    by_fault = sum(broken.values())
+    scripted = stats.expected_failures - by_fault
+    unexpected = stats.failed - stats.expected_failures
+    as_designed = unexpected == 0 and books.lost == 0 and books.duplicates == 0
+    if args.json or (args.quiet and as_designed):
+        return ExitCode.OK if as_designed else ExitCode.FAILED
+    kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(broken.items()))
+    creates = (
+        f"{by_fault} create(s) broken by injected faults ({kinds})"
+        if by_fault
+        else "no create broken by the faults"
+    )
+    unseen = (
+        f"; {books.unseen} of them created a task the client never heard of, and "
+        "say so (may have been created)"
+        if books.unseen
+        else ""
+    )
+    verdict = "finished as designed" if as_designed else "did NOT go as designed"
+    to_stdout(
+        f"demo {verdict} through the {profile!r} fault profile (seed {seed}, "
+        f"{books.struck} requests struck): {stats.ok} images saved in {out}/, "
+        f"{scripted} failed as scripted, {creates}{unseen}. {books.duplicates} "
+        "create(s) sent twice, "
+        f"{books.lost} task(s) lost, {unexpected} unexpected failure(s), in "
+        f"{duration(stats.elapsed())}."
+    )
     return ExitCode.OK if as_designed else ExitCode.FAILED
