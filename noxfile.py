@@ -83,6 +83,40 @@ def faults(session: nox.Session) -> None:
     session.run("python", "-m", "tests._storm", *session.posargs)
 
 
+@nox.session(python=MAIN_PYTHON, default=False)
+def crash(session: nox.Session) -> None:
+    """Crash loops at full size: 20 SIGKILLs per journal, then the counts (not run by default).
+
+    The regular suite runs the same tests with 5 rounds over 100 inputs; set
+    ``BANANA_CRASH_SEED`` to draw other kill moments. Needs Postgres for the
+    shared journal (skipped without it, except in CI).
+    """
+    session.install(".[test]")
+    env = {"BANANA_CRASH_ROUNDS": "20", "BANANA_CRASH_INPUTS": "1000"}
+    session.run(
+        "pytest", "-p", "no:randomly", "-s", "tests/test_crash_loops.py", *session.posargs, env=env
+    )
+
+
+@nox.session(python=MAIN_PYTHON, default=False)
+def fuzz(session: nox.Session) -> None:
+    """Fuzz for longer: the tests/test_fuzz_*.py files, Hypothesis profile "long".
+
+    Not run by default (several minutes). Each run tries new random inputs,
+    and keeps the failing ones in .hypothesis/ to try first next time; see
+    docs/contributing.md ("Fuzzing"). Extra pytest options go after ``--``.
+    """
+    session.install(".[test]")
+    files = sorted(str(path.relative_to(ROOT)) for path in ROOT.glob("tests/test_fuzz_*.py"))
+    session.run(
+        "pytest",
+        "--hypothesis-show-statistics",
+        *files,
+        *session.posargs,
+        env={"HYPOTHESIS_PROFILE": "long"},
+    )
+
+
 @nox.session(python=MAIN_PYTHON)
 def docs(session: nox.Session) -> None:
     """Build the HTML docs, treating every warning as an error."""

@@ -121,6 +121,8 @@ _MAY_BE_BILLED: Final = (
 
 def _check_base_url(url: str, what: str) -> str:
     """Refuse URLs that would carry the API key in clear text off this machine."""
+    if not isinstance(url, str):  # urlsplit would fail on it with an AttributeError
+        raise InvalidRequestError(f"{what} must be an http(s) URL, not {url!r}")
     parts = split_http_url(url)
     if isinstance(parts, str) or not parts.hostname:
         raise InvalidRequestError(f"{what} must be an http(s) URL, not {url!r}")
@@ -874,7 +876,10 @@ class BananaClient:
                     if deadline is not None and deadline - clock.time() <= 0:
                         raise TaskTimeoutError(task_id, limit or 0.0, last)
                     try:
-                        last = await self._request(http, parse)
+                        # The deadline also bounds the wait for a turn of the
+                        # rate limiter, on the client's clock: a poll never
+                        # goes out after it, whatever clock was injected.
+                        last = await self._request(http, parse, deadline=deadline)
                     except BananaError as exc:
                         failures += 1
                         delay = self._poll_failed(exc, failures, task_id, interval)

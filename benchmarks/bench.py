@@ -1,7 +1,8 @@
 """Benchmarks of banana_async, each beside a baseline measured in the same run.
 
 Usage: ``python benchmarks/bench.py [--quick] [--part NAME ...]``, NAME one of cpu,
-memory, polling, ratelimit, journal, events (or ``python3 -m nox -s bench -- --quick``).
+memory, polling, ratelimit, journal, events, redis (or
+``python3 -m nox -s bench -- --quick``).
 See ``benchmarks/README.md``.
 
 Every measurement runs the fake provider (``provider.py``) and the client
@@ -18,6 +19,7 @@ import argparse
 import bisect
 import heapq
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -35,11 +37,15 @@ from typing import Any
 import attrs
 
 HERE = Path(__file__).resolve().parent
+# The Redis server is started as the tests start it (tests/_redis_server.py).
+sys.path.insert(0, str(HERE.parent))
+from tests._redis_server import INSTALL, RedisServer  # noqa: E402 (needs the path above)
+
 PROVIDER = HERE / "provider.py"
 WORKLOAD = HERE / "workload.py"
 DEFAULT_OUTPUT = HERE / "results" / "latest.json"
 WORKER_TIMEOUT = 1800.0
-PARTS = ("cpu", "memory", "polling", "ratelimit", "journal", "events")
+PARTS = ("cpu", "memory", "polling", "ratelimit", "journal", "events", "redis")
 
 
 @attrs.frozen
@@ -75,6 +81,20 @@ class Sizes:
     rl_seed: int
     rl_interval: float | None
     """The client's poll_interval in part d; None keeps the client's default (2 s)."""
+    redis_processes: int
+    """Part g: client processes sharing one Redis (and their baseline without it)."""
+    redis_count: int
+    """Part g: prompts of all processes together (each runs its share)."""
+    redis_concurrency: int
+    """Part g: tasks in flight of all processes together (each has its share)."""
+    redis_rate: float
+    """Part g: R, the shared budget and the provider's limit, in requests per second."""
+    redis_burst: float
+    """Part g: the provider's bucket when it enforces R."""
+    redis_small_burst: float
+    """Part g: a smaller bucket, which the first 429 misjudges the other way."""
+    redis_interval: float
+    """Part g: the clients' poll interval (short: demand must exceed R throughout)."""
 
 
 FULL = Sizes(
@@ -104,6 +124,13 @@ FULL = Sizes(
     rl_max=15.0,
     rl_seed=20_240_607,
     rl_interval=None,
+    redis_processes=4,
+    redis_count=160,
+    redis_concurrency=80,
+    redis_rate=40.0,
+    redis_burst=40.0,
+    redis_small_burst=10.0,
+    redis_interval=0.05,
 )
 # The quick polling run keeps the full run's proportions (durations of 2.5 to
 # 7.5 poll intervals), so its figures scale by poll_interval / 2.
@@ -130,6 +157,7 @@ QUICK = attrs.evolve(
     rl_min=1.25,
     rl_max=3.75,
     rl_interval=0.5,
+    redis_count=60,
 )
 
 CPU_TARGET = 1.25
@@ -868,6 +896,295 @@ def bench_ratelimit(sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
     return rows, details
 
 
+# -- g. processes sharing one budget through Redis ------------------------------------------
+
+
+SHARED_PEAK_TARGET = 1.1
+"""Part g: the busiest second of processes sharing a budget of R, at most this times R (#10)."""
+SHARED_USE_TARGET = 0.9
+"""Part g: their throughput while creates remained, at least this times R (#10)."""
+STEADY_SHARE = 0.85
+"""Part g: a second counts as steady once the provider accepts this share of R in it."""
+START_DELAY = 2.0
+"""Part g: seconds between starting the client processes and their common start."""
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A redis-server of this run's own, as the tests start it; yield its URL."""
+    with tempfile.TemporaryDirectory(prefix="banana-bench-redis-") as tmp:
+        server = RedisServer(Path(tmp))
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.kill()
+
+
+def run_workloads(specs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run workload.py once per spec, all at once; their JSON results in order."""
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(WORKLOAD), json.dumps(spec)], stdout=subprocess.PIPE, text=True
+        )
+        for spec in specs
+    ]
+    results = []
+    for process in processes:
+        out, _ = process.communicate(timeout=WORKER_TIMEOUT)
+        if process.returncode:
+            raise subprocess.CalledProcessError(process.returncode, process.args, out)
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+def busiest_second(times: Sequence[float]) -> int:
+    """The most of ``times`` (sorted) within any one second: a sliding window."""
+    most = start = 0
+    for end, at in enumerate(times):
+        while at - times[start] >= 1.0:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+def per_second(times: Sequence[float], begin: float, end: float) -> list[int]:
+    """How many of ``times`` fall in each whole second from ``begin`` until ``end``."""
+    counts = [0] * max(1, int(end - begin))
+    for at in times:
+        second = int(at - begin)
+        if 0 <= second < len(counts):
+            counts[second] += 1
+    return counts
+
+
+def steady_after(counts: Sequence[int], rate: float) -> float | None:
+    """Seconds from the first request until the accepted rate is steady, or None if never.
+
+    Steady from the start of the first second (after the first, which a
+    provider's full bucket inflates) from which on the accepted requests,
+    averaged over every later stretch of two seconds, stay at least
+    ``STEADY_SHARE`` of ``rate``: a dip of one second (a pause after a
+    probing 429) does not count as unsteady, a slow climb does.
+    """
+    floor = STEADY_SHARE * rate
+    pairs = [(a + b) / 2 for a, b in itertools.pairwise(counts)]
+    for second in range(1, len(pairs)):
+        if all(pair >= floor for pair in pairs[second:]):
+            return float(second)
+    return None
+
+
+def shared_figures(
+    results: Sequence[dict[str, Any]], dump: dict[str, Any], sizes: Sizes, burst: float
+) -> dict[str, Any]:
+    """What the processes of one variant of part g did, from the provider's record.
+
+    ``use`` is the requests the provider accepted from the first request to
+    the last create (while every process still had creates to send, so
+    demand exceeded R) over what R allowed then: ``burst`` (the provider's
+    bucket at the start, 0 without one) plus R per second.
+    """
+    rate = sizes.redis_rate
+    requests = dump["requests"]
+    accepted = sorted(requests["accepted_at"])
+    creates = sorted(task["created_at"] for task in dump["tasks"].values())
+    first, last_create = accepted[0], creates[-1]
+    spent = bisect.bisect_right(accepted, last_create)
+    span = last_create - first
+    limited = requests["rate_limited"]["total"]
+    counts = per_second(accepted, first, last_create)
+    errors: dict[str, int] = {}
+    for result in results:
+        for name, n in result["errors"].items():
+            errors[name] = errors.get(name, 0) + n
+    return {
+        "ok": sum(result["ok"] for result in results),
+        "errors": errors,
+        "wall_s": max(result["wall_s"] for result in results),
+        "tasks_created": len(dump["tasks"]),
+        "requests": requests["total"],
+        "rate_limited": limited,
+        "rate_limited_share": limited / requests["total"] if requests["total"] else 0.0,
+        "busiest_second": busiest_second(accepted),
+        "peak": busiest_second(accepted) / rate,
+        "span_s": span,
+        "use": spent / (burst + rate * span),
+        "per_second": counts,
+        "steady_after_s": steady_after(counts, rate),
+    }
+
+
+def shared_variants(sizes: Sizes, redis_url: str, capped: bool) -> dict[str, list[dict[str, Any]]]:
+    """Part g's client processes per variant: their ``client_options``, one per process.
+
+    ``capped``: every client has ``requests_per_second=R`` (the budget);
+    else none has, and the limit is learned. The measured variant is
+    first: the processes on one Redis. Then one process with every prompt,
+    and the same processes each with a limiter of its own.
+    """
+    # A fixed poll interval: adaptive polling would learn the delays the
+    # budget puts on status queries as task time and poll less, so demand
+    # would follow the budget instead of exceeding it throughout.
+    common: dict[str, Any] = {"poll_interval": sizes.redis_interval, "adaptive_polling": False}
+    if capped:
+        common["requests_per_second"] = sizes.redis_rate
+    n = sizes.redis_processes
+    return {
+        "shared": [{**common, "rate_limit_url": redis_url}] * n,
+        "one process": [common],
+        "own limiters": [common] * n,
+    }
+
+
+def shared_run(
+    sizes: Sizes, provider_args: Sequence[str], processes: Sequence[dict[str, Any]], burst: float
+) -> dict[str, Any]:
+    """The prompts split over ``processes`` started together against one fresh provider."""
+    n = len(processes)
+    with tempfile.TemporaryDirectory(prefix="banana-bench-") as tmp:
+        path = Path(tmp) / "tasks.json"
+        with provider(*provider_args, dump=path) as url:
+            start_at = time.time() + START_DELAY
+            specs = [
+                {
+                    "part": "ratelimit",
+                    "url": url,
+                    "name": f"p{i} task",
+                    "count": sizes.redis_count // n,
+                    "concurrency": sizes.redis_concurrency // n,
+                    "connections": CLIENT_CONNECTIONS,
+                    "client_options": options,
+                    "start_at": start_at,
+                }
+                for i, options in enumerate(processes)
+            ]
+            results = run_workloads(specs)
+        dump: dict[str, Any] = json.loads(path.read_text())
+    return shared_figures(results, dump, sizes, burst)
+
+
+def bench_redis(sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
+    """Processes sharing one budget through Redis, beside one process and unshared ones."""
+    if not RedisServer.available():
+        say(f"  skipped: {INSTALL}")
+        return [], {"skipped": INSTALL}
+    if importlib.util.find_spec("redis") is None:
+        say("  skipped: the redis extra is missing (pip install 'banana-async[redis]')")
+        return [], {"skipped": "no redis extra"}
+    rate, n, total = sizes.redis_rate, sizes.redis_processes, sizes.redis_count
+    details: dict[str, Any] = {}
+    rows: list[Row] = []
+    limited_provider = ["--rate", str(rate), "--burst", str(sizes.redis_burst)]
+    small = ["--rate", str(rate), "--burst", str(sizes.redis_small_burst)]
+    # (what the clients are told, the provider, its bucket, the variants run)
+    cases = (
+        ("budget", ["--mode", "instant2"], 0.0, ("shared", "one process", "own limiters")),
+        (
+            "learned",
+            ["--mode", "instant2", *limited_provider],
+            sizes.redis_burst,
+            ("shared", "one process", "own limiters"),
+        ),
+        (
+            "learned, small burst",
+            ["--mode", "instant2", *small],
+            sizes.redis_small_burst,
+            ("shared", "one process"),
+        ),
+    )
+    for mode, provider_args, burst, names in cases:
+        capped = mode == "budget"
+        figures: dict[str, dict[str, Any]] = {}
+        with redis_server() as url:
+            variants = shared_variants(sizes, url, capped)
+            for variant in names:
+                processes = variants[variant]
+                run = figures[variant] = shared_run(sizes, provider_args, processes, burst)
+                steady = run["steady_after_s"]
+                say(
+                    f"  redis {mode:20} {variant:12} ok {run['ok']}/{total}; busiest second "
+                    f"{run['busiest_second']} = {run['peak']:.2f} R; {run['use']:.2f} R while "
+                    f"creates remained ({run['span_s']:.1f} s); 429s {run['rate_limited']}/"
+                    f"{run['requests']} ({run['rate_limited_share']:.1%}); steady after "
+                    f"{'never' if steady is None else f'{steady:g} s'}; per second: "
+                    f"{' '.join(map(str, run['per_second']))}"
+                )
+        details[mode] = figures
+        ours, one = figures["shared"], figures["one process"]
+        own = figures.get("own limiters")
+        one_name, own_name = "1 process", f"{n} processes, own limiters"
+        burst_note = "" if capped else f", burst {burst:g}"
+        if capped:
+            assert own is not None
+            rows += [
+                Row(
+                    f"busiest second / R, {n} processes, requests_per_second=R",
+                    ours["peak"],
+                    one["peak"],
+                    one_name,
+                    f"<= {SHARED_PEAK_TARGET:g}",
+                    ours["peak"] <= SHARED_PEAK_TARGET,
+                ),
+                Row("  same", ours["peak"], own["peak"], own_name),
+                Row(
+                    f"throughput / R, {n} processes, requests_per_second=R",
+                    ours["use"],
+                    one["use"],
+                    one_name,
+                    f">= {SHARED_USE_TARGET:g}",
+                    ours["use"] >= SHARED_USE_TARGET,
+                ),
+                Row("  same", ours["use"], own["use"], own_name),
+            ]
+            continue
+        steady = {
+            name: figures[name]["steady_after_s"] or figures[name]["span_s"]
+            for name in ("shared", "one process")
+        }
+        learning = f"{n} processes learning R{burst_note}"
+        rows += [
+            Row(
+                f"completed, {learning}",
+                ours["ok"],
+                one["ok"],
+                one_name,
+                f"= {total}",
+                ours["ok"] == total,
+            ),
+            Row(
+                f"share of requests answered 429, {learning}",
+                100 * ours["rate_limited_share"],
+                100 * one["rate_limited_share"],
+                one_name,
+                f"<= {100 * RATE_LIMITED_SHARE_TARGET:g} %",
+                ours["rate_limited_share"] <= RATE_LIMITED_SHARE_TARGET,
+                "%",
+            ),
+        ]
+        if own is not None:
+            rows.append(
+                Row(
+                    "  same",
+                    100 * ours["rate_limited_share"],
+                    100 * own["rate_limited_share"],
+                    own_name,
+                    unit="%",
+                )
+            )
+        rows += [
+            Row(f"throughput / R, {learning}", ours["use"], one["use"], one_name),
+            Row(
+                f"seconds to a steady rate, {learning}",
+                steady["shared"],
+                steady["one process"],
+                one_name,
+                unit="s",
+            ),
+        ]
+    return rows, details
+
+
 # -- the report -------------------------------------------------------------------------
 
 
@@ -919,6 +1236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratelimit": bench_ratelimit,
         "journal": bench_journal,
         "events": bench_events,
+        "redis": bench_redis,
     }
     titles = {
         "cpu": f"a. CPU per task ({sizes.cpu_count} tasks, concurrency {sizes.cpu_concurrency})",
@@ -939,6 +1257,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "events": (
             f"f. status events ({sizes.cpu_count} tasks answered at once, concurrency "
             f"{sizes.cpu_concurrency}, a no-op on_status beside none)"
+        ),
+        "redis": (
+            f"g. {sizes.redis_processes} processes on one Redis ({sizes.redis_count} tasks "
+            f"answered at once in all, concurrency {sizes.redis_concurrency} in all, "
+            f"R = {sizes.redis_rate:g} requests/s)"
         ),
     }
     started = time.time()

@@ -147,7 +147,7 @@ class Tally:
         # measures how much of the budget a client used), and when each 429
         # was sent (part d's charts show the 429s over time).
         self.accepted_at: list[float] = []
-        self.limited_at: list[float] = []
+        self.limited_at: list[float] = []  # when each 429 was answered (parts d and g)
 
     def take(self, server: FakeBananaServer) -> None:
         """Count the server's request log, then clear it."""
@@ -170,6 +170,7 @@ class Tally:
                 "at": self.limited_at,
             },
             "accepted_at": self.accepted_at,
+            "limited_at": self.limited_at,
         }
 
 

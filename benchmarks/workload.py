@@ -333,9 +333,12 @@ async def part_ratelimit(spec: dict[str, Any]) -> dict[str, Any]:
     """One batch against a rate-limited provider: what completed, what was lost, how fast.
 
     The client is the default one but for ``spec["client_options"]``; the
-    429s and the status queries are counted by the provider.
+    429s and the status queries are counted by the provider. With
+    ``start_at`` (a :func:`time.time`), the batch waits for that moment, so
+    that several processes started together begin together, whatever each
+    one's imports cost; ``name`` prefixes the prompts (default ``bench task``).
     """
-    items = prompts(spec["count"])
+    items = prompts(spec["count"], spec.get("name", "bench task"))
     errors: Counter[str] = Counter()
     ok = 0
     options = dict(spec["client_options"])
@@ -346,6 +349,9 @@ async def part_ratelimit(spec: dict[str, Any]) -> dict[str, Any]:
     # time.monotonic(), the provider's clock, for the time series of bench.py's charts.
     done_at: list[float] = []
     async with ba.BananaClient(API_KEY, base_url=spec["url"], **options) as client:
+        start_at = spec.get("start_at")
+        if start_at is not None:
+            await asyncio.sleep(max(0.0, start_at - time.time()))
         started_at = time.monotonic()
         wall = time.perf_counter()
         async for outcome in client.generate_many(items, concurrency=spec["concurrency"]):

@@ -1,4 +1,4 @@
-"""Servers the tests start for themselves: a redis-server and a Postgres cluster.
+"""Servers the tests start for themselves (a redis-server, a Postgres cluster), and stop.
 
 Each runs on a free loopback port out of a temporary folder and is stopped
 afterwards; no system service, no Docker. :func:`redis_server` and
@@ -15,33 +15,29 @@ private to root).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
 
-REDIS_INSTALL = "redis-server not found: install it (Debian: apt-get install redis-server)"
+# The plain-Python half (no pytest), which the benchmark uses as well.
+from ._redis_server import INSTALL as REDIS_INSTALL
+from ._redis_server import RedisServer as RedisServer
+from ._redis_server import free_port as free_port
+
 POSTGRES_INSTALL = (
     "Postgres is not installed (initdb not found on PATH nor in /usr/lib/postgresql/*/bin); "
     "install it to run these tests: apt-get install postgresql (Debian, Ubuntu), "
     "brew install postgresql (macOS)"
 )
-
-
-def free_port() -> int:
-    """A loopback port free at the time of asking."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def missing(hint: str) -> NoReturn:
@@ -51,47 +47,10 @@ def missing(hint: str) -> NoReturn:
     pytest.skip(hint)
 
 
-class RedisServer:
-    """A redis-server of the test's own, on loopback, keeping nothing on disk."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = free_port()
-        self.process: subprocess.Popen[str] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary is not None
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        assert self.process.stdout is not None
-        # It says so once it listens; a server that dies ends the output instead.
-        for line in self.process.stdout:
-            if "Ready to accept connections" in line:
-                return
-        raise AssertionError(f"redis-server exited with {self.process.wait()}")
-
-    def kill(self) -> None:
-        process, self.process = self.process, None
-        if process is not None:
-            process.kill()
-            process.wait()
-            assert process.stdout is not None
-            process.stdout.close()
-
-
 @contextlib.contextmanager
 def redis_server(folder: Path) -> Iterator[RedisServer]:
     """A started :class:`RedisServer` in ``folder``, killed on exit."""
-    if shutil.which("redis-server") is None:
+    if not RedisServer.available():
         missing(REDIS_INSTALL)
     server = RedisServer(folder)
     server.start()
@@ -156,3 +115,15 @@ def postgres_cluster() -> Iterator[str]:
             run(str(bin_dir / "pg_ctl"), "-D", str(cluster), "-m", "fast", "-w", "stop")
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def killed_at_exit(*workers: asyncio.subprocess.Process) -> AsyncIterator[None]:
+    """Kill the workers still running when the block is left (a failed assertion)."""
+    try:
+        yield
+    finally:
+        for worker in workers:
+            if worker.returncode is None:
+                worker.kill()
+                await worker.communicate()

@@ -5,18 +5,46 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import os
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 import banana_async as ba
 from banana_async.journal import Journal, JournalEntry
 from banana_async.testing import FakeBananaServer, FakeClock
 
+from ._servers import postgres_cluster
+
 # pytester runs pytest in a temporary directory: the tests of the pytest plugin use it.
 pytest_plugins = ["pytester"]
+
+# Hypothesis profiles (docs/contributing.md, "Fuzzing"). "suite", the default,
+# keeps the regular run cheap and the same on every run: derandomized, no
+# example database, no deadline (eight jobs may share two cores).
+# HYPOTHESIS_PROFILE=long (nox -s fuzz) searches far more, at random, and
+# keeps what it found for the next run.
+settings.register_profile(
+    "suite",
+    max_examples=100,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "long",
+    max_examples=2000,
+    stateful_step_count=100,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 API_KEY = "sk-test-0123456789abcdef"
 
@@ -78,6 +106,22 @@ async def live() -> AsyncIterator[FakeBananaServer]:
     """A fake provider on the real clock (batches run many tasks at once)."""
     async with FakeBananaServer(api_key=API_KEY, duration=0.05) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A Postgres cluster of this test session: its URL (skipped without Postgres, but in CI)."""
+    with postgres_cluster() as url:
+        yield url
+
+
+_batches = itertools.count()
+
+
+@pytest.fixture
+def batch_name(request: pytest.FixtureRequest) -> str:
+    """A batch name of this test alone (the tests share one cluster)."""
+    return f"{request.node.name}-{next(_batches)}"
 
 
 def live_client(server: FakeBananaServer, **options: Any) -> ba.BananaClient:

@@ -1,9 +1,9 @@
 """One batch shared by many worker processes through a real Postgres.
 
-The tests start their own cluster (``initdb`` into a temporary folder,
-``pg_ctl`` on a free loopback port; see ``tests/_servers.py``) and stop it
-at the end; no system service, no Docker. Locally, a machine without
-Postgres skips them with a hint; under CI (``$CI`` set) that is an error.
+The tests share one cluster of the test session (the ``postgres_url``
+fixture of conftest.py, started by :func:`tests._servers.postgres_cluster`):
+no system service, no Docker. Locally, a machine without Postgres skips
+them with a hint; under CI (``$CI`` set) that is an error.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from banana_async.journal import EntryState, Journal, JournalEntry, PostgresStor
 from banana_async.journal.postgres import redact_url
 from banana_async.testing import FakeBananaServer, Fault, TaskScript
 
-from ._servers import postgres_cluster
+from ._servers import killed_at_exit
 from .conftest import API_KEY
 
 WORKER = Path(__file__).with_name("_pg_worker.py")
@@ -35,22 +34,6 @@ WORKER = Path(__file__).with_name("_pg_worker.py")
 # fails with a message instead of hanging (they say nothing about speed).
 _LOOKS = 6000
 _LOOK_PAUSE = 0.05
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A Postgres cluster of this test session: its URL (user postgres, trust auth)."""
-    with postgres_cluster() as url:
-        yield url
-
-
-_batches = iter(range(1_000_000))
-
-
-@pytest.fixture
-def batch_name(request: pytest.FixtureRequest) -> str:
-    """A batch name of this test alone (tests share one cluster)."""
-    return f"{request.node.name}-{next(_batches)}"
 
 
 def _prompts(tmp_path: Path, count: int) -> Path:
@@ -100,20 +83,6 @@ def _creates(server: FakeBananaServer) -> collections.Counter[str]:
     return collections.Counter(r.json["prompt"] for r in server.requests if r.kind == "create")
 
 
-@contextlib.asynccontextmanager
-async def _killed_at_exit(
-    *workers: asyncio.subprocess.Process,
-) -> AsyncIterator[None]:
-    """Kill workers still running when the test leaves (a failed assertion)."""
-    try:
-        yield
-    finally:
-        for worker in workers:
-            if worker.returncode is None:
-                worker.kill()
-                await worker.communicate()
-
-
 async def test_three_workers_create_each_input_once(
     postgres_url: str, batch_name: str, tmp_path: Path
 ) -> None:
@@ -125,7 +94,7 @@ async def test_three_workers_create_each_input_once(
         workers = [
             await _start_worker(postgres_url, batch_name, server, prompts, 5, 5.0) for _ in range(3)
         ]
-        async with _killed_at_exit(*workers):
+        async with killed_at_exit(*workers):
             await _until_joined(postgres_url, batch_name, 3)
             holding = False
             for task_id in list(server.tasks):
@@ -158,7 +127,7 @@ async def test_a_killed_worker_loses_no_task(
         server.inject(Fault.stall(3600, process=True), on="create")
         # Leases of 3 s: a loaded machine may stall a live worker for a second.
         first = await _start_worker(postgres_url, batch_name, server, prompts, 3, 3.0)
-        async with _killed_at_exit(first):
+        async with killed_at_exit(first):
             entries: list[JournalEntry] = []
             for _ in range(_LOOKS):
                 entries = await _entries(postgres_url, batch_name)
@@ -179,7 +148,7 @@ async def test_a_killed_worker_loses_no_task(
         others = [
             await _start_worker(postgres_url, batch_name, server, prompts, 3, 3.0) for _ in range(2)
         ]
-        async with _killed_at_exit(*others):
+        async with killed_at_exit(*others):
             results = [await _outcomes(worker) for worker in others]
     rows = {r["index"]: r for worker_rows in results for r in worker_rows}
     assert sum(len(worker_rows) for worker_rows in results) == count  # no input twice
@@ -244,7 +213,7 @@ async def _cli(*argv: str, server: FakeBananaServer) -> tuple[int, str, str]:
         stderr=asyncio.subprocess.PIPE,
         env=env,
     )
-    async with _killed_at_exit(process):
+    async with killed_at_exit(process):
         out, err = await process.communicate()
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()

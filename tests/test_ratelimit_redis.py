@@ -167,6 +167,88 @@ async def test_processes_learn_one_limit_together(
     finally:
         await connection.aclose()
     assert 0 < float(state[b"limit"]) < 2 * 40.0
+    # The first 429's rough estimate was measured again by a later one (the
+    # fast climb in between ended), as QUICK_DOUBLING describes.
+    assert state[b"quick"] == b"0"
+
+
+async def _state(url: str) -> dict[str, str]:
+    """The shared hash of API_KEY, as text."""
+    connection = redis_asyncio.Redis.from_url(url)
+    try:
+        state = await connection.hgetall(shared.redis_key(API_KEY))
+    finally:
+        await connection.aclose()
+    return {field.decode(): value.decode() for field, value in state.items()}
+
+
+_CUT_FIELDS = ("limit", "rate", "cut", "quick")
+"""What a cut (a 429 that measures) writes into the shared hash."""
+
+
+async def _reported(limiter: shared.RedisRateLimiter) -> None:
+    """Wait until what ``record`` sends to Redis in the background got there."""
+    await asyncio.gather(*list(limiter._background))
+
+
+async def test_a_429_sent_before_the_pause_after_a_cut_says_nothing_new(
+    redis_server: RedisServer,
+) -> None:
+    limiter = shared.RedisRateLimiter(redis_server.url, api_key=API_KEY)
+    clock = limiter._clock
+    try:
+        turn = await limiter.acquire("create")  # also learns Redis's clock
+        assert turn is not None
+        for _ in range(40):
+            limiter.record(turn, limited=False)
+        limiter.record(turn, limited=True)  # the first 429: a cut
+        await _reported(limiter)
+        first = await _state(redis_server.url)
+        assert first["quick"] == "1"  # the first estimate is only a start
+        await asyncio.sleep(0.05)
+        before_pause = clock.time()  # a request sent after the cut ...
+        await asyncio.sleep(0.05)
+        await limiter.pause(0.05)  # ... and before the pause reached Redis
+        limiter.record(before_pause, limited=True)
+        await _reported(limiter)
+        after = await _state(redis_server.url)
+        assert {f: after[f] for f in _CUT_FIELDS} == {f: first[f] for f in _CUT_FIELDS}
+        await asyncio.sleep(0.1)
+        limiter.record(clock.time(), limited=True)  # sent after the pause: measured
+        await _reported(limiter)
+        second = await _state(redis_server.url)
+        assert float(second["cut"]) > float(first["cut"])
+        assert second["quick"] == "0"
+    finally:
+        await limiter.aclose()
+
+
+async def test_after_the_first_429_the_shared_rate_climbs_fast_but_not_while_paused(
+    redis_server: RedisServer,
+) -> None:
+    limiter = shared.RedisRateLimiter(redis_server.url, api_key=API_KEY)
+    try:
+        turn = await limiter.acquire("create")
+        assert turn is not None
+        for _ in range(40):
+            limiter.record(turn, limited=False)
+        limiter.record(turn, limited=True)
+        await _reported(limiter)
+        cut = await _state(redis_server.url)
+        estimate, rate = float(cut["limit"]), float(cut["rate"])
+        assert rate < estimate
+        # Requests queued behind a pause are not demand: the rate waits too.
+        await limiter.pause(0.5)
+        assert await limiter.acquire("create") is not None
+        assert float((await _state(redis_server.url))["rate"]) == rate
+        # With demand the rate passes the first estimate within a second or
+        # so of it (doubling every QUICK_DOUBLING s), where it used to take
+        # RECOVERY (5 s) to get back to it and PLATEAU (2 s) more to pass it.
+        turns = await asyncio.gather(*(limiter.acquire("create") for _ in range(60)))
+        assert None not in turns
+        assert float((await _state(redis_server.url))["rate"]) > estimate
+    finally:
+        await limiter.aclose()
 
 
 async def test_a_pause_set_by_one_limiter_holds_another(redis_server: RedisServer) -> None:

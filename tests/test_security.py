@@ -958,9 +958,3 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
 
     with redis_server(tmp_path) as server:
         yield server.url
-
-
-# The Postgres tests' cluster, started the same way.
-from .test_journal_postgres import postgres_url  # noqa: E402
-
-__all__ = ["postgres_url"]

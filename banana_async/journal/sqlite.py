@@ -1400,34 +1400,26 @@ class SQLiteStore:
     def _work(self) -> None:
         """The worker thread: take what is waiting, run it in one transaction, report."""
         calls = self._calls
-        window = _WINDOW
-        last = -window
+        last = -_WINDOW
+        busy = False
         while True:
-            # At most one commit per window: records that arrive while one is
-            # under way, or soon after, gather for the next, so that one
-            # commit (and one wake-up of the event loop) serves many. A
-            # record after a quiet moment is committed at once. The pause
-            # comes first, so that a busy journal waits once per group, not
-            # in get() and then again in sleep() (each wait lets go of the
-            # GIL, and taking it back from a busy event loop takes time).
-            pause = last + window - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
             first = calls.get()
             if first is None:
                 return
-            last = time.monotonic()
             group = [first]
-            stop = False
-            while len(group) < _MAX_GROUP:
-                try:
-                    more = calls.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                group.append(more)
+            stop = _take(calls, group)
+            if busy and not stop:
+                # The journal is busy (see below): more records are on
+                # their way. Gather them for a window after that
+                # commit, so that one commit (and one wake-up of the event
+                # loop) serves many. A caller alone (one record after
+                # another, as a resume reads its inputs) finds the journal
+                # idle and never waits.
+                pause = last + _WINDOW - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+                    stop = _take(calls, group)
+            last = time.monotonic()
             try:
                 results = self.journal._run_group([call.op for call in group])
             except BaseException as exc:  # a bug: every caller hears of it, none hangs
@@ -1440,8 +1432,24 @@ class SQLiteStore:
                 mine = group if len(loops) == 1 else [c for c in group if c.loop is loop]
                 with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
                     loop.call_soon_threadsafe(_settle, mine)
+            # Busy: the group gathered several callers, or more came while it
+            # was committed. One caller alone is not kept waiting.
+            busy = len(group) > 1 or not calls.empty()
             if stop:
                 return
+
+
+def _take(calls: queue.SimpleQueue[_Call[Any] | None], group: list[_Call[Any]]) -> bool:
+    """Move the calls waiting in ``calls`` into ``group`` (up to _MAX_GROUP); True at the end."""
+    while len(group) < _MAX_GROUP:
+        try:
+            more = calls.get_nowait()
+        except queue.Empty:
+            return False
+        if more is None:
+            return True
+        group.append(more)
+    return False
 
 
 def _settle(calls: list[_Call[Any]]) -> None:

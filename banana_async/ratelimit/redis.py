@@ -44,6 +44,21 @@ The design (what a reviewer should check):
   where it climbs back with demand. Before the first 429 creates ramp up
   from 64 a second, doubling with demand (slow start), and status queries
   are not held. A configured ``requests_per_second`` caps the rate on top.
+* **The first estimate is only a start.** The first 429 mixes the
+  provider's first burst (its full bucket) into what it measures, so it
+  lands anywhere from well under the limit to well over it. Until the
+  next 429 the shared rate doubles every :data:`QUICK_DOUBLING` seconds
+  of demand instead of creeping back, and that 429 measures again: over
+  the time between the two (exact when the provider's bucket covered the
+  pause in between), or, when the first 429 showed a bucket too small for
+  that, over the last two seconds, held to the rate that met the 429. A
+  429 for a request sent before the pause that followed a cut reached
+  Redis says nothing about the new rate and is not counted, nor is paused
+  time taken for demand. (Four processes against a provider allowing 40
+  requests a second with a burst of 10 used to start at about 16 a
+  second and need some 12 s to get near 40; now the second 429, 3-4 s
+  in, sets the rate within a few percent of the limit. See ``nox -s bench
+  -- --part redis``.)
 * **When Redis goes away** (refused, reset, timed out), the limiter logs
   one WARNING and serves requests from an in-process
   :class:`~banana_async.ratelimit.AdaptiveRateLimiter`, which was told of
@@ -79,6 +94,7 @@ __all__ = [
     "IDLE_TTL",
     "INSTALL_HINT",
     "KEY_PREFIX",
+    "QUICK_DOUBLING",
     "RETRY_EVERY",
     "WINDOW",
     "RedisRateLimiter",
@@ -104,6 +120,14 @@ WINDOW = 2.0
 
 SOCKET_TIMEOUT = 2.0
 """Seconds a Redis command may take before Redis counts as away."""
+
+QUICK_DOUBLING = 2.0
+"""Between the first 429 and the next, the shared rate doubles every this many seconds of demand.
+
+The first 429 measures the provider's limit roughly (its bucket's first
+burst is mixed in), often below it; climbing back from there at the
+careful pace used later would take ten seconds or more.
+"""
 
 _HASH_CONTEXT = b"banana_async shared rate limit v1\x00"
 
@@ -163,10 +187,16 @@ redis.call('HSET', key, 'tat', tat + 1 / rate)
 local grown = num('grown') or now
 local elapsed = math.min(math.max(now - grown, 0), 1)
 if delay <= 0 then elapsed = 0 end
-redis.call('HSET', key, 'grown', now)
+-- (Never moved back: a pause sets it to its end, see _PAUSE.)
+redis.call('HSET', key, 'grown', math.max(now, grown))
 if learned ~= nil and elapsed > 0 and (cap == nil or learned < cap) then
   if limit == nil then
     learned = learned * 2 ^ (elapsed / 0.1)
+    if learned >= 100000 then learned = 0 end
+  elseif num('quick') == 1 then
+    -- The first estimate is rough: double every QUICK_DOUBLING seconds of
+    -- demand until the next 429 measures the limit again.
+    learned = learned * 2 ^ (elapsed / QUICK_DOUBLING)
     if learned >= 100000 then learned = 0 end
   else
     -- Back to the estimate in RECOVERY (5 s), on slowly for PLATEAU (2 s)
@@ -184,18 +214,24 @@ if learned ~= nil and elapsed > 0 and (cap == nil or learned < cap) then
 end
 return {tostring(delay), tostring(now)}
 """
-)
+).replace("QUICK_DOUBLING", repr(QUICK_DOUBLING))
 
 # ARGV: when the refused request was sent (Redis time), answers accepted
 # since the last call, idle ttl. Returns {limit, rate}, or {} for a 429
-# that says nothing new (sent before the last cut).
+# that says nothing new (sent before the last cut, or before the pause
+# that followed it).
 _CUT = (
     _COMMON
     + """
 add_accepted(tonumber(ARGV[2]))
 redis.call('EXPIRE', key, ARGV[3])
 local cut = num('cut') or 0
-if tonumber(ARGV[1]) < cut then return {} end
+local turn = tonumber(ARGV[1])
+-- Sent before the last cut, or after it but before the pause that followed
+-- it reached Redis: nothing new about the rate.
+local held = num('held') or 0
+local own = ARGV[1] == redis.call('HGET', key, 'held_by')
+if turn < cut or (held > cut and turn < held and not own) then return {} end
 local current = num('rate')
 if current == nil then current = 64 end
 if current <= 0 then current = nil end
@@ -210,15 +246,36 @@ for slot = 0, 7 do
 end
 local first = num('first') or now
 local begin = math.max(now - 2, first)
-local pb, pe = num('pause_began') or 0, num('paused') or 0
-local paused = math.max(0, math.min(pe, now) - math.max(pb, begin))
-local span = math.max(1, now - begin - paused)
-local measured = nil
+-- Seconds paused after `from`, of the last two pauses (this 429's own
+-- pause may have begun already).
+local function paused_since(from)
+  local total = 0
+  for _, names in ipairs({{'pause_began', 'paused'}, {'pause_began0', 'paused0'}}) do
+    local pb, pe = num(names[1]) or 0, num(names[2]) or 0
+    total = total + math.max(0, math.min(pe, now) - math.max(pb, from))
+  end
+  return total
+end
+local span = math.max(1, now - begin - paused_since(begin))
+local window = nil
+if count >= 4 then window = count / span end
 local over_cycle = since / cycle
-if cut > 0 and cycle >= 3 and since >= 4 and (previous == nil or over_cycle <= 1.1 * previous) then
+local measured = window
+if num('quick') == 1 then
+  -- The cut after the first (see QUICK_DOUBLING). Between two 429s the
+  -- provider accepts its rate times the time between, less what its
+  -- bucket could not keep while requests paused: when the first 429
+  -- showed a bucket too small to cover the pause, the cycle undercounts
+  -- and the window (held to the rate that met the 429) measures better.
+  local covered = (num('a1') or 0) - over_cycle * (num('t1') or 0)
+  if since >= 4 and covered >= 0.8 * over_cycle * paused_since(cut) then
+    measured = over_cycle
+  elseif window ~= nil and current ~= nil then
+    measured = math.max(over_cycle, math.min(window, current))
+  end
+elseif cut > 0 and cycle >= 3 and since >= 4
+    and (previous == nil or over_cycle <= 1.1 * previous) then
   measured = over_cycle
-elseif count >= 4 then
-  measured = count / span
 end
 local estimate
 if measured ~= nil then
@@ -226,6 +283,12 @@ if measured ~= nil then
   if current ~= nil and current < measured then estimate = current end
 else
   estimate = math.max(1, (current or 64) / 2)
+end
+if previous == nil then
+  -- What the first 429 saw, for the next cut to judge the provider's bucket by.
+  redis.call('HSET', key, 'quick', 1, 'a1', count, 't1', now - first)
+else
+  redis.call('HSET', key, 'quick', 0)
 end
 local new_limit = math.max(0.05, estimate)
 local new_rate = math.max(0.05, 0.9 * new_limit)
@@ -235,7 +298,8 @@ return {tostring(new_limit), tostring(new_rate)}
 """
 )
 
-# ARGV: seconds ('' to decide here), idle ttl. Returns {paused until, now}.
+# ARGV: seconds ('' to decide here), idle ttl, when the request of the 429
+# that asked for it was sent ('' if none). Returns {paused until, now}.
 _PAUSE = (
     _COMMON
     + """
@@ -251,9 +315,21 @@ if seconds == nil then
 end
 local paused = num('paused') or 0
 local untl = now + seconds
+local cut = num('cut')
+if cut ~= nil and cut > (num('held') or -1) then
+  -- The first pause since the last cut: requests sent before it say
+  -- nothing about the rate the cut set, but for the one whose 429 asked
+  -- for it, whose cut may come after it (see _CUT).
+  redis.call('HSET', key, 'held', now, 'held_by', ARGV[3])
+end
 if untl > paused then
-  if now >= paused then redis.call('HSET', key, 'pause_began', now) end
-  redis.call('HSET', key, 'paused', untl)
+  if now >= paused then
+    -- A new pause; the one before it stays known to the next cut.
+    redis.call('HSET', key, 'pause_began0', num('pause_began') or 0, 'paused0', paused,
+      'pause_began', now)
+  end
+  -- A pause is not demand: the climb resumes when requests flow again.
+  redis.call('HSET', key, 'paused', untl, 'grown', math.max(num('grown') or 0, untl))
   paused = untl
 end
 return {tostring(paused), tostring(now)}
@@ -399,6 +475,7 @@ class RedisRateLimiter:
         self._retry_at = -math.inf
         self._trying = False
         self._background: set[asyncio.Task[None]] = set()
+        self._limited_turn = ""  # Redis time of the request of the last 429
         self._creates: deque[_Waiter] = deque()
         self._queries: deque[_Waiter] = deque()
         self._dispatcher: asyncio.Task[None] | None = None
@@ -459,7 +536,9 @@ class RedisRateLimiter:
             return
         if not self.shared:
             return
-        self._in_background(self._cut(turn + self._offset))
+        # The pause the client asks for next is this 429's (see _PAUSE).
+        self._limited_turn = repr(turn + self._offset)
+        self._in_background(self._cut(self._limited_turn))
 
     async def pause(self, seconds: float | None) -> None:
         """Hold every request of every process for ``seconds`` (None: decided by the rate)."""
@@ -468,7 +547,10 @@ class RedisRateLimiter:
             return
         try:
             until, now = await self._run(
-                _PAUSE, "" if seconds is None else repr(seconds), str(IDLE_TTL)
+                _PAUSE,
+                "" if seconds is None else repr(seconds),
+                str(IDLE_TTL),
+                self._limited_turn,
             )
         except _failures():
             return
@@ -604,10 +686,10 @@ class RedisRateLimiter:
         first, second = (float(item) for item in reply)
         return first, second
 
-    async def _cut(self, turn: float) -> None:
+    async def _cut(self, turn: str) -> None:
         accepted, self._accepted = self._accepted, 0
         try:
-            reply = await self._eval(_CUT, repr(turn), str(accepted), str(IDLE_TTL))
+            reply = await self._eval(_CUT, turn, str(accepted), str(IDLE_TTL))
         except _failures():
             return
         if reply:
