@@ -358,3 +358,11 @@ def test_check_timeout_none_and_infinity_mean_no_deadline() -> None:
 def test_check_timeout_rejects(value: object) -> None:
     with pytest.raises(ValueError, match="timeout"):
         check_timeout(value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("status", "retried"), [(499, False), (500, True), (599, True), (600, False)]
+)
+def test_query_retries_stop_at_the_edges_of_the_5xx_range(status: int, retried: bool) -> None:
+    # Found by mutation testing: 599 is still a server error, 600 is no HTTP status.
+    assert should_retry_query(APIStatusError(str(status), status_code=status)) is retried
