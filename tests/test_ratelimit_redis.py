@@ -29,7 +29,13 @@ import banana_async as ba
 from banana_async.client import RATE_LIMIT_URL_ENV
 from banana_async.errors import InvalidRequestError
 from banana_async.ratelimit import AdaptiveRateLimiter, RateLimiter
-from banana_async.testing import FakeBananaServer, Fault, RecordedRequest, RequestBudget
+from banana_async.testing import (
+    FakeBananaServer,
+    FakeClock,
+    Fault,
+    RecordedRequest,
+    RequestBudget,
+)
 
 from .conftest import API_KEY, live_client
 from .test_cli import FAST, TEXT_PROMPTS, ServerThread, fake_in_a_thread, point_user_at, run_main
@@ -316,6 +322,88 @@ async def test_redis_killed_mid_run_the_batch_finishes_on_the_local_limiter(
     assert len(backs) == 1
     assert backs[0].levelno == logging.INFO
     assert limiter.shared
+
+
+async def test_processes_keep_to_the_budget_together_after_redis_dies(
+    provider: FakeBananaServer, redis_server: RedisServer
+) -> None:
+    rate = 20.0
+    names = ["a", "b"]
+    creates: dict[str, int] = dict.fromkeys(names, 0)
+    both = asyncio.Event()
+
+    def watch(body: dict[str, Any]) -> None:
+        creates[str(body["prompt"]).split("-")[0]] += 1
+        if min(creates.values()) >= 5:
+            both.set()
+
+    provider.script_for = watch
+    run = asyncio.ensure_future(_workers(provider, redis_server.url, names, 20, rate))
+    await both.wait()
+    redis_server.kill()  # both were sharing; now each is on its own
+    killed = len(provider.requests)
+    reports = await run
+    assert [r["ok"] for r in reports] == [20, 20]
+    assert len(provider.requests) - killed >= 40  # most of the run was without Redis
+    # Each process sends its share (R / 2), not the whole R, so together
+    # they keep to the budget, before the outage, at its moment and after.
+    busiest = _busiest_second(provider.requests)
+    assert busiest <= 1.1 * rate, busiest
+
+
+def _is_shared(limiter: shared.RedisRateLimiter) -> bool:
+    """Whether ``limiter`` uses Redis now (a call: a property's value would be narrowed)."""
+    return limiter.shared
+
+
+def _busiest(times: list[float]) -> int:
+    """The most of ``times`` within any one second (a sliding window)."""
+    times = sorted(times)
+    most = start = 0
+    for end, at in enumerate(times):
+        while at - times[start] >= 1.0:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+@pytest.mark.parametrize("how", ["capped", "learned"])
+async def test_while_redis_is_away_each_process_sends_its_share(
+    redis_server: RedisServer, how: str
+) -> None:
+    """Two processes on a budget of 10/s fall back to 5/s each, not 10/s each."""
+    if how == "learned":
+        # What processes that learned a limit of 10/s together leave in the hash.
+        connection = redis_asyncio.Redis.from_url(redis_server.url)
+        try:
+            await connection.hset(shared.redis_key(API_KEY), mapping={"limit": 10, "rate": 9})
+        finally:
+            await connection.aclose()
+    cap = 10.0 if how == "capped" else None
+    clock = FakeClock()
+    one = shared.RedisRateLimiter(
+        redis_server.url, api_key=API_KEY, requests_per_second=cap, clock=clock
+    )
+    other = shared.RedisRateLimiter(
+        redis_server.url, api_key=API_KEY, requests_per_second=cap, clock=FakeClock()
+    )
+    try:
+        for limiter in (one, other, one):  # both ask for slots, and one hears of the other
+            assert await limiter.acquire("create") is not None
+        assert _is_shared(one)
+        redis_server.kill()
+        start = clock.time()
+        turns = [await one.acquire("create") for _ in range(30)]
+        assert not _is_shared(one)
+    finally:
+        for limiter in (one, other):
+            await limiter.aclose()
+    times = [start, *(turn for turn in turns if turn is not None)]
+    assert len(times) == 31
+    # Its share from the first request on, nothing saved up at the outage
+    # moment (the learned rate climbs slowly back to the estimate).
+    assert _busiest(times) <= 6, times
+    assert times[-1] - start >= 30 / 6, times
 
 
 # -- the key ------------------------------------------------------------------------------

@@ -63,19 +63,25 @@ import contextlib
 import hashlib
 import logging
 import math
+import secrets
 from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from banana_async._polling import Clock, SystemClock, check_interval
-from banana_async.ratelimit._adaptive import QUERY_PATIENCE, AdaptiveRateLimiter
+from banana_async.ratelimit._adaptive import (
+    QUERY_PATIENCE,
+    SLOW_START_RATE,
+    AdaptiveRateLimiter,
+)
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 
 __all__ = [
+    "ACTIVE_FOR",
     "IDLE_TTL",
     "INSTALL_HINT",
     "KEY_PREFIX",
@@ -105,6 +111,13 @@ WINDOW = 2.0
 SOCKET_TIMEOUT = 2.0
 """Seconds a Redis command may take before Redis counts as away."""
 
+ACTIVE_FOR = 30.0
+"""Seconds after its last request that a process still counts as sharing the key.
+
+While Redis is away each process sends at its share of the budget: the
+budget divided by the processes that asked Redis for a slot this recently.
+"""
+
 _HASH_CONTEXT = b"banana_async shared rate limit v1\x00"
 
 # The scripts run atomically in Redis on Redis's clock (TIME), so every
@@ -130,12 +143,41 @@ local function add_accepted(n)
 end
 """
 
+# Each process that asks for slots keeps a field 'm:<its id>' = Redis time
+# of its last ask; 'members' counts those asked within ACTIVE_FOR (recounted
+# when one joins and at most once a second, dropping the stale ones).
+_MEMBERS = """
+local function note_member(id, active)
+  local joined = redis.call('HSET', key, 'm:' .. id, now) == 1
+  local members = num('members')
+  if not joined and members ~= nil and now - (num('members_at') or 0) < 1 then
+    return members
+  end
+  local fields = redis.call('HGETALL', key)
+  members = 0
+  for i = 1, #fields, 2 do
+    if string.sub(fields[i], 1, 2) == 'm:' then
+      if tonumber(fields[i + 1]) >= now - active then
+        members = members + 1
+      else
+        redis.call('HDEL', key, fields[i])
+      end
+    end
+  end
+  redis.call('HSET', key, 'members', members, 'members_at', now)
+  return members
+end
+"""
+
 # ARGV: kind, cap ('' for none), most seconds to wait ('' for no limit),
-# answers accepted since the last call, idle ttl.
-# Returns {delay, now}; delay -1 means no slot within the wait.
+# answers accepted since the last call, idle ttl, this process's id, ACTIVE_FOR.
+# Returns {delay, now, members, learned rate, limit} (the last two '' when
+# unset); delay -1 means no slot within the wait.
 _ACQUIRE = (
     _COMMON
+    + _MEMBERS
     + """
+local function acquire()
 add_accepted(tonumber(ARGV[4]))
 redis.call('EXPIRE', key, ARGV[5])
 local start = math.max(now, num('paused') or 0)
@@ -183,6 +225,14 @@ if learned ~= nil and elapsed > 0 and (cap == nil or learned < cap) then
   redis.call('HSET', key, 'rate', learned)
 end
 return {tostring(delay), tostring(now)}
+"""
+    + """
+end
+local reply = acquire()
+table.insert(reply, tostring(note_member(ARGV[6], tonumber(ARGV[7]))))
+table.insert(reply, tostring(num('rate') or ''))
+table.insert(reply, tostring(num('limit') or ''))
+return reply
 """
 )
 
@@ -404,6 +454,14 @@ class RedisRateLimiter:
         self._dispatcher: asyncio.Task[None] | None = None
         self.shared_limit: float | None = None
         """The provider's limit as last estimated from all processes' answers."""
+        # What the last reply of Redis said (see _heard): how many processes
+        # share the key, the shared learned rate ('' unset: the slow start),
+        # and the limit learned, with when it was last seen.
+        self._member = secrets.token_hex(8)
+        self._members: int | None = None
+        self._shared_rate: float | None = None
+        self._known_limit: float | None = None
+        self._known_at = -math.inf
 
     def __repr__(self) -> str:
         state = "away" if self._down_since is not None else "shared"
@@ -530,13 +588,17 @@ class RedisRateLimiter:
                     continue
                 accepted, self._accepted = self._accepted, 0
                 try:
-                    delay, now = await self._run(
-                        _ACQUIRE,
-                        waiter.kind,
-                        "" if self._cap is None else repr(self._cap),
-                        "" if left is None else repr(left),
-                        str(accepted),
-                        str(IDLE_TTL),
+                    delay, now = self._heard(
+                        await self._eval(
+                            _ACQUIRE,
+                            waiter.kind,
+                            "" if self._cap is None else repr(self._cap),
+                            "" if left is None else repr(left),
+                            str(accepted),
+                            str(IDLE_TTL),
+                            self._member,
+                            repr(ACTIVE_FOR),
+                        )
                     )
                     self._back()
                     if delay < 0:
@@ -604,6 +666,39 @@ class RedisRateLimiter:
         first, second = (float(item) for item in reply)
         return first, second
 
+    def _heard(self, reply: Any) -> tuple[float, float]:
+        """Note what an acquire's reply says of the shared state; its delay and Redis time."""
+        delay, now, members = (float(item) for item in reply[:3])
+        rate, limit = (float(item) if item else None for item in reply[3:])
+        self._members = max(1, int(members))
+        self._shared_rate = rate
+        if limit is not None:
+            self._known_limit, self._known_at = limit, self._clock.time()
+        return delay, now
+
+    def _hand_over(self) -> None:
+        """Start the local limiter at this process's share of the shared budget.
+
+        Every process that shared the key falls back at once, each on its
+        own limiter: each takes the budget divided by the processes that
+        were active on the key, so that together they keep to it.
+        """
+        members = self._members
+        if members is None:
+            return  # never heard from Redis: nothing known to share
+        shared_rate = self._shared_rate
+        rate = (
+            None
+            if shared_rate is not None and shared_rate <= 0
+            else (SLOW_START_RATE if shared_rate is None else shared_rate) / members
+        )
+        limit = self._known_limit
+        self._local.take_over(
+            rate=rate,
+            limit=None if limit is None else limit / members,
+            cap=None if self._cap is None else self._cap / members,
+        )
+
     async def _cut(self, turn: float) -> None:
         accepted, self._accepted = self._accepted, 0
         try:
@@ -642,6 +737,7 @@ class RedisRateLimiter:
         self._retry_at = self._clock.time() + RETRY_EVERY
         if self._down_since is None:
             self._down_since = self._clock.time()
+            self._hand_over()
             logger.warning(
                 "the shared rate limit at %s is unreachable (%s): this process goes on "
                 "with its own limiter and tries again every %g s",
