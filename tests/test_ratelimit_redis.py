@@ -406,6 +406,84 @@ async def test_while_redis_is_away_each_process_sends_its_share(
     assert times[-1] - start >= 30 / 6, times
 
 
+async def _hash(url: str, write: dict[str, float] | None = None) -> dict[bytes, bytes]:
+    """The key's hash in the Redis at ``url`` (after writing ``write`` into it)."""
+    connection = redis_asyncio.Redis.from_url(url)
+    try:
+        if write is not None:
+            await connection.hset(shared.redis_key(API_KEY), mapping=write)
+        state: dict[bytes, bytes] = await connection.hgetall(shared.redis_key(API_KEY))
+        return state
+    finally:
+        await connection.aclose()
+
+
+async def test_redis_restarted_empty_gets_back_the_limit_learned_not_more(
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(shared, "RETRY_EVERY", 0.0)
+    caplog.set_level(logging.INFO, logger="banana_async")
+    await _hash(redis_server.url, {"limit": 10, "rate": 9})  # learned together
+    limiter = shared.RedisRateLimiter(redis_server.url, api_key=API_KEY)
+    try:
+        assert await limiter.acquire("create") is not None
+        redis_server.kill()
+        # Away: this process goes on alone, and its answers come back.
+        for _ in range(60):
+            turn = await limiter.acquire("create")
+            assert turn is not None
+            limiter.record(turn, limited=False)
+        assert not _is_shared(limiter)
+        redis_server.start()  # the same port, nothing kept
+        turn = await limiter.acquire("create")
+        assert turn is not None
+        assert _is_shared(limiter)
+        state = await _hash(redis_server.url)
+        # What was learned is back, and the answers from the outage are not
+        # counted as the shared budget's (all in one second, they would make
+        # the limit look six times higher).
+        assert float(state[b"limit"]) == 10.0
+        assert float(state[b"rate"]) <= 9.0
+        assert int(state.get(b"since_cut", b"0")) <= 1
+        turn = await limiter.acquire("create")
+        assert turn is not None
+        limiter.record(turn, limited=True)  # the provider refuses one
+    finally:
+        await limiter.aclose()
+    assert float((await _hash(redis_server.url))[b"limit"]) <= 10.0
+    assert limiter.shared_limit is not None
+    assert limiter.shared_limit <= 10.0
+    assert any("put back" in r.getMessage() for r in caplog.records)
+
+
+async def test_requests_queued_locally_go_back_to_the_shared_schedule(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shared, "RETRY_EVERY", 0.0)
+    limiter = shared.RedisRateLimiter(redis_server.url, api_key=API_KEY)
+    try:
+        assert await limiter.acquire("create") is not None
+        # The local limiter holds whatever it queues for an hour.
+        await limiter.local.pause(3600.0)
+        redis_server.kill()
+        queued = [asyncio.ensure_future(limiter.acquire("create")) for _ in range(4)]
+        while limiter.local.waiting < len(queued):  # noqa: ASYNC110 - the limiter has no event
+            await asyncio.sleep(0.01)
+        redis_server.start()
+        assert await limiter.acquire("create") is not None  # Redis is back
+        # The queued requests take shared slots now instead of local ones,
+        # which every process would send on top of the shared budget. (The
+        # timeout only keeps a broken build from hanging for the hour.)
+        done, _ = await asyncio.wait(queued, timeout=60.0)
+        assert len(done) == len(queued)
+        assert all(task.result() is not None for task in done)
+        assert limiter.local.waiting == 0
+    finally:
+        await limiter.aclose()
+
+
 # -- the key ------------------------------------------------------------------------------
 
 

@@ -71,6 +71,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from banana_async._polling import Clock, SystemClock, check_interval
 from banana_async.ratelimit._adaptive import (
+    BACKOFF,
     QUERY_PATIENCE,
     SLOW_START_RATE,
     AdaptiveRateLimiter,
@@ -78,6 +79,8 @@ from banana_async.ratelimit._adaptive import (
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+    from banana_async.ratelimit import RequestKind
 
 
 __all__ = [
@@ -233,6 +236,23 @@ table.insert(reply, tostring(note_member(ARGV[6], tonumber(ARGV[7]))))
 table.insert(reply, tostring(num('rate') or ''))
 table.insert(reply, tostring(num('limit') or ''))
 return reply
+"""
+)
+
+# ARGV: the limit and rate to seed, idle ttl. Puts back what the processes
+# had learned into a hash that lost it (Redis restarted empty), never above
+# it: a hash that has a limit keeps it. Returns {limit}.
+_SEED = (
+    _COMMON
+    + """
+redis.call('EXPIRE', key, ARGV[3])
+local limit = num('limit')
+if limit ~= nil then return {tostring(limit)} end
+local rate = tonumber(ARGV[2])
+local current = num('rate')
+if current ~= nil and current > 0 and current < rate then rate = current end
+redis.call('HSET', key, 'limit', ARGV[1], 'rate', rate, 'cut', now, 'since_cut', 0, 'above', 0)
+return {ARGV[1]}
 """
 )
 
@@ -446,6 +466,7 @@ class RedisRateLimiter:
         self._accepted = 0  # answers accepted since the last script call
         self._offset = 0.0  # Redis time minus our clock's, as of the last reply
         self._down_since: float | None = None  # our clock, while Redis is away
+        self._rejoined = asyncio.Event()  # set when Redis is back after being away
         self._retry_at = -math.inf
         self._trying = False
         self._background: set[asyncio.Task[None]] = set()
@@ -462,6 +483,8 @@ class RedisRateLimiter:
         self._shared_rate: float | None = None
         self._known_limit: float | None = None
         self._known_at = -math.inf
+        self._seed_due = False
+        self._limited_when_away = 0
 
     def __repr__(self) -> str:
         state = "away" if self._down_since is not None else "shared"
@@ -485,35 +508,42 @@ class RedisRateLimiter:
         """Wait for this request's slot in the shared schedule; None past ``timeout``."""
         clock = self._clock
         deadline = None if timeout is None else clock.time() + timeout
-        if self._use_redis():
-            future: asyncio.Future[float | _GoLocal | None] = (
-                asyncio.get_running_loop().create_future()
-            )
-            waiter = _Waiter(future, kind, clock.time(), deadline)
-            (self._creates if kind == "create" else self._queries).append(waiter)
-            if self._dispatcher is None:
-                self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
-            try:
-                if timeout is not None:
-                    # Behind other waiters the dispatcher cannot see this deadline.
-                    await asyncio.wait({future}, timeout=max(0.0, timeout))
-                    if not future.done():
-                        future.cancel()
-                        return None
-                turn = await future
-            except asyncio.CancelledError:
-                future.cancel()  # the dispatcher skips it: no slot is spent on it
-                raise
-            if not isinstance(turn, _GoLocal):
-                return turn
-        left = None if deadline is None else deadline - clock.time()
-        return await self._local.acquire(kind, timeout=left)
+        while True:
+            if self._use_redis():
+                future: asyncio.Future[float | _GoLocal | None] = (
+                    asyncio.get_running_loop().create_future()
+                )
+                waiter = _Waiter(future, kind, clock.time(), deadline)
+                (self._creates if kind == "create" else self._queries).append(waiter)
+                if self._dispatcher is None:
+                    self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
+                try:
+                    if deadline is not None:
+                        # Behind other waiters the dispatcher cannot see this deadline.
+                        await asyncio.wait({future}, timeout=max(0.0, deadline - clock.time()))
+                        if not future.done():
+                            future.cancel()
+                            return None
+                    turn = await future
+                except asyncio.CancelledError:
+                    future.cancel()  # the dispatcher skips it: no slot is spent on it
+                    raise
+                if not isinstance(turn, _GoLocal):
+                    return turn
+            local = await self._local_turn(kind, deadline)
+            if not isinstance(local, _GoLocal):
+                return local
+            # Redis came back while it waited: its slot is in the shared schedule.
 
     def record(self, turn: float, *, limited: bool) -> None:
         """Count an answer; a 429 asks Redis to re-estimate the shared limit."""
         self._local.record(turn, limited=limited)
         if not limited:
-            self._accepted += 1
+            # Answers to requests sent while Redis was away are not the
+            # shared budget's: counted in, they would all land in the
+            # rejoining second and make the limit look many times higher.
+            if self.shared:
+                self._accepted += 1
             return
         if not self.shared:
             return
@@ -601,6 +631,8 @@ class RedisRateLimiter:
                         )
                     )
                     self._back()
+                    if self._seed_due:
+                        await self._seed()
                     if delay < 0:
                         self._give(waiter, None)
                         continue
@@ -611,7 +643,8 @@ class RedisRateLimiter:
                         if paused > now:
                             continue
                 except _failures():
-                    self._accepted += accepted
+                    if self.shared:  # else they are not the shared budget's (see record)
+                        self._accepted += accepted
                     continue
                 # The slot goes to whoever is first in line now.
                 first = self._next_waiter(clock.time())
@@ -623,6 +656,30 @@ class RedisRateLimiter:
                 # Stopped early (closed): nobody is left waiting for a slot.
                 for left_behind in [*self._creates, *self._queries]:
                     self._give(left_behind, _GO_LOCAL)
+
+    async def _local_turn(
+        self, kind: RequestKind, deadline: float | None
+    ) -> float | _GoLocal | None:
+        """A turn from the local limiter, or ``_GO_LOCAL`` if Redis comes back first.
+
+        A request queued locally while Redis was away goes back to the
+        shared schedule when Redis returns: served on by the local limiter,
+        the requests queued in every process would go out at the local
+        rates on top of the shared one.
+        """
+        left = None if deadline is None else deadline - self._clock.time()
+        turn = asyncio.ensure_future(self._local.acquire(kind, timeout=left))
+        back = asyncio.ensure_future(self._rejoined.wait())
+        try:
+            await asyncio.wait({turn, back}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            back.cancel()
+            if not turn.done():
+                turn.cancel()  # the local limiter spends no turn on it
+                await asyncio.wait({turn})
+        if turn.cancelled():
+            return _GO_LOCAL
+        return turn.result()
 
     def _in_background(self, job: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(job)
@@ -674,7 +731,30 @@ class RedisRateLimiter:
         self._shared_rate = rate
         if limit is not None:
             self._known_limit, self._known_at = limit, self._clock.time()
+        elif self._known_limit is not None and self._clock.time() - self._known_at < IDLE_TTL:
+            # The hash lost what was learned (Redis restarted empty) while
+            # this process still knows it: put it back before the slow start
+            # runs the processes far past the provider's limit.
+            self._seed_due = True
         return delay, now
+
+    async def _seed(self) -> None:
+        """Put the limit this process knows back into a hash that lost it (never above it)."""
+        self._seed_due = False
+        limit = self._known_limit
+        if limit is None:
+            return
+        learned = self._local.provider_limit
+        if self._local.limited > self._limited_when_away and learned is not None:
+            # 429s while Redis was away taught this process its share anew.
+            limit = min(limit, learned * (self._members or 1))
+        (seeded,) = await self._eval(_SEED, repr(limit), repr(BACKOFF * limit), str(IDLE_TTL))
+        self._known_limit, self._known_at = float(seeded), self._clock.time()
+        logger.info(
+            "the shared rate limit at %s had lost the learned limit: %.3g requests/s put back",
+            _shown(self._url),
+            float(seeded),
+        )
 
     def _hand_over(self) -> None:
         """Start the local limiter at this process's share of the shared budget.
@@ -684,6 +764,7 @@ class RedisRateLimiter:
         were active on the key, so that together they keep to it.
         """
         members = self._members
+        self._limited_when_away = self._local.limited
         if members is None:
             return  # never heard from Redis: nothing known to share
         shared_rate = self._shared_rate
@@ -737,6 +818,7 @@ class RedisRateLimiter:
         self._retry_at = self._clock.time() + RETRY_EVERY
         if self._down_since is None:
             self._down_since = self._clock.time()
+            self._rejoined = asyncio.Event()
             self._hand_over()
             logger.warning(
                 "the shared rate limit at %s is unreachable (%s): this process goes on "
@@ -750,4 +832,5 @@ class RedisRateLimiter:
         self._trying = False
         if self._down_since is not None:
             self._down_since = None
+            self._rejoined.set()
             logger.info("the shared rate limit at %s is back: using it again", _shown(self._url))
