@@ -208,7 +208,13 @@ class BananaClient:
             learned limit (see :mod:`banana_async.ratelimit.redis`; needs
             ``pip install 'banana-async[redis]'``). Defaults to
             ``$BANANA_RATE_LIMIT_URL``; ``""`` turns it off. If Redis goes
-            away, the client goes on with its own limiter.
+            away, the client goes on with its own limiter; if it cannot be
+            reached as the client opens, opening raises
+            :exc:`~banana_async.SharedBudgetError`.
+        allow_unshared: With ``rate_limit_url``: if Redis cannot be reached
+            as the client opens, go on with the client's own limiter (one
+            WARNING, and Redis is tried again every few seconds) instead of
+            raising.
         adaptive_polling: Learn how long tasks take (per model and
             resolution) and aim the first poll of a new task near its expected
             completion. When False, every poll comes ``poll_interval`` (plus
@@ -248,6 +254,7 @@ class BananaClient:
         rate_limiter: RateLimiter | None = None,
         on_status: OnStatus | None = None,
         rate_limit_url: str | None = None,
+        allow_unshared: bool = False,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         if isinstance(key, str) and not key.strip():
@@ -300,7 +307,12 @@ class BananaClient:
         if rate_limit_url is None and rate_limiter is None:
             rate_limit_url = os.environ.get(RATE_LIMIT_URL_ENV)
         self._limiter = _make_limiter(
-            requests_per_second, rate_limiter, self._clock, rate_limit_url or None, key
+            requests_per_second,
+            rate_limiter,
+            self._clock,
+            rate_limit_url or None,
+            key,
+            allow_unshared=allow_unshared,
         )
         # A limiter the client built (a Redis one holds connections) is closed with it.
         self._owns_limiter = rate_limiter is None
@@ -329,6 +341,11 @@ class BananaClient:
         if self._entered:
             raise RuntimeError("this BananaClient is already open")
         self._loop = asyncio.get_running_loop()
+        opener = getattr(self._limiter, "aopen", None)
+        if self._owns_limiter and opener is not None:
+            # A shared budget that cannot be reached is an error before any
+            # request (SharedBudgetError), unless allow_unshared.
+            await opener()
         if self._session is None:
             self._session = _transport.make_session(
                 connection_limit=self._connection_limit,
@@ -1264,6 +1281,8 @@ def _make_limiter(
     clock: Clock,
     url: str | None,
     key: str,
+    *,
+    allow_unshared: bool = False,
 ) -> RateLimiter:
     if url is not None:
         if given is not None:
@@ -1272,7 +1291,11 @@ def _make_limiter(
         from banana_async.ratelimit.redis import RedisRateLimiter  # noqa: PLC0415
 
         return RedisRateLimiter(
-            url, api_key=key, requests_per_second=requests_per_second, clock=clock
+            url,
+            api_key=key,
+            requests_per_second=requests_per_second,
+            clock=clock,
+            allow_unshared=allow_unshared,
         )
     if given is None:
         return AdaptiveRateLimiter(requests_per_second=requests_per_second, clock=clock)

@@ -271,6 +271,7 @@ async def test_a_pause_while_redis_is_away_rejoins_once_it_is_back(
     caplog.set_level(logging.INFO, logger="banana_async")
     limiter = shared.RedisRateLimiter(redis_server.url, api_key=API_KEY)
     try:
+        assert await limiter.acquire("create") is not None  # Redis answered once
         redis_server.kill()
         assert await limiter.acquire("create") is not None  # the local limiter's turn
         away = not limiter.shared
@@ -530,7 +531,7 @@ async def test_the_client_reads_the_url_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(RATE_LIMIT_URL_ENV, "redis://127.0.0.1:1/0")
-    async with ba.BananaClient(API_KEY) as client:
+    async with ba.BananaClient(API_KEY, allow_unshared=True) as client:
         limiter = client.rate_limiter
         assert isinstance(limiter, shared.RedisRateLimiter)
         assert isinstance(limiter, RateLimiter)
@@ -556,11 +557,51 @@ def test_a_password_in_the_url_stays_out_of_reprs() -> None:
     assert API_KEY not in repr(limiter)
 
 
-async def test_redis_unreachable_from_the_start_serves_requests_locally(
+def _unreachable_urls(tmp_path: Path, redis_server: RedisServer) -> dict[str, str]:
+    return {
+        "nothing listening": f"redis://127.0.0.1:{_free_port()}/0",
+        "TLS against a plain server": f"rediss://127.0.0.1:{redis_server.port}/0",
+        "no such socket": f"unix://{tmp_path / 'nosock'}",
+    }
+
+
+@pytest.mark.parametrize(
+    "where", ["nothing listening", "TLS against a plain server", "no such socket"]
+)
+async def test_redis_unreachable_as_the_client_opens_is_an_error_before_any_request(
+    provider: FakeBananaServer, redis_server: RedisServer, tmp_path: Path, where: str
+) -> None:
+    url = _unreachable_urls(tmp_path, redis_server)[where]
+    client = ba.BananaClient(API_KEY, base_url=provider.url, rate_limit_url=url)
+    with pytest.raises(ba.SharedBudgetError, match="cannot be reached") as caught:
+        async with client:
+            await client.generate("cat")
+    assert caught.value.url == url
+    assert "allow_unshared" in str(caught.value)
+    assert provider.requests == []
+
+
+async def test_a_limiter_given_whose_redis_is_unreachable_fails_each_request(
+    provider: FakeBananaServer,
+) -> None:
+    url = f"redis://127.0.0.1:{_free_port()}/0"
+    limiter = shared.RedisRateLimiter(url, api_key=API_KEY)
+    try:
+        async with live_client(provider, rate_limiter=limiter) as client:
+            for _ in range(2):  # not once only: no request goes unshared
+                with pytest.raises(ba.SharedBudgetError):
+                    await client.generate("cat")
+        assert provider.requests == []
+        assert limiter.shared  # not a fallback
+    finally:
+        await limiter.aclose()
+
+
+async def test_redis_unreachable_from_the_start_serves_requests_locally_if_allowed(
     provider: FakeBananaServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = f"redis://127.0.0.1:{_free_port()}/0"
-    async with live_client(provider, rate_limit_url=url) as client:
+    async with live_client(provider, rate_limit_url=url, allow_unshared=True) as client:
         for i in range(3):
             task = await client.generate(f"cat {i}")
             assert task.ok
@@ -569,6 +610,7 @@ async def test_redis_unreachable_from_the_start_serves_requests_locally(
         assert not limiter.shared
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
+    assert "unreachable" in warnings[0].getMessage()
 
 
 # -- the command line ---------------------------------------------------------------------
@@ -626,3 +668,36 @@ def test_cli_batch_refuses_a_rate_limit_url_that_is_not_redis(
     assert code != 0
     assert "redis://" in err
     assert cli_env.server.requests == []
+
+
+def test_cli_batch_stops_before_any_create_if_the_shared_budget_is_unreachable(
+    capsys: pytest.CaptureFixture[str], cli_env: ServerThread, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(TEXT_PROMPTS)
+    url = f"redis://127.0.0.1:{_free_port()}/0"
+    code, out, err = run_main(
+        capsys, "batch", str(prompts), "--out", str(tmp_path), "--rate-limit-url", url
+    )
+    assert code == 2, err
+    assert out == ""
+    (line,) = err.splitlines()
+    assert line.startswith("error: the shared rate limit at " + url)
+    assert "--allow-unshared" in line
+    assert cli_env.server.requests == []
+
+
+def test_cli_batch_runs_unshared_if_allowed_and_says_so_as_a_warning_line(
+    capsys: pytest.CaptureFixture[str], cli_env: ServerThread, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(TEXT_PROMPTS)
+    url = f"redis://127.0.0.1:{_free_port()}/0"
+    code, out, err = run_main(
+        capsys, "batch", str(prompts), "--out", str(tmp_path), *FAST,
+        "--rate-limit-url", url, "--allow-unshared",
+    )  # fmt: skip
+    assert code == 0, err
+    assert len(out.splitlines()) == 3
+    (warning,) = [line for line in err.splitlines() if "unreachable" in line]
+    assert warning.startswith(f"warning: the shared rate limit at {url} is unreachable")

@@ -46,11 +46,20 @@ The design (what a reviewer should check):
   are not held. A configured ``requests_per_second`` caps the rate on top.
 * **When Redis goes away** (refused, reset, timed out), the limiter logs
   one WARNING and serves requests from an in-process
-  :class:`~banana_async.ratelimit.AdaptiveRateLimiter`, which was told of
-  every answer and pause all along, so it starts from this process's share
-  of the learned limit. Every few seconds (``RETRY_EVERY``) one request tries
-  Redis again; when that works it logs one INFO and rejoins the shared
-  budget.
+  :class:`~banana_async.ratelimit.AdaptiveRateLimiter`, started at this
+  process's share: the cap, learned rate and limit divided by the processes
+  active on the key (each heartbeats a field ``m:<id>`` with every slot it
+  asks for; ``ACTIVE_FOR``), with nothing saved up. Every few seconds
+  (``RETRY_EVERY``) one request tries Redis again; when that works it logs
+  one INFO, rejoins the shared budget, and moves the requests queued
+  locally back to it. Answers to requests sent while away are not counted
+  as the shared budget's, and a hash that lost its learned limit (Redis
+  restarted empty) gets it back from a process that knows it.
+* **When Redis cannot be reached at the start** (it never answered), that
+  is an error, :exc:`~banana_async.SharedBudgetError`, from :meth:`RedisRateLimiter.aopen`
+  (the client calls it as it opens) or from each request, unless
+  ``allow_unshared``: running unshared would spend the budget once per
+  process.
 
 Creates go before status queries inside each process, not across
 processes: the shared schedule serves the processes in the order they ask.
@@ -80,6 +89,7 @@ from banana_async.ratelimit._adaptive import (
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from banana_async.errors import SharedBudgetError
     from banana_async.ratelimit import RequestKind
 
 
@@ -417,6 +427,10 @@ class RedisRateLimiter:
         local: The in-process limiter used while Redis is away (by default
             an :class:`~banana_async.ratelimit.AdaptiveRateLimiter` with the
             same cap).
+        allow_unshared: If Redis has not answered once when it is first
+            needed (:meth:`RedisRateLimiter.aopen`, or the first request), go on with the
+            local limiter (one WARNING) rather than raise
+            :exc:`~banana_async.SharedBudgetError`.
 
     Raises:
         InvalidRequestError: If the URL is not a Redis URL, or the ``redis``
@@ -431,6 +445,7 @@ class RedisRateLimiter:
         requests_per_second: float | None = None,
         clock: Clock | None = None,
         local: AdaptiveRateLimiter | None = None,
+        allow_unshared: bool = False,
     ) -> None:
         from banana_async.errors import InvalidRequestError  # noqa: PLC0415 (kept light)
 
@@ -459,6 +474,8 @@ class RedisRateLimiter:
             else AdaptiveRateLimiter(requests_per_second=requests_per_second, clock=self._clock)
         )
         self._redis: Redis | None = None
+        self._allow_unshared = allow_unshared
+        self._reached = False  # Redis answered once: from then on, an outage falls back
         # Bumped whenever Redis fails: a failure of a command sent on an
         # older connection pool (stale since) says nothing about Redis now.
         self._generation = 0
@@ -563,6 +580,26 @@ class RedisRateLimiter:
         self._back()
         logger.info("rate limited: every process of this key pauses for %.2f s", until - now)
 
+    async def aopen(self) -> None:
+        """Check that Redis answers, before the first request (the client calls it as it opens).
+
+        Raises:
+            SharedBudgetError: Redis cannot be reached, and ``allow_unshared``
+                is False. (With it, one WARNING, and requests go to the local
+                limiter until Redis answers.)
+        """
+        if self._reached:
+            return
+        try:
+            await self._eval(_PAUSED)
+        except _failures() as exc:
+            if self._background:  # the dropped pool is closed before anything else
+                await asyncio.gather(*self._background, return_exceptions=True)
+            if self._must_share():
+                raise self._unreachable(exc) from exc
+            return
+        self._back()
+
     async def aclose(self) -> None:
         """Wait for pending reports to Redis and close its connections."""
         dispatcher, self._dispatcher = self._dispatcher, None
@@ -642,7 +679,10 @@ class RedisRateLimiter:
                         paused, now = await self._run(_PAUSED)
                         if paused > now:
                             continue
-                except _failures():
+                except _failures() as exc:
+                    if self._must_share():
+                        self._refuse_all(exc)
+                        break
                     if self.shared:  # else they are not the shared budget's (see record)
                         self._accepted += accepted
                     continue
@@ -796,6 +836,30 @@ class RedisRateLimiter:
                 rate,
             )
 
+    def _must_share(self) -> bool:
+        """Whether a failure is the user's to know of: Redis never answered, and no fallback."""
+        return not self._reached and not self._allow_unshared
+
+    def _unreachable(self, exc: BaseException) -> SharedBudgetError:
+        from banana_async.client import RATE_LIMIT_URL_ENV  # noqa: PLC0415 (a cycle at import)
+        from banana_async.errors import SharedBudgetError  # noqa: PLC0415 (kept light)
+
+        shown = _shown(self._url)
+        return SharedBudgetError(
+            f"the shared rate limit at {shown} cannot be reached ({type(exc).__name__}: "
+            f"{exc}): check the URL (rate_limit_url, --rate-limit-url, ${RATE_LIMIT_URL_ENV}), or "
+            "allow running on this process's own limiter with allow_unshared=True "
+            "(--allow-unshared)",
+            url=shown,
+        )
+
+    def _refuse_all(self, exc: BaseException) -> None:
+        """Fail every waiting request: the budget they were to share cannot be reached."""
+        for waiter in [*self._creates, *self._queries]:
+            (self._creates if waiter.kind == "create" else self._queries).remove(waiter)
+            if not waiter.future.done():
+                waiter.future.set_exception(self._unreachable(exc))
+
     def _use_redis(self) -> bool:
         """Whether to ask Redis: it is up, or it is time for one request to try again."""
         if self._down_since is None:
@@ -815,6 +879,8 @@ class RedisRateLimiter:
         if old is not None:
             self._in_background(_close_quietly(old))
         self._trying = False
+        if self._must_share():
+            return  # not a fallback: the caller raises SharedBudgetError
         self._retry_at = self._clock.time() + RETRY_EVERY
         if self._down_since is None:
             self._down_since = self._clock.time()
@@ -830,6 +896,7 @@ class RedisRateLimiter:
 
     def _back(self) -> None:
         self._trying = False
+        self._reached = True
         if self._down_since is not None:
             self._down_since = None
             self._rejoined.set()
