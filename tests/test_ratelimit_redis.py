@@ -245,6 +245,26 @@ async def test_a_pause_set_by_one_limiter_holds_another(redis_server: RedisServe
             await limiter.aclose()
 
 
+async def test_processes_given_different_caps_all_keep_to_the_smallest(
+    redis_server: RedisServer,
+) -> None:
+    clock = FakeClock()
+    slow = shared.RedisRateLimiter(redis_server.url, api_key=API_KEY, requests_per_second=2)
+    fast = shared.RedisRateLimiter(
+        redis_server.url, api_key=API_KEY, requests_per_second=20, clock=clock
+    )
+    try:
+        assert await slow.acquire("create") is not None
+        for _ in range(4):
+            assert await fast.acquire("create") is not None
+    finally:
+        for limiter in (slow, fast):
+            await limiter.aclose()
+    # Redis's clock hardly moved while the fake one slept: the slots the fast
+    # process waited for ran ahead, half a second apart (2/s), not 0.05 s.
+    assert max(clock.sleeps) >= 1.4, clock.sleeps
+
+
 async def test_a_cancelled_acquire_spends_no_slot_and_blocks_nobody(
     redis_server: RedisServer,
 ) -> None:

@@ -22,10 +22,14 @@ The design (what a reviewer should check):
   time, for the request first in its own line (creates before status
   queries, as in-process), sleeps until it, and asks for the next: the
   schedule runs at most one slot per process ahead of now, so a new rate
-  applies at once. One round trip per request, no polling, no stampede at
+  applies at once. One round trip per request whose slot is free, two for
+  one that waited (after the wait it checks for a pause begun meanwhile),
+  no polling, no stampede at
   a window's edge, and requests from all processes go out evenly spaced:
   at most ``rate`` (plus one) in any one second, which is what a
-  provider's bucket counts.
+  provider's bucket counts. Processes given different caps
+  (``requests_per_second``) all keep to the smallest among those active
+  on the key (``ACTIVE_FOR``).
   Window counters (the ``limits`` package's strategies) cannot say *when* a
   refused request may go, so every process would poll, and they allow a
   window's whole budget in one burst; see the changelog for the choice.
@@ -157,27 +161,45 @@ end
 """
 
 # Each process that asks for slots keeps a field 'm:<its id>' = Redis time
-# of its last ask; 'members' counts those asked within ACTIVE_FOR (recounted
-# when one joins and at most once a second, dropping the stale ones).
+# of its last ask, and 'c:<its id>' = its requests_per_second if it has one;
+# 'members' counts those asked within ACTIVE_FOR and 'least_cap' is the
+# smallest of their caps (recounted when one joins and at most once a
+# second, dropping the stale ones).
 _MEMBERS = """
-local function note_member(id, active)
+local function note_member(id, active, cap)
   local joined = redis.call('HSET', key, 'm:' .. id, now) == 1
+  if cap == '' then
+    redis.call('HDEL', key, 'c:' .. id)
+  else
+    redis.call('HSET', key, 'c:' .. id, cap)
+  end
   local members = num('members')
   if not joined and members ~= nil and now - (num('members_at') or 0) < 1 then
     return members
   end
   local fields = redis.call('HGETALL', key)
+  local values = {}
+  for i = 1, #fields, 2 do values[fields[i]] = fields[i + 1] end
   members = 0
-  for i = 1, #fields, 2 do
-    if string.sub(fields[i], 1, 2) == 'm:' then
-      if tonumber(fields[i + 1]) >= now - active then
+  local least = nil
+  for name, value in pairs(values) do
+    if string.sub(name, 1, 2) == 'm:' then
+      local other = string.sub(name, 3)
+      if tonumber(value) >= now - active then
         members = members + 1
+        local c = tonumber(values['c:' .. other])
+        if c ~= nil and (least == nil or c < least) then least = c end
       else
-        redis.call('HDEL', key, fields[i])
+        redis.call('HDEL', key, name, 'c:' .. other)
       end
     end
   end
   redis.call('HSET', key, 'members', members, 'members_at', now)
+  if least == nil then
+    redis.call('HDEL', key, 'least_cap')
+  else
+    redis.call('HSET', key, 'least_cap', least)
+  end
   return members
 end
 """
@@ -195,6 +217,9 @@ add_accepted(tonumber(ARGV[4]))
 redis.call('EXPIRE', key, ARGV[5])
 local start = math.max(now, num('paused') or 0)
 local cap = tonumber(ARGV[2])
+-- Processes of one key given different caps: the smallest applies to all.
+local least = num('least_cap')
+if least ~= nil and (cap == nil or least < cap) then cap = least end
 local limit = num('limit')
 local learned = num('rate')
 if learned == nil then learned = 64 end
@@ -242,7 +267,7 @@ return {tostring(delay), tostring(now)}
     + """
 end
 local reply = acquire()
-table.insert(reply, tostring(note_member(ARGV[6], tonumber(ARGV[7]))))
+table.insert(reply, tostring(note_member(ARGV[6], tonumber(ARGV[7]), ARGV[2])))
 table.insert(reply, tostring(num('rate') or ''))
 table.insert(reply, tostring(num('limit') or ''))
 return reply
@@ -423,6 +448,7 @@ class RedisRateLimiter:
             into Redis.
         requests_per_second: A hard cap on requests per second of all
             processes together; None for none (the limit is then learned).
+            Processes given different caps keep to the smallest.
         clock: Where time is read and sleeping happens.
         local: The in-process limiter used while Redis is away (by default
             an :class:`~banana_async.ratelimit.AdaptiveRateLimiter` with the
