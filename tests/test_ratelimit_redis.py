@@ -598,6 +598,7 @@ async def test_redis_unreachable_as_the_client_opens_is_an_error_before_any_requ
             await client.generate("cat")
     assert caught.value.url == url
     assert "allow_unshared" in str(caught.value)
+    assert "$" + RATE_LIMIT_URL_ENV in str(caught.value)
     assert provider.requests == []
 
 

@@ -867,13 +867,12 @@ class RedisRateLimiter:
         return not self._reached and not self._allow_unshared
 
     def _unreachable(self, exc: BaseException) -> SharedBudgetError:
-        from banana_async.client import RATE_LIMIT_URL_ENV  # noqa: PLC0415 (a cycle at import)
         from banana_async.errors import SharedBudgetError  # noqa: PLC0415 (kept light)
 
         shown = _shown(self._url)
         return SharedBudgetError(
             f"the shared rate limit at {shown} cannot be reached ({type(exc).__name__}: "
-            f"{exc}): check the URL (rate_limit_url, --rate-limit-url, ${RATE_LIMIT_URL_ENV}), or "
+            f"{exc}): check the URL (rate_limit_url, --rate-limit-url, $BANANA_RATE_LIMIT_URL), or "
             "allow running on this process's own limiter with allow_unshared=True "
             "(--allow-unshared)",
             url=shown,
