@@ -879,6 +879,10 @@ class BananaClient:
                         )
                     if deadline is not None and deadline - clock.time() <= 0:
                         raise TaskTimeoutError(task_id, limit or 0.0, last)
+                    # What a poll saw is learned as of when it asked to go:
+                    # time spent waiting for its turn (a 429 pause, which a
+                    # shared budget holds in every process) is not the task's.
+                    asked = clock.time()
                     try:
                         last = await self._request(http, parse)
                     except BananaError as exc:
@@ -892,7 +896,7 @@ class BananaClient:
                         await changes.saw(last)
                     delay = policy.poll_delay(interval)
                     if context is not None:
-                        last_pending = clock.time() - context[1]
+                        last_pending = asked - context[1]
                         if scout is not None:  # only a created task has one
                             delay = scout.saw_running(last_pending, delay)
                     if last.status is TaskStatus.UNKNOWN:
@@ -900,7 +904,13 @@ class BananaClient:
                             "task %s: unknown status %r, still waiting", task_id, last.raw_status
                         )
             self._learn(
-                task_id, context, last, last_pending=last_pending, interval=interval, scout=scout
+                task_id,
+                context,
+                last,
+                last_pending=last_pending,
+                seen_at=asked,
+                interval=interval,
+                scout=scout,
             )
         except TimeoutError:
             # Only the deadline raises the builtin: the transport maps its own
@@ -989,10 +999,13 @@ class BananaClient:
         last: Task,
         *,
         last_pending: float | None,
+        seen_at: float,
         interval: float,
         scout: Scout | None,
     ) -> None:
         """Forget a created task seen finished, and learn its duration if it succeeded.
+
+        ``seen_at`` is when the poll that saw it finished asked to go.
 
         Of several waits on one task, only the first to see it finished does
         both: its duration counts once.
@@ -1003,7 +1016,7 @@ class BananaClient:
             self._policy.observe(
                 context[0],
                 last_pending=last_pending,
-                first_done=self._clock.time() - context[1],
+                first_done=seen_at - context[1],
                 interval=interval,
                 scout=scout,
             )
