@@ -551,32 +551,33 @@ class RedisRateLimiter:
         """Wait for this request's slot in the shared schedule; None past ``timeout``."""
         clock = self._clock
         deadline = None if timeout is None else clock.time() + timeout
-        while True:
-            if self._use_redis():
-                future: asyncio.Future[float | _GoLocal | None] = (
-                    asyncio.get_running_loop().create_future()
-                )
-                waiter = _Waiter(future, kind, clock.time(), deadline)
-                (self._creates if kind == "create" else self._queries).append(waiter)
-                if self._dispatcher is None:
-                    self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
-                try:
-                    if deadline is not None:
-                        # Behind other waiters the dispatcher cannot see this deadline.
-                        await asyncio.wait({future}, timeout=max(0.0, deadline - clock.time()))
-                        if not future.done():
-                            future.cancel()
-                            return None
-                    turn = await future
-                except asyncio.CancelledError:
-                    future.cancel()  # the dispatcher skips it: no slot is spent on it
-                    raise
-                if not isinstance(turn, _GoLocal):
-                    return turn
-            local = await self._local_turn(kind, deadline)
-            if not isinstance(local, _GoLocal):
-                return local
-            # Redis came back while it waited: its slot is in the shared schedule.
+        if self._use_redis():
+            future: asyncio.Future[float | _GoLocal | None] = (
+                asyncio.get_running_loop().create_future()
+            )
+            waiter = _Waiter(future, kind, clock.time(), deadline)
+            (self._creates if kind == "create" else self._queries).append(waiter)
+            if self._dispatcher is None:
+                self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
+            try:
+                if timeout is not None:
+                    # Behind other waiters the dispatcher cannot see this deadline.
+                    await asyncio.wait({future}, timeout=max(0.0, timeout))
+                    if not future.done():
+                        future.cancel()
+                        return None
+                turn = await future
+            except asyncio.CancelledError:
+                future.cancel()  # the dispatcher skips it: no slot is spent on it
+                raise
+            if not isinstance(turn, _GoLocal):
+                return turn
+        local = await self._local_turn(kind, deadline)
+        if isinstance(local, _GoLocal):  # Redis came back: a slot in the shared schedule
+            return await self.acquire(
+                kind, timeout=None if deadline is None else max(0.0, deadline - clock.time())
+            )
+        return local
 
     def record(self, turn: float, *, limited: bool) -> None:
         """Count an answer; a 429 asks Redis to re-estimate the shared limit."""
