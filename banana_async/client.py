@@ -221,7 +221,13 @@ class BananaClient:
             learned limit (see :mod:`banana_async.ratelimit.redis`; needs
             ``pip install 'banana-async[redis]'``). Defaults to
             ``$BANANA_RATE_LIMIT_URL``; ``""`` turns it off. If Redis goes
-            away, the client goes on with its own limiter.
+            away, the client goes on with its own limiter; if it cannot be
+            reached as the client opens, opening raises
+            :exc:`~banana_async.SharedBudgetError`.
+        allow_unshared: With ``rate_limit_url``: if Redis cannot be reached
+            as the client opens, go on with the client's own limiter (one
+            WARNING, and Redis is tried again every few seconds) instead of
+            raising.
         adaptive_polling: Learn how long tasks take (per model and
             resolution) and aim the first poll of a new task near its expected
             completion. When False, every poll comes ``poll_interval`` (plus
@@ -261,6 +267,7 @@ class BananaClient:
         rate_limiter: RateLimiter | None = None,
         on_status: OnStatus | None = None,
         rate_limit_url: str | None = None,
+        allow_unshared: bool = False,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         if isinstance(key, str) and not key.strip():
@@ -313,7 +320,12 @@ class BananaClient:
         if rate_limit_url is None and rate_limiter is None:
             rate_limit_url = os.environ.get(RATE_LIMIT_URL_ENV)
         self._limiter = _make_limiter(
-            requests_per_second, rate_limiter, self._clock, rate_limit_url or None, key
+            requests_per_second,
+            rate_limiter,
+            self._clock,
+            rate_limit_url or None,
+            key,
+            allow_unshared=allow_unshared,
         )
         # A limiter the client built (a Redis one holds connections) is closed with it.
         self._owns_limiter = rate_limiter is None
@@ -342,6 +354,11 @@ class BananaClient:
         if self._entered:
             raise RuntimeError("this BananaClient is already open")
         self._loop = asyncio.get_running_loop()
+        opener = getattr(self._limiter, "aopen", None)
+        if self._owns_limiter and opener is not None:
+            # A shared budget that cannot be reached is an error before any
+            # request (SharedBudgetError), unless allow_unshared.
+            await opener()
         if self._session is None:
             self._session = _transport.make_session(
                 connection_limit=self._connection_limit,
@@ -875,6 +892,10 @@ class BananaClient:
                         )
                     if deadline is not None and deadline - clock.time() <= 0:
                         raise TaskTimeoutError(task_id, limit or 0.0, last)
+                    # What a poll saw is learned as of when it asked to go:
+                    # time spent waiting for its turn (a 429 pause, which a
+                    # shared budget holds in every process) is not the task's.
+                    asked = clock.time()
                     try:
                         # The deadline also bounds the wait for a turn of the
                         # rate limiter, on the client's clock: a poll never
@@ -891,7 +912,7 @@ class BananaClient:
                         await changes.saw(last)
                     delay = policy.poll_delay(interval)
                     if context is not None:
-                        last_pending = clock.time() - context[1]
+                        last_pending = asked - context[1]
                         if scout is not None:  # only a created task has one
                             delay = scout.saw_running(last_pending, delay)
                     if last.status is TaskStatus.UNKNOWN:
@@ -899,7 +920,13 @@ class BananaClient:
                             "task %s: unknown status %r, still waiting", task_id, last.raw_status
                         )
             self._learn(
-                task_id, context, last, last_pending=last_pending, interval=interval, scout=scout
+                task_id,
+                context,
+                last,
+                last_pending=last_pending,
+                seen_at=asked,
+                interval=interval,
+                scout=scout,
             )
         except TimeoutError:
             # Only the deadline raises the builtin: the transport maps its own
@@ -988,10 +1015,13 @@ class BananaClient:
         last: Task,
         *,
         last_pending: float | None,
+        seen_at: float,
         interval: float,
         scout: Scout | None,
     ) -> None:
         """Forget a created task seen finished, and learn its duration if it succeeded.
+
+        ``seen_at`` is when the poll that saw it finished asked to go.
 
         Of several waits on one task, only the first to see it finished does
         both: its duration counts once.
@@ -1002,7 +1032,7 @@ class BananaClient:
             self._policy.observe(
                 context[0],
                 last_pending=last_pending,
-                first_done=self._clock.time() - context[1],
+                first_done=seen_at - context[1],
                 interval=interval,
                 scout=scout,
             )
@@ -1280,6 +1310,8 @@ def _make_limiter(
     clock: Clock,
     url: str | None,
     key: str,
+    *,
+    allow_unshared: bool = False,
 ) -> RateLimiter:
     if url is not None:
         if given is not None:
@@ -1288,7 +1320,11 @@ def _make_limiter(
         from banana_async.ratelimit.redis import RedisRateLimiter  # noqa: PLC0415
 
         return RedisRateLimiter(
-            url, api_key=key, requests_per_second=requests_per_second, clock=clock
+            url,
+            api_key=key,
+            requests_per_second=requests_per_second,
+            clock=clock,
+            allow_unshared=allow_unshared,
         )
     if given is None:
         return AdaptiveRateLimiter(requests_per_second=requests_per_second, clock=clock)

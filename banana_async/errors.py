@@ -55,6 +55,7 @@ __all__ = [
     "RateLimitError",
     "ResponseValidationError",
     "ServerError",
+    "SharedBudgetError",
     "TaskFailedError",
     "TaskTimeoutError",
     "UnconfirmedCreateError",
@@ -303,3 +304,25 @@ class JournalError(BananaError):
         super().__init__(message)
         self.path = path
         self.unrecorded = dict(unrecorded or {})
+
+
+class SharedBudgetError(BananaError):
+    """The request budget shared through Redis (``rate_limit_url``) cannot be reached.
+
+    Raised when the client opens (or, for a
+    :class:`~banana_async.ratelimit.redis.RedisRateLimiter` given as
+    ``rate_limiter``, by its first request) if Redis has not answered once
+    yet: a wrong URL, nothing listening, TLS against a plain server, a
+    missing socket. Nothing was sent to the API. Running on anyway would
+    spend the key's budget once per process, so it takes a decision:
+    ``allow_unshared=True`` (``--allow-unshared``) goes on with this
+    process's own limiter instead, as a client whose Redis goes away
+    mid-run does. The message names the URL without its password.
+
+    Attributes:
+        url: The Redis URL, without its password.
+    """
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.url = url

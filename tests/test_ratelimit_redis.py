@@ -26,7 +26,13 @@ import banana_async as ba
 from banana_async.client import RATE_LIMIT_URL_ENV
 from banana_async.errors import InvalidRequestError
 from banana_async.ratelimit import AdaptiveRateLimiter, RateLimiter
-from banana_async.testing import FakeBananaServer, Fault, RecordedRequest, RequestBudget
+from banana_async.testing import (
+    FakeBananaServer,
+    FakeClock,
+    Fault,
+    RecordedRequest,
+    RequestBudget,
+)
 
 from ._servers import RedisServer, free_port
 from ._servers import redis_server as start_redis
@@ -261,10 +267,31 @@ async def test_a_pause_set_by_one_limiter_holds_another(redis_server: RedisServe
         assert await other.acquire("create", timeout=0.1) is None
         assert await other.acquire("query", timeout=0.1) is None
         assert other.shared
-        assert await stranger.acquire("create", timeout=0.1) is not None  # another key
+        # Another key: not held by the 30 s pause (the timeout only allows for a busy machine).
+        assert await stranger.acquire("create", timeout=5.0) is not None
     finally:
         for limiter in (one, other, stranger):
             await limiter.aclose()
+
+
+async def test_processes_given_different_caps_all_keep_to_the_smallest(
+    redis_server: RedisServer,
+) -> None:
+    clock = FakeClock()
+    slow = shared.RedisRateLimiter(redis_server.url, api_key=API_KEY, requests_per_second=2)
+    fast = shared.RedisRateLimiter(
+        redis_server.url, api_key=API_KEY, requests_per_second=20, clock=clock
+    )
+    try:
+        assert await slow.acquire("create") is not None
+        for _ in range(4):
+            assert await fast.acquire("create") is not None
+    finally:
+        for limiter in (slow, fast):
+            await limiter.aclose()
+    # Redis's clock hardly moved while the fake one slept: the slots the fast
+    # process waited for ran ahead, half a second apart (2/s), not 0.05 s.
+    assert max(clock.sleeps) >= 1.4, clock.sleeps
 
 
 async def test_a_cancelled_acquire_spends_no_slot_and_blocks_nobody(
@@ -293,6 +320,7 @@ async def test_a_pause_while_redis_is_away_rejoins_once_it_is_back(
     caplog.set_level(logging.INFO, logger="banana_async")
     limiter = shared.RedisRateLimiter(redis_server.url, api_key=API_KEY)
     try:
+        assert await limiter.acquire("create") is not None  # Redis answered once
         redis_server.kill()
         assert await limiter.acquire("create") is not None  # the local limiter's turn
         away = not limiter.shared
@@ -346,6 +374,166 @@ async def test_redis_killed_mid_run_the_batch_finishes_on_the_local_limiter(
     assert limiter.shared
 
 
+async def test_processes_keep_to_the_budget_together_after_redis_dies(
+    provider: FakeBananaServer, redis_server: RedisServer
+) -> None:
+    rate = 20.0
+    names = ["a", "b"]
+    creates: dict[str, int] = dict.fromkeys(names, 0)
+    both = asyncio.Event()
+
+    def watch(body: dict[str, Any]) -> None:
+        creates[str(body["prompt"]).split("-")[0]] += 1
+        if min(creates.values()) >= 5:
+            both.set()
+
+    provider.script_for = watch
+    run = asyncio.ensure_future(_workers(provider, redis_server.url, names, 20, rate))
+    await both.wait()
+    redis_server.kill()  # both were sharing; now each is on its own
+    killed = len(provider.requests)
+    reports = await run
+    assert [r["ok"] for r in reports] == [20, 20]
+    assert len(provider.requests) - killed >= 40  # most of the run was without Redis
+    # Each process sends its share (R / 2), not the whole R, so together
+    # they keep to the budget, before the outage, at its moment and after.
+    busiest = _busiest_second(provider.requests)
+    assert busiest <= 1.1 * rate, busiest
+
+
+def _is_shared(limiter: shared.RedisRateLimiter) -> bool:
+    """Whether ``limiter`` uses Redis now (a call: a property's value would be narrowed)."""
+    return limiter.shared
+
+
+def _busiest(times: list[float]) -> int:
+    """The most of ``times`` within any one second (a sliding window)."""
+    times = sorted(times)
+    most = start = 0
+    for end, at in enumerate(times):
+        while at - times[start] >= 1.0:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+@pytest.mark.parametrize("how", ["capped", "learned"])
+async def test_while_redis_is_away_each_process_sends_its_share(
+    redis_server: RedisServer, how: str
+) -> None:
+    """Two processes on a budget of 10/s fall back to 5/s each, not 10/s each."""
+    if how == "learned":
+        # What processes that learned a limit of 10/s together leave in the hash.
+        connection = redis_asyncio.Redis.from_url(redis_server.url)
+        try:
+            await connection.hset(shared.redis_key(API_KEY), mapping={"limit": 10, "rate": 9})
+        finally:
+            await connection.aclose()
+    cap = 10.0 if how == "capped" else None
+    clock = FakeClock()
+    one = shared.RedisRateLimiter(
+        redis_server.url, api_key=API_KEY, requests_per_second=cap, clock=clock
+    )
+    other = shared.RedisRateLimiter(
+        redis_server.url, api_key=API_KEY, requests_per_second=cap, clock=FakeClock()
+    )
+    try:
+        for limiter in (one, other, one):  # both ask for slots, and one hears of the other
+            assert await limiter.acquire("create") is not None
+        assert _is_shared(one)
+        redis_server.kill()
+        start = clock.time()
+        turns = [await one.acquire("create") for _ in range(30)]
+        assert not _is_shared(one)
+    finally:
+        for limiter in (one, other):
+            await limiter.aclose()
+    times = [start, *(turn for turn in turns if turn is not None)]
+    assert len(times) == 31
+    # Its share from the first request on, nothing saved up at the outage
+    # moment (the learned rate climbs slowly back to the estimate).
+    assert _busiest(times) <= 6, times
+    assert times[-1] - start >= 30 / 6, times
+
+
+async def _hash(url: str, write: dict[str, float] | None = None) -> dict[bytes, bytes]:
+    """The key's hash in the Redis at ``url`` (after writing ``write`` into it)."""
+    connection = redis_asyncio.Redis.from_url(url)
+    try:
+        if write is not None:
+            await connection.hset(shared.redis_key(API_KEY), mapping=write)
+        state: dict[bytes, bytes] = await connection.hgetall(shared.redis_key(API_KEY))
+        return state
+    finally:
+        await connection.aclose()
+
+
+async def test_redis_restarted_empty_gets_back_the_limit_learned_not_more(
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(shared, "RETRY_EVERY", 0.0)
+    caplog.set_level(logging.INFO, logger="banana_async")
+    await _hash(redis_server.url, {"limit": 10, "rate": 9})  # learned together
+    limiter = shared.RedisRateLimiter(redis_server.url, api_key=API_KEY)
+    try:
+        assert await limiter.acquire("create") is not None
+        redis_server.kill()
+        # Away: this process goes on alone, and its answers come back.
+        for _ in range(60):
+            turn = await limiter.acquire("create")
+            assert turn is not None
+            limiter.record(turn, limited=False)
+        assert not _is_shared(limiter)
+        redis_server.start()  # the same port, nothing kept
+        turn = await limiter.acquire("create")
+        assert turn is not None
+        assert _is_shared(limiter)
+        state = await _hash(redis_server.url)
+        # What was learned is back, and the answers from the outage are not
+        # counted as the shared budget's (all in one second, they would make
+        # the limit look six times higher).
+        assert float(state[b"limit"]) == 10.0
+        assert float(state[b"rate"]) <= 9.0
+        assert int(state.get(b"since_cut", b"0")) <= 1
+        turn = await limiter.acquire("create")
+        assert turn is not None
+        limiter.record(turn, limited=True)  # the provider refuses one
+    finally:
+        await limiter.aclose()
+    assert float((await _hash(redis_server.url))[b"limit"]) <= 10.0
+    assert limiter.shared_limit is not None
+    assert limiter.shared_limit <= 10.0
+    assert any("put back" in r.getMessage() for r in caplog.records)
+
+
+async def test_requests_queued_locally_go_back_to_the_shared_schedule(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shared, "RETRY_EVERY", 0.0)
+    limiter = shared.RedisRateLimiter(redis_server.url, api_key=API_KEY)
+    try:
+        assert await limiter.acquire("create") is not None
+        # The local limiter holds whatever it queues for an hour.
+        await limiter.local.pause(3600.0)
+        redis_server.kill()
+        queued = [asyncio.ensure_future(limiter.acquire("create")) for _ in range(4)]
+        while limiter.local.waiting < len(queued):  # noqa: ASYNC110 - the limiter has no event
+            await asyncio.sleep(0.01)
+        redis_server.start()
+        assert await limiter.acquire("create") is not None  # Redis is back
+        # The queued requests take shared slots now instead of local ones,
+        # which every process would send on top of the shared budget. (The
+        # timeout only keeps a broken build from hanging for the hour.)
+        done, _ = await asyncio.wait(queued, timeout=60.0)
+        assert len(done) == len(queued)
+        assert all(task.result() is not None for task in done)
+        assert limiter.local.waiting == 0
+    finally:
+        await limiter.aclose()
+
+
 # -- the key ------------------------------------------------------------------------------
 
 
@@ -392,7 +580,7 @@ async def test_the_client_reads_the_url_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(RATE_LIMIT_URL_ENV, "redis://127.0.0.1:1/0")
-    async with ba.BananaClient(API_KEY) as client:
+    async with ba.BananaClient(API_KEY, allow_unshared=True) as client:
         limiter = client.rate_limiter
         assert isinstance(limiter, shared.RedisRateLimiter)
         assert isinstance(limiter, RateLimiter)
@@ -418,11 +606,52 @@ def test_a_password_in_the_url_stays_out_of_reprs() -> None:
     assert API_KEY not in repr(limiter)
 
 
-async def test_redis_unreachable_from_the_start_serves_requests_locally(
+def _unreachable_urls(tmp_path: Path, redis_server: RedisServer) -> dict[str, str]:
+    return {
+        "nothing listening": f"redis://127.0.0.1:{free_port()}/0",
+        "TLS against a plain server": f"rediss://127.0.0.1:{redis_server.port}/0",
+        "no such socket": f"unix://{tmp_path / 'nosock'}",
+    }
+
+
+@pytest.mark.parametrize(
+    "where", ["nothing listening", "TLS against a plain server", "no such socket"]
+)
+async def test_redis_unreachable_as_the_client_opens_is_an_error_before_any_request(
+    provider: FakeBananaServer, redis_server: RedisServer, tmp_path: Path, where: str
+) -> None:
+    url = _unreachable_urls(tmp_path, redis_server)[where]
+    client = ba.BananaClient(API_KEY, base_url=provider.url, rate_limit_url=url)
+    with pytest.raises(ba.SharedBudgetError, match="cannot be reached") as caught:
+        async with client:
+            await client.generate("cat")
+    assert caught.value.url == url
+    assert "allow_unshared" in str(caught.value)
+    assert "$" + RATE_LIMIT_URL_ENV in str(caught.value)
+    assert provider.requests == []
+
+
+async def test_a_limiter_given_whose_redis_is_unreachable_fails_each_request(
+    provider: FakeBananaServer,
+) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    limiter = shared.RedisRateLimiter(url, api_key=API_KEY)
+    try:
+        async with live_client(provider, rate_limiter=limiter) as client:
+            for _ in range(2):  # not once only: no request goes unshared
+                with pytest.raises(ba.SharedBudgetError):
+                    await client.generate("cat")
+        assert provider.requests == []
+        assert limiter.shared  # not a fallback
+    finally:
+        await limiter.aclose()
+
+
+async def test_redis_unreachable_from_the_start_serves_requests_locally_if_allowed(
     provider: FakeBananaServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
-    async with live_client(provider, rate_limit_url=url) as client:
+    async with live_client(provider, rate_limit_url=url, allow_unshared=True) as client:
         for i in range(3):
             task = await client.generate(f"cat {i}")
             assert task.ok
@@ -431,6 +660,7 @@ async def test_redis_unreachable_from_the_start_serves_requests_locally(
         assert not limiter.shared
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
+    assert "unreachable" in warnings[0].getMessage()
 
 
 # -- the command line ---------------------------------------------------------------------
@@ -488,3 +718,36 @@ def test_cli_batch_refuses_a_rate_limit_url_that_is_not_redis(
     assert code != 0
     assert "redis://" in err
     assert cli_env.server.requests == []
+
+
+def test_cli_batch_stops_before_any_create_if_the_shared_budget_is_unreachable(
+    capsys: pytest.CaptureFixture[str], cli_env: ServerThread, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(TEXT_PROMPTS)
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    code, out, err = run_main(
+        capsys, "batch", str(prompts), "--out", str(tmp_path), "--rate-limit-url", url
+    )
+    assert code == 2, err
+    assert out == ""
+    (line,) = err.splitlines()
+    assert line.startswith("error: the shared rate limit at " + url)
+    assert "--allow-unshared" in line
+    assert cli_env.server.requests == []
+
+
+def test_cli_batch_runs_unshared_if_allowed_and_says_so_as_a_warning_line(
+    capsys: pytest.CaptureFixture[str], cli_env: ServerThread, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(TEXT_PROMPTS)
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    code, out, err = run_main(
+        capsys, "batch", str(prompts), "--out", str(tmp_path), *FAST,
+        "--rate-limit-url", url, "--allow-unshared",
+    )  # fmt: skip
+    assert code == 0, err
+    assert len(out.splitlines()) == 3
+    (warning,) = [line for line in err.splitlines() if "unreachable" in line]
+    assert warning.startswith(f"warning: the shared rate limit at {url} is unreachable")

@@ -174,6 +174,8 @@ def api_client(
     rate_limit_url: str | None = getattr(args, "rate_limit_url", None)
     if rate_limit_url is not None:  # else the client reads the environment
         options["rate_limit_url"] = rate_limit_url
+    if getattr(args, "allow_unshared", False):
+        options["allow_unshared"] = True
     poll_interval: float | None = getattr(args, "poll_interval", None)
     if poll_interval is not None:
         options["poll_interval"] = poll_interval

@@ -6,7 +6,7 @@ import enum
 import sqlite3
 from typing import Final
 
-from banana_async.errors import BananaError, InvalidRequestError, JournalError
+from banana_async.errors import BananaError, InvalidRequestError, JournalError, SharedBudgetError
 
 __all__ = ["ExitCode", "exit_code_for"]
 
@@ -25,7 +25,7 @@ class ExitCode(enum.IntEnum):
     """A task, a download, an input of a batch, or the API failed."""
 
     USAGE = 2
-    """Bad options, no API key, an unknown model or a missing file."""
+    """Bad options, no API key, an unknown model, a missing file or an unreachable shared budget."""
 
     JOURNAL = 3
     """The batch's journal cannot be used (damaged, another batch's, or in use) or failed."""
@@ -43,6 +43,7 @@ class ExitCode(enum.IntEnum):
 _ERROR_CODES: Final[tuple[tuple[type[BaseException], ExitCode], ...]] = (
     (JournalError, ExitCode.JOURNAL),
     (InvalidRequestError, ExitCode.USAGE),
+    (SharedBudgetError, ExitCode.USAGE),  # a --rate-limit-url that does not work
     (BananaError, ExitCode.FAILED),
     (OSError, ExitCode.FAILED),
     (sqlite3.Error, ExitCode.FAILED),

@@ -240,7 +240,8 @@ def log_to_stderr(verbosity: int) -> Iterator[None]:
     """
     wanted = None if verbosity <= 0 else logging.DEBUG if verbosity > 1 else logging.INFO
     if wanted is None:
-        yield
+        with _warnings_as_lines():
+            yield
         return
     previous = logger.level
     handler = None
@@ -256,6 +257,32 @@ def log_to_stderr(verbosity: int) -> Iterator[None]:
         if handler is not None:
             logger.removeHandler(handler)
         logger.setLevel(previous)
+
+
+class _LevelPrefix(logging.Formatter):
+    """``warning: message`` (the level in lower case), as the command's own lines read."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {super().format(record)}"
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Without ``-v``: the client's WARNING and ERROR records as ``warning: ...`` lines.
+
+    Left to Python's last-resort handler they would print bare; with
+    ``BANANA_LOG`` set its handler prints them already.
+    """
+    if env_handler() is not None:
+        yield
+        return
+    handler = StderrHandler(logging.WARNING)
+    handler.setFormatter(_LevelPrefix("%(message)s"))
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def _show_warning(  # noqa: PLR0917 - the signature of warnings.showwarning

@@ -282,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"default: ${RATE_LIMIT_URL_ENV}; needs the redis extra)",
     )
     batch.add_argument(
+        "--allow-unshared",
+        action="store_true",
+        help="if that Redis cannot be reached at the start, run on this process's own "
+        "budget (a warning) instead of stopping with exit code 2",
+    )
+    batch.add_argument(
         "--format",
         choices=("auto", "text", "jsonl"),
         default="auto",

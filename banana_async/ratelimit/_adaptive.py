@@ -425,6 +425,35 @@ class AdaptiveRateLimiter:
                 self._tokens = max(self._tokens, saved)
                 self._catch_up_at = until
 
+    def take_over(self, *, rate: float | None, limit: float | None, cap: float | None) -> None:
+        """Serve from now on at ``rate``, as the limiter that takes over from another.
+
+        A limiter shared by several processes hands each one its share when
+        the sharing stops (:class:`~banana_async.ratelimit.redis.RedisRateLimiter`
+        while Redis is away): the learned rate, the estimate of the
+        provider's limit and the cap become what is given, nothing saved up
+        is sent at once (the bucket starts empty), and 429s for requests sent
+        before now no longer re-estimate the limit.
+
+        Args:
+            rate: The learned rate to send at (None: no limit was found).
+                With ``limit`` None it is where the slow-start ramp resumes.
+            limit: The estimate of the provider's limit, or None before any 429.
+            cap: The hard cap on requests per second from now on, or None.
+        """
+        now = self._clock.time()
+        self._cap = None if cap is None else check_interval(cap, "cap", low=0.001, high=1e6)
+        if self._learn:
+            self._limit = None if limit is None else max(MIN_RATE, limit)
+            self._rate = None if rate is None else max(MIN_RATE, rate)
+            self._cut_at = now
+            self._since_cut = 0
+            self._idle = 0.0
+            self._above = 0.0
+        self._tokens = 0.0
+        self._stamp = now
+        self._grown_at = max(self._grown_at, now)
+
     # -- inside ----------------------------------------------------------------------
 
     def _burst(self, rate: float) -> float:

@@ -22,10 +22,14 @@ The design (what a reviewer should check):
   time, for the request first in its own line (creates before status
   queries, as in-process), sleeps until it, and asks for the next: the
   schedule runs at most one slot per process ahead of now, so a new rate
-  applies at once. One round trip per request, no polling, no stampede at
+  applies at once. One round trip per request whose slot is free, two for
+  one that waited (after the wait it checks for a pause begun meanwhile),
+  no polling, no stampede at
   a window's edge, and requests from all processes go out evenly spaced:
   at most ``rate`` (plus one) in any one second, which is what a
-  provider's bucket counts.
+  provider's bucket counts. Processes given different caps
+  (``requests_per_second``) all keep to the smallest among those active
+  on the key (``ACTIVE_FOR``).
   Window counters (the ``limits`` package's strategies) cannot say *when* a
   refused request may go, so every process would poll, and they allow a
   window's whole budget in one burst; see the changelog for the choice.
@@ -61,11 +65,20 @@ The design (what a reviewer should check):
   -- --part redis``.)
 * **When Redis goes away** (refused, reset, timed out), the limiter logs
   one WARNING and serves requests from an in-process
-  :class:`~banana_async.ratelimit.AdaptiveRateLimiter`, which was told of
-  every answer and pause all along, so it starts from this process's share
-  of the learned limit. Every few seconds (``RETRY_EVERY``) one request tries
-  Redis again; when that works it logs one INFO and rejoins the shared
-  budget.
+  :class:`~banana_async.ratelimit.AdaptiveRateLimiter`, started at this
+  process's share: the cap, learned rate and limit divided by the processes
+  active on the key (each heartbeats a field ``m:<id>`` with every slot it
+  asks for; ``ACTIVE_FOR``), with nothing saved up. Every few seconds
+  (``RETRY_EVERY``) one request tries Redis again; when that works it logs
+  one INFO, rejoins the shared budget, and moves the requests queued
+  locally back to it. Answers to requests sent while away are not counted
+  as the shared budget's, and a hash that lost its learned limit (Redis
+  restarted empty) gets it back from a process that knows it.
+* **When Redis cannot be reached at the start** (it never answered), that
+  is an error, :exc:`~banana_async.SharedBudgetError`, from :meth:`RedisRateLimiter.aopen`
+  (the client calls it as it opens) or from each request, unless
+  ``allow_unshared``: running unshared would spend the budget once per
+  process.
 
 Creates go before status queries inside each process, not across
 processes: the shared schedule serves the processes in the order they ask.
@@ -78,19 +91,29 @@ import contextlib
 import hashlib
 import logging
 import math
+import secrets
 from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from banana_async._polling import Clock, SystemClock, check_interval
-from banana_async.ratelimit._adaptive import QUERY_PATIENCE, AdaptiveRateLimiter
+from banana_async.ratelimit._adaptive import (
+    BACKOFF,
+    QUERY_PATIENCE,
+    SLOW_START_RATE,
+    AdaptiveRateLimiter,
+)
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from banana_async.errors import SharedBudgetError
+    from banana_async.ratelimit import RequestKind
+
 
 __all__ = [
+    "ACTIVE_FOR",
     "IDLE_TTL",
     "INSTALL_HINT",
     "KEY_PREFIX",
@@ -129,6 +152,13 @@ burst is mixed in), often below it; climbing back from there at the
 careful pace used later would take ten seconds or more.
 """
 
+ACTIVE_FOR = 30.0
+"""Seconds after its last request that a process still counts as sharing the key.
+
+While Redis is away each process sends at its share of the budget: the
+budget divided by the processes that asked Redis for a slot this recently.
+"""
+
 _HASH_CONTEXT = b"banana_async shared rate limit v1\x00"
 
 # The scripts run atomically in Redis on Redis's clock (TIME), so every
@@ -154,16 +184,66 @@ local function add_accepted(n)
 end
 """
 
+# Each process that asks for slots keeps a field 'm:<its id>' = Redis time
+# of its last ask, and 'c:<its id>' = its requests_per_second if it has one;
+# 'members' counts those asked within ACTIVE_FOR and 'least_cap' is the
+# smallest of their caps (recounted when one joins and at most once a
+# second, dropping the stale ones).
+_MEMBERS = """
+local function note_member(id, active, cap)
+  local joined = redis.call('HSET', key, 'm:' .. id, now) == 1
+  if cap == '' then
+    redis.call('HDEL', key, 'c:' .. id)
+  else
+    redis.call('HSET', key, 'c:' .. id, cap)
+  end
+  local members = num('members')
+  if not joined and members ~= nil and now - (num('members_at') or 0) < 1 then
+    return members
+  end
+  local fields = redis.call('HGETALL', key)
+  local values = {}
+  for i = 1, #fields, 2 do values[fields[i]] = fields[i + 1] end
+  members = 0
+  local least = nil
+  for name, value in pairs(values) do
+    if string.sub(name, 1, 2) == 'm:' then
+      local other = string.sub(name, 3)
+      if tonumber(value) >= now - active then
+        members = members + 1
+        local c = tonumber(values['c:' .. other])
+        if c ~= nil and (least == nil or c < least) then least = c end
+      else
+        redis.call('HDEL', key, name, 'c:' .. other)
+      end
+    end
+  end
+  redis.call('HSET', key, 'members', members, 'members_at', now)
+  if least == nil then
+    redis.call('HDEL', key, 'least_cap')
+  else
+    redis.call('HSET', key, 'least_cap', least)
+  end
+  return members
+end
+"""
+
 # ARGV: kind, cap ('' for none), most seconds to wait ('' for no limit),
-# answers accepted since the last call, idle ttl.
-# Returns {delay, now}; delay -1 means no slot within the wait.
+# answers accepted since the last call, idle ttl, this process's id, ACTIVE_FOR.
+# Returns {delay, now, members, learned rate, limit} (the last two '' when
+# unset); delay -1 means no slot within the wait.
 _ACQUIRE = (
     _COMMON
+    + _MEMBERS
     + """
+local function acquire()
 add_accepted(tonumber(ARGV[4]))
 redis.call('EXPIRE', key, ARGV[5])
 local start = math.max(now, num('paused') or 0)
 local cap = tonumber(ARGV[2])
+-- Processes of one key given different caps: the smallest applies to all.
+local least = num('least_cap')
+if least ~= nil and (cap == nil or least < cap) then cap = least end
 local limit = num('limit')
 local learned = num('rate')
 if learned == nil then learned = 64 end
@@ -214,7 +294,32 @@ if learned ~= nil and elapsed > 0 and (cap == nil or learned < cap) then
 end
 return {tostring(delay), tostring(now)}
 """
+    + """
+end
+local reply = acquire()
+table.insert(reply, tostring(note_member(ARGV[6], tonumber(ARGV[7]), ARGV[2])))
+table.insert(reply, tostring(num('rate') or ''))
+table.insert(reply, tostring(num('limit') or ''))
+return reply
+"""
 ).replace("QUICK_DOUBLING", repr(QUICK_DOUBLING))
+
+# ARGV: the limit and rate to seed, idle ttl. Puts back what the processes
+# had learned into a hash that lost it (Redis restarted empty), never above
+# it: a hash that has a limit keeps it. Returns {limit}.
+_SEED = (
+    _COMMON
+    + """
+redis.call('EXPIRE', key, ARGV[3])
+local limit = num('limit')
+if limit ~= nil then return {tostring(limit)} end
+local rate = tonumber(ARGV[2])
+local current = num('rate')
+if current ~= nil and current > 0 and current < rate then rate = current end
+redis.call('HSET', key, 'limit', ARGV[1], 'rate', rate, 'cut', now, 'since_cut', 0, 'above', 0)
+return {ARGV[1]}
+"""
+)
 
 # ARGV: when the refused request was sent (Redis time), answers accepted
 # since the last call, idle ttl. Returns {limit, rate}, or {} for a 429
@@ -419,10 +524,15 @@ class RedisRateLimiter:
             into Redis.
         requests_per_second: A hard cap on requests per second of all
             processes together; None for none (the limit is then learned).
+            Processes given different caps keep to the smallest.
         clock: Where time is read and sleeping happens.
         local: The in-process limiter used while Redis is away (by default
             an :class:`~banana_async.ratelimit.AdaptiveRateLimiter` with the
             same cap).
+        allow_unshared: If Redis has not answered once when it is first
+            needed (:meth:`RedisRateLimiter.aopen`, or the first request), go on with the
+            local limiter (one WARNING) rather than raise
+            :exc:`~banana_async.SharedBudgetError`.
 
     Raises:
         InvalidRequestError: If the URL is not a Redis URL, or the ``redis``
@@ -437,6 +547,7 @@ class RedisRateLimiter:
         requests_per_second: float | None = None,
         clock: Clock | None = None,
         local: AdaptiveRateLimiter | None = None,
+        allow_unshared: bool = False,
     ) -> None:
         from banana_async.errors import InvalidRequestError  # noqa: PLC0415 (kept light)
 
@@ -465,6 +576,8 @@ class RedisRateLimiter:
             else AdaptiveRateLimiter(requests_per_second=requests_per_second, clock=self._clock)
         )
         self._redis: Redis | None = None
+        self._allow_unshared = allow_unshared
+        self._reached = False  # Redis answered once: from then on, an outage falls back
         # Bumped whenever Redis fails: a failure of a command sent on an
         # older connection pool (stale since) says nothing about Redis now.
         self._generation = 0
@@ -472,6 +585,7 @@ class RedisRateLimiter:
         self._accepted = 0  # answers accepted since the last script call
         self._offset = 0.0  # Redis time minus our clock's, as of the last reply
         self._down_since: float | None = None  # our clock, while Redis is away
+        self._rejoined = asyncio.Event()  # set when Redis is back after being away
         self._retry_at = -math.inf
         self._trying = False
         self._background: set[asyncio.Task[None]] = set()
@@ -481,6 +595,16 @@ class RedisRateLimiter:
         self._dispatcher: asyncio.Task[None] | None = None
         self.shared_limit: float | None = None
         """The provider's limit as last estimated from all processes' answers."""
+        # What the last reply of Redis said (see _heard): how many processes
+        # share the key, the shared learned rate ('' unset: the slow start),
+        # and the limit learned, with when it was last seen.
+        self._member = secrets.token_hex(8)
+        self._members: int | None = None
+        self._shared_rate: float | None = None
+        self._known_limit: float | None = None
+        self._known_at = -math.inf
+        self._seed_due = False
+        self._limited_when_away = 0
 
     def __repr__(self) -> str:
         state = "away" if self._down_since is not None else "shared"
@@ -525,14 +649,22 @@ class RedisRateLimiter:
                 raise
             if not isinstance(turn, _GoLocal):
                 return turn
-        left = None if deadline is None else deadline - clock.time()
-        return await self._local.acquire(kind, timeout=left)
+        local = await self._local_turn(kind, deadline)
+        if isinstance(local, _GoLocal):  # Redis came back: a slot in the shared schedule
+            return await self.acquire(
+                kind, timeout=None if deadline is None else max(0.0, deadline - clock.time())
+            )
+        return local
 
     def record(self, turn: float, *, limited: bool) -> None:
         """Count an answer; a 429 asks Redis to re-estimate the shared limit."""
         self._local.record(turn, limited=limited)
         if not limited:
-            self._accepted += 1
+            # Answers to requests sent while Redis was away are not the
+            # shared budget's: counted in, they would all land in the
+            # rejoining second and make the limit look many times higher.
+            if self.shared:
+                self._accepted += 1
             return
         if not self.shared:
             return
@@ -556,6 +688,26 @@ class RedisRateLimiter:
             return
         self._back()
         logger.info("rate limited: every process of this key pauses for %.2f s", until - now)
+
+    async def aopen(self) -> None:
+        """Check that Redis answers, before the first request (the client calls it as it opens).
+
+        Raises:
+            SharedBudgetError: Redis cannot be reached, and ``allow_unshared``
+                is False. (With it, one WARNING, and requests go to the local
+                limiter until Redis answers.)
+        """
+        if self._reached:
+            return
+        try:
+            await self._eval(_PAUSED)
+        except _failures() as exc:
+            if self._background:  # the dropped pool is closed before anything else
+                await asyncio.gather(*self._background, return_exceptions=True)
+            if self._must_share():
+                raise self._unreachable(exc) from exc
+            return
+        self._back()
 
     async def aclose(self) -> None:
         """Wait for pending reports to Redis and close its connections."""
@@ -612,15 +764,21 @@ class RedisRateLimiter:
                     continue
                 accepted, self._accepted = self._accepted, 0
                 try:
-                    delay, now = await self._run(
-                        _ACQUIRE,
-                        waiter.kind,
-                        "" if self._cap is None else repr(self._cap),
-                        "" if left is None else repr(left),
-                        str(accepted),
-                        str(IDLE_TTL),
+                    delay, now = self._heard(
+                        await self._eval(
+                            _ACQUIRE,
+                            waiter.kind,
+                            "" if self._cap is None else repr(self._cap),
+                            "" if left is None else repr(left),
+                            str(accepted),
+                            str(IDLE_TTL),
+                            self._member,
+                            repr(ACTIVE_FOR),
+                        )
                     )
                     self._back()
+                    if self._seed_due:
+                        await self._seed()
                     if delay < 0:
                         self._give(waiter, None)
                         continue
@@ -630,8 +788,12 @@ class RedisRateLimiter:
                         paused, now = await self._run(_PAUSED)
                         if paused > now:
                             continue
-                except _failures():
-                    self._accepted += accepted
+                except _failures() as exc:
+                    if self._must_share():
+                        self._refuse_all(exc)
+                        break
+                    if self.shared:  # else they are not the shared budget's (see record)
+                        self._accepted += accepted
                     continue
                 # The slot goes to whoever is first in line now.
                 first = self._next_waiter(clock.time())
@@ -643,6 +805,30 @@ class RedisRateLimiter:
                 # Stopped early (closed): nobody is left waiting for a slot.
                 for left_behind in [*self._creates, *self._queries]:
                     self._give(left_behind, _GO_LOCAL)
+
+    async def _local_turn(
+        self, kind: RequestKind, deadline: float | None
+    ) -> float | _GoLocal | None:
+        """A turn from the local limiter, or ``_GO_LOCAL`` if Redis comes back first.
+
+        A request queued locally while Redis was away goes back to the
+        shared schedule when Redis returns: served on by the local limiter,
+        the requests queued in every process would go out at the local
+        rates on top of the shared one.
+        """
+        left = None if deadline is None else deadline - self._clock.time()
+        turn = asyncio.ensure_future(self._local.acquire(kind, timeout=left))
+        back = asyncio.ensure_future(self._rejoined.wait())
+        try:
+            await asyncio.wait({turn, back}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            back.cancel()
+            if not turn.done():
+                turn.cancel()  # the local limiter spends no turn on it
+                await asyncio.wait({turn})
+        if turn.cancelled():
+            return _GO_LOCAL
+        return turn.result()
 
     def _in_background(self, job: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(job)
@@ -686,6 +872,63 @@ class RedisRateLimiter:
         first, second = (float(item) for item in reply)
         return first, second
 
+    def _heard(self, reply: Any) -> tuple[float, float]:
+        """Note what an acquire's reply says of the shared state; its delay and Redis time."""
+        delay, now, members = (float(item) for item in reply[:3])
+        rate, limit = (float(item) if item else None for item in reply[3:])
+        self._members = max(1, int(members))
+        self._shared_rate = rate
+        if limit is not None:
+            self._known_limit, self._known_at = limit, self._clock.time()
+        elif self._known_limit is not None and self._clock.time() - self._known_at < IDLE_TTL:
+            # The hash lost what was learned (Redis restarted empty) while
+            # this process still knows it: put it back before the slow start
+            # runs the processes far past the provider's limit.
+            self._seed_due = True
+        return delay, now
+
+    async def _seed(self) -> None:
+        """Put the limit this process knows back into a hash that lost it (never above it)."""
+        self._seed_due = False
+        limit = self._known_limit
+        if limit is None:
+            return
+        learned = self._local.provider_limit
+        if self._local.limited > self._limited_when_away and learned is not None:
+            # 429s while Redis was away taught this process its share anew.
+            limit = min(limit, learned * (self._members or 1))
+        (seeded,) = await self._eval(_SEED, repr(limit), repr(BACKOFF * limit), str(IDLE_TTL))
+        self._known_limit, self._known_at = float(seeded), self._clock.time()
+        logger.info(
+            "the shared rate limit at %s had lost the learned limit: %.3g requests/s put back",
+            _shown(self._url),
+            float(seeded),
+        )
+
+    def _hand_over(self) -> None:
+        """Start the local limiter at this process's share of the shared budget.
+
+        Every process that shared the key falls back at once, each on its
+        own limiter: each takes the budget divided by the processes that
+        were active on the key, so that together they keep to it.
+        """
+        members = self._members
+        self._limited_when_away = self._local.limited
+        if members is None:
+            return  # never heard from Redis: nothing known to share
+        shared_rate = self._shared_rate
+        rate = (
+            None
+            if shared_rate is not None and shared_rate <= 0
+            else (SLOW_START_RATE if shared_rate is None else shared_rate) / members
+        )
+        limit = self._known_limit
+        self._local.take_over(
+            rate=rate,
+            limit=None if limit is None else limit / members,
+            cap=None if self._cap is None else self._cap / members,
+        )
+
     async def _cut(self, turn: str) -> None:
         accepted, self._accepted = self._accepted, 0
         try:
@@ -701,6 +944,29 @@ class RedisRateLimiter:
                 limit,
                 rate,
             )
+
+    def _must_share(self) -> bool:
+        """Whether a failure is the user's to know of: Redis never answered, and no fallback."""
+        return not self._reached and not self._allow_unshared
+
+    def _unreachable(self, exc: BaseException) -> SharedBudgetError:
+        from banana_async.errors import SharedBudgetError  # noqa: PLC0415 (kept light)
+
+        shown = _shown(self._url)
+        return SharedBudgetError(
+            f"the shared rate limit at {shown} cannot be reached ({type(exc).__name__}: "
+            f"{exc}): check the URL (rate_limit_url, --rate-limit-url, $BANANA_RATE_LIMIT_URL), or "
+            "allow running on this process's own limiter with allow_unshared=True "
+            "(--allow-unshared)",
+            url=shown,
+        )
+
+    def _refuse_all(self, exc: BaseException) -> None:
+        """Fail every waiting request: the budget they were to share cannot be reached."""
+        for waiter in [*self._creates, *self._queries]:
+            (self._creates if waiter.kind == "create" else self._queries).remove(waiter)
+            if not waiter.future.done():
+                waiter.future.set_exception(self._unreachable(exc))
 
     def _use_redis(self) -> bool:
         """Whether to ask Redis: it is up, or it is time for one request to try again."""
@@ -721,9 +987,13 @@ class RedisRateLimiter:
         if old is not None:
             self._in_background(_close_quietly(old))
         self._trying = False
+        if self._must_share():
+            return  # not a fallback: the caller raises SharedBudgetError
         self._retry_at = self._clock.time() + RETRY_EVERY
         if self._down_since is None:
             self._down_since = self._clock.time()
+            self._rejoined = asyncio.Event()
+            self._hand_over()
             logger.warning(
                 "the shared rate limit at %s is unreachable (%s): this process goes on "
                 "with its own limiter and tries again every %g s",
@@ -734,6 +1004,8 @@ class RedisRateLimiter:
 
     def _back(self) -> None:
         self._trying = False
+        self._reached = True
         if self._down_since is not None:
             self._down_since = None
+            self._rejoined.set()
             logger.info("the shared rate limit at %s is back: using it again", _shown(self._url))
