@@ -462,6 +462,9 @@ def test_messages_name_the_flags(
 
 async def start_with_stdin(*argv: str, env: dict[str, str]) -> asyncio.subprocess.Process:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("BANANA_")}
+    # As a user's shell has it: a developer's PYTHONUNBUFFERED once hid
+    # result lines that waited in the pipe's buffer until the exit.
+    environ.pop("PYTHONUNBUFFERED", None)
     environ.update(env)
     return await asyncio.create_subprocess_exec(
         sys.executable,

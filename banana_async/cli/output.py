@@ -71,7 +71,9 @@ def for_terminal(text: str) -> str:
 
 def to_stdout(text: str) -> None:
     """Print a result line, escaped."""
-    print(for_terminal(text), file=sys.stdout)
+    # Flushed line by line: a reader at the other end of a pipe (`| jq`)
+    # sees each outcome as it comes, not all of them at the exit.
+    print(for_terminal(text), file=sys.stdout, flush=True)
 
 
 def to_stderr(text: str) -> None:
