@@ -274,7 +274,7 @@ def _summary(args: argparse.Namespace, stats: Stats, out: Path, *, scripted_coun
         to_stdout(
             f"demo did NOT go as designed: {_plural(stats.ok, 'image')} saved in {out}/, "
             f"{_plural(unexpected, 'unexpected failure')}, {stats.expected_failures} of "
-            f"the {_plural(scripted_count, 'failure')} scripted seen."
+            f"the {_plural(scripted_count, 'scripted failure')} seen."
         )
     return ExitCode.OK if as_designed else ExitCode.FAILED
 
