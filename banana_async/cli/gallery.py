@@ -10,12 +10,13 @@ own script and style run: a prompt holding ``<script>`` shows as text.
 Reading is lenient where a batch may leave marks: a damaged line (a run
 killed mid-write, an edit by hand) is reported and skipped, never fatal.
 But the page names only image files inside the folder: a manifest edited to
-name an ``.svg``, an ``.html`` or a file outside the folder (``..``, a link
-out of it) gets that entry listed as refused, not shown.
+name an ``.svg``, an ``.html`` or a link to a file outside the folder gets
+that entry listed as refused, not shown, and a ``..`` is never followed.
 
 The manifest keeps every run into the folder (each line says which run
 wrote it), and so does the page: it says how many runs it shows and which
 images the latest one made.
+
 Only the standard library renders the page (:func:`html.escape` and
 :class:`string.Template`).
 """
