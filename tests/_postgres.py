@@ -16,15 +16,18 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
-__all__ = ["INSTALL_HINT", "Cluster", "cluster"]
+# One way to find a free port for both servers (the Redis half is plain Python).
+from ._redis_server import free_port
+
+__all__ = ["INSTALL_HINT", "Cluster", "bin_dir", "cluster", "missing"]
 
 INSTALL_HINT = (
     "Postgres is not installed (initdb not found on PATH nor in /usr/lib/postgresql/*/bin); "
@@ -33,7 +36,15 @@ INSTALL_HINT = (
 )
 
 
-def _bin_dir() -> Path | None:
+def missing(hint: str) -> NoReturn:
+    """Skip the test for a server that is not installed; fail it under CI."""
+    if "CI" in os.environ:
+        pytest.fail(hint)
+    pytest.skip(hint)
+
+
+def bin_dir() -> Path | None:
+    """Where ``initdb`` and ``pg_ctl`` are, or None."""
     found = shutil.which("initdb")
     if found is not None:
         return Path(found).parent
@@ -44,13 +55,6 @@ def _bin_dir() -> Path | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Cluster:
     """A Postgres cluster of the tests' own, which a test may stop and start again."""
 
@@ -58,7 +62,7 @@ class Cluster:
         self._bin_dir = bin_dir
         self._data = data
         self._prefix = prefix
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, *command: str) -> None:
@@ -108,11 +112,9 @@ class Cluster:
 @contextlib.contextmanager
 def cluster(password: str | None = None) -> Iterator[Cluster]:
     """A new, started cluster (user postgres; trust auth, or this password), stopped at the end."""
-    bin_dir = _bin_dir()
-    if bin_dir is None:
-        if "CI" in os.environ:
-            pytest.fail(INSTALL_HINT)
-        pytest.skip(INSTALL_HINT)
+    binaries = bin_dir()
+    if binaries is None:
+        missing(INSTALL_HINT)
     data = Path(tempfile.mkdtemp(prefix="banana-pg-"))
     prefix: list[str] = []
     if os.geteuid() == 0:
@@ -125,7 +127,7 @@ def cluster(password: str | None = None) -> Iterator[Cluster]:
             "--clear-groups",
             "--",
         ]
-    made = Cluster(bin_dir, data, prefix)
+    made = Cluster(binaries, data, prefix)
     try:
         made.create(password)
         made.start()

@@ -1,7 +1,8 @@
 """One batch shared by many worker processes through a real Postgres.
 
-The tests start their own cluster (see ``tests/_postgres.py``) and stop it
-at the end; a test that restarts the database, or needs a password, starts
+The tests share the test session's cluster (the ``postgres_url`` and
+``batch_name`` fixtures of ``tests/conftest.py``, a ``tests/_postgres.py``
+cluster); a test that restarts the database, or needs a password, starts
 one of its own.
 """
 
@@ -16,7 +17,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,22 +38,6 @@ WORKER = Path(__file__).with_name("_pg_worker.py")
 # fails with a message instead of hanging (they say nothing about speed).
 _LOOKS = 6000
 _LOOK_PAUSE = 0.05
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A Postgres cluster of this test session: its URL."""
-    with new_cluster() as cluster:
-        yield cluster.url
-
-
-_batches = iter(range(1_000_000))
-
-
-@pytest.fixture
-def batch_name(request: pytest.FixtureRequest) -> str:
-    """A batch name of this test alone (tests share one cluster)."""
-    return f"{request.node.name}-{next(_batches)}"
 
 
 def _prompts(tmp_path: Path, count: int) -> Path:
