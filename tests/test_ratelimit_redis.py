@@ -34,6 +34,7 @@ from banana_async.testing import (
     RequestBudget,
 )
 
+from ._rates import busiest_second
 from ._servers import RedisServer, free_port
 from ._servers import redis_server as start_redis
 from .conftest import API_KEY, live_client
@@ -83,14 +84,17 @@ async def _workers(
 
 
 def _busiest_second(requests: list[RecordedRequest]) -> int:
-    """The most requests that arrived within any one second (a sliding window)."""
-    times = sorted(r.at for r in requests if r.kind in ("create", "query"))
-    most = start = 0
-    for end, at in enumerate(times):
-        while at - times[start] >= 1.0:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
+    """The most creates and queries that arrived within any one second (a sliding window)."""
+    return busiest_second(sorted(r.at for r in requests if r.kind in ("create", "query")))
+
+
+def test_the_busiest_second_counts_a_sliding_window_of_one_second() -> None:
+    """The count the benchmark shares: a window holds [t, t + 1), sliding over the times."""
+    assert busiest_second([]) == 0
+    assert busiest_second([5.0]) == 1
+    assert busiest_second([0.0, 0.5, 0.999, 1.0]) == 3  # 1.0 is past [0, 1)...
+    assert busiest_second([0.0, 0.6, 1.2, 1.5, 1.59]) == 4  # ...and [0.6, 1.6) holds four
+    assert busiest_second([0.0, 2.0, 4.0]) == 1
 
 
 def _owner(requests: list[RecordedRequest]) -> dict[str, str]:
