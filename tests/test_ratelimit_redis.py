@@ -724,15 +724,27 @@ def test_cli_batch_refuses_a_rate_limit_url_that_is_not_redis(
     assert cli_env.server.requests == []
 
 
-def test_cli_batch_stops_before_any_create_if_the_shared_budget_is_unreachable(
-    capsys: pytest.CaptureFixture[str], cli_env: ServerThread, tmp_path: Path
-) -> None:
+def _batch_on_unreachable_redis(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, *options: str
+) -> tuple[str, int, str, str]:
+    """``banana batch`` of three prompts sharing a budget at a Redis URL nothing listens on.
+
+    Returns:
+        The URL, and the exit code, stdout and stderr of the run.
+    """
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(TEXT_PROMPTS)
     url = f"redis://127.0.0.1:{free_port()}/0"
     code, out, err = run_main(
-        capsys, "batch", str(prompts), "--out", str(tmp_path), "--rate-limit-url", url
+        capsys, "batch", str(prompts), "--out", str(tmp_path), "--rate-limit-url", url, *options
     )
+    return url, code, out, err
+
+
+def test_cli_batch_stops_before_any_create_if_the_shared_budget_is_unreachable(
+    capsys: pytest.CaptureFixture[str], cli_env: ServerThread, tmp_path: Path
+) -> None:
+    url, code, out, err = _batch_on_unreachable_redis(capsys, tmp_path)
     assert code == 2, err
     assert out == ""
     (line,) = err.splitlines()
@@ -744,13 +756,7 @@ def test_cli_batch_stops_before_any_create_if_the_shared_budget_is_unreachable(
 def test_cli_batch_runs_unshared_if_allowed_and_says_so_as_a_warning_line(
     capsys: pytest.CaptureFixture[str], cli_env: ServerThread, tmp_path: Path
 ) -> None:
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text(TEXT_PROMPTS)
-    url = f"redis://127.0.0.1:{free_port()}/0"
-    code, out, err = run_main(
-        capsys, "batch", str(prompts), "--out", str(tmp_path), *FAST,
-        "--rate-limit-url", url, "--allow-unshared",
-    )  # fmt: skip
+    url, code, out, err = _batch_on_unreachable_redis(capsys, tmp_path, *FAST, "--allow-unshared")
     assert code == 0, err
     assert len(out.splitlines()) == 3
     (warning,) = [line for line in err.splitlines() if "unreachable" in line]
