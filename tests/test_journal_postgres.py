@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 import banana_async as ba
@@ -29,6 +30,7 @@ from banana_async.journal import EntryState, Journal, JournalEntry, PostgresStor
 from banana_async.journal.postgres import redact_url
 from banana_async.testing import FakeBananaServer, Fault, TaskScript
 
+from ._postgres import Cluster
 from ._postgres import cluster as new_cluster
 from ._servers import killed_at_exit
 from .conftest import API_KEY
@@ -590,34 +592,58 @@ async def test_a_whole_input_list_is_checked_before_any_create(
     assert all(o.ok for o in outcomes)
 
 
-async def test_a_worker_rides_out_a_database_restart(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO)
-    prompts = [f"cat {i}" for i in range(6)]
-    # The first two tasks run until the database is down.
+_OUTAGE_PROMPTS = [f"cat {i}" for i in range(6)]
+
+
+@attrs.frozen
+class _Outage:
+    """A worker whose database, a cluster of its own, was stopped under it."""
+
+    cluster: Cluster
+    server: FakeBananaServer
+    hold: _Hold
+    store: PostgresStore
+    reader: asyncio.Task[None]
+    outcomes: list[ba.Outcome]
+
+
+@contextlib.asynccontextmanager
+async def _database_stopped(batch: str, lease: float) -> AsyncIterator[_Outage]:
+    """A worker runs :data:`_OUTAGE_PROMPTS`; its database stops with two tasks in flight.
+
+    The tasks stay in flight until the test releases them (``outage.hold``).
+    """
     with new_cluster() as cluster:
         async with (
             _held_provider() as (server, client, hold),
-            await PostgresStore.open(cluster.url, batch="restart", lease=30) as store,
+            await PostgresStore.open(cluster.url, batch=batch, lease=lease) as store,
         ):
-            batch = client.generate_many(prompts, concurrency=2, journal=store)
-            async with _reading(batch) as (reader, outcomes):
+            run = client.generate_many(_OUTAGE_PROMPTS, concurrency=2, journal=store)
+            async with _reading(run) as (reader, outcomes):
                 await _until(lambda: server.count("create") == 2, "two tasks created")
                 await asyncio.to_thread(cluster.stop)
-                polled = server.count("query")
-                # The tasks it holds are still polled while the database is away...
-                await _until(lambda: server.count("query") >= polled + 4, "polls go on")
-                hold.release()
-                await _until(
-                    lambda: any("lost the database" in r.getMessage() for r in caplog.records),
-                    "the outage is noticed",
-                )
-                assert server.count("create") == 2  # ...and nothing is created
-                await asyncio.to_thread(cluster.start)
-                await reader
-            counts = await store.counts()
-    assert sorted(o.index for o in outcomes) == list(range(6))
-    assert all(o.ok for o in outcomes)
-    assert sorted(_creates(server)) == prompts  # each created once
+                yield _Outage(cluster, server, hold, store, reader, outcomes)
+
+
+async def test_a_worker_rides_out_a_database_restart(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    async with _database_stopped("restart", lease=30) as outage:
+        server = outage.server
+        polled = server.count("query")
+        # The tasks it holds are still polled while the database is away...
+        await _until(lambda: server.count("query") >= polled + 4, "polls go on")
+        outage.hold.release()
+        await _until(
+            lambda: any("lost the database" in r.getMessage() for r in caplog.records),
+            "the outage is noticed",
+        )
+        assert server.count("create") == 2  # ...and nothing is created
+        await asyncio.to_thread(outage.cluster.start)
+        await outage.reader
+        counts = await outage.store.counts()
+    assert sorted(o.index for o in outage.outcomes) == list(range(6))
+    assert all(o.ok for o in outage.outcomes)
+    assert sorted(_creates(server)) == _OUTAGE_PROMPTS  # each created once
     assert counts == {EntryState.COMPLETED: 6}
     messages = [(r.levelno, r.getMessage()) for r in caplog.records]
     assert [m for level, m in messages if level >= logging.WARNING] == [
@@ -631,25 +657,16 @@ async def test_a_worker_rides_out_a_database_restart(caplog: pytest.LogCaptureFi
 async def test_a_worker_cut_off_past_its_lease_stops_creating(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    prompts = [f"cat {i}" for i in range(6)]
-    with new_cluster() as cluster:
-        async with (
-            _held_provider() as (server, client, hold),
-            await PostgresStore.open(cluster.url, batch="cut-off", lease=2) as store,
-        ):
-            batch = client.generate_many(prompts, concurrency=2, journal=store)
-            async with _reading(batch) as (reader, _):
-                await _until(lambda: server.count("create") == 2, "two tasks created")
-                await asyncio.to_thread(cluster.stop)
-                await _until(
-                    lambda: any("ran out" in r.getMessage() for r in caplog.records),
-                    "the lease runs out",
-                )
-                hold.release()
-                with pytest.raises(ba.JournalError, match="lease of 2 s ran out") as caught:
-                    await reader
+    async with _database_stopped("cut-off", lease=2) as outage:
+        await _until(
+            lambda: any("ran out" in r.getMessage() for r in caplog.records),
+            "the lease runs out",
+        )
+        outage.hold.release()
+        with pytest.raises(ba.JournalError, match="lease of 2 s ran out") as caught:
+            await outage.reader
     assert "no task was created after that" in str(caught.value)
-    assert server.count("create") == 2  # nothing created once the lease was in doubt
+    assert outage.server.count("create") == 2  # nothing created once the lease was in doubt
     assert not caught.value.unrecorded  # both tasks were recorded before the outage
 
 
