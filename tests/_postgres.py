@@ -65,48 +65,29 @@ class Cluster:
         self.port = free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
-    def _run(self, *command: str) -> None:
+    def _run(self, program: str, *arguments: str) -> None:
+        """Run one of the Postgres programs on this cluster's data folder."""
+        command = [str(self._bin_dir / program), "-D", str(self._data / "cluster"), *arguments]
         subprocess.run([*self._prefix, *command], check=True, capture_output=True, cwd=self._data)
 
     def create(self, password: str | None = None) -> None:
+        """Make the cluster (user postgres; trust auth, or this password)."""
         if password is None:
             auth = ["--auth", "trust"]
         else:
             secret = self._data / "password"
             secret.write_text(password, encoding="utf-8")
             auth = ["--auth", "scram-sha-256", "--pwfile", str(secret)]
-        self._run(
-            str(self._bin_dir / "initdb"),
-            "-D",
-            str(self._data / "cluster"),
-            "-U",
-            "postgres",
-            *auth,
-        )
+        self._run("initdb", "-U", "postgres", *auth)
 
     def start(self) -> None:
-        self._run(
-            str(self._bin_dir / "pg_ctl"),
-            "-D",
-            str(self._data / "cluster"),
-            "-l",
-            str(self._data / "log"),
-            "-o",
-            f"-p {self.port} -k {self._data} -c listen_addresses=127.0.0.1",
-            "-w",
-            "start",
-        )
+        """Start it (again, on the same port) and return once it takes connections."""
+        options = f"-p {self.port} -k {self._data} -c listen_addresses=127.0.0.1"
+        self._run("pg_ctl", "-l", str(self._data / "log"), "-o", options, "-w", "start")
 
     def stop(self) -> None:
-        self._run(
-            str(self._bin_dir / "pg_ctl"),
-            "-D",
-            str(self._data / "cluster"),
-            "-m",
-            "fast",
-            "-w",
-            "stop",
-        )
+        """Stop it (fast: open connections are cut) and return once it is down."""
+        self._run("pg_ctl", "-m", "fast", "-w", "stop")
 
 
 @contextlib.contextmanager
