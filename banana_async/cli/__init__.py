@@ -7,7 +7,7 @@ progress, warnings and errors go to standard error.
 
 Exit codes are the members of :class:`ExitCode`: 0 everything succeeded,
 1 some generation failed, 2 usage error (bad arguments, no API key),
-3 the journal cannot be used, 130 interrupted by Ctrl-C.
+3 the journal cannot be used, 130 interrupted by Ctrl-C, 143 stopped by SIGTERM.
 
 The package: :mod:`~banana_async.cli.parser` (the options),
 :mod:`~banana_async.cli.output` (printing), :mod:`~banana_async.cli.progress`,
@@ -25,7 +25,8 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any, Self
 
 from banana_async.cli import commands
 from banana_async.cli.common import RunState
@@ -52,27 +53,71 @@ def _parse_exit_code(exc: SystemExit) -> int:
     return ExitCode.USAGE
 
 
-@contextlib.contextmanager
-def _terminate_as_interrupt(state: RunState) -> Iterator[None]:
+class _Termination:
     """Make SIGTERM (a service manager, ``timeout``, ``kill``) stop the command as Ctrl-C does.
 
-    The signal is handed on as SIGINT, whose handler (``asyncio.run``'s)
-    cancels the command cleanly: a journal stays consistent, and the
-    interruption message says what was in flight.
+    The handler only asks the event loop to cancel the command, once: the
+    command unwinds as after Ctrl-C (a journal stays consistent, the
+    interruption message says what was in flight), and :meth:`run` raises
+    :class:`asyncio.CancelledError`. It does not go through SIGINT: a job
+    started with ``&`` has SIGINT ignored, and that must not make it deaf
+    to SIGTERM (the ignored SIGINT stays ignored). And it raises nothing
+    itself: ``timeout`` sends SIGTERM twice (to the command, then to its
+    process group), and an exception raised by a signal handler lands
+    wherever the interpreter happens to be, possibly inside the event
+    loop's own callbacks, where it loses a wake-up that the unwinding
+    waits for forever. The handler stays in place until :func:`main`
+    returns, so a second SIGTERM is never the default one that kills the
+    process without its message.
     """
-    if not hasattr(signal, "SIGTERM") or sys.platform == "win32":
-        yield
-        return
 
-    def terminate(signum: int, frame: object) -> None:
-        state.terminated = True
-        signal.raise_signal(signal.SIGINT)
+    def __init__(self, state: RunState) -> None:
+        self._state = state
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._cancelled = False
+        self._previous: Any = None
 
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def __enter__(self) -> Self:
+        if sys.platform != "win32":
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if sys.platform != "win32":
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        self._state.terminated = True
+        loop = self._loop
+        if loop is not None:
+            # Thread-safe and signal-safe: appends to the loop's queue and
+            # wakes it through its self-pipe, whatever it is doing.
+            with contextlib.suppress(RuntimeError):  # the loop is closed: all is done
+                loop.call_soon_threadsafe(self._cancel)
+
+    def _cancel(self) -> None:
+        task = self._task
+        if task is not None and not task.done() and not self._cancelled:
+            self._cancelled = True  # once: a second cancel would only interrupt the unwinding
+            task.cancel()
+
+    async def _guarded(self, command: Coroutine[Any, Any, int]) -> int:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        if self._state.terminated:  # SIGTERM came before the loop ran
+            command.close()
+            raise asyncio.CancelledError
+        return await command
+
+    def run(self, command: Coroutine[Any, Any, int]) -> int:
+        """Run ``command`` in a new event loop; SIGTERM cancels it.
+
+        Raises:
+            asyncio.CancelledError: SIGTERM stopped the command.
+            KeyboardInterrupt: Ctrl-C stopped it.
+        """
+        return asyncio.run(self._guarded(command))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,13 +136,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return _parse_exit_code(exc)
     state = RunState()
-    with log_to_stderr(args.verbose), warnings_as_lines():
+    with log_to_stderr(args.verbose), warnings_as_lines(), _Termination(state) as termination:
         try:
             get_dialect(args.dialect)
             command = commands.load(args.command)
-            with _terminate_as_interrupt(state):
-                return asyncio.run(command(args, state))
-        except KeyboardInterrupt:
+            return termination.run(command(args, state))
+        except (KeyboardInterrupt, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not state.terminated:
+                raise  # not SIGTERM's: a bug, not an interruption
+            # Still under the SIGTERM handler: a second SIGTERM cannot kill
+            # the process before the message is out.
             to_stderr(state.interrupted())
             return ExitCode.TERMINATED if state.terminated else ExitCode.INTERRUPTED
         except BrokenPipeError:
