@@ -102,7 +102,7 @@ def crash(session: nox.Session) -> None:
 
 @nox.session(python=MAIN_PYTHON, default=False)
 def signals(session: nox.Session) -> None:
-    """SIGTERM, twice, at each moment of a paced batch: 30 rounds instead of 1 (not by default).
+    """SIGTERM and SIGINT, twice, at each moment of a paced batch, 30 rounds (not by default).
 
     A command that does not stop fails its test after 60 s; see
     tests/test_cli_signals.py. ``BANANA_SIGNAL_ROUNDS`` sets the rounds.

@@ -111,24 +111,25 @@ def results(count: int) -> Callable[[Running], bool]:
     return lambda run: sum(line.startswith(("ok ", "failed ")) for line in run.out) >= count
 
 
-def stopped_by_sigterm(code: int) -> bool:
-    """143, or killed by the second SIGTERM after ``main`` returned (its message is out)."""
-    return code in (143, -signal.SIGTERM)
+def stopped_by(signum: int, code: int) -> bool:
+    """143 or 130, or killed by the second signal after ``main`` returned (its message is out)."""
+    return code in (143 if signum == signal.SIGTERM else 130, -signum)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
 @pytest.mark.parametrize("round_", range(ROUNDS))
 @pytest.mark.parametrize(
     "moment",
     [created(1), created(2), created(4), created(7), results(1), results(3)],
     ids=["1st-create", "2nd-create", "4th-create", "7th-create", "1st-result", "3rd-result"],
 )
-async def test_sigterm_twice_at_any_moment_stops_a_paced_batch(
-    tmp_path: Path, moment: Callable[[Running], bool], round_: int
+async def test_a_signal_twice_at_any_moment_stops_a_paced_batch(
+    tmp_path: Path, moment: Callable[[Running], bool], round_: int, signum: int
 ) -> None:
     # The limiter holds most requests (10 a second), so the signal finds
     # creates and polls waiting for a turn, polls sleeping, downloads going.
-    # Sent twice, back to back, as `timeout` does (to the command, then to
-    # its process group): the second once hung the unwinding for good.
+    # Sent twice, as `timeout` (-s INT) does (to the command, then to its
+    # process group): the second once hung the unwinding for good.
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"prompt {n}\n" for n in range(12)))
     out = tmp_path / "out"
@@ -139,12 +140,12 @@ async def test_sigterm_twice_at_any_moment_stops_a_paced_batch(
         try:
             await run.until(moment)
         finally:
-            run.signal(signal.SIGTERM)
+            run.signal(signum)
             if gap := GAPS[round_ % len(GAPS)]:
                 await asyncio.sleep(gap)
-            run.signal(signal.SIGTERM)
+            run.signal(signum)
         code, _, err = await run.finish()
-    assert stopped_by_sigterm(code), err
+    assert stopped_by(signum, code), err
     assert "interrupted: " in err
     assert f"What finished is listed in {out / MANIFEST}." in err
     assert "Traceback" not in err

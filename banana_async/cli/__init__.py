@@ -22,10 +22,9 @@ Only the names in ``__all__`` here are meant for use from Python.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Self
 
 from banana_async.cli import commands
@@ -54,21 +53,26 @@ def _parse_exit_code(exc: SystemExit) -> int:
 
 
 class _Termination:
-    """Make SIGTERM (a service manager, ``timeout``, ``kill``) stop the command as Ctrl-C does.
+    """Stop the command cleanly on SIGTERM (a service manager, ``timeout``, ``kill``) or Ctrl-C.
 
-    The handler only asks the event loop to cancel the command, once: the
-    command unwinds as after Ctrl-C (a journal stays consistent, the
-    interruption message says what was in flight), and :meth:`run` raises
-    :class:`asyncio.CancelledError`. It does not go through SIGINT: a job
-    started with ``&`` has SIGINT ignored, and that must not make it deaf
-    to SIGTERM (the ignored SIGINT stays ignored). And it raises nothing
-    itself: ``timeout`` sends SIGTERM twice (to the command, then to its
-    process group), and an exception raised by a signal handler lands
-    wherever the interpreter happens to be, possibly inside the event
-    loop's own callbacks, where it loses a wake-up that the unwinding
-    waits for forever. The handler stays in place until :func:`main`
-    returns, so a second SIGTERM is never the default one that kills the
-    process without its message.
+    The first signal only asks the event loop to cancel the command: it
+    unwinds (a journal stays consistent, the interruption message says what
+    was in flight), and :meth:`run` raises :class:`asyncio.CancelledError`.
+    No handler raises anything into whatever code the interpreter happens
+    to run: ``timeout`` sends its signal twice (to the command, then to its
+    process group), and ``asyncio.run``'s own SIGINT handler raised
+    ``KeyboardInterrupt`` at the second one, sometimes inside the event
+    loop's callbacks, losing a wake-up that the unwinding then waited for
+    forever.
+
+    More SIGTERMs change nothing (SIGKILL is the way past a stop that
+    waits). A second Ctrl-C raises ``KeyboardInterrupt`` from a callback of
+    the loop, which leaves :meth:`run` at once and the rest of the
+    unwinding to ``asyncio.run``'s clean-up, which a third Ctrl-C cuts
+    short. SIGTERM does not depend on SIGINT: a job started with ``&`` has
+    SIGINT ignored, and it stays ignored. The handlers stay in place until
+    :func:`main` returns, so a second signal never kills the process before
+    its message is out.
     """
 
     def __init__(self, state: RunState) -> None:
@@ -76,31 +80,55 @@ class _Termination:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[Any] | None = None
         self._cancelled = False
-        self._previous: Any = None
+        self.interrupts = 0
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> Self:
         if sys.platform != "win32":
-            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_sigterm)
+            # Only in place of the default: an ignored SIGINT stays ignored,
+            # and asyncio.run installs no handler of its own over this one.
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if sys.platform != "win32":
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+    def _schedule(self, callback: Callable[[], None]) -> bool:
+        """Have the running loop call ``callback``; False when no loop runs the command."""
+        loop = self._loop
+        if loop is None:
+            return False
+        try:
+            # Thread-safe and signal-safe: appends to the loop's queue and
+            # wakes it through its self-pipe, whatever it is doing.
+            loop.call_soon_threadsafe(callback)
+        except RuntimeError:  # the loop is closed
+            return False
+        return True
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self._state.terminated = True
-        loop = self._loop
-        if loop is not None:
-            # Thread-safe and signal-safe: appends to the loop's queue and
-            # wakes it through its self-pipe, whatever it is doing.
-            with contextlib.suppress(RuntimeError):  # the loop is closed: all is done
-                loop.call_soon_threadsafe(self._cancel)
+        self._schedule(self._cancel)  # without a loop, _guarded sees the flag
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        self.interrupts += 1
+        if self._loop is None:
+            raise KeyboardInterrupt  # the command has not started: no loop to break
+        # With the loop closed, the command has ended: only its message is left.
+        self._schedule(self._cancel if self.interrupts == 1 else self._interrupt)
 
     def _cancel(self) -> None:
         task = self._task
         if task is not None and not task.done() and not self._cancelled:
             self._cancelled = True  # once: a second cancel would only interrupt the unwinding
             task.cancel()
+
+    @staticmethod
+    def _interrupt() -> None:
+        raise KeyboardInterrupt  # from a callback of its own: no other callback is cut
 
     async def _guarded(self, command: Coroutine[Any, Any, int]) -> int:
         self._loop = asyncio.get_running_loop()
@@ -111,11 +139,11 @@ class _Termination:
         return await command
 
     def run(self, command: Coroutine[Any, Any, int]) -> int:
-        """Run ``command`` in a new event loop; SIGTERM cancels it.
+        """Run ``command`` in a new event loop; SIGTERM and Ctrl-C cancel it.
 
         Raises:
-            asyncio.CancelledError: SIGTERM stopped the command.
-            KeyboardInterrupt: Ctrl-C stopped it.
+            asyncio.CancelledError: SIGTERM or Ctrl-C stopped the command.
+            KeyboardInterrupt: a second Ctrl-C cut the stop short.
         """
         return asyncio.run(self._guarded(command))
 
@@ -142,10 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             command = commands.load(args.command)
             return termination.run(command(args, state))
         except (KeyboardInterrupt, asyncio.CancelledError) as exc:
-            if isinstance(exc, asyncio.CancelledError) and not state.terminated:
-                raise  # not SIGTERM's: a bug, not an interruption
-            # Still under the SIGTERM handler: a second SIGTERM cannot kill
-            # the process before the message is out.
+            signalled = state.terminated or termination.interrupts > 0
+            if isinstance(exc, asyncio.CancelledError) and not signalled:
+                raise  # not a signal's: a bug, not an interruption
+            # Still under the handlers: a second signal cannot kill the
+            # process before the message is out.
             to_stderr(state.interrupted())
             return ExitCode.TERMINATED if state.terminated else ExitCode.INTERRUPTED
         except BrokenPipeError:
