@@ -101,6 +101,27 @@ def crash(session: nox.Session) -> None:
 
 
 @nox.session(python=MAIN_PYTHON, default=False)
+def signals(session: nox.Session) -> None:
+    """SIGTERM and SIGINT, twice, at each moment of a paced batch, 30 rounds (not by default).
+
+    A command that does not stop fails its test after 60 s; see
+    tests/test_cli_signals.py. ``BANANA_SIGNAL_ROUNDS`` sets the rounds.
+    """
+    session.install(".[test]")
+    env = {"BANANA_SIGNAL_ROUNDS": os.environ.get("BANANA_SIGNAL_ROUNDS", "30")}
+    session.run(
+        "pytest",
+        "-p",
+        "no:randomly",
+        "tests/test_cli_signals.py",
+        "-k",
+        "paced",
+        *session.posargs,
+        env=env,
+    )
+
+
+@nox.session(python=MAIN_PYTHON, default=False)
 def fuzz(session: nox.Session) -> None:
     """Fuzz for longer: the tests/test_fuzz_*.py files, Hypothesis profile "long".
 

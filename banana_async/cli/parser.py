@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             f"The API key is read from ${API_KEY_ENV} (never from an option). "
             "Exit codes: 0 all done, 1 some generation failed, 2 usage error, "
-            "3 journal unusable or failed, 130 interrupted. "
+            "3 journal unusable or failed, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM. "
             "Try `banana-async demo`: it needs no key and no network."
         ),
     )

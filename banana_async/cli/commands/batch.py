@@ -341,8 +341,14 @@ def open_manifest(out: Path) -> TextIO:
     """Open ``out``'s manifest to append outcomes to (the demo writes the same file)."""
     # Readable by its owner only, like the journal: it lists prompts and
     # errors. An existing manifest keeps the mode it has.
-    fd = os.open(out / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    return os.fdopen(fd, "a", encoding="utf-8")
+    # Opened by path, not through os.fdopen: the file's ``name`` is its path
+    # (the Ctrl-C message names it), where fdopen's would be the descriptor.
+    return open(
+        out / MANIFEST,
+        "a",
+        encoding="utf-8",
+        opener=lambda path, flags: os.open(path, flags, 0o600),
+    )
 
 
 def _summary(
