@@ -750,3 +750,86 @@ def test_cli_batch_runs_unshared_if_allowed_and_says_so_as_a_warning_line(
     assert len(out.splitlines()) == 3
     (warning,) = [line for line in err.splitlines() if "unreachable" in line]
     assert warning.startswith(f"warning: the shared rate limit at {url} is unreachable")
+
+
+def test_cli_one_off_commands_stop_on_an_unreachable_budget_unless_allowed(
+    capsys: pytest.CaptureFixture[str],
+    cli_env: ServerThread,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``status``, ``download`` and ``generate`` take ``--allow-unshared``, as ``batch`` does.
+
+    A Redis outage must not leave a status query or the download of paid
+    images with no way through but unsetting the variable.
+    """
+    code, out, err = run_main(
+        capsys, "generate", "a cat", "--json", "--out", str(tmp_path / "first"), *FAST
+    )
+    assert code == 0, err
+    task_id = json.loads(out.splitlines()[-1])["task_id"]
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    monkeypatch.setenv(RATE_LIMIT_URL_ENV, url)
+    commands = {
+        "status": ["status", task_id],
+        "download": ["download", task_id, "--out", str(tmp_path / "again")],
+        "generate": ["generate", "a dog", "--out", str(tmp_path / "second"), *FAST],
+    }
+    for name, argv in commands.items():
+        before = len(cli_env.server.requests)
+        code, out, err = run_main(capsys, *argv)
+        assert code == 2, (name, err)
+        assert out == ""
+        (line,) = err.splitlines()
+        assert line.startswith("error: the shared rate limit at " + url), line
+        assert "--allow-unshared" in line  # the flag this command takes
+        assert len(cli_env.server.requests) == before, name  # nothing sent
+        code, out, err = run_main(capsys, *argv, "--allow-unshared")
+        assert code == 0, (name, err)
+        assert out != ""
+        assert f"warning: the shared rate limit at {url} is unreachable" in err, name
+    assert sorted(path.name for path in (tmp_path / "again").glob("*.png")) == [f"{task_id}.png"]
+
+
+def test_cli_demo_ignores_the_shared_budget_variable(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo talks to its own fake provider: an unreachable Redis is none of its business."""
+    from banana_async.cli.commands import demo
+
+    monkeypatch.delenv("BANANA_API_KEY", raising=False)
+    monkeypatch.setenv(RATE_LIMIT_URL_ENV, f"redis://127.0.0.1:{free_port()}/0")
+    monkeypatch.setattr(demo, "DEMO_DURATIONS", (0.01, 0.05))
+    code, out, err = run_main(
+        capsys, "--json", "demo", "--count", "3", "--out", str(tmp_path), *FAST
+    )
+    assert code == 0, err
+    assert err == ""  # not even a warning
+    assert len(out.splitlines()) == 4  # three outcomes and the gallery
+
+
+@pytest.mark.parametrize(
+    ("url", "warned"),
+    [
+        ("redis://:s3cret@127.0.0.1:{port}/0", True),
+        ("redis://user:s3cret@127.0.0.1:{port}/0", True),
+        ("unix:///tmp/redis.sock?password=s3cret", True),
+        ("redis://127.0.0.1:{port}/0", False),
+    ],
+)
+def test_cli_warns_of_a_redis_password_on_the_command_line(
+    capsys: pytest.CaptureFixture[str], cli_env: ServerThread, url: str, warned: bool
+) -> None:
+    """Every user can read a command line (``ps``), not the environment: as for Postgres."""
+    code, _, err = run_main(
+        capsys, "status", "abc", "--rate-limit-url", url.format(port=free_port())
+    )
+    assert code == 2  # nothing listens there
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    if warned:
+        (warning,) = warnings
+        assert "ps" in warning
+        assert "$" + RATE_LIMIT_URL_ENV in warning
+        assert "s3cret" not in err
+    else:
+        assert warnings == []

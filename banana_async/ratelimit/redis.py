@@ -463,13 +463,18 @@ def redis_key(api_key: str) -> str:
 def _shown(url: str) -> str:
     """``url`` without its password, for logs and messages."""
     parts = urlsplit(url)
+    # redis-py also takes the password as a query parameter (unix:// URLs have no other place).
+    query = "&".join(
+        "password=***" if pair.lower().startswith("password=") else pair
+        for pair in parts.query.split("&")
+    )
     if parts.password is None:
-        return url
+        return url if query == parts.query else urlunsplit(parts._replace(query=query))
     host = parts.hostname or ""
     netloc = (f"{parts.username}:***@" if parts.username else ":***@") + host
     if parts.port is not None:
         netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _failures() -> tuple[type[BaseException], ...]:
