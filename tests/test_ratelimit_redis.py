@@ -501,6 +501,55 @@ async def test_redis_restarted_empty_gets_back_the_limit_learned_not_more(
     assert any("put back" in r.getMessage() for r in caplog.records)
 
 
+async def test_a_limit_learned_from_a_share_is_put_back_as_the_whole_keys(
+    provider: FakeBananaServer,
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """429s during an outage teach each process its share; the key gets the sum back.
+
+    Two processes had learned 30/s together; the provider allows 20/s. While
+    Redis is away each sends its share (15/s), meets 429s and learns about
+    10/s: its share of the provider's 20. Redis restarts empty: the limit put
+    back is the whole key's (about 20), not one process's share.
+    """
+    monkeypatch.setattr(shared, "RETRY_EVERY", 0.2)
+    caplog.set_level(logging.INFO, logger="banana_async")
+    provider.budget = RequestBudget(rate=20.0, burst=10.0)
+    await _hash(redis_server.url, {"limit": 30, "rate": 27})  # learned earlier, too high now
+    limiters = [shared.RedisRateLimiter(redis_server.url, api_key=API_KEY) for _ in range(2)]
+    stop = asyncio.Event()
+
+    async def spend(limiter: shared.RedisRateLimiter) -> None:
+        async with live_client(provider, rate_limiter=limiter) as client:
+            while not stop.is_set():
+                await client.create("a fox")
+
+    async def until(condition: Any) -> None:
+        while not condition():  # noqa: ASYNC110 - the limiters have no event for it
+            await asyncio.sleep(0.02)
+
+    spenders = [asyncio.ensure_future(spend(limiter)) for limiter in limiters]
+    try:
+        await until(lambda: all(limiter._members == 2 for limiter in limiters))
+        redis_server.kill()
+        await until(lambda: all(limiter.local.limited > 0 for limiter in limiters))
+        learned = [limiter.local.provider_limit for limiter in limiters]
+        redis_server.start()  # the same port, nothing kept
+        await until(lambda: any("put back" in r.getMessage() for r in caplog.records))
+    finally:
+        stop.set()
+        await asyncio.gather(*spenders)
+        for limiter in limiters:
+            await limiter.aclose()
+    assert all(value is not None and value < 15 for value in learned), learned
+    # The key's limit (the sum of the shares), never above what was known;
+    # a 429 after the rejoin may re-estimate it, which is not this test's.
+    (limit,) = [float(r.args[1]) for r in caplog.records if "put back" in r.getMessage()]  # type: ignore[index,arg-type]
+    assert 1.5 * min(v for v in learned if v is not None) <= limit <= 30.0, (limit, learned)
+
+
 async def test_requests_queued_locally_go_back_to_the_shared_schedule(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -73,7 +73,9 @@ The design (what a reviewer should check):
   one INFO, rejoins the shared budget, and moves the requests queued
   locally back to it. Answers to requests sent while away are not counted
   as the shared budget's, and a hash that lost its learned limit (Redis
-  restarted empty) gets it back from a process that knows it.
+  restarted empty) gets it back from a process that knows it (a limit that
+  429s taught a process while it sent its share is scaled back to the
+  whole key by the processes it was a share of).
 * **When Redis cannot be reached at the start** (it never answered), that
   is an error, :exc:`~banana_async.SharedBudgetError`, from :meth:`RedisRateLimiter.aopen`
   (the client calls it as it opens) or from each request, unless
@@ -610,6 +612,7 @@ class RedisRateLimiter:
         self._known_at = -math.inf
         self._seed_due = False
         self._limited_when_away = 0
+        self._members_when_away = 1  # the processes whose share the local limiter took
 
     def __repr__(self) -> str:
         state = "away" if self._down_since is not None else "shared"
@@ -900,8 +903,11 @@ class RedisRateLimiter:
             return
         learned = self._local.provider_limit
         if self._local.limited > self._limited_when_away and learned is not None:
-            # 429s while Redis was away taught this process its share anew.
-            limit = min(limit, learned * (self._members or 1))
+            # 429s while Redis was away taught this process its share anew:
+            # scaled back to the whole key by the processes it was a share
+            # of. (Not by those active now: a hash restarted empty knows
+            # only the processes that rejoined so far, often this one.)
+            limit = min(limit, learned * self._members_when_away)
         (seeded,) = await self._eval(_SEED, repr(limit), repr(BACKOFF * limit), str(IDLE_TTL))
         self._known_limit, self._known_at = float(seeded), self._clock.time()
         logger.info(
@@ -919,6 +925,7 @@ class RedisRateLimiter:
         """
         members = self._members
         self._limited_when_away = self._local.limited
+        self._members_when_away = members or 1
         if members is None:
             return  # never heard from Redis: nothing known to share
         shared_rate = self._shared_rate
