@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 import banana_async as ba
+from banana_async._polling import SystemClock
 from banana_async.client import RATE_LIMIT_URL_ENV
 from banana_async.errors import InvalidRequestError
 from banana_async.ratelimit import AdaptiveRateLimiter, RateLimiter
@@ -548,6 +549,62 @@ async def test_a_limit_learned_from_a_share_is_put_back_as_the_whole_keys(
     # a 429 after the rejoin may re-estimate it, which is not this test's.
     (limit,) = [float(r.args[1]) for r in caplog.records if "put back" in r.getMessage()]  # type: ignore[index,arg-type]
     assert 1.5 * min(v for v in learned if v is not None) <= limit <= 30.0, (limit, learned)
+
+
+async def test_processes_rejoining_redis_one_by_one_keep_to_the_budget(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No burst when processes rejoin a restarted Redis a few tenths of a second apart.
+
+    The first to rejoin used to start a fresh shared schedule at the whole
+    rate while the others still spent their local shares: one second held
+    half as much again as the budget.
+    """
+    monkeypatch.setattr(shared, "RETRY_EVERY", 3600.0)  # each rejoins when the test says
+    rate, clock = 20.0, SystemClock()
+    limiters = [
+        shared.RedisRateLimiter(
+            redis_server.url, api_key=API_KEY, requests_per_second=rate, clock=clock
+        )
+        for _ in range(4)
+    ]
+    sent: list[float] = []
+    stop = asyncio.Event()
+
+    async def spend(limiter: shared.RedisRateLimiter) -> None:
+        while not stop.is_set():
+            turn = await limiter.acquire("create")
+            assert turn is not None
+            sent.append(clock.time())
+            limiter.record(turn, limited=False)
+
+    async def until(condition: Any) -> None:
+        while not condition():  # noqa: ASYNC110 - the limiters have no event for it
+            await asyncio.sleep(0.02)
+
+    spenders = [asyncio.ensure_future(spend(limiter)) for limiter in limiters]
+    try:
+        await until(lambda: all(limiter._members == 4 for limiter in limiters))
+        await until(lambda: len(sent) >= 30)
+        redis_server.kill()
+        await until(lambda: not any(_is_shared(limiter) for limiter in limiters))
+        shares_from = len(sent)
+        await asyncio.sleep(1.5)  # on the local shares
+        away = sent[shares_from:]
+        redis_server.start()  # empty
+        # One by one, 0.15 s apart, as their retries fall.
+        for index, limiter in enumerate(limiters):
+            limiter._retry_at = clock.time() + 0.15 * index
+        await until(lambda: all(_is_shared(limiter) for limiter in limiters))
+        await asyncio.sleep(1.5)
+    finally:
+        stop.set()
+        await asyncio.gather(*spenders)
+        for limiter in limiters:
+            await limiter.aclose()
+    assert busiest_second(away) <= rate + 1  # the shares, while away
+    busiest = busiest_second(sorted(sent))
+    assert busiest <= 1.1 * rate, busiest
 
 
 async def test_requests_queued_locally_go_back_to_the_shared_schedule(

@@ -71,11 +71,14 @@ The design (what a reviewer should check):
   asks for; ``ACTIVE_FOR``), with nothing saved up. Every few seconds
   (``RETRY_EVERY``) one request tries Redis again; when that works it logs
   one INFO, rejoins the shared budget, and moves the requests queued
-  locally back to it. Answers to requests sent while away are not counted
-  as the shared budget's, and a hash that lost its learned limit (Redis
-  restarted empty) gets it back from a process that knows it (a limit that
-  429s taught a process while it sent its share is scaled back to the
-  whole key by the processes it was a share of).
+  locally back to it. Its first slot counts the requests it sent alone in
+  the last second as spent (the processes rejoin a few tenths of a second
+  apart, the others still spending their shares meanwhile). Answers to
+  requests sent while away are not counted as the shared budget's, and a
+  hash that lost its learned limit (Redis restarted empty) gets it back
+  from a process that knows it (a limit that 429s taught a process while
+  it sent its share is scaled back to the whole key by the processes it
+  was a share of).
 * **When Redis cannot be reached at the start** (it never answered), that
   is an error, :exc:`~banana_async.SharedBudgetError`, from :meth:`RedisRateLimiter.aopen`
   (the client calls it as it opens) or from each request, unless
@@ -231,7 +234,8 @@ end
 """
 
 # ARGV: kind, cap ('' for none), most seconds to wait ('' for no limit),
-# answers accepted since the last call, idle ttl, this process's id, ACTIVE_FOR.
+# answers accepted since the last call, idle ttl, this process's id, ACTIVE_FOR,
+# requests this process sent on its own in the last second (rejoining).
 # Returns {delay, now, members, learned rate, limit} (the last two '' when
 # unset); delay -1 means no slot within the wait.
 _ACQUIRE = (
@@ -259,6 +263,11 @@ if rate == nil then
   return {tostring(start - now), tostring(now)}
 end
 local tat = math.max(num('tat') or 0, start)
+-- A process rejoining after an outage counts the requests it sent on its
+-- own in the last second as slots already spent: the others, still on
+-- their shares, and this one must not make that second hold more than the rate.
+local alone = tonumber(ARGV[8]) or 0
+if alone > 0 then tat = math.max(tat, now) + alone / rate end
 local delay = tat - now
 local most = tonumber(ARGV[3])
 if most ~= nil and delay > most then
@@ -613,6 +622,10 @@ class RedisRateLimiter:
         self._seed_due = False
         self._limited_when_away = 0
         self._members_when_away = 1  # the processes whose share the local limiter took
+        # When this process sent requests on its own limiter (the last
+        # second's worth), and whether its next acquire must count them.
+        self._alone: deque[float] = deque()
+        self._count_alone = False
 
     def __repr__(self) -> str:
         state = "away" if self._down_since is not None else "shared"
@@ -658,6 +671,10 @@ class RedisRateLimiter:
             if not isinstance(turn, _GoLocal):
                 return turn
         local = await self._local_turn(kind, deadline)
+        if local is not None and not isinstance(local, _GoLocal):
+            self._alone.append(clock.time())
+            self._sent_alone()  # drops those past the second: the deque stays short
+            self._count_alone = True
         if isinstance(local, _GoLocal):  # Redis came back: a slot in the shared schedule
             return await self.acquire(
                 kind, timeout=None if deadline is None else max(0.0, deadline - clock.time())
@@ -771,6 +788,7 @@ class RedisRateLimiter:
                     self._give(waiter, None)
                     continue
                 accepted, self._accepted = self._accepted, 0
+                alone = self._sent_alone() if self._count_alone else 0
                 try:
                     delay, now = self._heard(
                         await self._eval(
@@ -782,9 +800,11 @@ class RedisRateLimiter:
                             str(IDLE_TTL),
                             self._member,
                             repr(ACTIVE_FOR),
+                            str(alone),
                         )
                     )
                     self._back()
+                    self._count_alone = False
                     if self._seed_due:
                         await self._seed()
                     if delay < 0:
@@ -915,6 +935,13 @@ class RedisRateLimiter:
             _shown(self._url),
             float(seeded),
         )
+
+    def _sent_alone(self) -> int:
+        """How many requests this process sent on its own limiter in the last second."""
+        alone, since = self._alone, self._clock.time() - 1.0
+        while alone and alone[0] < since:
+            alone.popleft()
+        return len(alone)
 
     def _hand_over(self) -> None:
         """Start the local limiter at this process's share of the shared budget.
