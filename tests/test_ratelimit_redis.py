@@ -299,6 +299,45 @@ async def test_processes_given_different_caps_all_keep_to_the_smallest(
     assert max(clock.sleeps) >= 1.4, clock.sleeps
 
 
+async def test_a_smaller_cap_holds_from_the_second_its_process_joins(
+    redis_server: RedisServer,
+) -> None:
+    """A process capped at 2/s joins one at 20/s: no second holds more than 2.
+
+    The slots the fast process took just before are counted as spent at the
+    smaller cap (they used to be followed at once by the slow one's 2/s: 4
+    in the first second). Slots taken before the slow process asked for
+    any are not its to hold back.
+    """
+    clock = SystemClock()
+    fast, slow = (
+        shared.RedisRateLimiter(
+            redis_server.url, api_key=API_KEY, requests_per_second=cap, clock=clock
+        )
+        for cap in (20.0, 2.0)
+    )
+    sent: list[float] = []
+
+    async def spend(limiter: shared.RedisRateLimiter, count: int) -> None:
+        for _ in range(count):
+            assert await limiter.acquire("create") is not None
+            sent.append(clock.time())
+
+    try:
+        await spend(fast, 2)  # alone: 20/s
+        await spend(slow, 1)  # joins
+        await asyncio.gather(spend(fast, 2), spend(slow, 1))
+    finally:
+        for limiter in (fast, slow):
+            await limiter.aclose()
+    assert len(sent) == 6
+    # Slots 0.5 s apart: a window may catch both ends of a second by a
+    # millisecond (rate plus one, as everywhere in the schedule); 4 before.
+    assert busiest_second(sorted(sent)) <= 2 + 1, [round(at - sent[0], 2) for at in sorted(sent)]
+    # The first second is the fast process's two slots alone.
+    assert sorted(sent)[2] - sent[0] >= 1.0
+
+
 async def test_a_cancelled_acquire_spends_no_slot_and_blocks_nobody(
     redis_server: RedisServer,
 ) -> None:

@@ -29,7 +29,8 @@ The design (what a reviewer should check):
   at most ``rate`` (plus one) in any one second, which is what a
   provider's bucket counts. Processes given different caps
   (``requests_per_second``) all keep to the smallest among those active
-  on the key (``ACTIVE_FOR``).
+  on the key (``ACTIVE_FOR``), from the first slot of the process that
+  brings it: the slots handed in the second before count as spent at it.
   Window counters (the ``limits`` package's strategies) cannot say *when* a
   refused request may go, so every process would poll, and they allow a
   window's whole budget in one burst; see the changelog for the choice.
@@ -268,12 +269,32 @@ local tat = math.max(num('tat') or 0, start)
 -- their shares, and this one must not make that second hold more than the rate.
 local alone = tonumber(ARGV[8]) or 0
 if alone > 0 then tat = math.max(tat, now) + alone / rate end
+-- A cap below the rate the last slot went at (a process given a smaller
+-- cap joined): the slots handed in the last second count as spent at the
+-- new rate, so that the smaller cap holds from its first second.
+local bin = math.floor(now * 4)
+local went = num('slot_rate')
+if went ~= nil and cap ~= nil and rate == cap and rate < went then
+  local recent = 0
+  for ring = 0, 7 do
+    local at = num('si' .. ring)
+    -- (and those handed for later: the schedule runs a slot per process ahead)
+    if at ~= nil and at > bin - 4 then recent = recent + (num('sb' .. ring) or 0) end
+  end
+  tat = math.max(tat, now) + recent / rate
+end
 local delay = tat - now
 local most = tonumber(ARGV[3])
 if most ~= nil and delay > most then
   return {'-1', tostring(now)}
 end
-redis.call('HSET', key, 'tat', tat + 1 / rate)
+redis.call('HSET', key, 'tat', tat + 1 / rate, 'slot_rate', rate)
+-- Slots handed, by quarter second (of when they go), for the check above.
+local ring = math.floor(tat * 4)
+if num('si' .. ring % 8) ~= ring then
+  redis.call('HSET', key, 'si' .. ring % 8, ring, 'sb' .. ring % 8, 0)
+end
+redis.call('HINCRBY', key, 'sb' .. ring % 8, 1)
 -- Demand queues: let the learned rate climb (slow start, then linear).
 local grown = num('grown') or now
 local elapsed = math.min(math.max(now - grown, 0), 1)
