@@ -742,6 +742,9 @@ def test_a_password_in_the_url_stays_out_of_reprs() -> None:
     limiter = shared.RedisRateLimiter("redis://user:hunter2@127.0.0.1:1/0", api_key=API_KEY)
     assert "hunter2" not in repr(limiter)
     assert API_KEY not in repr(limiter)
+    # redis-py also takes it as a query parameter (the only place in a unix:// URL).
+    limiter = shared.RedisRateLimiter("unix:///tmp/r.sock?db=1&password=hunter2", api_key=API_KEY)
+    assert "unix:///tmp/r.sock?db=1&password=***" in repr(limiter)
 
 
 def _unreachable_urls(tmp_path: Path, redis_server: RedisServer) -> dict[str, str]:

@@ -500,13 +500,16 @@ def _shown(url: str) -> str:
         "password=***" if pair.lower().startswith("password=") else pair
         for pair in parts.query.split("&")
     )
-    if parts.password is None:
-        return url if query == parts.query else urlunsplit(parts._replace(query=query))
-    host = parts.hostname or ""
-    netloc = (f"{parts.username}:***@" if parts.username else ":***@") + host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if parts.password is not None:
+        netloc = (f"{parts.username}:***@" if parts.username else ":***@") + (parts.hostname or "")
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if query == parts.query:
+        return url
+    # (urlunsplit would turn unix:///path into unix:/path)
+    head, _, tail = url.partition("?")
+    return f"{head}?{query}{tail[len(parts.query) :]}"
 
 
 def _failures() -> tuple[type[BaseException], ...]:
