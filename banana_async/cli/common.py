@@ -11,9 +11,10 @@ import warnings
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
 
 from banana_async.cli.output import to_stderr
-from banana_async.client import API_KEY_ENV, BananaClient
+from banana_async.client import API_KEY_ENV, RATE_LIMIT_URL_ENV, BananaClient
 from banana_async.dialects import ResolutionIgnoredWarning, get_dialect
 from banana_async.errors import InvalidRequestError
 from banana_async.journal.postgres import has_password, is_postgres_url
@@ -173,6 +174,7 @@ def api_client(
     options: dict[str, Any] = {}
     rate_limit_url: str | None = getattr(args, "rate_limit_url", None)
     if rate_limit_url is not None:  # else the client reads the environment
+        warn_if_redis_password(rate_limit_url)
         options["rate_limit_url"] = rate_limit_url
     if getattr(args, "allow_unshared", False):
         options["allow_unshared"] = True
@@ -239,4 +241,18 @@ def warn_if_password(url: str | None) -> None:
         to_stderr(
             "warning: the journal URL carries a password, which every user of this machine "
             "can read (ps); put it in ~/.pgpass or $PGPASSWORD instead"
+        )
+
+
+def warn_if_redis_password(url: str) -> None:
+    """Warn once when a ``--rate-limit-url`` on the command line carries a password.
+
+    Every user of the machine can read a process's arguments (``ps``), not
+    its environment: the same URL in ``$BANANA_RATE_LIMIT_URL`` keeps the
+    password to the user. (redis-py reads no password variable of its own.)
+    """
+    if urlsplit(url).password is not None or "password=" in urlsplit(url).query.lower():
+        to_stderr(
+            "warning: the --rate-limit-url carries a password, which every user of this "
+            f"machine can read (ps); put the URL in ${RATE_LIMIT_URL_ENV} instead"
         )

@@ -130,6 +130,31 @@ def _add_global_options(
     )
 
 
+def _shared_budget_options() -> argparse.ArgumentParser:
+    """``--rate-limit-url`` and ``--allow-unshared``, for every command that calls the API.
+
+    A one-off command (``status``, ``download``, ``generate``) spends the
+    same key's budget as a batch, so it shares it too; and it takes
+    ``--allow-unshared``, or a Redis outage would stop even a status query.
+    """
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--rate-limit-url",
+        metavar="URL",
+        help="share one request budget, 429 pause and learned limit with every "
+        "process using this API key through this Redis (redis://host:6379/0; "
+        f"default: ${RATE_LIMIT_URL_ENV}, which also keeps a password out of ps; "
+        "needs the redis extra)",
+    )
+    options.add_argument(
+        "--allow-unshared",
+        action="store_true",
+        help="if that Redis cannot be reached at the start, run on this process's own "
+        "budget (a warning) instead of stopping with exit code 2",
+    )
+    return options
+
+
 def _request_options(*, poll_default: float | None) -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("generation options")
@@ -192,11 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _add_global_options(common, top=False)
     request = _request_options(poll_default=None)
+    shared = _shared_budget_options()
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     generate = commands.add_parser(
         "generate",
-        parents=[common, request],
+        parents=[common, request, shared],
         help="generate one image and download it",
         description="Create one task, wait for it, download its image.",
     )
@@ -210,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     batch = commands.add_parser(
         "batch",
-        parents=[common, request],
+        parents=[common, request, shared],
         help="generate an image for every line of a file",
         description=(
             "Generate an image for each prompt in FILE: one prompt per line (blank "
@@ -275,19 +301,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(the provider's limit is learned anyway)",
     )
     batch.add_argument(
-        "--rate-limit-url",
-        metavar="URL",
-        help="share one request budget, 429 pause and learned limit with every "
-        "process using this API key through this Redis (redis://host:6379/0; "
-        f"default: ${RATE_LIMIT_URL_ENV}; needs the redis extra)",
-    )
-    batch.add_argument(
-        "--allow-unshared",
-        action="store_true",
-        help="if that Redis cannot be reached at the start, run on this process's own "
-        "budget (a warning) instead of stopping with exit code 2",
-    )
-    batch.add_argument(
         "--format",
         choices=("auto", "text", "jsonl"),
         default="auto",
@@ -301,13 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     status = commands.add_parser(
-        "status", parents=[common], help="query a task's status once", description=None
+        "status", parents=[common, shared], help="query a task's status once", description=None
     )
     status.add_argument("task_id", metavar="ID", help="the task id")
 
     download = commands.add_parser(
         "download",
-        parents=[common],
+        parents=[common, shared],
         help="save the images of finished tasks",
         description=(
             "Save the image of each task that has completed, for example one a "

@@ -29,7 +29,8 @@ The design (what a reviewer should check):
   at most ``rate`` (plus one) in any one second, which is what a
   provider's bucket counts. Processes given different caps
   (``requests_per_second``) all keep to the smallest among those active
-  on the key (``ACTIVE_FOR``).
+  on the key (``ACTIVE_FOR``), from the first slot of the process that
+  brings it: the slots handed in the second before count as spent at it.
   Window counters (the ``limits`` package's strategies) cannot say *when* a
   refused request may go, so every process would poll, and they allow a
   window's whole budget in one burst; see the changelog for the choice.
@@ -71,9 +72,14 @@ The design (what a reviewer should check):
   asks for; ``ACTIVE_FOR``), with nothing saved up. Every few seconds
   (``RETRY_EVERY``) one request tries Redis again; when that works it logs
   one INFO, rejoins the shared budget, and moves the requests queued
-  locally back to it. Answers to requests sent while away are not counted
-  as the shared budget's, and a hash that lost its learned limit (Redis
-  restarted empty) gets it back from a process that knows it.
+  locally back to it. Its first slot counts the requests it sent alone in
+  the last second as spent (the processes rejoin a few tenths of a second
+  apart, the others still spending their shares meanwhile). Answers to
+  requests sent while away are not counted as the shared budget's, and a
+  hash that lost its learned limit (Redis restarted empty) gets it back
+  from a process that knows it (a limit that 429s taught a process while
+  it sent its share is scaled back to the whole key by the processes it
+  was a share of).
 * **When Redis cannot be reached at the start** (it never answered), that
   is an error, :exc:`~banana_async.SharedBudgetError`, from :meth:`RedisRateLimiter.aopen`
   (the client calls it as it opens) or from each request, unless
@@ -229,7 +235,8 @@ end
 """
 
 # ARGV: kind, cap ('' for none), most seconds to wait ('' for no limit),
-# answers accepted since the last call, idle ttl, this process's id, ACTIVE_FOR.
+# answers accepted since the last call, idle ttl, this process's id, ACTIVE_FOR,
+# requests this process sent on its own in the last second (rejoining).
 # Returns {delay, now, members, learned rate, limit} (the last two '' when
 # unset); delay -1 means no slot within the wait.
 _ACQUIRE = (
@@ -257,12 +264,37 @@ if rate == nil then
   return {tostring(start - now), tostring(now)}
 end
 local tat = math.max(num('tat') or 0, start)
+-- A process rejoining after an outage counts the requests it sent on its
+-- own in the last second as slots already spent: the others, still on
+-- their shares, and this one must not make that second hold more than the rate.
+local alone = tonumber(ARGV[8]) or 0
+if alone > 0 then tat = math.max(tat, now) + alone / rate end
+-- A cap below the rate the last slot went at (a process given a smaller
+-- cap joined): the slots handed in the last second count as spent at the
+-- new rate, so that the smaller cap holds from its first second.
+local bin = math.floor(now * 4)
+local went = num('slot_rate')
+if went ~= nil and cap ~= nil and rate == cap and rate < went then
+  local recent = 0
+  for ring = 0, 7 do
+    local at = num('si' .. ring)
+    -- (and those handed for later: the schedule runs a slot per process ahead)
+    if at ~= nil and at > bin - 4 then recent = recent + (num('sb' .. ring) or 0) end
+  end
+  tat = math.max(tat, now) + recent / rate
+end
 local delay = tat - now
 local most = tonumber(ARGV[3])
 if most ~= nil and delay > most then
   return {'-1', tostring(now)}
 end
-redis.call('HSET', key, 'tat', tat + 1 / rate)
+redis.call('HSET', key, 'tat', tat + 1 / rate, 'slot_rate', rate)
+-- Slots handed, by quarter second (of when they go), for the check above.
+local ring = math.floor(tat * 4)
+if num('si' .. ring % 8) ~= ring then
+  redis.call('HSET', key, 'si' .. ring % 8, ring, 'sb' .. ring % 8, 0)
+end
+redis.call('HINCRBY', key, 'sb' .. ring % 8, 1)
 -- Demand queues: let the learned rate climb (slow start, then linear).
 local grown = num('grown') or now
 local elapsed = math.min(math.max(now - grown, 0), 1)
@@ -463,13 +495,21 @@ def redis_key(api_key: str) -> str:
 def _shown(url: str) -> str:
     """``url`` without its password, for logs and messages."""
     parts = urlsplit(url)
-    if parts.password is None:
+    # redis-py also takes the password as a query parameter (unix:// URLs have no other place).
+    query = "&".join(
+        "password=***" if pair.lower().startswith("password=") else pair
+        for pair in parts.query.split("&")
+    )
+    if parts.password is not None:
+        netloc = (f"{parts.username}:***@" if parts.username else ":***@") + (parts.hostname or "")
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if query == parts.query:
         return url
-    host = parts.hostname or ""
-    netloc = (f"{parts.username}:***@" if parts.username else ":***@") + host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    # (urlunsplit would turn unix:///path into unix:/path)
+    head, _, tail = url.partition("?")
+    return f"{head}?{query}{tail[len(parts.query) :]}"
 
 
 def _failures() -> tuple[type[BaseException], ...]:
@@ -605,6 +645,11 @@ class RedisRateLimiter:
         self._known_at = -math.inf
         self._seed_due = False
         self._limited_when_away = 0
+        self._members_when_away = 1  # the processes whose share the local limiter took
+        # When this process sent requests on its own limiter (the last
+        # second's worth), and whether its next acquire must count them.
+        self._alone: deque[float] = deque()
+        self._count_alone = False
 
     def __repr__(self) -> str:
         state = "away" if self._down_since is not None else "shared"
@@ -650,6 +695,10 @@ class RedisRateLimiter:
             if not isinstance(turn, _GoLocal):
                 return turn
         local = await self._local_turn(kind, deadline)
+        if local is not None and not isinstance(local, _GoLocal):
+            self._alone.append(clock.time())
+            self._sent_alone()  # drops those past the second: the deque stays short
+            self._count_alone = True
         if isinstance(local, _GoLocal):  # Redis came back: a slot in the shared schedule
             return await self.acquire(
                 kind, timeout=None if deadline is None else max(0.0, deadline - clock.time())
@@ -763,6 +812,7 @@ class RedisRateLimiter:
                     self._give(waiter, None)
                     continue
                 accepted, self._accepted = self._accepted, 0
+                alone = self._sent_alone() if self._count_alone else 0
                 try:
                     delay, now = self._heard(
                         await self._eval(
@@ -774,9 +824,11 @@ class RedisRateLimiter:
                             str(IDLE_TTL),
                             self._member,
                             repr(ACTIVE_FOR),
+                            str(alone),
                         )
                     )
                     self._back()
+                    self._count_alone = False
                     if self._seed_due:
                         await self._seed()
                     if delay < 0:
@@ -895,8 +947,11 @@ class RedisRateLimiter:
             return
         learned = self._local.provider_limit
         if self._local.limited > self._limited_when_away and learned is not None:
-            # 429s while Redis was away taught this process its share anew.
-            limit = min(limit, learned * (self._members or 1))
+            # 429s while Redis was away taught this process its share anew:
+            # scaled back to the whole key by the processes it was a share
+            # of. (Not by those active now: a hash restarted empty knows
+            # only the processes that rejoined so far, often this one.)
+            limit = min(limit, learned * self._members_when_away)
         (seeded,) = await self._eval(_SEED, repr(limit), repr(BACKOFF * limit), str(IDLE_TTL))
         self._known_limit, self._known_at = float(seeded), self._clock.time()
         logger.info(
@@ -904,6 +959,13 @@ class RedisRateLimiter:
             _shown(self._url),
             float(seeded),
         )
+
+    def _sent_alone(self) -> int:
+        """How many requests this process sent on its own limiter in the last second."""
+        alone, since = self._alone, self._clock.time() - 1.0
+        while alone and alone[0] < since:
+            alone.popleft()
+        return len(alone)
 
     def _hand_over(self) -> None:
         """Start the local limiter at this process's share of the shared budget.
@@ -914,6 +976,7 @@ class RedisRateLimiter:
         """
         members = self._members
         self._limited_when_away = self._local.limited
+        self._members_when_away = members or 1
         if members is None:
             return  # never heard from Redis: nothing known to share
         shared_rate = self._shared_rate

@@ -187,6 +187,10 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
             poll_interval=args.poll_interval,
             allow_unknown_models=args.allow_unknown_models,
             timeout=DEFAULT_TIMEOUT if profile is None else DEMO_REQUEST_TIMEOUT,
+            # Its own fake provider and key: a budget shared through
+            # $BANANA_RATE_LIMIT_URL is not this one's, and Redis being
+            # down must not stop an offline demo.
+            rate_limit_url="",
         ) as client:
             progress = Progress(stats, "demo", enabled=human, interval=1.0)
             outcomes = client.generate_many(
