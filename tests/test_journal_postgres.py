@@ -32,6 +32,7 @@ import banana_async as ba
 from banana_async.cli import main
 from banana_async.journal import EntryState, Journal, JournalEntry, PostgresStore
 from banana_async.journal import postgres as postgres_module
+from banana_async.journal._entries import canonical_request
 from banana_async.journal.postgres import redact_url
 from banana_async.testing import FakeBananaServer, Fault, TaskScript
 
@@ -1027,3 +1028,32 @@ async def test_a_journal_failure_is_one_error_line(tmp_path: Path) -> None:
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, err
     assert "no task was created after that" in errors[0]
+
+
+async def test_an_input_taken_by_a_try_whose_answer_was_lost_is_taken_again(
+    postgres_url: str, batch_name: str
+) -> None:
+    async with await PostgresStore.open(postgres_url, batch=batch_name) as worker:
+        assert await worker.claim(0, _request("a cat"))
+        # What a take-over whose commit went through, and whose answer was
+        # lost with its connection, leaves: the row is the worker's, and the
+        # worker never heard of it (it sent the statement again).
+        import asyncpg  # here: a machine without the extra still collects the module
+
+        connection = await asyncpg.connect(postgres_url)
+        try:
+            await connection.execute(
+                "INSERT INTO banana_entries (batch, idx, request, updated_at, owner)"
+                " VALUES ($1, 1, $2, 0, $3)",
+                batch_name,
+                canonical_request(_request("a dog")),
+                worker.worker,
+            )
+        finally:
+            await connection.close()
+        taken = await worker.take_over()
+        assert taken is not None
+        assert taken[:2] == (1, _request("a dog"))
+        await worker.settle(0)
+        await worker.settle(1)
+        assert await worker.take_over() is None  # held ones are not taken twice

@@ -381,6 +381,9 @@ class PostgresStore:
         # WARNING and the one INFO of an outage.
         self._down_since: float | None = None
         self._joined = False
+        # The inputs this worker claimed and has not settled: a row it owns
+        # that is not here was taken by a statement whose answer was lost.
+        self._held: set[int] = set()
 
     @classmethod
     async def open(
@@ -1007,6 +1010,8 @@ class PostgresStore:
 
         self._check_open()
         claimed, _ = await self._retrying(claim, transaction=True)
+        if claimed:
+            self._held.add(index)
         return claimed
 
     async def settle(self, index: int) -> None:
@@ -1038,6 +1043,7 @@ class PostgresStore:
                 )
         if done is None:
             raise self._lost(index)
+        self._held.discard(index)
 
     async def take_over(self) -> tuple[int, GenerationRequest | None, str | None] | None:
         """Claim an input no live worker holds and nobody settled in this run.
@@ -1057,14 +1063,18 @@ class PostgresStore:
                 row = await connection.fetchrow(
                     # A scalar subquery runs once; a joined one may be run
                     # again for every row and take them all.
+                    # An input this worker owns and does not hold was taken
+                    # by a try whose answer was lost: it is taken again.
                     "UPDATE banana_entries SET owner = $3 WHERE batch = $1 AND idx = (SELECT"
                     " e.idx FROM banana_entries e WHERE e.batch = $1 AND e.settled_run IS"
-                    f" DISTINCT FROM $2 AND {_ORPHAN} ORDER BY e.idx LIMIT 1"
+                    f" DISTINCT FROM $2 AND ({_ORPHAN} OR (e.owner = $3 AND"
+                    " e.idx <> ALL($4::bigint[]))) ORDER BY e.idx LIMIT 1"
                     " FOR UPDATE SKIP LOCKED)"
                     " RETURNING idx, request, raw_input",
                     self.batch,
                     self._run,
                     self.worker,
+                    sorted(self._held),
                 )
                 if row is None:
                     holders = await connection.fetch(
@@ -1088,6 +1098,7 @@ class PostgresStore:
                 logger.info(
                     "journal %s: worker %s takes over input %d", self.name, self.worker, row["idx"]
                 )
+                self._held.add(int(row["idx"]))
                 return int(row["idx"]), request, row["raw_input"]
             if not holders:
                 return None
