@@ -100,6 +100,27 @@ def crash(session: nox.Session) -> None:
     )
 
 
+@nox.session(python=MAIN_PYTHON, default=False, name="pg-restarts")
+def pg_restarts(session: nox.Session) -> None:
+    """Postgres restarts under many records in flight, over 30 seeds (not run by default).
+
+    The regular suite runs one seed; set ``BANANA_PG_RESTART_SEEDS`` (a
+    comma-separated list) to replay others. Needs Postgres.
+    """
+    session.install(".[test]")
+    seeds = ",".join(str(seed) for seed in range(1, 31))
+    session.run(
+        "pytest",
+        "-p",
+        "no:randomly",
+        "tests/test_journal_postgres.py",
+        "-k",
+        "restarts_during_many_records",
+        *session.posargs,
+        env={"BANANA_PG_RESTART_SEEDS": seeds},
+    )
+
+
 @nox.session(python=MAIN_PYTHON, default=False)
 def signals(session: nox.Session) -> None:
     """SIGTERM and SIGINT, twice, at each moment of a paced batch, 30 rounds (not by default).

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 
 from banana_async._checks import count_problem, error_text
+from banana_async._logging import RAISED_LATER
 from banana_async._polling import check_interval, check_timeout
 from banana_async.errors import (
     APIConnectionError,
@@ -428,11 +429,31 @@ class _Batch:
             if self.journal_error is None:
                 self.journal_error = exc
                 logger.error(
-                    "journal %s failed (%s); creating no more tasks", journal.name, error_text(exc)
+                    "journal %s failed (%s); creating no more tasks",
+                    journal.name,
+                    error_text(exc),
+                    # The caller gets it as the batch's JournalError too: the
+                    # CLI prints that one line alone (see cli.output).
+                    extra={RAISED_LATER: True},
                 )
                 self.demand_changed.set()
                 self.report_journal_failure()
             raise _JournalBroke from exc
+
+    async def holds(self, index: int, task_id: str) -> bool:
+        """Whether the journal holds ``task_id`` for ``index`` after all (a failed record).
+
+        A record whose answer was lost may have been made (the database
+        committed it, then the connection broke): such a task is not lost.
+        """
+        journal = self.journal
+        if journal is None:
+            return False
+        try:
+            entry = await journal.get(index)
+        except Exception:  # the journal is broken: the id is listed, to be safe
+            return False
+        return entry is not None and entry.task_id == task_id
 
     def lost_id(self, index: int, task_id: str) -> None:
         """Remember (and log at once) a created task the journal could not record."""
@@ -801,7 +822,8 @@ class _Batch:
         try:
             await self.jot(lambda j: j.record_created(index, task))
         except _JournalBroke:
-            self.lost_id(index, task.id)
+            if not await self.holds(index, task.id):
+                self.lost_id(index, task.id)
             raise
         finally:
             self.creating -= 1
@@ -842,7 +864,7 @@ class _Batch:
                 await self.jot(lambda j: j.record_error(index, request, error))
         except _JournalBroke:
             task_id = _carried_id(error)
-            if task_id is not None:
+            if task_id is not None and not await self.holds(index, task_id):
                 self.lost_id(index, task_id)
             raise
 

@@ -20,13 +20,27 @@ import sys
 from collections.abc import Mapping
 from typing import Final
 
-__all__ = ["LOG_ENV", "LOG_FORMAT", "env_handler", "install_from_env", "level_from_env"]
+__all__ = [
+    "LOG_ENV",
+    "LOG_FORMAT",
+    "RAISED_LATER",
+    "env_handler",
+    "install_from_env",
+    "level_from_env",
+]
 
 LOG_ENV: Final = "BANANA_LOG"
 """The environment variable read at import: ``debug``, ``info``, ``warning`` or ``error``."""
 
 LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 """The format of the lines the handler writes."""
+
+RAISED_LATER: Final = "banana_async_raised_later"
+"""A record attribute (set through ``extra``): the caller gets the same failure as an exception.
+
+The command line, which prints that exception as its one ``error:`` line,
+leaves such records out of its plain (not ``-v``) output.
+"""
 
 _LEVELS: Final = {
     "debug": logging.DEBUG,

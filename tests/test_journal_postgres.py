@@ -11,15 +11,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 import pytest
@@ -27,6 +31,8 @@ import pytest
 import banana_async as ba
 from banana_async.cli import main
 from banana_async.journal import EntryState, Journal, JournalEntry, PostgresStore
+from banana_async.journal import postgres as postgres_module
+from banana_async.journal._entries import canonical_request
 from banana_async.journal.postgres import redact_url
 from banana_async.testing import FakeBananaServer, Fault, TaskScript
 
@@ -40,6 +46,8 @@ WORKER = Path(__file__).with_name("_pg_worker.py")
 # fails with a message instead of hanging (they say nothing about speed).
 _LOOKS = 6000
 _LOOK_PAUSE = 0.05
+# Names of roles and databases of one test alone (the tests share one cluster).
+_roles = itertools.count()
 
 
 def _prompts(tmp_path: Path, count: int) -> Path:
@@ -712,7 +720,8 @@ async def test_a_worker_says_whose_lease_it_waits_for(
     assert server.count("create") == 2
     # Its share is told as a share, with no time left to guess.
     assert "2/2 (this worker's share)" in err
-    assert f"this worker ran 2 of the 2 inputs of batch '{batch_name}'" in err
+    assert f"this worker ran all 2 inputs of batch '{batch_name}'" in err
+    assert "the rest" not in err  # there was none
     assert "ETA" not in err
 
 
@@ -788,3 +797,263 @@ async def test_a_database_that_never_answers_names_the_timeout() -> None:
                 batch="b",
                 connect_timeout=0.5,
             )
+
+
+# Seeds of the restarts below: each picks when the database stops (after how
+# many creates) and for how long; a failure names its seed, to replay it with
+# BANANA_PG_RESTART_SEEDS=SEED. `nox -s pg-restarts` runs 30 of them.
+_RESTART_SEEDS = tuple(
+    int(seed) for seed in os.environ.get("BANANA_PG_RESTART_SEEDS", "7").split(",")
+)
+
+
+@pytest.mark.parametrize("seed", _RESTART_SEEDS)
+async def test_restarts_during_many_records_are_ridden_out(
+    seed: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    rng = random.Random(seed)
+    prompts = [f"dog {i}" for i in range(240)]
+    # Three restarts, each once a seeded share of the creates went out, so
+    # that the stop lands while dozens of records are on their way.
+    marks = sorted(rng.sample(range(20, 200), 3))
+    with new_cluster() as cluster:
+        async with (
+            FakeBananaServer(api_key=API_KEY, duration=0.02) as server,
+            ba.BananaClient(API_KEY, base_url=server.url, poll_interval=0.02) as client,
+            await PostgresStore.open(cluster.url, batch="restarts", lease=30) as store,
+        ):
+            run = client.generate_many(prompts, concurrency=40, journal=store)
+            async with _reading(run) as (reader, outcomes):
+                for mark in marks:
+
+                    def enough(mark: int = mark) -> bool:
+                        return server.count("create") >= mark
+
+                    await _until(enough, f"{mark} creates")
+                    await asyncio.to_thread(cluster.stop)
+                    await asyncio.sleep(rng.uniform(0.1, 1.0))
+                    await asyncio.to_thread(cluster.start)
+                await reader
+            counts = await store.counts()
+    assert sorted(o.index for o in outcomes) == list(range(len(prompts))), seed
+    assert all(o.ok for o in outcomes), [str(o.error) for o in outcomes if not o.ok][:3]
+    assert sorted(_creates(server)) == sorted(prompts)  # each created once
+    assert counts == {EntryState.COMPLETED: len(prompts)}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback
+
+
+async def _admin(url: str, *statements: str) -> None:
+    import asyncpg  # here: a machine without the extra still collects the module
+
+    connection = await asyncpg.connect(url)
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+def _as_user(url: str, user: str, database: str | None = None) -> str:
+    parts = urlsplit(url)
+    path = parts.path if database is None else f"/{database}"
+    return urlunsplit((parts.scheme, f"{user}@{parts.hostname}:{parts.port}", path, "", ""))
+
+
+async def test_a_read_only_role_reads_a_batch(
+    postgres_url: str, batch_name: str, tmp_path: Path
+) -> None:
+    role = f"reader{next(_roles)}"
+    async with await PostgresStore.open(postgres_url, batch=batch_name) as worker:
+        assert await worker.claim(0, _request("a cat"))
+        await worker.record_sending(0, _request("a cat"))
+    # SELECT on the three tables, and nothing else (no CREATE on the schema).
+    await _admin(
+        postgres_url,
+        f"CREATE ROLE {role} LOGIN",
+        f"GRANT SELECT ON banana_batches, banana_workers, banana_entries TO {role}",
+    )
+    reader_url = _as_user(postgres_url, role)
+    async with await PostgresStore.open(reader_url, batch=batch_name, join=False) as reader:
+        assert reader.read_only
+        assert [e.index for e in await reader.entries()] == [0]
+        assert await reader.counts() == {EntryState.SENDING: 1}
+        assert await reader.workers() == []
+    async with FakeBananaServer(api_key=API_KEY) as server:
+        code, out, err = await _cli("journal", reader_url, "--batch", batch_name, server=server)
+    assert code == 0, err
+    assert "1 inputs recorded: 1 sending" in out
+    assert "warning" not in err  # closing wrote nothing (it could not)
+
+
+async def test_reading_where_there_are_no_tables_says_there_are_no_batches(
+    postgres_url: str,
+) -> None:
+    number = next(_roles)
+    role, database = f"reader{number}", f"empty{number}"
+    await _admin(postgres_url, f"CREATE ROLE {role} LOGIN", f"CREATE DATABASE {database}")
+    url = _as_user(postgres_url, role, database)
+    with pytest.raises(ba.JournalError, match="no batches here") as caught:
+        await PostgresStore.open(url, batch="lease5", join=False)
+    assert str(caught.value).count("lease5") == 1
+    # Nothing was created by the look.
+    with pytest.raises(ba.JournalError, match="no batches here"):
+        await PostgresStore.open(
+            _as_user(postgres_url, "postgres", database), batch="x", join=False
+        )
+
+
+async def test_a_refused_read_says_read_and_names_the_batch_once(
+    postgres_url: str, batch_name: str
+) -> None:
+    role = f"reader{next(_roles)}"
+    async with await PostgresStore.open(postgres_url, batch=batch_name):
+        pass
+    await _admin(postgres_url, f"CREATE ROLE {role} LOGIN")  # no SELECT at all
+    async with FakeBananaServer(api_key=API_KEY) as server:
+        code, _, err = await _cli(
+            "journal", _as_user(postgres_url, role), "--batch", batch_name, server=server
+        )
+    assert code == 3, err
+    assert f"cannot read batch '{batch_name}'" in err
+    assert "permission denied" in err
+    assert "join" not in err
+    assert err.count(batch_name) == 1
+
+
+async def test_the_lease_wait_is_told_once_and_then_every_period(
+    postgres_url: str,
+    batch_name: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Shorter than in production (1 s, not 10; looks every 0.1 s, not 1),
+    # so that a short real wait holds many looks and several periods.
+    monkeypatch.setattr(postgres_module, "_WAIT_NOTE_EVERY", 1.0)
+    monkeypatch.setattr(postgres_module, "_SWEEP_PAUSE", 0.1)
+    caplog.set_level(logging.INFO)
+    prompts = [f"cow {i}" for i in range(6)]
+    async with (
+        await PostgresStore.open(postgres_url, batch=batch_name) as holder,
+        await PostgresStore.open(postgres_url, batch=batch_name) as waiter,
+        FakeBananaServer(api_key=API_KEY) as server,
+        ba.BananaClient(API_KEY, base_url=server.url) as client,
+    ):
+        for index, prompt in enumerate(prompts):
+            assert await holder.claim(index, _request(prompt))
+        started = time.monotonic()
+        async with _reading(client.generate_many(prompts, journal=waiter)) as (reader, outcomes):
+            # A live worker making progress: its count goes down at every look.
+            for index in range(len(prompts)):
+                await asyncio.sleep(0.4)
+                await holder.settle(index)
+            await reader
+        waited = time.monotonic() - started
+    assert outcomes == []  # all settled by the other worker
+    said = [r for r in caplog.records if "waits for worker" in r.getMessage()]
+    assert said, "the wait was never told"
+    assert all(holder.worker in r.getMessage() for r in said)
+    # Once, then once a period at most: never once a look (24 looks).
+    assert len(said) <= waited / 1.0 + 1, (len(said), waited)
+    assert server.count("create") == 0
+
+
+class _AnswerLost(PostgresStore):
+    """A store whose second ``created`` record is made and then fails (its answer lost)."""
+
+    failed = False
+
+    async def record_created(self, index: int, task: ba.Task) -> None:
+        await super().record_created(index, task)
+        if index == 1 and not self.failed:
+            self.failed = True
+            raise ba.JournalError("the answer was lost", path=self.name)
+
+
+async def test_a_record_made_before_its_failure_is_no_lost_task(
+    postgres_url: str, batch_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with (
+        _held_provider() as (server, client, hold),
+        await _AnswerLost.open(postgres_url, batch=batch_name) as store,
+    ):
+        run = client.generate_many(["a", "b", "c"], concurrency=3, journal=store)
+        async with _reading(run) as (reader, _):
+            await _until(lambda: store.failed, "the record fails")
+            hold.release()
+            with pytest.raises(ba.JournalError, match="the answer was lost") as caught:
+                await reader
+        recorded = await store.get(1)
+    assert recorded is not None
+    assert recorded.task_id is not None
+    # The journal holds it: it is not reported as a task to note by hand.
+    assert caught.value.unrecorded == {}
+    assert "not in the journal" not in str(caught.value)
+    assert not [r for r in caplog.records if "not in the journal" in r.getMessage()]
+    assert server.count("create") >= 2
+
+
+async def test_a_journal_failure_is_one_error_line(tmp_path: Path) -> None:
+    prompts = _prompts(tmp_path, 50)
+    with new_cluster() as cluster:
+        # Tasks that take a while: two in flight when the database stops.
+        async with FakeBananaServer(api_key=API_KEY, duration=0.5) as server:
+            worker = asyncio.create_task(
+                _cli(
+                    "batch",
+                    str(prompts),
+                    "--out",
+                    str(tmp_path / "out"),
+                    "--journal",
+                    cluster.url,
+                    "--batch",
+                    "one-line",
+                    "--lease",
+                    "2",
+                    "--concurrency",
+                    "2",
+                    "--poll-interval",
+                    "0.05",
+                    server=server,
+                )
+            )
+            try:
+                await _until(lambda: server.count("create") >= 2, "two tasks created")
+                # Down for good: the worker's lease runs out, its batch fails.
+                await asyncio.to_thread(cluster.stop)
+            finally:
+                code, _, err = await worker
+    assert code == 3, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err
+    assert "no task was created after that" in errors[0]
+
+
+async def test_an_input_taken_by_a_try_whose_answer_was_lost_is_taken_again(
+    postgres_url: str, batch_name: str
+) -> None:
+    async with await PostgresStore.open(postgres_url, batch=batch_name) as worker:
+        assert await worker.claim(0, _request("a cat"))
+        # What a take-over whose commit went through, and whose answer was
+        # lost with its connection, leaves: the row is the worker's, and the
+        # worker never heard of it (it sent the statement again).
+        import asyncpg  # here: a machine without the extra still collects the module
+
+        connection = await asyncpg.connect(postgres_url)
+        try:
+            await connection.execute(
+                "INSERT INTO banana_entries (batch, idx, request, updated_at, owner)"
+                " VALUES ($1, 1, $2, 0, $3)",
+                batch_name,
+                canonical_request(_request("a dog")),
+                worker.worker,
+            )
+        finally:
+            await connection.close()
+        taken = await worker.take_over()
+        assert taken is not None
+        assert taken[:2] == (1, _request("a dog"))
+        await worker.settle(0)
+        await worker.settle(1)
+        assert await worker.take_over() is None  # held ones are not taken twice

@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 import attrs
 
 from banana_async._checks import error_message
-from banana_async._logging import LOG_FORMAT, StderrHandler, env_handler, level_from_env
+from banana_async._logging import (
+    LOG_FORMAT,
+    RAISED_LATER,
+    StderrHandler,
+    env_handler,
+    level_from_env,
+)
 from banana_async.dialects import ResolutionIgnoredWarning
 
 if TYPE_CHECKING:
@@ -290,6 +296,8 @@ def _warnings_as_lines() -> Iterator[None]:
         return
     handler = StderrHandler(logging.WARNING)
     handler.setFormatter(_LevelPrefix("%(message)s"))
+    # A failure the command is about to print as its own "error:" line.
+    handler.addFilter(lambda record: not getattr(record, RAISED_LATER, False))
     logger.addHandler(handler)
     try:
         yield

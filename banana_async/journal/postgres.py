@@ -84,6 +84,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from banana_async._checks import error_message as error_text
 from banana_async._convert import CONVERTER
+from banana_async._logging import RAISED_LATER
 from banana_async.errors import JournalError
 from banana_async.journal._entries import (
     JournalEntry,
@@ -266,6 +267,24 @@ def _connection_lost(exc: BaseException) -> bool:
     """
     import asyncpg  # noqa: PLC0415 - loaded by open() already
 
+    # A statement's failure may come out as another one, raised by what ran
+    # on the broken connection after it (the transaction's ROLLBACK, the
+    # pool's reset): the lost connection is then in the chain.
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if cause is not exc and _connection_lost(cause):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, asyncpg.InternalClientError) and "cannot switch to state" in str(exc):
+        # The server's last word on its way down (a FATAL "terminating
+        # connection") arrived between two statements: asyncpg leaves the
+        # connection waiting for a "ready" that never comes, and refuses the
+        # next statement on it (a COMMIT, a ROLLBACK, the pool's reset)
+        # with this. The connection is dropped by the pool; the
+        # transaction died with the server's session, so it is tried again.
+        return True
     if isinstance(exc, OSError):  # refused, reset, timed out (TimeoutError is one)
         return True
     if isinstance(
@@ -362,6 +381,9 @@ class PostgresStore:
         # WARNING and the one INFO of an outage.
         self._down_since: float | None = None
         self._joined = False
+        # The inputs this worker claimed and has not settled: a row it owns
+        # that is not here was taken by a statement whose answer was lost.
+        self._held: set[int] = set()
 
     @classmethod
     async def open(
@@ -375,6 +397,9 @@ class PostgresStore:
         connect_timeout: float = CONNECT_TIMEOUT,
     ) -> Self:
         """Connect, create the tables if missing, and join batch ``batch`` as a new worker.
+
+        A store that only reads (``join=False``) creates nothing and needs only
+        SELECT on the three tables.
 
         Args:
             url: A ``postgresql://`` URL, as asyncpg takes it.
@@ -437,7 +462,8 @@ class PostgresStore:
                 what = (
                     f"cannot connect to the journal {redact_url(url)}"
                     if _connection_lost(exc)
-                    else f"cannot join batch {batch!r} in {store.name}"
+                    else f"cannot {'join' if join else 'read'} batch {batch!r} in the journal "
+                    f"{redact_url(url)}"
                 )
                 why = error_text(exc)
                 if isinstance(exc, TimeoutError):
@@ -488,18 +514,27 @@ class PostgresStore:
 
     async def _join(self, *, join: bool) -> None:
         started = time.monotonic()
-        async with self._pool.acquire() as connection, connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
-            for statement in (*_SCHEMA, *_MIGRATIONS):
-                await connection.execute(statement)
-            if not join:
+        if not join:
+            # Reading needs SELECT on the tables and nothing more: no lock,
+            # no CREATE (a read-only role has no right to either).
+            async with self._pool.acquire() as connection:
+                if await connection.fetchval("SELECT to_regclass('banana_batches')") is None:
+                    raise JournalError(
+                        f"no batch named {self.batch!r} in the journal {self._url} (no batches "
+                        "here: it has no banana_batches table in its search path)",
+                        path=self.name,
+                    )
                 run = await connection.fetchval(
                     "SELECT run FROM banana_batches WHERE name = $1", self.batch
                 )
                 if run is None:
                     raise await self._unknown(connection)
-                self._run = int(run)
-                return
+            self._run = int(run)
+            return
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+            for statement in (*_SCHEMA, *_MIGRATIONS):
+                await connection.execute(statement)
             await connection.execute(
                 "INSERT INTO banana_batches (name) VALUES ($1) ON CONFLICT DO NOTHING", self.batch
             )
@@ -579,6 +614,8 @@ class PostgresStore:
                     "its inputs, and it creates nothing more (its records now fail)",
                     self.name,
                     self.worker,
+                    # Its next record fails with a JournalError that says so.
+                    extra={RAISED_LATER: True},
                 )
                 self._lease_until = 0.0  # every later statement fails at once
                 return
@@ -862,18 +899,25 @@ class PostgresStore:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
+
+        async def give_back(connection: Any) -> None:
+            await connection.execute(
+                "UPDATE banana_entries SET owner = NULL WHERE batch = $1 AND owner = $2",
+                self.batch,
+                self.worker,
+            )
+            await connection.execute(
+                "DELETE FROM banana_workers WHERE batch = $1 AND id = $2", self.batch, self.worker
+            )
+
         try:
-            async with self._pool.acquire() as connection, connection.transaction():
-                await connection.execute(
-                    "UPDATE banana_entries SET owner = NULL WHERE batch = $1 AND owner = $2",
-                    self.batch,
-                    self.worker,
-                )
-                await connection.execute(
-                    "DELETE FROM banana_workers WHERE batch = $1 AND id = $2",
-                    self.batch,
-                    self.worker,
-                )
+            # A reader holds nothing (and may have no right to write); a
+            # worker whose lease ran out holds nothing any more either.
+            if self._joined and self._lease_until > time.monotonic():
+                # Through a restart too, while the lease lasts.
+                await self._retrying(give_back, transaction=True)
+        except JournalError:
+            pass  # the lease ran out while the database was away: nothing is held
         except Exception as exc:
             # The lease runs out by itself: the inputs are taken over later.
             logger.warning(
@@ -966,6 +1010,8 @@ class PostgresStore:
 
         self._check_open()
         claimed, _ = await self._retrying(claim, transaction=True)
+        if claimed:
+            self._held.add(index)
         return claimed
 
     async def settle(self, index: int) -> None:
@@ -997,6 +1043,7 @@ class PostgresStore:
                 )
         if done is None:
             raise self._lost(index)
+        self._held.discard(index)
 
     async def take_over(self) -> tuple[int, GenerationRequest | None, str | None] | None:
         """Claim an input no live worker holds and nobody settled in this run.
@@ -1010,20 +1057,24 @@ class PostgresStore:
             valid request), and its text in that case.
         """
         pause = min(_SWEEP_PAUSE, self.lease / 3)
-        said: tuple[Any, float] | None = None
+        said: float | None = None
         while True:
             async with self._connection() as connection:
                 row = await connection.fetchrow(
                     # A scalar subquery runs once; a joined one may be run
                     # again for every row and take them all.
+                    # An input this worker owns and does not hold was taken
+                    # by a try whose answer was lost: it is taken again.
                     "UPDATE banana_entries SET owner = $3 WHERE batch = $1 AND idx = (SELECT"
                     " e.idx FROM banana_entries e WHERE e.batch = $1 AND e.settled_run IS"
-                    f" DISTINCT FROM $2 AND {_ORPHAN} ORDER BY e.idx LIMIT 1"
+                    f" DISTINCT FROM $2 AND ({_ORPHAN} OR (e.owner = $3 AND"
+                    " e.idx <> ALL($4::bigint[]))) ORDER BY e.idx LIMIT 1"
                     " FOR UPDATE SKIP LOCKED)"
                     " RETURNING idx, request, raw_input",
                     self.batch,
                     self._run,
                     self.worker,
+                    sorted(self._held),
                 )
                 if row is None:
                     holders = await connection.fetch(
@@ -1047,17 +1098,21 @@ class PostgresStore:
                 logger.info(
                     "journal %s: worker %s takes over input %d", self.name, self.worker, row["idx"]
                 )
+                self._held.add(int(row["idx"]))
                 return int(row["idx"]), request, row["raw_input"]
             if not holders:
                 return None
             said = self._say_waiting(holders, said)
             await asyncio.sleep(pause)
 
-    def _say_waiting(self, holders: list[Any], said: tuple[Any, float] | None) -> tuple[Any, float]:
-        """Log at INFO whom this worker waits for: when that changes, and every 10 s."""
+    def _say_waiting(self, holders: list[Any], said: float | None) -> float:
+        """Log at INFO whom this worker waits for: once, then every 10 s (when it last said so).
+
+        Not again when only the counts change: a live worker settles its
+        inputs one by one, and each would be another line.
+        """
         now = time.monotonic()
-        who = tuple((row["owner"], int(row["inputs"])) for row in holders)
-        if said is not None and said[0] == who and now - said[1] < _WAIT_NOTE_EVERY:
+        if said is not None and now - said < _WAIT_NOTE_EVERY:
             return said
         for row in holders:
             if row["owner"] is None:
@@ -1072,7 +1127,7 @@ class PostgresStore:
                 row["inputs"],
                 left,
             )
-        return who, now
+        return now
 
     # -- reading the whole batch --------------------------------------------------------
 

@@ -363,12 +363,17 @@ def _summary(
         f"{stats.failed} failed; images in {out}, list in {out / MANIFEST}"
     )
     if stats.shared:
-        of = f" of the {stats.total}" if stats.total is not None else ""
-        to_stderr(
-            f"this worker ran {stats.finished}{of} inputs of batch {args.batch!r}; the other "
-            "workers ran the rest. The whole batch: banana-async journal "
-            f"{redact_url(args.journal)} --batch {args.batch}"
-        )
+        whole = f"banana-async journal {redact_url(args.journal)} --batch {args.batch}"
+        if stats.total is not None and stats.finished >= stats.total:
+            # No rest for other workers to have run.
+            ran = f"this worker ran all {stats.total} inputs of batch {args.batch!r}"
+        else:
+            of = f" of the {stats.total}" if stats.total is not None else ""
+            ran = (
+                f"this worker ran {stats.finished}{of} inputs of batch {args.batch!r}; "
+                "the other workers ran the rest"
+            )
+        to_stderr(f"{ran}. The whole batch: {whole}")
     if gallery is not None:
         to_stderr(gallery_line(gallery))
     for folder, count in sorted(elsewhere.items()):
