@@ -36,7 +36,9 @@ MAIN_PYTHON = "3.11"
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """Run the test suite (pytest options come from pyproject.toml)."""
-    session.install(".[test]")
+    # The bench extra too: tests/test_bench_plots.py draws the charts with
+    # matplotlib (skipped without it locally, an error under CI).
+    session.install(".[test,bench]")
     session.run("pytest", *session.posargs)
 
 

@@ -600,7 +600,8 @@ def test_demo_json_in_process(
     code, out, err = run_main(capsys, *argv)
     assert code == 0, err
     assert err == ""
-    records = json_lines(out)
+    *records, gallery = json_lines(out)  # the page's object comes last
+    assert gallery["gallery"] == str(tmp_path / "index.html")
     assert sorted(r["index"] for r in records) == [0, 1, 2]
     assert [r["expected_failure"] for r in sorted(records, key=lambda r: r["index"])] == [
         False,

@@ -505,3 +505,39 @@ async def test_batch_from_a_pipe_and_ctrl_c_while_the_pipe_is_open(tmp_path: Pat
         assert proc.returncode == 130
         assert "Traceback" not in err.decode()
         assert server.count("create") == 2
+
+
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_bidi_controls_in_prompts_and_errors_reach_the_terminal_escaped(
+    capsys: pytest.CaptureFixture[str], env: ServerThread, tmp_path: Path, as_json: bool
+) -> None:
+    # "Trojan Source": a right-to-left override shows "a cat exe.txt" as
+    # "a cat txt.exe"; the terminal gets the escapes, never the controls.
+    cat = "a cat \u202etxt.exe\u202c"
+    dog = "a dog \u2066" + BIDI + "\u2069"
+    env.run(lambda: setattr(env.server, "script_for", fail_prompts(dog)))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"{cat}\n{dog}\n", encoding="utf-8")
+    flags = ["--json"] if as_json else []
+    code, out, err = run_main(
+        capsys, *flags, "batch", str(prompts), "--out", str(tmp_path / "o"), *FAST
+    )
+    assert code == 1
+    for char in BIDI + "\u2028\u2029":
+        assert char not in out + err
+    if as_json:
+        # Still JSON, and the prompts read back as they were.
+        assert {r["prompt"] for r in json_lines(out)} == {cat, dog}
+    else:
+        assert '"a cat \\u202etxt.exe\\u202c"' in out
+        assert "\\u2066\\u202a\\u202b" in out
+    # The task of the dog failed with the provider's error: the same on stderr.
+    env.run(lambda: env.server.plan(TaskScript(duration=0.0, outcome="fail", error=dog)))
+    code, out, err = run_main(capsys, *flags, "generate", "a cat", "--out", str(tmp_path), *FAST)
+    assert code == 1
+    for char in BIDI:
+        assert char not in out + err
+    assert "\\u2066\\u202a" in out + err

@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import builtins
 import contextlib
 import functools
+import inspect
 import re
+import symtable
 import threading
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -219,3 +222,75 @@ def test_a_broken_block_fails_its_page(
     finally:
         loop.run_until_complete(client.__aexit__(None, None, None))
         loop.close()
+
+
+# Sections whose blocks are meant to be copied one at a time: each one must
+# run alone, without the page's earlier blocks or the names set above.
+SELF_CONTAINED = [("docs/testing.md", "Fault profiles")]
+
+
+def section_blocks(page: str, heading: str) -> list[Block]:
+    """The runnable blocks under ``## heading`` of ``page``, up to the next ``## ``."""
+    path = ROOT / page
+    text = path.read_text(encoding="utf-8")
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    first = text.count("\n", 0, start)
+    last = text.count("\n", 0, end) if end != -1 else len(text.splitlines())
+    found = [
+        block
+        for block in blocks_of(path)
+        if block.runs and first < int(block.where.rpartition(":")[2]) <= last
+    ]
+    assert found, f"no Python block under '## {heading}' in {page}"
+    return found
+
+
+def undefined_names(code: str) -> set[str]:
+    """The names a block reads that it neither defines nor imports (nor are builtins)."""
+    module = symtable.symtable(code, "<block>", "exec")
+    defined = {
+        symbol.get_name()
+        for symbol in module.get_symbols()
+        if symbol.is_assigned() or symbol.is_imported()
+    }
+    missing = set()
+    tables = [module]
+    while tables:
+        table = tables.pop()
+        tables.extend(table.get_children())
+        for symbol in table.get_symbols():
+            if not symbol.is_referenced():
+                continue
+            outer = table is module or symbol.is_global()
+            name = symbol.get_name()
+            if outer and name not in defined and not hasattr(builtins, name):
+                missing.add(name)
+    return missing
+
+
+SECTION_BLOCKS = [
+    block for page, heading in SELF_CONTAINED for block in section_blocks(page, heading)
+]
+
+
+def test_the_undefined_names_check_finds_them() -> None:
+    code = "import pytest\n\nasync def test_x(client: ba.BananaClient) -> None:\n    use(KEY)\n"
+    assert undefined_names(code) == {"ba", "KEY", "use"}
+
+
+@pytest.mark.parametrize("block", SECTION_BLOCKS, ids=[block.where for block in SECTION_BLOCKS])
+def test_block_runs_alone(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert undefined_names(block.code) == set(), "copied alone, this block fails"
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {"__name__": "docs_block"}
+    exec(compile(block.code, block.where, "exec"), namespace)
+    # A test the block defines that needs no fixture runs too, as pytest would run it.
+    tests = [
+        value
+        for name, value in namespace.items()
+        if name.startswith("test_") and inspect.iscoroutinefunction(value)
+    ]
+    for test in tests:
+        if not inspect.signature(test).parameters:
+            asyncio.run(test())

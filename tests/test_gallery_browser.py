@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from banana_async.cli.gallery import GALLERY, read_gallery
+from banana_async.cli.gallery import GALLERY, MANIFEST, read_gallery
 from tests.test_cli import FAST, ServerThread, env, run_cli, run_main, threaded
 
 if TYPE_CHECKING:
@@ -124,6 +125,16 @@ def test_the_demos_gallery_in_chromium(
     prompts.write_text(EVIL + "\n")
     code, _, err = run_main(capsys, "batch", str(prompts), "--out", str(out), "--gallery", *FAST)
     assert code == 0, err
+    # The batch's image moved into a subfolder (a name to quote), the
+    # manifest told so; the page is written again.
+    *lines, last = (out / MANIFEST).read_text().splitlines()
+    moved = json.loads(last)
+    (out / "a sub folder").mkdir()
+    Path(moved["file"]).rename(out / "a sub folder" / "kite #1.png")
+    moved["file"] = "a sub folder/kite #1.png"
+    (out / MANIFEST).write_text("\n".join([*lines, json.dumps(moved)]) + "\n")
+    code, _, err = run_main(capsys, "gallery", str(out))
+    assert code == 0, err
     assert read_gallery(out).counts()["images"] == 19  # 18 of the demo's, 1 of the batch's
 
     # Another folder (with a space: the URLs are quoted): the page must not
@@ -158,6 +169,10 @@ def _check_the_page(page: Page, path: Path) -> None:
     assert page.evaluate("typeof window.__pwned") == "undefined"
     assert page.locator("img[src=x]").count() == 0
     assert page.locator("#counts").text_content() == "19 images · 2 failed · 0 unconfirmed"
+    runs = page.locator("#runs").text_content() or ""
+    assert runs.startswith("All 2 runs into this folder are shown"), runs
+    assert "19 images in all, 1 of them from the latest run" in runs
+    assert page.locator("img[src='a%20sub%20folder/kite%20%231.png']").count() == 1
     assert "content policy violation" in (page.locator(".list").text_content() or "")
 
     # The filter hides the cards whose prompt lacks the words typed.

@@ -9,6 +9,14 @@ own script and style run: a prompt holding ``<script>`` shows as text.
 
 Reading is lenient where a batch may leave marks: a damaged line (a run
 killed mid-write, an edit by hand) is reported and skipped, never fatal.
+But the page names only image files inside the folder: a manifest edited to
+name an ``.svg``, an ``.html`` or a link to a file outside the folder gets
+that entry listed as refused, not shown, and a ``..`` is never followed.
+
+The manifest keeps every run into the folder (each line says which run
+wrote it), and so does the page: it says how many runs it shows and which
+images the latest one made.
+
 Only the standard library renders the page (:func:`html.escape` and
 :class:`string.Template`).
 """
@@ -25,7 +33,8 @@ import math
 import os
 import secrets
 import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
@@ -38,12 +47,15 @@ from banana_async.errors import InvalidRequestError
 
 __all__ = [
     "GALLERY",
+    "IMAGE_SUFFIXES",
     "MANIFEST",
     "Damaged",
     "Entry",
     "Gallery",
     "gallery_from",
+    "gallery_line",
     "make_gallery",
+    "new_run",
     "read_gallery",
     "render_gallery",
     "warn_damaged",
@@ -55,6 +67,9 @@ GALLERY: Final = "index.html"
 
 MANIFEST: Final = "manifest.jsonl"
 """The file the gallery is made from (the one ``batch`` and ``demo`` append to)."""
+
+IMAGE_SUFFIXES: Final = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
+"""The only files the page shows: what a browser draws as an image, nothing it runs."""
 
 _UNCONFIRMED: Final = "UnconfirmedCreateError"
 
@@ -72,6 +87,7 @@ _TEXT_KEYS: Final = (
     "model",
     "size",
     "resolution",
+    "run",
 )
 _NUMBER_KEYS: Final = ("index", "line")
 
@@ -91,8 +107,13 @@ class Entry:
             (or the run's resume) to the saved image; None if not known.
         error: Why it made no image (None for an image).
         error_type: The error's class name, if recorded.
-        file: The image's file name in the folder, if it is there.
+        file: The image's path inside the folder (``/``-separated, relative
+            to it), if it is there and may be shown.
         from_journal: Whether the run read it from its journal.
+        run: When the run that reported it last started (the manifest's
+            ``run``), if recorded.
+        refused: Why the page does not show the file the manifest names
+            (not an image, or outside the folder), or None.
     """
 
     where: str
@@ -106,6 +127,8 @@ class Entry:
     error_type: str | None
     file: str | None
     from_journal: bool
+    run: str | None = None
+    refused: str | None = None
 
 
 @attrs.frozen
@@ -129,6 +152,12 @@ class Gallery:
         unconfirmed: Inputs whose create was in flight when a run stopped:
             a task may exist (and be billed) that nobody knows the id of.
         damaged: The manifest lines that were skipped.
+        refused: Images whose file the page will not show: not an image
+            type, or not inside the folder (a manifest edited by hand).
+        runs: How many runs wrote the manifest (lines without a ``run``,
+            from older versions, count as one).
+        run: The run whose images :attr:`run_images` counts: the one asked
+            for (the batch or demo that just ran), else the latest.
     """
 
     folder: Path
@@ -137,21 +166,50 @@ class Gallery:
     failed: tuple[Entry, ...]
     unconfirmed: tuple[Entry, ...]
     damaged: tuple[Damaged, ...]
+    refused: tuple[Entry, ...] = ()
+    runs: int = 0
+    run: str | None = None
 
     @property
     def path(self) -> Path:
         """Where the page is (or goes): ``index.html`` in the folder."""
         return self.folder / GALLERY
 
+    @property
+    def run_images(self) -> int:
+        """How many of the images :attr:`run` reported (all of them, if runs are not recorded)."""
+        if self.run is None:
+            return len(self.images)
+        return sum(1 for entry in self.images if entry.run == self.run)
+
     def counts(self) -> dict[str, int]:
-        """How many of each: images, missing, failed, unconfirmed, damaged."""
+        """How many of each: images, missing, failed, unconfirmed, damaged, refused."""
         return {
             "images": len(self.images),
             "missing": len(self.missing),
             "failed": len(self.failed),
             "unconfirmed": len(self.unconfirmed),
             "damaged": len(self.damaged),
+            "refused": len(self.refused),
         }
+
+    def record(self) -> dict[str, Any]:
+        """The page's path and counts, for ``--json``: also ``runs`` and ``run_images``."""
+        return {
+            "gallery": str(self.path),
+            **self.counts(),
+            "runs": self.runs,
+            "run_images": self.run_images,
+        }
+
+
+def new_run() -> str:
+    """The mark of a run that starts now, for the ``run`` of its manifest lines.
+
+    The start time in UTC, to the microsecond: it tells the runs into one
+    folder apart, and the page shows it.
+    """
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def _check(record: Any) -> str | None:
@@ -207,17 +265,42 @@ def _input_key(record: Mapping[str, Any]) -> tuple[Any, ...]:
     return (record.get("index"), record.get("line"), record.get("prompt"))
 
 
-def _entry(record: Mapping[str, Any], folder: Path) -> Entry:
+def _locate(recorded: str, root: Path) -> tuple[str | None, str | None]:
+    """Where in the folder ``root`` (resolved) the file a manifest names is.
+
+    Returns:
+        Its ``/``-separated path relative to ``root`` (None if it is not
+        there), and why it is refused (None if it may be shown).
+    """
+    path = Path(recorded)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return None, f"a file that is not an image ({path.name})"
+    parts = path.parts[1:] if path.anchor else path.parts
+    if ".." in parts:
+        # A run started beside its --out writes "../out/x.png": only what
+        # follows the last ".." can name a place inside the folder.
+        parts = parts[len(parts) - parts[::-1].index("..") :]
+    # The manifest's path is relative to wherever the run was started (or
+    # absolute), and the page must keep working in a copied folder: the
+    # longest end of it that names a file in the folder is the one. No end
+    # holds "..", so none leads out of the folder but through a link.
+    for start in range(len(parts)):
+        candidate = root.joinpath(*parts[start:])
+        if not candidate.is_file():
+            continue
+        if not candidate.resolve().is_relative_to(root):
+            return None, f"a link to a file outside the folder ({path.name})"
+        return "/".join(parts[start:]), None
+    return None, None
+
+
+def _entry(record: Mapping[str, Any], root: Path) -> Entry:
     line, index = record.get("line"), record.get("index")
     where = f"line {line}" if line is not None else f"#{index}" if index is not None else "-"
-    file = None
+    file = refused = None
     recorded = record.get("file")
     if recorded:
-        # By name only: the manifest's path is relative to wherever the run
-        # was started, and the page must keep working in a copied folder.
-        name = Path(recorded).name
-        if name and (folder / name).is_file():
-            file = name
+        file, refused = _locate(recorded, root)
     seconds = record.get("seconds")
     return Entry(
         where=where,
@@ -231,6 +314,8 @@ def _entry(record: Mapping[str, Any], folder: Path) -> Entry:
         error_type=record.get("error_type"),
         file=file,
         from_journal=bool(record.get("from_journal")),
+        run=record.get("run"),
+        refused=refused,
     )
 
 
@@ -241,7 +326,11 @@ def _position(entry: Entry) -> tuple[int, int]:
 
 
 def gallery_from(
-    records: Iterable[Mapping[str, Any]], folder: Path, damaged: Iterable[Damaged] = ()
+    records: Iterable[Mapping[str, Any]],
+    folder: Path,
+    damaged: Iterable[Damaged] = (),
+    *,
+    run: str | None = None,
 ) -> Gallery:
     """Sort a manifest's records into what the page shows.
 
@@ -254,35 +343,56 @@ def gallery_from(
         records: The manifest's records, in file order.
         folder: The output folder (images are looked for there).
         damaged: The lines skipped while reading.
+        run: The run whose images to count apart (see :func:`new_run`);
+            default the one that wrote the last line.
     """
     images: dict[object, Mapping[str, Any]] = {}
     latest: dict[tuple[Any, ...], Mapping[str, Any]] = {}
+    runs: set[str | None] = set()
+    last_run = None
     for number, record in enumerate(records):
         latest[_input_key(record)] = record
+        runs.add(record.get("run"))  # None: the lines of older versions, as one run
+        last_run = record.get("run") or last_run
         if record["ok"]:
             # A hand-made line may lack the task id: then it is its own image.
             images[record.get("task_id") or ("line", number)] = record
-    shown = [_entry(record, folder) for record in images.values()]
-    without = [_entry(record, folder) for record in latest.values() if not record["ok"]]
+    root = folder.resolve()
+    shown = [_entry(record, root) for record in images.values()]
+    without = [_entry(record, root) for record in latest.values() if not record["ok"]]
     return Gallery(
         folder=folder,
         images=tuple(sorted((e for e in shown if e.file is not None), key=_position)),
-        missing=tuple(sorted((e for e in shown if e.file is None), key=_position)),
+        missing=tuple(
+            sorted((e for e in shown if e.file is None and e.refused is None), key=_position)
+        ),
         failed=tuple(sorted((e for e in without if e.error_type != _UNCONFIRMED), key=_position)),
         unconfirmed=tuple(
             sorted((e for e in without if e.error_type == _UNCONFIRMED), key=_position)
         ),
         damaged=tuple(damaged),
+        refused=tuple(sorted((e for e in shown if e.refused is not None), key=_position)),
+        runs=len(runs),
+        run=run if run is not None else last_run,
     )
 
 
-def read_gallery(folder: Path) -> Gallery:
+def read_gallery(folder: Path, *, run: str | None = None) -> Gallery:
     """Read ``folder``'s manifest into what its page shows.
 
+    Args:
+        folder: The ``--out`` folder of a batch or demo.
+        run: The run whose images to count apart (see :func:`gallery_from`).
+
     Raises:
-        InvalidRequestError: the folder or its manifest is missing.
+        InvalidRequestError: the folder or its manifest is missing, or
+            ``folder`` is a file.
         OSError: the manifest cannot be read.
     """
+    if folder.exists() and not folder.is_dir():
+        raise InvalidRequestError(
+            f"{folder} is a file, not a folder (give the --out folder of a batch or demo)"
+        )
     if not folder.is_dir():
         raise InvalidRequestError(f"{folder}: no such folder (give the --out of a batch or demo)")
     manifest = folder / MANIFEST
@@ -292,17 +402,18 @@ def read_gallery(folder: Path) -> Gallery:
             "`banana-async demo` in their --out folder"
         )
     records, damaged = _parse(manifest.read_bytes())
-    return gallery_from(records, folder, damaged)
+    return gallery_from(records, folder, damaged, run=run)
 
 
-def write_gallery(folder: Path) -> Gallery:
+def write_gallery(folder: Path, *, run: str | None = None) -> Gallery:
     """Write ``folder/index.html`` from ``folder/manifest.jsonl``.
 
     The page replaces an earlier one in one step: a browser never sees
-    half a page.
+    half a page. It is readable by its owner only, like the manifest.
 
     Args:
         folder: The ``--out`` folder of a batch or demo.
+        run: The run whose images to count apart (see :func:`gallery_from`).
 
     Returns:
         What the page shows; its :attr:`~Gallery.path` is the page.
@@ -311,13 +422,13 @@ def write_gallery(folder: Path) -> Gallery:
         InvalidRequestError: the folder or its manifest is missing.
         OSError: the manifest cannot be read or the page cannot be written.
     """
-    gallery = read_gallery(folder)
+    gallery = read_gallery(folder, run=run)
     page = render_gallery(gallery).encode("utf-8")
     temporary = folder / f".banana-gallery-{secrets.token_hex(8)}.tmp"
-    # Not mkstemp, whose files are private: the page gets the mode of any
-    # new file under the umask, as the images do.
+    # Owner-only whatever the umask, as the manifest is (open_manifest): the
+    # page lists the same prompts and errors. The rename keeps the mode.
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    fd = os.open(temporary, flags, 0o666)
+    fd = os.open(temporary, flags, 0o600)
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(page)
@@ -339,19 +450,41 @@ def warn_damaged(gallery: Gallery) -> None:
         to_stderr(f"warning: {more} more damaged line(s) skipped, listed on {gallery.path}")
 
 
-async def make_gallery(folder: Path) -> Path | None:
-    """Write the gallery at the end of a batch or demo; return its path, or None.
+async def make_gallery(folder: Path, run: str | None = None) -> Gallery | None:
+    """Write the gallery at the end of a batch or demo; return what it shows, or None.
 
     The batch's work is done and saved by then: a page that cannot be
     written is a warning, not the batch's failure.
+
+    Args:
+        folder: The batch's ``--out``.
+        run: The batch's run (see :func:`new_run`), whose images the
+            summary counts apart.
     """
     try:
-        gallery = await asyncio.to_thread(write_gallery, folder)
+        gallery = await asyncio.to_thread(write_gallery, folder, run=run)
     except (OSError, InvalidRequestError) as exc:
         to_stderr(f"warning: no gallery written: {one_line(exc)}")
         return None
     warn_damaged(gallery)
-    return gallery.path
+    return gallery
+
+
+def gallery_line(gallery: Gallery) -> str:
+    """The summary's line about the page: where it is, and what it shows.
+
+    After a rerun into the same folder the page shows every run's images,
+    more than the summary above it counted: the line says so.
+    """
+    page = gallery.path
+    shows = ""
+    if gallery.runs > 1:
+        shows = (
+            f" (every run into this folder: {_plural(len(gallery.images), 'image')}, "
+            f"{gallery.run_images} from this run)"
+        )
+    # The URL too: many terminals open it on a click.
+    return f"gallery: {page}{shows}; open it in a browser: {page.resolve().as_uri()}"
 
 
 # -- the page -----------------------------------------------------------------------------
@@ -376,7 +509,18 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
-def _facts(entry: Entry) -> str:
+def _started(run: str) -> str:
+    """A run's mark as the page shows it: its start, to the second, in UTC."""
+    try:
+        when = datetime.fromisoformat(run)
+    except ValueError:
+        return run  # a hand-made mark: shown as it is
+    if when.tzinfo is not None:
+        when = when.astimezone(UTC)
+    return when.strftime("%Y-%m-%d %H:%M:%S") + (" UTC" if when.tzinfo is not None else "")
+
+
+def _facts(entry: Entry, latest: str | None = None) -> str:
     size = entry.size or "default"
     if entry.resolution:
         size += f", {entry.resolution}"
@@ -387,19 +531,24 @@ def _facts(entry: Entry) -> str:
         ("time", _seconds(entry.seconds) + (" (from journal)" if entry.from_journal else "")),
         ("input", _text(entry.where)),
     ]
+    if entry.run is not None and latest is not None:
+        # Only when several runs share the page: which one reported it.
+        mark = " (the latest)" if entry.run == latest else ""
+        rows.append(("run", _text(_started(entry.run)) + mark))
     return "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in rows)
 
 
-def _card(entry: Entry) -> str:
+def _card(entry: Entry, latest: str | None) -> str:
     prompt = _text(entry.prompt)
     assert entry.file is not None
-    src = html.escape(quote(entry.file, safe=""), quote=True)
+    # Each part of the path quoted, the "/" between them kept.
+    src = html.escape(quote(entry.file, safe="/"), quote=True)
     return (
         f'<figure class="card" data-prompt="{_text(entry.prompt, "")}">'
         f'<a class="full" href="{src}" target="_blank">'
         f'<img src="{src}" alt="{prompt}" loading="lazy" decoding="async"></a>'
-        f'<figcaption><p class="prompt">{prompt}</p><dl>{_facts(entry)}</dl></figcaption>'
-        "</figure>"
+        f'<figcaption><p class="prompt">{prompt}</p><dl>{_facts(entry, latest)}</dl>'
+        "</figcaption></figure>"
     )
 
 
@@ -412,12 +561,19 @@ def _row(entry: Entry, detail: str) -> str:
     )
 
 
-def _section(title: str, entries: tuple[Entry, ...], detail: str | None = None) -> str:
+def _section(
+    title: str, entries: tuple[Entry, ...], detail: str | Callable[[Entry], str] | None = None
+) -> str:
+    """A list of entries without an image; ``detail`` (HTML) says why, else each one's error."""
     if not entries:
         return ""
-    rows = "".join(
-        _row(entry, _text(entry.error, "failed") if detail is None else detail) for entry in entries
-    )
+
+    def why(entry: Entry) -> str:
+        if detail is None:
+            return _text(entry.error, "failed")
+        return detail if isinstance(detail, str) else detail(entry)
+
+    rows = "".join(_row(entry, why(entry)) for entry in entries)
     return f'<section><h2>{title} ({len(entries)})</h2><ul class="list">{rows}</ul></section>'
 
 
@@ -436,9 +592,29 @@ def _counts(gallery: Gallery) -> str:
     if gallery.missing:
         parts.append(f"{len(gallery.missing)} not in this folder")
     parts += [f"{len(gallery.failed)} failed", f"{len(gallery.unconfirmed)} unconfirmed"]
+    if gallery.refused:
+        parts.append(f"{len(gallery.refused)} refused")
     if gallery.damaged:
         parts.append(_plural(len(gallery.damaged), "damaged manifest line") + " skipped")
     return " · ".join(parts)
+
+
+def _latest(gallery: Gallery) -> str | None:
+    """The latest run's mark, when the page shows more than one run; else None."""
+    return gallery.run if gallery.runs > 1 else None
+
+
+def _runs(gallery: Gallery) -> str:
+    """What the counts cover, when more than one run wrote into the folder."""
+    latest = _latest(gallery)
+    if latest is None:
+        return ""
+    return (
+        f'<p class="runs" id="runs">All {gallery.runs} runs into this folder are shown '
+        "(each run appends to its manifest.jsonl): "
+        f"{_plural(len(gallery.images), 'image')} in all, {gallery.run_images} "
+        f"of them from the latest run, started {_text(_started(latest))}.</p>"
+    )
 
 
 _STYLE: Final = """
@@ -456,6 +632,7 @@ dt{font-weight:600}dd{margin:0;overflow-wrap:anywhere}
 .list{list-style:none;padding:0}.list li{border-left:4px solid #c33;padding:.3em .8em;margin:.6em 0}
 .error{color:#a11;margin:0 0 .3em;overflow-wrap:anywhere}
 .damaged{color:#a60}
+.runs{margin:-.6em 0 1em;color:#444}
 [hidden]{display:none!important}
 dialog{padding:0;border:0;max-width:95vw;max-height:95vh;background:#111}
 dialog img{display:block;max-width:95vw;max-height:90vh}
@@ -530,6 +707,7 @@ _PAGE: Final = string.Template("""<!DOCTYPE html>
 <header>
 <h1>$title</h1>
 <p class="counts" id="counts">$counts</p>
+$runs
 <label>Filter the prompts: <input type="search" id="filter" placeholder="words to look for"
  autocomplete="off"></label><span id="shown"></span>
 </header>
@@ -538,6 +716,7 @@ $images
 $missing
 $failed
 $unconfirmed
+$refused
 $damaged
 </main>
 <dialog id="viewer"><img alt=""><p></p></dialog>
@@ -551,7 +730,8 @@ def render_gallery(gallery: Gallery) -> str:
     """The page for ``gallery`` as HTML text (every manifest string escaped)."""
     images = ""
     if gallery.images:
-        cards = "".join(_card(entry) for entry in gallery.images)
+        latest = _latest(gallery)
+        cards = "".join(_card(entry, latest) for entry in gallery.images)
         images = (
             f"<section><h2>Images ({len(gallery.images)})</h2>"
             f'<div class="grid">{cards}</div></section>'
@@ -563,6 +743,7 @@ def render_gallery(gallery: Gallery) -> str:
         title=_text(f"banana-async gallery: {gallery.folder.resolve().name}"),
         style=_STYLE,
         counts=_counts(gallery),
+        runs=_runs(gallery),
         images=images,
         missing=_section(
             "Images not in this folder",
@@ -572,6 +753,14 @@ def render_gallery(gallery: Gallery) -> str:
         ),
         failed=_section("Failed", gallery.failed),
         unconfirmed=_section("Unconfirmed", gallery.unconfirmed),
+        refused=_section(
+            "Files refused",
+            gallery.refused,
+            lambda entry: (
+                "the page shows only image files (.png, .jpg, .jpeg, .webp, .gif) "
+                f"inside this folder; the manifest names {_text(entry.refused)}"
+            ),
+        ),
         damaged=_damaged(gallery),
         script=_SCRIPT,
     )

@@ -54,19 +54,29 @@ PROMPT_PREVIEW: Final = 32
 logger = logging.getLogger("banana_async")
 
 # Control characters other than newline and tab: a provider's text holding
-# them could move the cursor, clear the screen or set the clipboard.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# them could move the cursor, clear the screen or set the clipboard. And the
+# bidirectional controls (embeddings, overrides, isolates, the marks) and the
+# line and paragraph separators: a prompt holding them could show a line
+# other than the one printed ("Trojan Source"), or break it in two.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 def for_terminal(text: str) -> str:
     r"""``text`` safe to print: control characters and lone surrogates escaped.
 
-    Task ids, status words and error messages come from the provider; a
-    lone surrogate (JSON ``"\ud800"``) cannot even be encoded for output.
+    Task ids, status words and error messages come from the provider, and
+    prompts from whoever wrote the file; a lone surrogate (JSON ``"\ud800"``)
+    cannot even be encoded for output. Control and bidirectional characters
+    are shown as ``\x1b`` or ``\u202e``.
     """
     if not text.isascii():
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
 def to_stdout(text: str) -> None:

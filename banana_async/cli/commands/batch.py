@@ -30,8 +30,16 @@ from banana_async.cli.common import (
     warn_if_password,
 )
 from banana_async.cli.exit_codes import ExitCode
-from banana_async.cli.gallery import make_gallery
-from banana_async.cli.output import Shown, emit, error_of, json_line, prompt_of, to_stderr
+from banana_async.cli.gallery import Gallery, gallery_line, make_gallery, new_run
+from banana_async.cli.output import (
+    Shown,
+    emit,
+    error_of,
+    json_line,
+    prompt_of,
+    to_stderr,
+    to_stdout,
+)
 from banana_async.cli.progress import PROGRESS_INTERVAL, Progress, Stats, duration
 from banana_async.cli.prompt_file import PromptFile, looks_binary, scan
 from banana_async.errors import InvalidRequestError, JournalError, TaskTimeoutError
@@ -47,7 +55,7 @@ if TYPE_CHECKING:
     from banana_async.client import BananaClient
     from banana_async.models import BatchInput, Outcome
 
-__all__ = ["MANIFEST", "STDIN", "manifest_record", "open_manifest", "run"]
+__all__ = ["MANIFEST", "STDIN", "manifest_record", "open_manifest", "run", "tell_gallery"]
 
 MANIFEST: Final = "manifest.jsonl"
 """The file in ``--out`` that gets one JSON line per outcome (appended, run after run)."""
@@ -59,12 +67,18 @@ STDIN: Final = "-"
 _HINT_IDS: Final = 10
 
 
-def manifest_record(shown: Shown) -> dict[str, Any]:
+def manifest_record(shown: Shown, run: str | None = None) -> dict[str, Any]:
     """One outcome as a line of the manifest: index, line, prompt, task, status, file, ...
 
     The keys after ``from_journal`` (what was asked, the time taken, the
-    error's class) came later: the gallery shows them, and reads older
-    manifests without them.
+    error's class, the run) came later: the gallery shows them, and reads
+    older manifests without them.
+
+    Args:
+        shown: The outcome as the command reports it.
+        run: The mark of the run writing the line (see
+            :func:`~banana_async.cli.gallery.new_run`), so that the runs
+            appending to one manifest can be told apart.
     """
     outcome = shown.outcome
     task = outcome.task
@@ -87,6 +101,7 @@ def manifest_record(shown: Shown) -> dict[str, Any]:
         ),
         "seconds": round(shown.seconds, 3) if shown.seconds is not None else None,
         "error_type": shown.error_type,
+        "run": run,
     }
 
 
@@ -185,6 +200,7 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
         defaults=defaults,
         stats=stats,
     )
+    run_mark = new_run()
     elsewhere: Counter[Path] = Counter()
     waiting: list[str] = []
 
@@ -211,10 +227,12 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
     async with Progress(
         stats, label, enabled=show_progress, interval=PROGRESS_INTERVAL
     ) as progress:
-        await _run_batch(args, state, client, prompts, out, progress, stats, show)
-    page = await make_gallery(out) if args.gallery else None
+        await _run_batch(args, state, client, prompts, out, progress, stats, show, run=run_mark)
+    gallery = await make_gallery(out, run=run_mark) if args.gallery else None
     if show_progress:
-        _summary(args, stats, out, elsewhere, page)
+        _summary(args, stats, out, elsewhere, gallery)
+    elif gallery is not None:
+        tell_gallery(args, gallery)
     if waiting and not args.json:
         named = waiting[:_HINT_IDS]
         more = (
@@ -250,6 +268,8 @@ async def _run_batch(  # noqa: PLR0917 - the pieces run() prepared
     progress: Progress,
     stats: Stats,
     show: Callable[[Outcome], Shown],
+    *,
+    run: str,
 ) -> None:
     """Open the journal, the manifest and the client, in that order, and run the batch."""
     async with contextlib.AsyncExitStack() as stack:
@@ -278,7 +298,7 @@ async def _run_batch(  # noqa: PLR0917 - the pieces run() prepared
         state.manifest = manifest.name
 
         def report(shown: Shown) -> None:
-            manifest.write(json_line(manifest_record(shown)) + "\n")
+            manifest.write(json_line(manifest_record(shown, run)) + "\n")
             manifest.flush()
             emit(args, shown)
 
@@ -330,7 +350,7 @@ def _summary(
     stats: Stats,
     out: Path,
     elsewhere: Counter[Path],
-    page: Path | None,
+    gallery: Gallery | None,
 ) -> None:
     to_stderr(
         f"{stats.finished} inputs in {duration(stats.elapsed())}: {stats.ok} done, "
@@ -343,11 +363,24 @@ def _summary(
             "workers ran the rest. The whole batch: banana-async journal "
             f"{redact_url(args.journal)} --batch {args.batch}"
         )
-    if page is not None:
-        to_stderr(f"gallery: {page}; open it in a browser: {page.resolve().as_uri()}")
+    if gallery is not None:
+        to_stderr(gallery_line(gallery))
     for folder, count in sorted(elsewhere.items()):
         # A rerun with another --out: what an earlier run saved stays put.
         to_stderr(
             f"{count} image(s) saved by an earlier run stay in {folder} "
             "(nothing was downloaded again)"
         )
+
+
+def tell_gallery(args: argparse.Namespace, gallery: Gallery) -> None:
+    """Where the page is, under ``--json`` or ``--quiet`` (the summary says it otherwise).
+
+    ``--json``: one more line on stdout, the object ``banana-async gallery
+    --json`` prints (``gallery``, the counts, ``runs``, ``run_images``);
+    ``--quiet``: the summary's line on stderr, keeping stdout to the failures.
+    """
+    if args.json:
+        to_stdout(json_line(gallery.record()))
+    else:
+        to_stderr(gallery_line(gallery))

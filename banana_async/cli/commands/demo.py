@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from banana_async.cli.commands.batch import manifest_record, open_manifest
+from banana_async.cli.commands.batch import manifest_record, open_manifest, tell_gallery
 from banana_async.cli.common import (
     RunState,
     check_defaults,
@@ -22,11 +22,11 @@ from banana_async.cli.common import (
     request_defaults,
 )
 from banana_async.cli.exit_codes import ExitCode
-from banana_async.cli.gallery import make_gallery
+from banana_async.cli.gallery import gallery_line, make_gallery, new_run
 from banana_async.cli.output import Shown, emit, error_of, json_line, prompt_of, to_stdout
 from banana_async.cli.progress import Progress, Stats, duration
 from banana_async.client import DEFAULT_TIMEOUT, BananaClient
-from banana_async.errors import APIConnectionError, TaskFailedError
+from banana_async.errors import APIConnectionError, InvalidRequestError, TaskFailedError
 from banana_async.models import GenerationRequest, request_from
 from banana_async.testing import FakeBananaServer, FaultProfile, RecordedRequest, TaskScript
 
@@ -95,8 +95,37 @@ def _requests(args: argparse.Namespace, count: int) -> list[tuple[GenerationRequ
     return requests
 
 
+def _plural(count: int, word: str, words: str | None = None) -> str:
+    """``1 image``, ``2 images``: a count and its noun."""
+    return f"{count} {word if count == 1 else words or word + 's'}"
+
+
+def _faults(args: argparse.Namespace) -> tuple[FaultProfile | None, int]:
+    """The fault profile asked for (None for none) and its seed (drawn if not given).
+
+    Raises:
+        InvalidRequestError: ``--seed`` without ``--faults``: ignored, it
+            would suggest a run that can be repeated.
+    """
+    if args.faults is None:
+        if args.seed is not None:
+            raise InvalidRequestError(
+                "--seed needs --faults PROFILE: it seeds the fault profile's draws "
+                "(the demo's task durations are not seeded)"
+            )
+        return None, 0
+    profile = FaultProfile.named(args.faults, stall=DEMO_STALL, slow=DEMO_SLOW)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
+    return profile, seed
+
+
 async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
-    """Run the demo; exit 0 when it went as scripted, 1 otherwise."""
+    """Run the demo; exit 0 when it went as scripted, 1 otherwise.
+
+    Raises:
+        InvalidRequestError: ``--seed`` without ``--faults`` (nothing is started).
+    """
+    profile, seed = _faults(args)
     count: int = args.count
     defaults = request_defaults(args)
     check_defaults(args, defaults)
@@ -104,16 +133,12 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
     requests = _requests(args, count)
     scripted = {request.prompt for request, fails in requests if fails}
     rng = random.Random()
-    profile = (
-        None
-        if args.faults is None
-        else FaultProfile.named(args.faults, stall=DEMO_STALL, slow=DEMO_SLOW)
-    )
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
-    # Outcomes whose create an injected fault broke, by error type; and the
-    # outcome of each prompt, for the books at the end.
-    broken: collections.Counter[str] = collections.Counter()
+    # The error type of each prompt whose create an injected fault broke
+    # (a prompt scripted to fail among them never reached the provider's
+    # refusal); and the outcome of each prompt, for the books at the end.
+    broken: dict[str, str] = {}
     outcome_of: dict[str, Outcome] = {}
+    run_mark = new_run()
 
     def script_for(body: dict[str, Any]) -> TaskScript:
         task_duration = rng.uniform(*DEMO_DURATIONS)
@@ -133,8 +158,8 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
         as_scripted = isinstance(outcome.error, TaskFailedError) and prompt in scripted
         # Only creates can break: the profiles never end a wait or a download.
         by_fault = profile is not None and not outcome.ok and outcome.task is None
-        if by_fault and error_type is not None:
-            broken[error_type] += 1
+        if by_fault and error_type is not None and prompt is not None:
+            broken[prompt] = error_type
         return Shown(
             outcome,
             where=f"#{outcome.index}",
@@ -176,7 +201,7 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
                 state.manifest = manifest.name
 
                 def report(shown: Shown) -> None:
-                    manifest.write(json_line(manifest_record(shown)) + "\n")
+                    manifest.write(json_line(manifest_record(shown, run_mark)) + "\n")
                     manifest.flush()
                     emit(args, shown)
 
@@ -188,9 +213,16 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
         # The server is closed: stalled creates have ended, its books are final.
         books = _Books.check(server, outcome_of)
         code = _fault_summary(
-            args, stats, out, profile=profile.name, seed=seed, broken=broken, books=books
+            args,
+            stats,
+            out,
+            profile=profile.name,
+            seed=seed,
+            broken=collections.Counter(broken.values()),
+            books=books,
+            scripted=(len(scripted), len(scripted & broken.keys())),
         )
-    await _gallery(args, out)
+    await _gallery(args, out, run_mark)
     return code
 
 
@@ -216,12 +248,15 @@ def _announce(
         )
 
 
-async def _gallery(args: argparse.Namespace, out: Path) -> None:
+async def _gallery(args: argparse.Namespace, out: Path, run: str) -> None:
     """Write the gallery page from the demo's manifest, and say where it is."""
-    page = await make_gallery(out)
-    if page is not None and not (args.json or args.quiet):
-        # The URL too: many terminals open it on a click.
-        to_stdout(f"gallery: {page}; open it in a browser: {page.resolve().as_uri()}")
+    gallery = await make_gallery(out, run=run)
+    if gallery is None:
+        return
+    if args.json or args.quiet:
+        tell_gallery(args, gallery)
+    else:
+        to_stdout(gallery_line(gallery))
 
 
 def _summary(args: argparse.Namespace, stats: Stats, out: Path, *, scripted_count: int) -> ExitCode:
@@ -231,15 +266,15 @@ def _summary(args: argparse.Namespace, stats: Stats, out: Path, *, scripted_coun
         pass
     elif as_designed:
         to_stdout(
-            f"demo finished as designed: {stats.ok} images saved in {out}/, "
+            f"demo finished as designed: {_plural(stats.ok, 'image')} saved in {out}/, "
             f"{stats.expected_failures} failed as scripted (expected), 0 unexpected "
             f"failures, in {duration(stats.elapsed())}."
         )
     else:
         to_stdout(
-            f"demo did NOT go as designed: {stats.ok} images saved in {out}/, "
-            f"{unexpected} unexpected failure(s), {stats.expected_failures} of "
-            f"{scripted_count} scripted failure(s) seen."
+            f"demo did NOT go as designed: {_plural(stats.ok, 'image')} saved in {out}/, "
+            f"{_plural(unexpected, 'unexpected failure')}, {stats.expected_failures} of "
+            f"the {_plural(scripted_count, 'scripted failure')} seen."
         )
     return ExitCode.OK if as_designed else ExitCode.FAILED
 
@@ -296,32 +331,59 @@ def _fault_summary(
     seed: int,
     broken: collections.Counter[str],
     books: _Books,
+    scripted: tuple[int, int],
 ) -> ExitCode:
+    """The books of a demo through a fault profile, one fact a line.
+
+    ``scripted`` is how many prompts are scripted to fail, and of those how
+    many had their create broken by a fault before the provider could
+    refuse them: those end as broken creates, not as scripted failures,
+    which is why the two counts need not add up to the prompts scripted.
+    """
     by_fault = sum(broken.values())
-    scripted = stats.expected_failures - by_fault
     unexpected = stats.failed - stats.expected_failures
+    as_scripted = stats.expected_failures - by_fault
     as_designed = unexpected == 0 and books.lost == 0 and books.duplicates == 0
     if args.json or (args.quiet and as_designed):
         return ExitCode.OK if as_designed else ExitCode.FAILED
-    kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(broken.items()))
-    creates = (
-        f"{by_fault} create(s) broken by injected faults ({kinds})"
-        if by_fault
-        else "no create broken by the faults"
-    )
-    unseen = (
-        f"; {books.unseen} of them created a task the client never heard of, and "
-        "say so (may have been created)"
-        if books.unseen
-        else ""
-    )
     verdict = "finished as designed" if as_designed else "did NOT go as designed"
-    to_stdout(
-        f"demo {verdict} through the {profile!r} fault profile (seed {seed}, "
-        f"{books.struck} requests struck): {stats.ok} images saved in {out}/, "
-        f"{scripted} failed as scripted, {creates}{unseen}. {books.duplicates} "
-        "create(s) sent twice, "
-        f"{books.lost} task(s) lost, {unexpected} unexpected failure(s), in "
-        f"{duration(stats.elapsed())}."
+    lines = [
+        f"demo {verdict} through the {profile!r} fault profile (seed {seed}); "
+        f"the faults struck {_plural(books.struck, 'request')}:",
+        f"  {_plural(stats.ok, 'image')} saved in {out}/",
+    ]
+    scripted_count, scripted_broken = scripted
+    if scripted_count:
+        line = (
+            f"  {as_scripted} failed as scripted, of the "
+            f"{_plural(scripted_count, 'input')} scripted to fail"
+        )
+        if scripted_broken:
+            line += (
+                f"; a fault broke the create of {scripted_broken} of them before "
+                "the provider could refuse it (counted with the broken creates below)"
+            )
+        lines.append(line)
+    if by_fault:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(broken.items()))
+        line = (
+            f"  {_plural(by_fault, 'create')} broken by injected faults ({kinds}), "
+            "shown as expected failures"
+        )
+        if books.unseen:
+            line += (
+                f"; {books.unseen} of them made a task all the same (the provider "
+                "processed the create, its answer was lost), and "
+                f"{'its outcome says' if books.unseen == 1 else 'their outcomes say'} "
+                "the create may have happened"
+            )
+        lines.append(line)
+    else:
+        lines.append("  no create broken by the faults")
+    lines.append(
+        f"  creates sent twice: {books.duplicates}, tasks lost: {books.lost}, "
+        f"unexpected failures: {unexpected}; in {duration(stats.elapsed())}"
     )
+    for line in lines:
+        to_stdout(line)
     return ExitCode.OK if as_designed else ExitCode.FAILED

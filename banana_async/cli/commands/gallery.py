@@ -25,10 +25,13 @@ async def run(args: argparse.Namespace, state: RunState) -> ExitCode:
     warn_damaged(gallery)
     counts = gallery.counts()
     if args.json:
-        to_stdout(json_line({"gallery": str(gallery.path), **counts}))
+        to_stdout(json_line(gallery.record()))
     elif args.quiet:
         to_stdout(str(gallery.path))
     else:
         shown = ", ".join(f"{name}: {count}" for name, count in counts.items() if count)
+        if gallery.runs > 1:
+            # The manifest keeps every run: say that the page does too.
+            shown += f"; {gallery.runs} runs, {gallery.run_images} of the images from the latest"
         to_stdout(f"gallery: {gallery.path} ({shown or 'empty'}); open it in a browser")
     return ExitCode.OK
