@@ -1455,25 +1455,34 @@ class SQLiteStore:
     def _work(self) -> None:
         """The worker thread: take what is waiting, run it in one transaction, report."""
         calls = self._calls
-        last = -_WINDOW
+        last = 0.0
         busy = False
         while True:
-            first = calls.get()
-            if first is None:
-                return
-            group = [first]
-            stop = _take(calls, group)
-            if busy and not stop:
-                # The journal is busy (see below): more records are on
-                # their way. Gather them for a window after that
-                # commit, so that one commit (and one wake-up of the event
-                # loop) serves many. A caller alone (one record after
-                # another, as a resume reads its inputs) finds the journal
-                # idle and never waits.
+            group: list[_Call[Any]] = []
+            if busy:
+                # The journal is busy (see below): more records are on their
+                # way. Gather them for a window after the last commit, so that
+                # one commit (and one wake-up of the event loop) serves many.
+                # Sleeping first and then taking what came, rather than
+                # waiting for the first record and then sleeping, takes the
+                # GIL back once per group instead of twice.
                 pause = last + _WINDOW - time.monotonic()
                 if pause > 0:
                     time.sleep(pause)
-                    stop = _take(calls, group)
+                stop = _take(calls, group)
+                if not group:
+                    if stop:
+                        return
+                    busy = False  # a quiet window: the next caller is served at once
+                    continue
+            else:
+                # Idle: a caller alone (one record after another, as a resume
+                # reads its inputs) is served at once, never kept waiting.
+                first = calls.get()
+                if first is None:
+                    return
+                group.append(first)
+                stop = _take(calls, group)
             last = time.monotonic()
             try:
                 results = self.journal._run_group([call.op for call in group])
