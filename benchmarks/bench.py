@@ -37,8 +37,10 @@ from typing import Any
 import attrs
 
 HERE = Path(__file__).resolve().parent
-# The Redis server is started as the tests start it (tests/_redis_server.py).
+# The Redis server is started as the tests start it (tests/_redis_server.py),
+# and the busiest second is counted as the tests count it (tests/_rates.py).
 sys.path.insert(0, str(HERE.parent))
+from tests._rates import busiest_second  # noqa: E402 (needs the path above)
 from tests._redis_server import INSTALL, RedisServer  # noqa: E402 (needs the path above)
 
 PROVIDER = HERE / "provider.py"
@@ -936,16 +938,6 @@ def run_workloads(specs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             raise subprocess.CalledProcessError(process.returncode, process.args, out)
         results.append(json.loads(out.strip().splitlines()[-1]))
     return results
-
-
-def busiest_second(times: Sequence[float]) -> int:
-    """The most of ``times`` (sorted) within any one second: a sliding window."""
-    most = start = 0
-    for end, at in enumerate(times):
-        while at - times[start] >= 1.0:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
 
 
 def per_second(times: Sequence[float], begin: float, end: float) -> list[int]:

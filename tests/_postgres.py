@@ -16,15 +16,18 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
-__all__ = ["INSTALL_HINT", "Cluster", "cluster"]
+# One way to find a free port for both servers (the Redis half is plain Python).
+from ._redis_server import free_port
+
+__all__ = ["INSTALL_HINT", "Cluster", "bin_dir", "cluster", "missing"]
 
 INSTALL_HINT = (
     "Postgres is not installed (initdb not found on PATH nor in /usr/lib/postgresql/*/bin); "
@@ -33,7 +36,15 @@ INSTALL_HINT = (
 )
 
 
-def _bin_dir() -> Path | None:
+def missing(hint: str) -> NoReturn:
+    """Skip the test for a server that is not installed; fail it under CI."""
+    if "CI" in os.environ:
+        pytest.fail(hint)
+    pytest.skip(hint)
+
+
+def bin_dir() -> Path | None:
+    """Where ``initdb`` and ``pg_ctl`` are, or None."""
     found = shutil.which("initdb")
     if found is not None:
         return Path(found).parent
@@ -44,13 +55,6 @@ def _bin_dir() -> Path | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Cluster:
     """A Postgres cluster of the tests' own, which a test may stop and start again."""
 
@@ -58,61 +62,40 @@ class Cluster:
         self._bin_dir = bin_dir
         self._data = data
         self._prefix = prefix
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
-    def _run(self, *command: str) -> None:
+    def _run(self, program: str, *arguments: str) -> None:
+        """Run one of the Postgres programs on this cluster's data folder."""
+        command = [str(self._bin_dir / program), "-D", str(self._data / "cluster"), *arguments]
         subprocess.run([*self._prefix, *command], check=True, capture_output=True, cwd=self._data)
 
     def create(self, password: str | None = None) -> None:
+        """Make the cluster (user postgres; trust auth, or this password)."""
         if password is None:
             auth = ["--auth", "trust"]
         else:
             secret = self._data / "password"
             secret.write_text(password, encoding="utf-8")
             auth = ["--auth", "scram-sha-256", "--pwfile", str(secret)]
-        self._run(
-            str(self._bin_dir / "initdb"),
-            "-D",
-            str(self._data / "cluster"),
-            "-U",
-            "postgres",
-            *auth,
-        )
+        self._run("initdb", "-U", "postgres", *auth)
 
     def start(self) -> None:
-        self._run(
-            str(self._bin_dir / "pg_ctl"),
-            "-D",
-            str(self._data / "cluster"),
-            "-l",
-            str(self._data / "log"),
-            "-o",
-            f"-p {self.port} -k {self._data} -c listen_addresses=127.0.0.1",
-            "-w",
-            "start",
-        )
+        """Start it (again, on the same port) and return once it takes connections."""
+        options = f"-p {self.port} -k {self._data} -c listen_addresses=127.0.0.1"
+        self._run("pg_ctl", "-l", str(self._data / "log"), "-o", options, "-w", "start")
 
     def stop(self) -> None:
-        self._run(
-            str(self._bin_dir / "pg_ctl"),
-            "-D",
-            str(self._data / "cluster"),
-            "-m",
-            "fast",
-            "-w",
-            "stop",
-        )
+        """Stop it (fast: open connections are cut) and return once it is down."""
+        self._run("pg_ctl", "-m", "fast", "-w", "stop")
 
 
 @contextlib.contextmanager
 def cluster(password: str | None = None) -> Iterator[Cluster]:
     """A new, started cluster (user postgres; trust auth, or this password), stopped at the end."""
-    bin_dir = _bin_dir()
-    if bin_dir is None:
-        if "CI" in os.environ:
-            pytest.fail(INSTALL_HINT)
-        pytest.skip(INSTALL_HINT)
+    binaries = bin_dir()
+    if binaries is None:
+        missing(INSTALL_HINT)
     data = Path(tempfile.mkdtemp(prefix="banana-pg-"))
     prefix: list[str] = []
     if os.geteuid() == 0:
@@ -125,7 +108,7 @@ def cluster(password: str | None = None) -> Iterator[Cluster]:
             "--clear-groups",
             "--",
         ]
-    made = Cluster(bin_dir, data, prefix)
+    made = Cluster(binaries, data, prefix)
     try:
         made.create(password)
         made.start()

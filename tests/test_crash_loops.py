@@ -350,47 +350,73 @@ def _write_prompts(tmp_path: Path) -> Path:
     return path
 
 
+@attrs.define
+class _Loop:
+    """What one crash loop shares: the provider, the seeded killer, the workers started."""
+
+    server: FakeBananaServer
+    rng: random.Random
+    killer: Killer
+    settings: dict[str, Any]
+    workers: list[Worker]
+    in_flight_at_kills: set[int] = attrs.field(factory=set)
+    """The inputs whose create was on the wire at a kill (the unconfirmed of later runs)."""
+
+    async def start(self) -> Worker:
+        """A new worker of the batch, reaped at the end of the loop."""
+        worker = await Worker.start(base_url=self.server.url, **self.settings)
+        self.workers.append(worker)
+        return worker
+
+    def check(self, store: str, last: Worker, entries: list[JournalEntry]) -> Tally:
+        """Hold the loop to the journal's promises (see :func:`_check`)."""
+        return _check(
+            store,
+            self.server,
+            last.outcomes(),
+            entries,
+            self.in_flight_at_kills,
+            rounds=ROUNDS,
+            kills=sum(self.killer.modes.values()),
+        )
+
+
+@contextlib.asynccontextmanager
+async def _crash_loop(tmp_path: Path, **journal: Any) -> AsyncIterator[_Loop]:
+    """A crash loop over :data:`INPUTS` prompts; ``journal`` adds the workers' settings."""
+    rng = random.Random(SEED)
+    settings = {
+        "prompts": str(_write_prompts(tmp_path)),
+        **journal,
+        "download_to": str(tmp_path / "images"),
+    }
+    workers: list[Worker] = []
+    async with FakeBananaServer(api_key=API_KEY) as server, _reaped(workers):
+        yield _Loop(server, rng, Killer(rng, server), settings, workers)
+
+
 def _sqlite_in_flight(path: Path) -> set[int]:
     with Journal.open(path) as journal:
         return {e.index for e in journal.entries() if e.state in _IN_FLIGHT}
 
 
 async def test_sqlite_crash_loop(tmp_path: Path) -> None:
-    rng = random.Random(SEED)
     journal = tmp_path / "batch.sqlite"
     concurrency = 8
-    settings = {
-        "prompts": str(_write_prompts(tmp_path)),
-        "journal": str(journal),
-        "concurrency": concurrency,
-        "download_to": str(tmp_path / "images"),
-    }
-    workers: list[Worker] = []
-    in_flight_at_kills: set[int] = set()
-    async with FakeBananaServer(api_key=API_KEY) as server, _reaped(workers):
-        killer = Killer(rng, server)
+    async with _crash_loop(tmp_path, journal=str(journal), concurrency=concurrency) as loop:
+        killer = loop.killer
         for _ in range(ROUNDS):
             killer.trouble()
-            worker = await Worker.start(base_url=server.url, **settings)
-            workers.append(worker)
+            worker = await loop.start()
             if await killer.strike(worker, concurrency):
                 # What the kill left on the wire: the unconfirmed of later runs.
-                in_flight_at_kills |= await asyncio.to_thread(_sqlite_in_flight, journal)
+                loop.in_flight_at_kills |= await asyncio.to_thread(_sqlite_in_flight, journal)
         killer.calm()
-        last = await Worker.start(base_url=server.url, **settings)
-        workers.append(last)
+        last = await loop.start()
         await last.ended()
         with Journal.open(journal) as opened:
             entries = list(opened.entries())
-        _check(
-            "sqlite",
-            server,
-            last.outcomes(),
-            entries,
-            in_flight_at_kills,
-            rounds=ROUNDS,
-            kills=sum(killer.modes.values()),
-        )
+        loop.check("sqlite", last, entries)
     print(f"kills by moment: {dict(killer.modes)}")
 
 
@@ -436,33 +462,28 @@ async def _until_no_worker(url: str, batch: str) -> None:
 
 
 async def test_postgres_crash_loop(postgres_url: str, batch_name: str, tmp_path: Path) -> None:
-    rng = random.Random(SEED)
     concurrency = 4
-    settings = {
-        "prompts": str(_write_prompts(tmp_path)),
-        "journal": postgres_url,
-        "batch": batch_name,
+    async with _crash_loop(
+        tmp_path,
+        journal=postgres_url,
+        batch=batch_name,
         # A loaded machine may stall a live worker for a second or two: a
         # worker paused past its lease is fenced off and stops.
-        "lease": 5.0,
-        "concurrency": concurrency,
-        "download_to": str(tmp_path / "images"),
-    }
-    workers: list[Worker] = []
-    in_flight_at_kills: set[int] = set()
-    async with FakeBananaServer(api_key=API_KEY) as server, _reaped(workers):
-        killer = Killer(rng, server)
-        live = [await Worker.start(base_url=server.url, **settings) for _ in range(3)]
-        workers.extend(live)
+        lease=5.0,
+        concurrency=concurrency,
+    ) as loop:
+        killer, workers = loop.killer, loop.workers
+        live = [await loop.start() for _ in range(3)]
         for _ in range(ROUNDS):
             killer.trouble()
-            victim = rng.choice(live)
+            victim = loop.rng.choice(live)
             if await killer.strike(victim, concurrency):
-                in_flight_at_kills |= await _postgres_in_flight(postgres_url, batch_name, victim)
+                loop.in_flight_at_kills |= await _postgres_in_flight(
+                    postgres_url, batch_name, victim
+                )
             # A new worker in its place (one that ended by itself is replaced too).
             live.remove(victim)
-            live.append(await Worker.start(base_url=server.url, **settings))
-            workers.append(live[-1])
+            live.append(await loop.start())
         killer.calm()
         for worker in live:
             await worker.ended()
@@ -478,8 +499,7 @@ async def test_postgres_crash_loop(postgres_url: str, batch_name: str, tmp_path:
         # worker alone starts a new run, which reports every input from the
         # journal (and runs whatever was left).
         await _until_no_worker(postgres_url, batch_name)
-        last = await Worker.start(base_url=server.url, **settings)
-        workers.append(last)
+        last = await loop.start()
         await last.ended()
         assert last.run is not None
         # (A worker killed before it joined has no run.)
@@ -487,15 +507,7 @@ async def test_postgres_crash_loop(postgres_url: str, batch_name: str, tmp_path:
         entries = await _postgres_entries(postgres_url, batch_name)
         # The live workers left nothing undone: the new run only reports.
         assert all(line["from_journal"] for line in last.outcomes())
-        _check(
-            "postgres",
-            server,
-            last.outcomes(),
-            entries,
-            in_flight_at_kills,
-            rounds=ROUNDS,
-            kills=sum(killer.modes.values()),
-        )
+        loop.check("postgres", last, entries)
     print(
         f"kills by moment: {dict(killer.modes)}; outcomes printed by the workers: "
         f"{len(printed)} of {INPUTS} (an input settled by a worker killed before it "

@@ -135,6 +135,10 @@ image_url_lists = mostly(
 prompts = mostly(
     st.text(min_size=1, max_size=30), st.one_of(any_text, st.builds(_Text, any_text), anything)
 )
+request_fields = st.fixed_dictionaries(
+    {"model": models, "resolution": resolutions, "size": sizes, "image_urls": image_url_lists}
+)
+"""The keyword fields of a request, as ``request_from`` and ``client.create`` take them."""
 
 
 @contextlib.contextmanager
@@ -190,27 +194,16 @@ def _check_request(request: ba.GenerationRequest) -> None:
 @PURE
 @given(
     prompt=prompts,
-    model=models,
-    resolution=resolutions,
-    size=sizes,
-    image_urls=image_url_lists,
+    fields=request_fields,
     allow_unknown=st.booleans(),
     dialect=st.sampled_from(DIALECTS),
 )
 def test_request_builders_end_in_a_valid_request_or_invalid_request_error(
-    prompt: Any,
-    model: Any,
-    resolution: Any,
-    size: Any,
-    image_urls: Any,
-    allow_unknown: bool,
-    dialect: Dialect,
+    prompt: Any, fields: dict[str, Any], allow_unknown: bool, dialect: Dialect
 ) -> None:
     try:
         with _quiet():
-            request = request_from(
-                prompt, model=model, resolution=resolution, size=size, image_urls=image_urls
-            )
+            request = request_from(prompt, **fields)
             _check_request(request)
             dialect.validate(request, allow_unknown_models=allow_unknown)
     except ba.InvalidRequestError as exc:
@@ -285,28 +278,15 @@ async def sending(request: pytest.FixtureRequest) -> AsyncIterator[tuple[ba.Bana
 
 
 @HTTP
-@given(
-    prompt=prompts,
-    model=models,
-    resolution=resolutions,
-    size=sizes,
-    image_urls=image_url_lists,
-)
+@given(prompt=prompts, fields=request_fields)
 async def test_create_sends_a_valid_request_or_nothing(
-    sending: tuple[ba.BananaClient, FakeBananaServer],
-    prompt: Any,
-    model: Any,
-    resolution: Any,
-    size: Any,
-    image_urls: Any,
+    sending: tuple[ba.BananaClient, FakeBananaServer], prompt: Any, fields: dict[str, Any]
 ) -> None:
     client, server = sending
     before = server.count("create")
     try:
         with _quiet():
-            task = await client.create(
-                prompt, model=model, resolution=resolution, size=size, image_urls=image_urls
-            )
+            task = await client.create(prompt, **fields)
     except ba.InvalidRequestError as exc:
         _said_why(exc)
         assert server.count("create") == before  # refused before any HTTP
@@ -316,9 +296,7 @@ async def test_create_sends_a_valid_request_or_nothing(
     # The provider took it: a task exists for it, created from this very request.
     assert server.count("create") == before + 1
     created = server.tasks[task.id]
-    expected = request_from(
-        prompt, model=model, resolution=resolution, size=size, image_urls=image_urls
-    )
+    expected = request_from(prompt, **fields)
     assert created.body["prompt"] == expected.prompt
     assert created.body["model"] == str(expected.model)
     assert created.body.get("resolution") == expected.resolution

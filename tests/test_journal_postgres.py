@@ -1,7 +1,8 @@
 """One batch shared by many worker processes through a real Postgres.
 
-The tests start their own cluster (see ``tests/_postgres.py``) and stop it
-at the end; a test that restarts the database, or needs a password, starts
+The tests share the test session's cluster (the ``postgres_url`` and
+``batch_name`` fixtures of ``tests/conftest.py``, a ``tests/_postgres.py``
+cluster); a test that restarts the database, or needs a password, starts
 one of its own.
 """
 
@@ -16,10 +17,11 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 import banana_async as ba
@@ -28,6 +30,7 @@ from banana_async.journal import EntryState, Journal, JournalEntry, PostgresStor
 from banana_async.journal.postgres import redact_url
 from banana_async.testing import FakeBananaServer, Fault, TaskScript
 
+from ._postgres import Cluster
 from ._postgres import cluster as new_cluster
 from ._servers import killed_at_exit
 from .conftest import API_KEY
@@ -37,22 +40,6 @@ WORKER = Path(__file__).with_name("_pg_worker.py")
 # fails with a message instead of hanging (they say nothing about speed).
 _LOOKS = 6000
 _LOOK_PAUSE = 0.05
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A Postgres cluster of this test session: its URL."""
-    with new_cluster() as cluster:
-        yield cluster.url
-
-
-_batches = iter(range(1_000_000))
-
-
-@pytest.fixture
-def batch_name(request: pytest.FixtureRequest) -> str:
-    """A batch name of this test alone (tests share one cluster)."""
-    return f"{request.node.name}-{next(_batches)}"
 
 
 def _prompts(tmp_path: Path, count: int) -> Path:
@@ -123,22 +110,80 @@ def _creates(server: FakeBananaServer) -> collections.Counter[str]:
     return collections.Counter(r.json["prompt"] for r in server.requests if r.kind == "create")
 
 
+class _Hold:
+    """Keeps the tasks ``server`` creates in flight until :meth:`release`."""
+
+    def __init__(self, server: FakeBananaServer) -> None:
+        self._server = server
+        self._holding = True
+        server.script_for = self._script
+
+    def _script(self, body: dict[str, Any]) -> TaskScript | None:
+        return TaskScript(duration=None) if self._holding else None
+
+    def release(self) -> None:
+        """Finish every task held so far; later ones take the server's own duration."""
+        self._holding = False
+        for task_id in list(self._server.tasks):
+            with contextlib.suppress(ValueError):  # one that has ended already
+                self._server.finish(task_id)
+
+
+@contextlib.asynccontextmanager
+async def _held_provider() -> AsyncIterator[tuple[FakeBananaServer, ba.BananaClient, _Hold]]:
+    """A fake provider that holds its tasks (see :class:`_Hold`), and a client of it."""
+    async with (
+        FakeBananaServer(api_key=API_KEY, duration=0.0) as server,
+        ba.BananaClient(API_KEY, base_url=server.url, poll_interval=0.05) as client,
+    ):
+        yield server, client, _Hold(server)
+
+
+@contextlib.asynccontextmanager
+async def _reading(
+    batch: AsyncIterator[ba.Outcome],
+) -> AsyncIterator[tuple[asyncio.Task[None], list[ba.Outcome]]]:
+    """Read ``batch`` in a task of its own into a list; the task, and the list.
+
+    A worker of the batch that the block leaves running (a failed assertion)
+    is cancelled on the way out.
+    """
+    outcomes: list[ba.Outcome] = []
+
+    async def read() -> None:
+        outcomes.extend([o async for o in batch])
+
+    reader = asyncio.create_task(read())
+    try:
+        yield reader, outcomes
+    finally:
+        if not reader.done():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(_LOOKS):
+        if condition():
+            return
+        await asyncio.sleep(_LOOK_PAUSE)
+    pytest.fail(f"never: {what}")
+
+
 async def test_three_workers_create_each_input_once(
     postgres_url: str, batch_name: str, tmp_path: Path
 ) -> None:
     count = 60
     prompts = _prompts(tmp_path, count)
-    holding = True  # no task finishes before all three workers have joined
     async with FakeBananaServer(api_key=API_KEY, duration=0.05) as server:
-        server.script_for = lambda body: TaskScript(duration=None) if holding else None
+        hold = _Hold(server)  # no task finishes before all three workers have joined
         workers = [
             await _start_worker(postgres_url, batch_name, server, prompts, 5, 5.0) for _ in range(3)
         ]
         async with killed_at_exit(*workers):
             await _until_joined(postgres_url, batch_name, 3)
-            holding = False
-            for task_id in list(server.tasks):
-                server.finish(task_id)
+            hold.release()
             results = [await _outcomes(worker) for worker in workers]
     creates = _creates(server)
     assert len(creates) == count  # every input created...
@@ -159,9 +204,8 @@ async def test_a_killed_worker_loses_no_task(
 ) -> None:
     count = 12
     prompts = _prompts(tmp_path, count)
-    holding = True  # tasks created while the first worker runs never finish by themselves
     async with FakeBananaServer(api_key=API_KEY, duration=0.1) as server:
-        server.script_for = lambda body: TaskScript(duration=None) if holding else None
+        hold = _Hold(server)  # tasks created while the first worker runs never finish by themselves
         # The first create is processed (a task is billed), then its answer
         # never comes: in flight when its worker is killed.
         server.inject(Fault.stall(3600, process=True), on="create")
@@ -181,10 +225,7 @@ async def test_a_killed_worker_loses_no_task(
             await first.communicate()
         recorded = {e.index: e.task_id for e in entries if e.state is EntryState.CREATED}
         in_flight = next(e.index for e in entries if e.state is EntryState.SENDING)
-        holding = False
-        for task_id in list(server.tasks):
-            with contextlib.suppress(ValueError):
-                server.finish(task_id)
+        hold.release()
         others = [
             await _start_worker(postgres_url, batch_name, server, prompts, 3, 3.0) for _ in range(2)
         ]
@@ -472,12 +513,8 @@ async def test_workers_given_different_files_stop_before_creating(
     postgres_url: str, batch_name: str
 ) -> None:
     """Two workers with different inputs under one name: the second stops, the batch stays whole."""
-    holding = True  # the first worker's tasks stay in flight while the second starts
-    async with (
-        FakeBananaServer(api_key=API_KEY, duration=0.0) as server,
-        ba.BananaClient(API_KEY, base_url=server.url, poll_interval=0.05) as client,
-    ):
-        server.script_for = lambda body: TaskScript(duration=None) if holding else None
+    # The first worker's tasks stay in flight while the second starts.
+    async with _held_provider() as (server, client, hold):
         first_prompts = [f"cat {i}" for i in range(8)]
         # Another file that starts with the same two lines: the first worker
         # has claimed inputs 0-3 (twice its concurrency) and recorded 0-1.
@@ -485,13 +522,7 @@ async def test_workers_given_different_files_stop_before_creating(
         first = client.generate_many(
             first_prompts, concurrency=2, journal=postgres_url, batch=batch_name
         )
-        first_outcomes: list[ba.Outcome] = []
-
-        async def read_first() -> None:
-            first_outcomes.extend([o async for o in first])
-
-        reader = asyncio.create_task(read_first())
-        try:
+        async with _reading(first) as (reader, first_outcomes):
             for _ in range(_LOOKS):
                 if server.count("create") >= 2 and await _claimed(postgres_url, batch_name) == 4:
                     break
@@ -509,15 +540,8 @@ async def test_workers_given_different_files_stop_before_creating(
                     pass
             assert "no task was created after that" in str(caught.value)
             assert server.count("create") == 2  # the second worker created nothing
-            holding = False
-            for task_id in list(server.tasks):
-                server.finish(task_id)
+            hold.release()
             await reader
-        finally:
-            if not reader.done():  # a failed assertion: stop the first worker
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
     # The first worker ran the whole batch from its own inputs.
     assert sorted(o.index for o in first_outcomes) == list(range(8))
     assert all(o.ok for o in first_outcomes)
@@ -529,26 +553,13 @@ async def test_a_whole_input_list_is_checked_before_any_create(
 ) -> None:
     """A list, or a CLI file, known in full: a worker with another one creates nothing."""
     prompts = [f"cat {i}" for i in range(8)]
-    holding = True  # the first worker's tasks stay in flight meanwhile
-    async with (
-        FakeBananaServer(api_key=API_KEY, duration=0.0) as server,
-        ba.BananaClient(API_KEY, base_url=server.url, poll_interval=0.05) as client,
-    ):
-        server.script_for = lambda body: TaskScript(duration=None) if holding else None
+    # The first worker's tasks stay in flight meanwhile.
+    async with _held_provider() as (server, client, hold):
         first = client.generate_many(prompts, concurrency=2, journal=postgres_url, batch=batch_name)
-        outcomes: list[ba.Outcome] = []
-
-        async def read_first() -> None:
-            outcomes.extend([o async for o in first])
-
-        reader = asyncio.create_task(read_first())
-        try:
-            for _ in range(_LOOKS):
-                if server.count("create") >= 2:
-                    break
-                await asyncio.sleep(_LOOK_PAUSE)
-            else:
-                pytest.fail("the first worker never created its first tasks")
+        async with _reading(first) as (reader, outcomes):
+            await _until(
+                lambda: server.count("create") >= 2, "the first worker created its first tasks"
+            )
             # Only the last input differs: no input of its own is checked
             # before the other worker's inputs 4-6 would have been created.
             with pytest.raises(ba.JournalError, match=r"inputs \(8\) differ .*\(8\)"):
@@ -575,70 +586,64 @@ async def test_a_whole_input_list_is_checked_before_any_create(
             assert code == 3, err
             assert "differ from the ones another worker" in err
             assert server.count("create") == 2  # neither created anything
-            holding = False
-            for task_id in list(server.tasks):
-                server.finish(task_id)
+            hold.release()
             await reader
-        finally:
-            if not reader.done():  # a failed assertion: stop the first worker
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
     assert sorted(o.index for o in outcomes) == list(range(8))
     assert all(o.ok for o in outcomes)
 
 
-async def _until(condition: Callable[[], bool], what: str) -> None:
-    for _ in range(_LOOKS):
-        if condition():
-            return
-        await asyncio.sleep(_LOOK_PAUSE)
-    pytest.fail(f"never: {what}")
+_OUTAGE_PROMPTS = [f"cat {i}" for i in range(6)]
+
+
+@attrs.frozen
+class _Outage:
+    """A worker whose database, a cluster of its own, was stopped under it."""
+
+    cluster: Cluster
+    server: FakeBananaServer
+    hold: _Hold
+    store: PostgresStore
+    reader: asyncio.Task[None]
+    outcomes: list[ba.Outcome]
+
+
+@contextlib.asynccontextmanager
+async def _database_stopped(batch: str, lease: float) -> AsyncIterator[_Outage]:
+    """A worker runs :data:`_OUTAGE_PROMPTS`; its database stops with two tasks in flight.
+
+    The tasks stay in flight until the test releases them (``outage.hold``).
+    """
+    with new_cluster() as cluster:
+        async with (
+            _held_provider() as (server, client, hold),
+            await PostgresStore.open(cluster.url, batch=batch, lease=lease) as store,
+        ):
+            run = client.generate_many(_OUTAGE_PROMPTS, concurrency=2, journal=store)
+            async with _reading(run) as (reader, outcomes):
+                await _until(lambda: server.count("create") == 2, "two tasks created")
+                await asyncio.to_thread(cluster.stop)
+                yield _Outage(cluster, server, hold, store, reader, outcomes)
 
 
 async def test_a_worker_rides_out_a_database_restart(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    prompts = [f"cat {i}" for i in range(6)]
-    holding = True  # the first two tasks run until the database is down
-    with new_cluster() as cluster:
-        async with (
-            FakeBananaServer(api_key=API_KEY, duration=0.0) as server,
-            ba.BananaClient(API_KEY, base_url=server.url, poll_interval=0.05) as client,
-            await PostgresStore.open(cluster.url, batch="restart", lease=30) as store,
-        ):
-            server.script_for = lambda body: TaskScript(duration=None) if holding else None
-            outcomes: list[ba.Outcome] = []
-
-            async def read() -> None:
-                batch = client.generate_many(prompts, concurrency=2, journal=store)
-                outcomes.extend([o async for o in batch])
-
-            reader = asyncio.create_task(read())
-            try:
-                await _until(lambda: server.count("create") == 2, "two tasks created")
-                await asyncio.to_thread(cluster.stop)
-                polled = server.count("query")
-                # The tasks it holds are still polled while the database is away...
-                await _until(lambda: server.count("query") >= polled + 4, "polls go on")
-                holding = False
-                for task_id in list(server.tasks):
-                    server.finish(task_id)
-                await _until(
-                    lambda: any("lost the database" in r.getMessage() for r in caplog.records),
-                    "the outage is noticed",
-                )
-                assert server.count("create") == 2  # ...and nothing is created
-                await asyncio.to_thread(cluster.start)
-                await reader
-            finally:
-                if not reader.done():  # a failed assertion: stop the worker
-                    reader.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await reader
-            counts = await store.counts()
-    assert sorted(o.index for o in outcomes) == list(range(6))
-    assert all(o.ok for o in outcomes)
-    assert sorted(_creates(server)) == prompts  # each created once
+    async with _database_stopped("restart", lease=30) as outage:
+        server = outage.server
+        polled = server.count("query")
+        # The tasks it holds are still polled while the database is away...
+        await _until(lambda: server.count("query") >= polled + 4, "polls go on")
+        outage.hold.release()
+        await _until(
+            lambda: any("lost the database" in r.getMessage() for r in caplog.records),
+            "the outage is noticed",
+        )
+        assert server.count("create") == 2  # ...and nothing is created
+        await asyncio.to_thread(outage.cluster.start)
+        await outage.reader
+        counts = await outage.store.counts()
+    assert sorted(o.index for o in outage.outcomes) == list(range(6))
+    assert all(o.ok for o in outage.outcomes)
+    assert sorted(_creates(server)) == _OUTAGE_PROMPTS  # each created once
     assert counts == {EntryState.COMPLETED: 6}
     messages = [(r.levelno, r.getMessage()) for r in caplog.records]
     assert [m for level, m in messages if level >= logging.WARNING] == [
@@ -652,41 +657,16 @@ async def test_a_worker_rides_out_a_database_restart(caplog: pytest.LogCaptureFi
 async def test_a_worker_cut_off_past_its_lease_stops_creating(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    prompts = [f"cat {i}" for i in range(6)]
-    holding = True
-    with new_cluster() as cluster:
-        async with (
-            FakeBananaServer(api_key=API_KEY, duration=0.0) as server,
-            ba.BananaClient(API_KEY, base_url=server.url, poll_interval=0.05) as client,
-            await PostgresStore.open(cluster.url, batch="cut-off", lease=2) as store,
-        ):
-            server.script_for = lambda body: TaskScript(duration=None) if holding else None
-            outcomes: list[ba.Outcome] = []
-
-            async def read() -> None:
-                batch = client.generate_many(prompts, concurrency=2, journal=store)
-                outcomes.extend([o async for o in batch])
-
-            reader = asyncio.create_task(read())
-            try:
-                await _until(lambda: server.count("create") == 2, "two tasks created")
-                await asyncio.to_thread(cluster.stop)
-                await _until(
-                    lambda: any("ran out" in r.getMessage() for r in caplog.records),
-                    "the lease runs out",
-                )
-                holding = False
-                for task_id in list(server.tasks):
-                    server.finish(task_id)
-                with pytest.raises(ba.JournalError, match="lease of 2 s ran out") as caught:
-                    await reader
-            finally:
-                if not reader.done():  # a failed assertion: stop the worker
-                    reader.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await reader
+    async with _database_stopped("cut-off", lease=2) as outage:
+        await _until(
+            lambda: any("ran out" in r.getMessage() for r in caplog.records),
+            "the lease runs out",
+        )
+        outage.hold.release()
+        with pytest.raises(ba.JournalError, match="lease of 2 s ran out") as caught:
+            await outage.reader
     assert "no task was created after that" in str(caught.value)
-    assert server.count("create") == 2  # nothing created once the lease was in doubt
+    assert outage.server.count("create") == 2  # nothing created once the lease was in doubt
     assert not caught.value.unrecorded  # both tasks were recorded before the outage
 
 

@@ -34,6 +34,7 @@ from banana_async.testing import (
     RequestBudget,
 )
 
+from ._rates import busiest_second
 from ._servers import RedisServer, free_port
 from ._servers import redis_server as start_redis
 from .conftest import API_KEY, live_client
@@ -83,14 +84,17 @@ async def _workers(
 
 
 def _busiest_second(requests: list[RecordedRequest]) -> int:
-    """The most requests that arrived within any one second (a sliding window)."""
-    times = sorted(r.at for r in requests if r.kind in ("create", "query"))
-    most = start = 0
-    for end, at in enumerate(times):
-        while at - times[start] >= 1.0:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
+    """The most creates and queries that arrived within any one second (a sliding window)."""
+    return busiest_second(sorted(r.at for r in requests if r.kind in ("create", "query")))
+
+
+def test_the_busiest_second_counts_a_sliding_window_of_one_second() -> None:
+    """The count the benchmark shares: a window holds [t, t + 1), sliding over the times."""
+    assert busiest_second([]) == 0
+    assert busiest_second([5.0]) == 1
+    assert busiest_second([0.0, 0.5, 0.999, 1.0]) == 3  # 1.0 is past [0, 1)...
+    assert busiest_second([0.0, 0.6, 1.2, 1.5, 1.59]) == 4  # ...and [0.6, 1.6) holds four
+    assert busiest_second([0.0, 2.0, 4.0]) == 1
 
 
 def _owner(requests: list[RecordedRequest]) -> dict[str, str]:
@@ -406,17 +410,6 @@ def _is_shared(limiter: shared.RedisRateLimiter) -> bool:
     return limiter.shared
 
 
-def _busiest(times: list[float]) -> int:
-    """The most of ``times`` within any one second (a sliding window)."""
-    times = sorted(times)
-    most = start = 0
-    for end, at in enumerate(times):
-        while at - times[start] >= 1.0:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
-
-
 @pytest.mark.parametrize("how", ["capped", "learned"])
 async def test_while_redis_is_away_each_process_sends_its_share(
     redis_server: RedisServer, how: str
@@ -452,7 +445,7 @@ async def test_while_redis_is_away_each_process_sends_its_share(
     assert len(times) == 31
     # Its share from the first request on, nothing saved up at the outage
     # moment (the learned rate climbs slowly back to the estimate).
-    assert _busiest(times) <= 6, times
+    assert busiest_second(sorted(times)) <= 6, times
     assert times[-1] - start >= 30 / 6, times
 
 
@@ -720,15 +713,27 @@ def test_cli_batch_refuses_a_rate_limit_url_that_is_not_redis(
     assert cli_env.server.requests == []
 
 
-def test_cli_batch_stops_before_any_create_if_the_shared_budget_is_unreachable(
-    capsys: pytest.CaptureFixture[str], cli_env: ServerThread, tmp_path: Path
-) -> None:
+def _batch_on_unreachable_redis(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, *options: str
+) -> tuple[str, int, str, str]:
+    """``banana batch`` of three prompts sharing a budget at a Redis URL nothing listens on.
+
+    Returns:
+        The URL, and the exit code, stdout and stderr of the run.
+    """
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(TEXT_PROMPTS)
     url = f"redis://127.0.0.1:{free_port()}/0"
     code, out, err = run_main(
-        capsys, "batch", str(prompts), "--out", str(tmp_path), "--rate-limit-url", url
+        capsys, "batch", str(prompts), "--out", str(tmp_path), "--rate-limit-url", url, *options
     )
+    return url, code, out, err
+
+
+def test_cli_batch_stops_before_any_create_if_the_shared_budget_is_unreachable(
+    capsys: pytest.CaptureFixture[str], cli_env: ServerThread, tmp_path: Path
+) -> None:
+    url, code, out, err = _batch_on_unreachable_redis(capsys, tmp_path)
     assert code == 2, err
     assert out == ""
     (line,) = err.splitlines()
@@ -740,13 +745,7 @@ def test_cli_batch_stops_before_any_create_if_the_shared_budget_is_unreachable(
 def test_cli_batch_runs_unshared_if_allowed_and_says_so_as_a_warning_line(
     capsys: pytest.CaptureFixture[str], cli_env: ServerThread, tmp_path: Path
 ) -> None:
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text(TEXT_PROMPTS)
-    url = f"redis://127.0.0.1:{free_port()}/0"
-    code, out, err = run_main(
-        capsys, "batch", str(prompts), "--out", str(tmp_path), *FAST,
-        "--rate-limit-url", url, "--allow-unshared",
-    )  # fmt: skip
+    url, code, out, err = _batch_on_unreachable_redis(capsys, tmp_path, *FAST, "--allow-unshared")
     assert code == 0, err
     assert len(out.splitlines()) == 3
     (warning,) = [line for line in err.splitlines() if "unreachable" in line]

@@ -194,30 +194,35 @@ class FaultProfile:
         return cls(name=name, **builder(stall, slow, retry))
 
 
+def _weighted(*pairs: tuple[Fault, float]) -> tuple[WeightedFault, ...]:
+    """A profile's mix from ``(fault, weight)`` pairs, in order (the order is part of a draw)."""
+    return tuple(WeightedFault(fault, weight) for fault, weight in pairs)
+
+
 def _flaky(stall: float, slow: float, retry: Mapping[str, str]) -> dict[str, Any]:
     """A provider that mostly works: one request in ten meets a passing fault."""
     del stall  # a flaky provider answers, late at worst
     return {
         "create_rate": 0.10,
         "query_rate": 0.10,
-        "create_faults": (
-            WeightedFault(Fault.status(503), 3),
-            WeightedFault(Fault.status(500), 2),
-            WeightedFault(Fault.html(502), 2),
-            WeightedFault(Fault.status(429, headers=retry), 2),
-            WeightedFault(Fault.status(429), 1),
-            WeightedFault(Fault.reset(), 1),
-            WeightedFault(Fault.reset(process=True), 1),
-            WeightedFault(Fault.stall(slow), 3),
+        "create_faults": _weighted(
+            (Fault.status(503), 3),
+            (Fault.status(500), 2),
+            (Fault.html(502), 2),
+            (Fault.status(429, headers=retry), 2),
+            (Fault.status(429), 1),
+            (Fault.reset(), 1),
+            (Fault.reset(process=True), 1),
+            (Fault.stall(slow), 3),
         ),
-        "query_faults": (
-            WeightedFault(Fault.status(503), 3),
-            WeightedFault(Fault.html(502), 2),
-            WeightedFault(Fault.status(429, headers=retry), 2),
-            WeightedFault(Fault.status(429), 1),
-            WeightedFault(Fault.reset(), 1),
-            WeightedFault(Fault.stall(slow), 3),
-            WeightedFault(Fault.status_word(_UNKNOWN_WORDS[0]), 1),
+        "query_faults": _weighted(
+            (Fault.status(503), 3),
+            (Fault.html(502), 2),
+            (Fault.status(429, headers=retry), 2),
+            (Fault.status(429), 1),
+            (Fault.reset(), 1),
+            (Fault.stall(slow), 3),
+            (Fault.status_word(_UNKNOWN_WORDS[0]), 1),
         ),
     }
 
@@ -228,21 +233,21 @@ def _overloaded(stall: float, slow: float, retry: Mapping[str, str]) -> dict[str
     return {
         "create_rate": 0.35,
         "query_rate": 0.30,
-        "create_faults": (
-            WeightedFault(Fault.status(429, headers=retry), 4),
-            WeightedFault(Fault.status(429, headers=longer), 2),
-            WeightedFault(Fault.status(429), 3),
-            WeightedFault(Fault.status(503, headers=retry), 3),
-            WeightedFault(Fault.html(504), 1),
-            WeightedFault(Fault.stall(slow), 4),
-            WeightedFault(Fault.stall(stall), 1),
+        "create_faults": _weighted(
+            (Fault.status(429, headers=retry), 4),
+            (Fault.status(429, headers=longer), 2),
+            (Fault.status(429), 3),
+            (Fault.status(503, headers=retry), 3),
+            (Fault.html(504), 1),
+            (Fault.stall(slow), 4),
+            (Fault.stall(stall), 1),
         ),
-        "query_faults": (
-            WeightedFault(Fault.status(429, headers=retry), 4),
-            WeightedFault(Fault.status(429), 3),
-            WeightedFault(Fault.status(503), 3),
-            WeightedFault(Fault.stall(slow), 4),
-            WeightedFault(Fault.stall(stall), 1),
+        "query_faults": _weighted(
+            (Fault.status(429, headers=retry), 4),
+            (Fault.status(429), 3),
+            (Fault.status(503), 3),
+            (Fault.stall(slow), 4),
+            (Fault.stall(stall), 1),
         ),
     }
 
@@ -252,26 +257,26 @@ def _hostile(stall: float, slow: float, retry: Mapping[str, str]) -> dict[str, A
     return {
         "create_rate": 0.25,
         "query_rate": 0.25,
-        "create_faults": (
-            WeightedFault(Fault.html(502), 2),
-            WeightedFault(Fault.html(200), 1),
-            WeightedFault(Fault.body('{"id": "tr'), 1),
-            WeightedFault(Fault.body(""), 1),
-            WeightedFault(Fault.body("upstream said no", status=500, content_type="text/plain"), 1),
-            WeightedFault(Fault.reset(), 2),
-            WeightedFault(Fault.reset(process=True), 2),
-            WeightedFault(Fault.stall(stall), 1),
-            WeightedFault(Fault.edit({"status": _UNKNOWN_WORDS[0]}), 1),
-            WeightedFault(Fault.status(429, headers=retry), 1),
+        "create_faults": _weighted(
+            (Fault.html(502), 2),
+            (Fault.html(200), 1),
+            (Fault.body('{"id": "tr'), 1),
+            (Fault.body(""), 1),
+            (Fault.body("upstream said no", status=500, content_type="text/plain"), 1),
+            (Fault.reset(), 2),
+            (Fault.reset(process=True), 2),
+            (Fault.stall(stall), 1),
+            (Fault.edit({"status": _UNKNOWN_WORDS[0]}), 1),
+            (Fault.status(429, headers=retry), 1),
         ),
-        "query_faults": (
-            WeightedFault(Fault.html(502), 2),
-            WeightedFault(Fault.body('{"status": "compl'), 1),
-            WeightedFault(Fault.body("[]"), 1),
-            WeightedFault(Fault.status_word(_UNKNOWN_WORDS[0]), 1),
-            WeightedFault(Fault.status_word(_UNKNOWN_WORDS[1]), 1),
-            WeightedFault(Fault.reset(), 2),
-            WeightedFault(Fault.stall(stall), 1),
-            WeightedFault(Fault.stall(slow), 1),
+        "query_faults": _weighted(
+            (Fault.html(502), 2),
+            (Fault.body('{"status": "compl'), 1),
+            (Fault.body("[]"), 1),
+            (Fault.status_word(_UNKNOWN_WORDS[0]), 1),
+            (Fault.status_word(_UNKNOWN_WORDS[1]), 1),
+            (Fault.reset(), 2),
+            (Fault.stall(stall), 1),
+            (Fault.stall(slow), 1),
         ),
     }
