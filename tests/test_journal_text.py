@@ -10,10 +10,17 @@ from __future__ import annotations
 import json
 import sqlite3
 from contextlib import closing
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import attrs
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 import banana_async as ba
-from banana_async.journal import EntryState, Journal, canonical_request
+from banana_async._convert import CONVERTER
+from banana_async.journal import EntryState, Journal, _entries, canonical_request
+from banana_async.journal._entries import dumps_task
 
 from .conftest import reopened
 
@@ -145,3 +152,42 @@ def test_canonical_request_keeps_non_ascii_text() -> None:
     assert canonical_request(ba.GenerationRequest("un chat é 🍌")) == (
         '{"image_urls":[],"model":"nano-banana-2","prompt":"un chat é 🍌"}'
     )
+
+
+_texts = st.none() | st.text(st.characters(codec=None), max_size=30)
+
+
+@given(
+    task_id=st.text(st.characters(codec=None), max_size=30),
+    status=st.sampled_from(list(ba.TaskStatus)),
+    raw_status=st.text(max_size=10),
+    created=st.none()
+    | st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=-5, minutes=-30))])),
+    model=_texts,
+    object_=_texts,
+    image_url=_texts,
+    error=_texts,
+)
+@settings(max_examples=200, deadline=None)
+def test_a_task_is_stored_as_the_converter_writes_it(
+    task_id: str,
+    status: ba.TaskStatus,
+    raw_status: str,
+    created: datetime | None,
+    model: str | None,
+    object_: str | None,
+    image_url: str | None,
+    error: str | None,
+) -> None:
+    # dumps_task builds the JSON by hand for speed: it must write exactly
+    # what the converter's output gives, and load back to the same task.
+    task = ba.Task(task_id, status, raw_status, created, model, object_, image_url, error)
+    text = dumps_task(task)
+    assert text == _entries._ASCII_ENCODER.encode(CONVERTER.unstructure(task, ba.Task))
+    assert CONVERTER.structure(json.loads(text), ba.Task) == task
+
+
+def test_the_stored_task_names_every_field() -> None:
+    # A field added to Task must be added to dumps_task too.
+    stored = json.loads(dumps_task(ba.Task("t1", ba.TaskStatus.QUEUED)))
+    assert sorted(stored) == sorted(field.name for field in attrs.fields(ba.Task))

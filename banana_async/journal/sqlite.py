@@ -136,7 +136,7 @@ nothing, so the other ops of its group commit keep their records.
 _SAME_TASK_ID: Final = "(task_id IS NULL OR (task_id = {} AND instr(task_id, '\\') = 0))"
 
 # How many rows the statements for many records of one kind have: a group's
-# records are padded up to the next size with rows of NULLs, which match and
+# records are padded up to the next size with rows of index -1, which match and
 # write nothing. A few fixed shapes stay in the connection's statement cache,
 # so a group pays no statement compilation. The largest keeps the variables
 # of one statement far below the 999 that even an SQLite built with the old
@@ -164,6 +164,12 @@ def _task_values(
     return (state.value, storable(task.id), dumps_task(task), error, error_type)
 
 
+def _task_row(index: int, values: _Values) -> tuple[Any, ...]:
+    """A task record's row for _RECORDS ('' stands for NULL there: see _run_kind)."""
+    state, task_id, task, error, error_type = values
+    return (index, state, "", task_id or "", task, error or "", error_type or "")
+
+
 @attrs.frozen(eq=False)
 class _Kind:
     """A kind of record that the entries of one group share one statement for.
@@ -171,22 +177,20 @@ class _Kind:
     The statements read the group's records as the rows of ``VALUES``, named
     ``v``: ``v.column1`` is the index, then come the step's other ``row``
     values; ``{now}`` is the time of writing. ``write`` writes every record the
-    table (and the task id) allows, each on its own entry. For task records,
-    when it wrote fewer rows than it was given, ``unwritten`` selects the
-    indices whose entry does not read exactly as the record would have
-    written it; for new entries, it selects the entries that exist, before
-    writing. Those steps run alone, which writes them after all or raises
-    the error that says why.
+    table (and the task id) allows, each on its own entry. When it wrote
+    fewer rows than it was given, ``unwritten`` selects the indices whose
+    entry does not read exactly as the record would have written it. Those
+    steps run alone, which writes them after all or raises the error that
+    says why.
 
-    The usual group thus costs one statement per kind, whose result is one
-    step of SQLite rather than one per record: each step lets go of the GIL,
-    and taking it back from a busy event loop takes a switch interval.
+    The usual group thus costs one statement, whose result is one step of
+    SQLite rather than one per record: each step lets go of the GIL, and
+    taking it back from a busy event loop costs a switch of threads.
     """
 
     write: str
     unwritten: str
     width: int
-    new_entries: bool = False
     _texts: dict[tuple[str, int], tuple[str, int]] = attrs.field(factory=dict, init=False)
 
     def text(self, template: str, shape: int) -> tuple[str, int]:
@@ -216,19 +220,8 @@ def _unwritten(written: str) -> str:
     """The indices of ``v`` whose entry does not read as ``written`` says."""
     return (
         "SELECT v.column1 FROM (VALUES {rows}) AS v LEFT JOIN entries ON idx = v.column1"
-        f" WHERE v.column1 IS NOT NULL AND NOT coalesce({written}, 0)"
+        f" WHERE v.column1 >= 0 AND NOT coalesce({written}, 0)"
     )
-
-
-# record_sending of an input that has no entry yet: the usual case by far.
-# The WHERE keeps the padding out.
-_NEW_ENTRIES: Final = _Kind(
-    "INSERT INTO entries (idx, state, request, updated_at)"
-    " SELECT column1, column2, column3, {now} FROM (VALUES {rows}) WHERE column1 IS NOT NULL",
-    "SELECT v.column1 FROM (VALUES {rows}) AS v JOIN entries ON idx = v.column1",
-    3,
-    new_entries=True,
-)
 
 
 # The states a task's record may move an entry to, and from which: pairs of
@@ -239,21 +232,38 @@ _TASK_MOVES: Final = ", ".join(
     for before in sorted(state for state in sources(after) if state is not None)
 )
 
-# record_created and record_finished: the checks of Journal._update_task,
-# with v.column2 as the state written and v.column3 as the task id.
-_TASK_RECORDS: Final = _Kind(
-    "UPDATE entries SET state = v.column2, task_id = v.column3, task = v.column4,"
-    " error = v.column5, error_type = v.column6, updated_at = {now}"
-    " FROM (VALUES {rows}) AS v WHERE idx = v.column1"
-    f" AND (v.column2, state) IN (VALUES {_TASK_MOVES}) AND {_SAME_TASK_ID.format('v.column3')}",
+# The three records every task makes, all in one statement: record_sending
+# of an input that has no entry yet (the usual case by far) inserts its
+# entry; record_created and record_finished update theirs, with the checks
+# of Journal._update_task. A row is (index, state, request, task_id, task,
+# error, error_type), '' standing for NULL: a new entry has no task, a
+# task's record sets no request. The WHERE of the SELECT keeps the padding
+# out, and a task's record for an entry that does not exist (inserting it
+# would be wrong). An existing entry is updated only by a task's record that
+# the table allows: a new entry's record that finds one writes nothing.
+_RECORDS: Final = _Kind(
+    "INSERT INTO entries (idx, state, request, task_id, task, error, error_type, updated_at)"
+    " SELECT column1, column2, nullif(column3, ''), nullif(column4, ''), nullif(column5, ''),"
+    " nullif(column6, ''), nullif(column7, ''), {now} FROM (VALUES {rows})"
+    f" WHERE column1 >= 0 AND (column2 = '{EntryState.SENDING.value}'"
+    " OR column1 IN (SELECT idx FROM entries))"
+    " ON CONFLICT (idx) DO UPDATE SET state = excluded.state, task_id = excluded.task_id,"
+    " task = excluded.task, error = excluded.error, error_type = excluded.error_type,"
+    " updated_at = excluded.updated_at"
+    f" WHERE (excluded.state, entries.state) IN (VALUES {_TASK_MOVES})"
+    f" AND {_SAME_TASK_ID.format('excluded.task_id')}",
     # An entry that reads exactly as the record would leave it needs nothing
     # more: had this statement refused it, its step alone would write the
-    # same values (see Journal._update_task).
+    # same values (see Journal._update_task). A new entry's record also
+    # compares the request: an entry that was there before keeps its own
+    # time of writing, so it never reads as written now.
     _unwritten(
-        "state = v.column2 AND task_id IS v.column3 AND task IS v.column4"
-        " AND error IS v.column5 AND error_type IS v.column6 AND updated_at = {now}"
+        "state = v.column2 AND task_id IS nullif(v.column4, '') AND task IS nullif(v.column5, '')"
+        " AND error IS nullif(v.column6, '') AND error_type IS nullif(v.column7, '')"
+        " AND updated_at = {now}"
+        f" AND (v.column2 <> '{EntryState.SENDING.value}' OR request IS nullif(v.column3, ''))"
     ),
-    6,
+    7,
 )
 
 
@@ -735,8 +745,8 @@ class Journal:
         return _Step(
             Journal._sending_alone,
             index,
-            _NEW_ENTRIES,
-            (index, EntryState.SENDING.value, text),
+            _RECORDS,
+            (index, EntryState.SENDING.value, text, "", "", "", ""),
             (self, index, text),
         )
 
@@ -762,8 +772,8 @@ class Journal:
         return _Step(
             Journal._created_alone,
             index,
-            _TASK_RECORDS,
-            (index, *values),
+            _RECORDS,
+            _task_row(index, values),
             (self, index, task, values),
         )
 
@@ -780,8 +790,8 @@ class Journal:
         return _Step(
             Journal._finished_alone,
             index,
-            _TASK_RECORDS,
-            (index, *values),
+            _RECORDS,
+            _task_row(index, values),
             (self, index, task, values),
         )
 
@@ -923,6 +933,8 @@ class Journal:
         and each step runs again in a transaction of its own, so that each
         result says exactly whether that step's record was committed.
         """
+        if _one_statement(steps):
+            return self._run_statement(steps)
         results: list[tuple[bool, Any]] = [(False, None)] * len(steps)
         try:
             with self._transaction(write=True) as connection:
@@ -934,6 +946,36 @@ class Journal:
         except Exception as exc:  # closed, or a failed BEGIN: nothing ran
             return [(False, exc)] * len(steps)
         return results
+
+    def _run_statement(self, steps: list[_Step[Any]]) -> list[tuple[bool, Any]]:
+        """Run a group of records of one statement (see _one_statement) without a transaction.
+
+        One statement commits alone, all or nothing, and a group that needs
+        no BEGIN and no COMMIT takes the GIL back three times fewer: each of
+        those statements lets go of it, and a busy event loop hands it back
+        only at its next system call. Records the statement refused run
+        alone afterwards, which writes them after all or says why not.
+        """
+        try:
+            with self._lock:
+                connection = self._connection
+                if connection is None:
+                    raise ValueError(f"journal {self.path!r} is closed")
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")  # see _transaction
+                now = time.time()
+                written = _write_records(self, connection, _RECORDS, steps, now)
+                if written == len(steps):
+                    return [(True, None)] * len(steps)
+                alone = _indices(connection, _RECORDS, steps, now)
+        except sqlite3.Error:
+            # Nothing was written: each runs alone, to learn its own fate.
+            return [self._run_group([step])[0] for step in steps]
+        except Exception as exc:  # closed: nothing ran
+            return [(False, exc)] * len(steps)
+        return [
+            self._run_group([step])[0] if step.index in alone else (True, None) for step in steps
+        ]
 
     def _run_steps(
         self,
@@ -985,22 +1027,10 @@ class Journal:
             for start in range(0, len(places), largest):
                 part = places[start : start + largest]
                 group = [steps[place] for place in part]
+                now = time.time()
                 alone: set[int] = set()
-                if kind.new_entries:
-                    # A fresh batch's new inputs surely have no entry (the
-                    # file is locked for this journal): nothing to look up.
-                    if not self._surely_absent(min(step.row[0] for step in group)):
-                        alone = _indices(connection, kind, group, 0.0)
-                        group = [step for step in group if step.index not in alone]
-                    if group:
-                        self._raise_highest(max(step.row[0] for step in group))
-                        # None of them exists: a conflict here would be a bug,
-                        # and it would fail the group, to run again one by one.
-                        _write(connection, kind, group, time.time())
-                else:
-                    now = time.time()
-                    if _write(connection, kind, group, now) != len(group):
-                        alone = _indices(connection, kind, group, now)
+                if _write_records(self, connection, kind, group, now) != len(group):
+                    alone = _indices(connection, kind, group, now)
                 for place in part:
                     step = steps[place]
                     # A record the statement did not write: its step, alone,
@@ -1153,21 +1183,46 @@ def _run_kind(
     steps: list[_Step[Any]],
     now: float,
 ) -> sqlite3.Cursor:
-    """Run ``template`` of ``kind`` over the rows of ``steps``, padded with NULLs to a shape."""
+    """Run ``template`` of ``kind`` over ``steps``, padded to a shape with rows writing nothing."""
     shape = next(size for size in _SHAPES if size >= len(steps))
     text, where = kind.text(template, shape)
     values: list[Any] = [now] if where == 1 else []
     for step in steps:
         values += step.row
-    values += [None] * (kind.width * (shape - len(steps)))
+    # Padding rows: index -1 matches no entry (and is filtered out), and
+    # integers bind at a fraction of NULL's cost (the sqlite3 module looks
+    # for an adapter for every None it binds).
+    values += [-1] * (kind.width * (shape - len(steps)))
     if where == -1:
         values.append(now)
     return connection.execute(text, values)
 
 
-def _write(connection: sqlite3.Connection, kind: _Kind, steps: list[_Step[Any]], now: float) -> int:
+def _write_records(
+    journal: Journal,
+    connection: sqlite3.Connection,
+    kind: _Kind,
+    steps: list[_Step[Any]],
+    now: float,
+) -> int:
     """Write the records of ``steps`` that the table allows; return how many were written."""
+    sending = EntryState.SENDING.value
+    new = [step.row[0] for step in steps if step.row[1] == sending]
+    if new:
+        journal._raise_highest(max(new))
     return _run_kind(connection, kind, kind.write, steps, now).rowcount
+
+
+def _one_statement(steps: list[_Step[Any]]) -> bool:
+    """True when one statement writes ``steps``: records of _RECORDS, each on its own entry."""
+    if not 1 < len(steps) <= _SHAPES[-1]:
+        return False
+    indices = set()
+    for step in steps:
+        if step.kind is not _RECORDS:
+            return False
+        indices.add(step.index)
+    return len(indices) == len(steps)
 
 
 def _indices(
@@ -1400,25 +1455,34 @@ class SQLiteStore:
     def _work(self) -> None:
         """The worker thread: take what is waiting, run it in one transaction, report."""
         calls = self._calls
-        last = -_WINDOW
+        last = 0.0
         busy = False
         while True:
-            first = calls.get()
-            if first is None:
-                return
-            group = [first]
-            stop = _take(calls, group)
-            if busy and not stop:
-                # The journal is busy (see below): more records are on
-                # their way. Gather them for a window after that
-                # commit, so that one commit (and one wake-up of the event
-                # loop) serves many. A caller alone (one record after
-                # another, as a resume reads its inputs) finds the journal
-                # idle and never waits.
+            group: list[_Call[Any]] = []
+            if busy:
+                # The journal is busy (see below): more records are on their
+                # way. Gather them for a window after the last commit, so that
+                # one commit (and one wake-up of the event loop) serves many.
+                # Sleeping first and then taking what came, rather than
+                # waiting for the first record and then sleeping, takes the
+                # GIL back once per group instead of twice.
                 pause = last + _WINDOW - time.monotonic()
                 if pause > 0:
                     time.sleep(pause)
-                    stop = _take(calls, group)
+                stop = _take(calls, group)
+                if not group:
+                    if stop:
+                        return
+                    busy = False  # a quiet window: the next caller is served at once
+                    continue
+            else:
+                # Idle: a caller alone (one record after another, as a resume
+                # reads its inputs) is served at once, never kept waiting.
+                first = calls.get()
+                if first is None:
+                    return
+                group.append(first)
+                stop = _take(calls, group)
             last = time.monotonic()
             try:
                 results = self.journal._run_group([call.op for call in group])
@@ -1496,7 +1560,7 @@ def _connect(name: str, *, exclusive: bool) -> sqlite3.Connection:
             connection); the connection is closed, so a new attempt can win.
         JournalError: For every other failure.
     """
-    _create_private(name)
+    fresh = _create_private(name)
     try:
         # No busy wait inside an attempt (timeout=0): see _prepare for why the
         # waiting is done by closing and trying again instead.
@@ -1508,6 +1572,16 @@ def _connect(name: str, *, exclusive: bool) -> sqlite3.Connection:
     try:
         if exclusive:
             connection.execute("PRAGMA locking_mode=EXCLUSIVE")
+        if fresh:
+            # The file was made empty just now, by this call: a journal to be.
+            # Its layout is written in the write-ahead log and without fsync:
+            # in the usual (rollback) mode, making it and then switching to
+            # the log cost eight fsyncs, 5-30 ms before a batch could start.
+            # A SIGKILL cannot damage the file this way (the writes are in
+            # the operating system's cache); a power cut in that millisecond
+            # could, and the journal has no record yet then.
+            connection.execute("PRAGMA synchronous=OFF")
+            connection.execute("PRAGMA journal_mode=WAL")
         _prepare(connection, name)
         # The write-ahead log is switched on only once the file is known to
         # be a journal: someone else's database is never converted. With
@@ -1535,8 +1609,10 @@ def _connect(name: str, *, exclusive: bool) -> sqlite3.Connection:
     return connection
 
 
-def _create_private(name: str) -> None:
+def _create_private(name: str) -> bool:
     """Create the journal file, readable and writable by its owner only, if it is missing.
+
+    Returns True when this call made the file (empty).
 
     A journal holds prompts and the provider's answers. SQLite would create
     the file with mode 0644 (less the umask), and its ``-wal`` and ``-shm``
@@ -1545,13 +1621,14 @@ def _create_private(name: str) -> None:
     owner chose it.
     """
     if name in ("", ":memory:"):
-        return
+        return False
     try:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError:
         # It exists, or it cannot be made: sqlite3.connect says what is wrong.
-        return
+        return False
     os.close(fd)
+    return True
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
