@@ -1,0 +1,104 @@
+"""Edges of how the dialects read answers, found by mutation testing.
+
+Each test pins what an error says and carries when the provider's answer is
+unreadable or reports an error in a ``code``/``msg`` body: details the rest
+of the suite went through without checking, so that a mutant breaking them
+survived (see "Would the tests notice?" in docs/reliability.md). The
+dialects are pure functions of bytes, so these are recorded answers.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from banana_async import ProviderError, ResponseValidationError, TaskStatus
+from banana_async.dialects import NANO, HTTPResponse, parse_body
+
+
+def _json(data: Any, status: int = 200) -> HTTPResponse:
+    return HTTPResponse(status, {"Content-Type": "application/json"}, json.dumps(data).encode())
+
+
+def _provider_error(data: Any) -> ProviderError:
+    with pytest.raises(ProviderError) as info:
+        parse_body(_json(data))
+    return info.value
+
+
+@pytest.mark.parametrize("body", [b"", b"  \r\n"])
+def test_an_empty_body_says_so_with_its_status(body: bytes) -> None:
+    with pytest.raises(ResponseValidationError) as info:
+        NANO.parse_task(HTTPResponse(202, {}, body))
+    assert "the provider sent an empty body" in str(info.value)
+    assert info.value.body == ""
+    assert info.value.status_code == 202
+
+
+def test_an_html_page_in_a_2xx_answer_keeps_its_text_and_status() -> None:
+    page = b"<!DOCTYPE html><html><head><title>Bad  Gateway</title></head></html>"
+    with pytest.raises(ResponseValidationError) as info:
+        NANO.parse_create(HTTPResponse(201, {}, page))
+    assert "the provider sent HTML page 'Bad Gateway' instead of JSON" in str(info.value)
+    assert info.value.body == page.decode()
+    assert info.value.status_code == 201
+
+
+def test_a_body_that_is_not_json_keeps_its_text_and_status() -> None:
+    with pytest.raises(ResponseValidationError) as info:
+        NANO.parse_task(HTTPResponse(203, {}, b"upstream   says no"))
+    assert "the provider's response is not JSON: upstream says no" in str(info.value)
+    assert info.value.body == "upstream   says no"
+    assert info.value.status_code == 203
+
+
+def test_an_error_code_is_named_with_its_message() -> None:
+    error = _provider_error({"code": 500, "msg": "busy"})
+    assert str(error) == "the provider reported an error (code 500): busy"
+    assert (error.code, error.msg, error.task_id) == ("500", "busy", None)
+
+
+def test_a_missing_code_or_message_reads_as_a_question_mark() -> None:
+    error = _provider_error({"msg": "no code given"})
+    assert str(error) == "the provider reported an error (code ?): no code given"
+    assert (error.code, error.msg) == ("", "no code given")
+    error = _provider_error({"code": 7, "msg": None})
+    assert str(error) == "the provider reported an error (code 7): ?"
+    assert (error.code, error.msg) == ("7", "")
+    error = _provider_error({"code": 7, "msg": ""})
+    assert str(error).endswith("(code 7): ?")
+
+
+def test_a_message_that_is_not_text_is_kept_as_text() -> None:
+    error = _provider_error({"code": 9, "msg": 12})
+    assert error.msg == "12"
+    assert str(error).endswith("(code 9): 12")
+
+
+def test_an_error_about_a_task_names_it() -> None:
+    error = _provider_error({"code": 5, "msg": "quota", "id": "t-1"})
+    assert str(error) == "the provider reported an error about task 't-1' (code 5): quota"
+    assert error.task_id == "t-1"
+
+
+def test_a_blank_id_beside_an_error_is_no_task_id() -> None:
+    error = _provider_error({"code": 5, "msg": "quota", "id": "   "})
+    assert error.task_id is None
+    assert "about task" not in str(error)
+
+
+@pytest.mark.parametrize("code", [[0], {"ok": True}, "nope"])
+def test_a_code_of_no_known_kind_is_an_error(code: object) -> None:
+    error = _provider_error({"code": code, "msg": "x"})
+    assert error.msg == "x"
+
+
+def test_a_completed_task_with_an_unusable_image_url_names_the_url_cut_short() -> None:
+    url = "ftp://images.example/" + "a" * 200
+    task = NANO.parse_task(_json({"id": "t-2", "status": "completed", "image_url": url}))
+    assert task.status is TaskStatus.FAILED
+    assert task.error is not None
+    shown = ascii(url[:79] + "\u2026")  # 80 characters, the cut one included
+    assert f"the task image URL {shown} " in task.error
