@@ -14,8 +14,14 @@ from typing import Any
 
 import pytest
 
-from banana_async import ProviderError, ResponseValidationError, TaskStatus
-from banana_async.dialects import NANO, HTTPResponse, parse_body
+from banana_async import (
+    APIStatusError,
+    ProviderError,
+    ResponseValidationError,
+    ServerError,
+    TaskStatus,
+)
+from banana_async.dialects import NANO, HTTPResponse, error_for_status, parse_body
 
 
 def _json(data: Any, status: int = 200) -> HTTPResponse:
@@ -102,3 +108,18 @@ def test_a_completed_task_with_an_unusable_image_url_names_the_url_cut_short() -
     assert task.error is not None
     shown = ascii(url[:79] + "\u2026")  # 80 characters, the cut one included
     assert f"the task image URL {shown} " in task.error
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "what"),
+    [
+        (599, ServerError, "error"),
+        (600, APIStatusError, "error"),
+        (418, APIStatusError, "error"),
+        (304, APIStatusError, "unexpected status"),
+    ],
+)
+def test_a_status_is_named_for_what_it_is(status: int, kind: type[Exception], what: str) -> None:
+    error = error_for_status(HTTPResponse(status, {}, b"{}"))
+    assert type(error) is kind
+    assert str(error).startswith(f"HTTP {status} {what} from the provider: ")
