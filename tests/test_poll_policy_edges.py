@@ -13,7 +13,13 @@ import random
 
 import pytest
 
-from banana_async._polling import HOLD_SPREAD, POLL_JITTER, WAKE_GRID, PollPolicy
+from banana_async._polling import (
+    HOLD_SPREAD,
+    POLL_JITTER,
+    WAKE_GRID,
+    PollPolicy,
+    censored_quantile,
+)
 
 KEY = ("nano-banana-2", "")
 DRAWS = 200
@@ -61,3 +67,19 @@ def test_a_held_task_past_its_aim_polls_soon_but_spread(interval: float) -> None
     # Spread over the whole half interval, not bunched at either end.
     assert min(delays) < spread / 4
     assert max(delays) > spread * 3 / 4
+
+
+def test_a_task_watched_up_to_the_age_another_finished_was_still_at_risk_then() -> None:
+    # Watched until 2 s without finishing: at 2 s it could still have
+    # finished, so one of the two tasks at risk then finished (not one of
+    # one), and only two thirds of all three are known done by 2 s.
+    assert censored_quantile([1.0, 2.0], [2.0], 2 / 3) == 2.0
+    assert censored_quantile([1.0, 2.0], [2.0], 0.8) is None
+
+
+def test_each_task_watched_only_briefly_leaves_the_tasks_at_risk_one_by_one() -> None:
+    # Five tasks; one watched until 0.5 s. Of the four left, one finished
+    # by 1 s (25 %) and two by 2 s (50 %).
+    assert censored_quantile([1.0, 2.0, 3.0, 4.0], [0.5], 0.25) == 1.0
+    assert censored_quantile([1.0, 2.0, 3.0, 4.0], [0.5], 0.5) == 2.0
+    assert censored_quantile([1.0, 2.0, 3.0, 4.0], [0.5, 0.6], 0.5) == 2.0
