@@ -16,6 +16,7 @@ import pytest
 
 from banana_async import (
     APIStatusError,
+    BadRequestError,
     ProviderError,
     ResponseValidationError,
     ServerError,
@@ -114,6 +115,8 @@ def test_a_completed_task_with_an_unusable_image_url_names_the_url_cut_short() -
     ("status", "kind", "what"),
     [
         (599, ServerError, "error"),
+        (400, BadRequestError, "error"),
+        (399, APIStatusError, "unexpected status"),
         (600, APIStatusError, "error"),
         (418, APIStatusError, "error"),
         (304, APIStatusError, "unexpected status"),
@@ -122,4 +125,34 @@ def test_a_completed_task_with_an_unusable_image_url_names_the_url_cut_short() -
 def test_a_status_is_named_for_what_it_is(status: int, kind: type[Exception], what: str) -> None:
     error = error_for_status(HTTPResponse(status, {}, b"{}"))
     assert type(error) is kind
-    assert str(error).startswith(f"HTTP {status} {what} from the provider: ")
+    assert str(error) == f"HTTP {status} {what} from the provider: {{}}"  # no redirect named
+
+
+def test_a_redirect_names_where_it_went_and_that_it_was_not_followed() -> None:
+    error = error_for_status(HTTPResponse(302, {"location": "https://elsewhere.example/"}, b""))
+    assert str(error) == (
+        "HTTP 302 unexpected status from the provider: empty body"
+        " (redirect to https://elsewhere.example/; redirects are not followed)"
+    )
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        b"\r\n  <html><head><title>Oops</title></head></html>",  # blanks before it
+        b"<!DOCTYPE HTML><title>Oops</title>",  # no <html> tag at all
+        b"<?xml version='1.0'?><html><title>Oops</title></html>",  # another start
+        b"<!--" + b"x" * 503 + b"<html><title>Oops</title></html>",  # <html within 512 bytes
+    ],
+)
+def test_an_html_page_is_told_from_other_text(page: bytes) -> None:
+    with pytest.raises(ResponseValidationError) as info:
+        NANO.parse_task(HTTPResponse(200, {}, page))
+    assert str(info.value).startswith("the provider sent HTML page 'Oops' instead of JSON")
+
+
+def test_only_the_first_512_bytes_are_looked_at_for_html() -> None:
+    page = b"<!--" + b"x" * 504 + b"<html><title>Oops</title></html>"  # <html ends at 513
+    with pytest.raises(ResponseValidationError) as info:
+        NANO.parse_task(HTTPResponse(200, {}, page))
+    assert str(info.value).startswith("the provider's response is not JSON: <!--xxx")
