@@ -143,6 +143,8 @@ def test_a_redirect_names_where_it_went_and_that_it_was_not_followed() -> None:
         b"<!DOCTYPE HTML><title>Oops</title>",  # no <html> tag at all
         b"<?xml version='1.0'?><html><title>Oops</title></html>",  # another start
         b"<!--" + b"x" * 503 + b"<html><title>Oops</title></html>",  # <html within 512 bytes
+        b"<head><title>Oops</title></head>",  # a fragment
+        b"<BODY><title>Oops</title></BODY>",
     ],
 )
 def test_an_html_page_is_told_from_other_text(page: bytes) -> None:
@@ -156,3 +158,30 @@ def test_only_the_first_512_bytes_are_looked_at_for_html() -> None:
     with pytest.raises(ResponseValidationError) as info:
         NANO.parse_task(HTTPResponse(200, {}, page))
     assert str(info.value).startswith("the provider's response is not JSON: <!--xxx")
+
+
+def test_a_page_without_a_title_is_an_html_page() -> None:
+    with pytest.raises(ResponseValidationError) as info:
+        NANO.parse_task(HTTPResponse(200, {}, b"<html><body>busy</body></html>"))
+    assert str(info.value).startswith("the provider sent an HTML page instead of JSON")
+
+
+def test_only_the_first_8_kib_are_searched_for_a_title() -> None:
+    head = b"<html><!--"
+    title = b"<title>Oops</title>"
+    inside = head + b"x" * (8192 - len(head) - len(title)) + title  # ends at byte 8192
+    outside = head + b"x" * (8193 - len(head) - len(title)) + title  # one byte later
+    with pytest.raises(ResponseValidationError) as info:
+        NANO.parse_task(HTTPResponse(200, {}, inside))
+    assert "HTML page 'Oops'" in str(info.value)
+    with pytest.raises(ResponseValidationError) as info:
+        NANO.parse_task(HTTPResponse(200, {}, outside))
+    assert str(info.value).startswith("the provider sent an HTML page instead of JSON")
+
+
+def test_other_markup_is_not_taken_for_an_html_page() -> None:
+    with pytest.raises(ResponseValidationError) as info:
+        NANO.parse_task(HTTPResponse(200, {}, b"<error>busy</error>"))
+    assert str(info.value) == (
+        "the provider's response is not JSON: <error>busy</error> (HTTP 200)"
+    )
