@@ -185,3 +185,34 @@ def test_other_markup_is_not_taken_for_an_html_page() -> None:
     assert str(info.value) == (
         "the provider's response is not JSON: <error>busy</error> (HTTP 200)"
     )
+
+
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        ({"error": "bad prompt"}, "bad prompt"),
+        ({"message": "bad prompt"}, "bad prompt"),
+        ({"msg": "bad prompt"}, "bad prompt"),
+        ({"detail": "bad prompt"}, "bad prompt"),
+        ({"error": {"message": "nested"}}, "nested"),
+        ({"error": {"msg": "nested msg"}}, "nested msg"),
+        ({"error": {"message": "first", "msg": "second"}}, "first"),
+        ({"detail": "d", "msg": "m", "message": "x", "error": "e"}, "e"),
+        ({"detail": "d", "msg": "m", "message": "x"}, "x"),
+        ({"detail": "d", "msg": "m"}, "m"),
+        ({"error": 5, "message": "  spaced   out \n text "}, "spaced out text"),
+        ({"error": "   ", "msg": "real"}, "real"),
+        ({"code": 3}, '{"code": 3}'),
+    ],
+)
+def test_an_error_body_is_read_for_its_message(data: Any, said: str) -> None:
+    error = error_for_status(_json(data, 400))
+    assert str(error) == f"HTTP 400 error from the provider: {said}"
+
+
+def test_a_long_message_or_title_is_cut_to_200_characters() -> None:
+    error = error_for_status(_json({"error": "m" * 300}, 400))
+    assert str(error) == "HTTP 400 error from the provider: " + "m" * 199 + "\u2026"
+    page = b"<html><title>" + b"t" * 300 + b"</title></html>"
+    error = error_for_status(HTTPResponse(502, {}, page))
+    assert str(error) == "HTTP 502 error from the provider: HTML page '" + "t" * 199 + "\u2026'"
