@@ -216,3 +216,14 @@ def test_a_long_message_or_title_is_cut_to_200_characters() -> None:
     page = b"<html><title>" + b"t" * 300 + b"</title></html>"
     error = error_for_status(HTTPResponse(502, {}, page))
     assert str(error) == "HTTP 502 error from the provider: HTML page '" + "t" * 199 + "\u2026'"
+
+
+def test_a_long_body_that_is_not_json_is_cut_to_200_characters() -> None:
+    error = error_for_status(HTTPResponse(500, {}, b"x" * 300))
+    assert str(error) == "HTTP 500 error from the provider: " + "x" * 199 + "\u2026"
+
+
+@pytest.mark.parametrize("blank", ["\u00a0", "\x1c\u2003"])
+def test_a_body_of_blanks_that_bytes_do_not_strip_is_an_empty_body(blank: str) -> None:
+    error = error_for_status(HTTPResponse(500, {}, blank.encode()))
+    assert str(error) == "HTTP 500 error from the provider: empty body"
