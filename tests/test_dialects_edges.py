@@ -227,3 +227,11 @@ def test_a_long_body_that_is_not_json_is_cut_to_200_characters() -> None:
 def test_a_body_of_blanks_that_bytes_do_not_strip_is_an_empty_body(blank: str) -> None:
     error = error_for_status(HTTPResponse(500, {}, blank.encode()))
     assert str(error) == "HTTP 500 error from the provider: empty body"
+
+
+def test_a_queried_task_without_a_status_is_refused_with_its_status_code() -> None:
+    with pytest.raises(ResponseValidationError) as info:
+        NANO.parse_task(_json({"id": "t-3"}, 202), task_id="t-3")
+    assert str(info.value) == "the provider's response has no status (HTTP 202)"
+    assert info.value.status_code == 202
+    assert info.value.body == '{"id": "t-3"}'
