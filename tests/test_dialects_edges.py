@@ -235,3 +235,20 @@ def test_a_queried_task_without_a_status_is_refused_with_its_status_code() -> No
     assert str(info.value) == "the provider's response has no status (HTTP 202)"
     assert info.value.status_code == 202
     assert info.value.body == '{"id": "t-3"}'
+
+
+def test_an_answer_about_another_task_keeps_its_body_and_status() -> None:
+    with pytest.raises(ResponseValidationError) as info:
+        NANO.parse_task(_json({"id": "t-9", "status": "queued"}, 203), task_id="t-3")
+    assert str(info.value) == (
+        "the provider answered a query for task 't-3' with task 't-9' (HTTP 203)"
+    )
+    assert info.value.status_code == 203
+    assert info.value.body == '{"id": "t-9", "status": "queued"}'
+
+
+def test_a_query_asks_for_json_and_escapes_only_an_id_of_dots() -> None:
+    request = NANO.query_request("X.")
+    assert request.url.endswith("/v1/result/X.")
+    assert dict(request.headers) == {"Accept": "application/json"}
+    assert NANO.query_request("..").url.endswith("/v1/result/%2E%2E")
