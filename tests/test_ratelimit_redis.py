@@ -16,7 +16,7 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -445,6 +445,12 @@ async def test_processes_keep_to_the_budget_together_after_redis_dies(
     assert busiest <= 1.1 * rate, busiest
 
 
+async def _until(condition: Callable[[], bool]) -> None:
+    """Wait until ``condition()`` holds (the limiters have no event to wait on)."""
+    while not condition():  # noqa: ASYNC110 - the limiters have no event for it
+        await asyncio.sleep(0.02)
+
+
 def _is_shared(limiter: shared.RedisRateLimiter) -> bool:
     """Whether ``limiter`` uses Redis now (a call: a property's value would be narrowed)."""
     return limiter.shared
@@ -566,18 +572,14 @@ async def test_a_limit_learned_from_a_share_is_put_back_as_the_whole_keys(
             while not stop.is_set():
                 await client.create("a fox")
 
-    async def until(condition: Any) -> None:
-        while not condition():  # noqa: ASYNC110 - the limiters have no event for it
-            await asyncio.sleep(0.02)
-
     spenders = [asyncio.ensure_future(spend(limiter)) for limiter in limiters]
     try:
-        await until(lambda: all(limiter._members == 2 for limiter in limiters))
+        await _until(lambda: all(limiter._members == 2 for limiter in limiters))
         redis_server.kill()
-        await until(lambda: all(limiter.local.limited > 0 for limiter in limiters))
+        await _until(lambda: all(limiter.local.limited > 0 for limiter in limiters))
         learned = [limiter.local.provider_limit for limiter in limiters]
         redis_server.start()  # the same port, nothing kept
-        await until(lambda: any("put back" in r.getMessage() for r in caplog.records))
+        await _until(lambda: any("put back" in r.getMessage() for r in caplog.records))
     finally:
         stop.set()
         await asyncio.gather(*spenders)
@@ -617,16 +619,12 @@ async def test_processes_rejoining_redis_one_by_one_keep_to_the_budget(
             sent.append(clock.time())
             limiter.record(turn, limited=False)
 
-    async def until(condition: Any) -> None:
-        while not condition():  # noqa: ASYNC110 - the limiters have no event for it
-            await asyncio.sleep(0.02)
-
     spenders = [asyncio.ensure_future(spend(limiter)) for limiter in limiters]
     try:
-        await until(lambda: all(limiter._members == 4 for limiter in limiters))
-        await until(lambda: len(sent) >= 30)
+        await _until(lambda: all(limiter._members == 4 for limiter in limiters))
+        await _until(lambda: len(sent) >= 30)
         redis_server.kill()
-        await until(lambda: not any(_is_shared(limiter) for limiter in limiters))
+        await _until(lambda: not any(_is_shared(limiter) for limiter in limiters))
         shares_from = len(sent)
         await asyncio.sleep(1.5)  # on the local shares
         away = sent[shares_from:]
@@ -634,7 +632,7 @@ async def test_processes_rejoining_redis_one_by_one_keep_to_the_budget(
         # One by one, 0.15 s apart, as their retries fall.
         for index, limiter in enumerate(limiters):
             limiter._retry_at = clock.time() + 0.15 * index
-        await until(lambda: all(_is_shared(limiter) for limiter in limiters))
+        await _until(lambda: all(_is_shared(limiter) for limiter in limiters))
         await asyncio.sleep(1.5)
     finally:
         stop.set()
