@@ -769,13 +769,7 @@ class Journal:
         check_index(index)
 
         values = _task_values(task, EntryState.CREATED, None, None)
-        return _Step(
-            Journal._created_alone,
-            index,
-            _RECORDS,
-            _task_row(index, values),
-            (self, index, task, values),
-        )
+        return self._task_step(Journal._created_alone, index, task, values)
 
     def _op_record_finished(self, index: int, task: Task) -> _Step[None]:
         check_index(index)
@@ -787,13 +781,13 @@ class Journal:
         error_type = None if completed else "TaskFailedError"
 
         values = _task_values(task, state, error, error_type)
-        return _Step(
-            Journal._finished_alone,
-            index,
-            _RECORDS,
-            _task_row(index, values),
-            (self, index, task, values),
-        )
+        return self._task_step(Journal._finished_alone, index, task, values)
+
+    def _task_step(
+        self, alone: Callable[..., None], index: int, task: Task, values: _Values
+    ) -> _Step[None]:
+        """A task's record: its row for _RECORDS, and ``alone`` to run it by itself."""
+        return _Step(alone, index, _RECORDS, _task_row(index, values), (self, index, task, values))
 
     @staticmethod
     def _created_alone(
