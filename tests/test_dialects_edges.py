@@ -29,6 +29,13 @@ def _json(data: Any, status: int = 200) -> HTTPResponse:
     return HTTPResponse(status, {"Content-Type": "application/json"}, json.dumps(data).encode())
 
 
+def _refusal(body: bytes) -> str:
+    """The message of the error a 200 answer with ``body`` raises as a task."""
+    with pytest.raises(ResponseValidationError) as info:
+        NANO.parse_task(HTTPResponse(200, {}, body))
+    return str(info.value)
+
+
 def _provider_error(data: Any) -> ProviderError:
     with pytest.raises(ProviderError) as info:
         parse_body(_json(data))
@@ -148,22 +155,18 @@ def test_a_redirect_names_where_it_went_and_that_it_was_not_followed() -> None:
     ],
 )
 def test_an_html_page_is_told_from_other_text(page: bytes) -> None:
-    with pytest.raises(ResponseValidationError) as info:
-        NANO.parse_task(HTTPResponse(200, {}, page))
-    assert str(info.value).startswith("the provider sent HTML page 'Oops' instead of JSON")
+    assert _refusal(page).startswith("the provider sent HTML page 'Oops' instead of JSON")
 
 
 def test_only_the_first_512_bytes_are_looked_at_for_html() -> None:
     page = b"<!--" + b"x" * 504 + b"<html><title>Oops</title></html>"  # <html ends at 513
-    with pytest.raises(ResponseValidationError) as info:
-        NANO.parse_task(HTTPResponse(200, {}, page))
-    assert str(info.value).startswith("the provider's response is not JSON: <!--xxx")
+    assert _refusal(page).startswith("the provider's response is not JSON: <!--xxx")
 
 
 def test_a_page_without_a_title_is_an_html_page() -> None:
-    with pytest.raises(ResponseValidationError) as info:
-        NANO.parse_task(HTTPResponse(200, {}, b"<html><body>busy</body></html>"))
-    assert str(info.value).startswith("the provider sent an HTML page instead of JSON")
+    assert _refusal(b"<html><body>busy</body></html>").startswith(
+        "the provider sent an HTML page instead of JSON"
+    )
 
 
 def test_only_the_first_8_kib_are_searched_for_a_title() -> None:
@@ -171,18 +174,12 @@ def test_only_the_first_8_kib_are_searched_for_a_title() -> None:
     title = b"<title>Oops</title>"
     inside = head + b"x" * (8192 - len(head) - len(title)) + title  # ends at byte 8192
     outside = head + b"x" * (8193 - len(head) - len(title)) + title  # one byte later
-    with pytest.raises(ResponseValidationError) as info:
-        NANO.parse_task(HTTPResponse(200, {}, inside))
-    assert "HTML page 'Oops'" in str(info.value)
-    with pytest.raises(ResponseValidationError) as info:
-        NANO.parse_task(HTTPResponse(200, {}, outside))
-    assert str(info.value).startswith("the provider sent an HTML page instead of JSON")
+    assert "HTML page 'Oops'" in _refusal(inside)
+    assert _refusal(outside).startswith("the provider sent an HTML page instead of JSON")
 
 
 def test_other_markup_is_not_taken_for_an_html_page() -> None:
-    with pytest.raises(ResponseValidationError) as info:
-        NANO.parse_task(HTTPResponse(200, {}, b"<error>busy</error>"))
-    assert str(info.value) == (
+    assert _refusal(b"<error>busy</error>") == (
         "the provider's response is not JSON: <error>busy</error> (HTTP 200)"
     )
 
