@@ -105,7 +105,12 @@ class HTTPResponse:
 
 
 def _text(body: bytes, limit: int = _STORED_BODY_LIMIT) -> str:
-    return shorten(body[: limit * 4].decode("utf-8", errors="replace"), limit)
+    # A character takes at most 4 bytes: the bytes of limit + 1 characters hold
+    # the first ``limit`` whole and at least one byte past them when the body is
+    # longer, so a body cut shows the cut mark (the bytes of ``limit`` alone
+    # would hold exactly ``limit`` emoji and hide the cut). A character split
+    # at the end of the slice decodes to U+FFFD, which the cut drops.
+    return shorten(body[: (limit + 1) * 4].decode("utf-8", errors="replace"), limit)
 
 
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)

@@ -249,3 +249,49 @@ def test_a_query_asks_for_json_and_escapes_only_an_id_of_dots() -> None:
     assert request.url.endswith("/v1/result/X.")
     assert dict(request.headers) == {"Accept": "application/json"}
     assert NANO.query_request("..").url.endswith("/v1/result/%2E%2E")
+
+
+_EMOJI = "\U0001f600"  # 4 bytes in UTF-8, the most a character takes
+
+
+@pytest.mark.parametrize(
+    ("body", "kept"),
+    [
+        # Longer than the limit by one 1-byte character after 4096 emoji: the
+        # first 4096 characters are exactly 4 x 4096 bytes, so the cut is only
+        # seen in the bytes past them.
+        (_EMOJI * 4096 + "x", _EMOJI * 4095 + "\u2026"),
+        (_EMOJI * 5000, _EMOJI * 4095 + "\u2026"),
+        # The bytes read end inside an emoji: the half character is cut off,
+        # not shown as a replacement character.
+        ("a" + _EMOJI * 5000, "a" + _EMOJI * 4094 + "\u2026"),
+        ("ab" + _EMOJI * 4095 + "\u00e9", "ab" + _EMOJI * 4093 + "\u2026"),
+        # Exactly at the limit: kept whole, no cut mark.
+        (_EMOJI * 4096, _EMOJI * 4096),
+        (_EMOJI * 4095 + "\u00e9", _EMOJI * 4095 + "\u00e9"),
+        ("x" * 4096, "x" * 4096),
+        ("x" * 4097, "x" * 4095 + "\u2026"),
+    ],
+    ids=[
+        "emoji-then-one-more",
+        "long-emoji",
+        "cut-inside-an-emoji",
+        "cut-inside-a-2-byte-char",
+        "emoji-at-the-limit",
+        "mixed-at-the-limit",
+        "ascii-at-the-limit",
+        "ascii-one-past",
+    ],
+)
+def test_a_kept_body_shows_the_cut_whatever_its_characters(body: str, kept: str) -> None:
+    error = error_for_status(HTTPResponse(502, {}, body.encode()))
+    assert error.body == kept
+    assert len(error.body) <= 4096
+
+
+def test_a_message_quoting_a_long_emoji_body_shows_the_cut() -> None:
+    # The message quotes 200 characters of a body that is not JSON.
+    error = error_for_status(HTTPResponse(502, {}, (_EMOJI * 201).encode()))
+    assert str(error) == f"HTTP 502 error from the provider: {_EMOJI * 199}\u2026"
+    error = error_for_status(HTTPResponse(502, {}, (_EMOJI * 200).encode()))
+    assert str(error) == f"HTTP 502 error from the provider: {_EMOJI * 200}"

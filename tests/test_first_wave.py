@@ -117,6 +117,36 @@ async def test_only_the_scouts_poll_from_the_start(
     assert all(f > LATE for f in firsts[SCOUTS:])
 
 
+async def test_the_lead_scouts_spread_their_second_polls_over_one_interval(
+    provider: FakeBananaServer, shared_clock: SharedClock
+) -> None:
+    provider.plan(*[TaskScript(duration=20.0)] * SCOUTS)
+    async with open_client(provider, shared_clock, timeout=60.0) as client:
+        tasks = await create_all(client, SCOUTS)
+        results = await shared_clock.run(*(client.wait(t) for t in tasks))
+    assert all(isinstance(r, ba.Task) and r.ok for r in results)
+    gaps = [
+        [
+            b - a
+            for a, b in itertools.pairwise(
+                [provider.tasks[t.id].created_at, *query_times(provider, t.id)]
+            )
+        ]
+        for t in tasks
+    ]
+    assert all(len(g) >= 4 for g in gaps)  # created, then polled at least 4 times
+    # Created together, polled first one interval later, all of them ...
+    assert all(INTERVAL <= g[0] <= LATE for g in gaps)
+    # ... then each waits once a little longer, by 0 to 15/16 of an interval,
+    # so that their next polls look at the time line every 1/16 of one ...
+    seconds = sorted(g[1] for g in gaps)
+    assert seconds[0] >= INTERVAL
+    assert seconds[-1] <= LATE + INTERVAL
+    assert seconds[-1] - seconds[0] >= INTERVAL * (SCOUTS - 2) / SCOUTS
+    # ... and after that polls at the interval again.
+    assert all(INTERVAL <= gap <= LATE for g in gaps for gap in g[2:])
+
+
 async def test_held_tasks_never_poll_faster_than_the_interval(
     provider: FakeBananaServer, shared_clock: SharedClock
 ) -> None:

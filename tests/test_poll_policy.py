@@ -90,11 +90,13 @@ def test_the_first_tasks_scout_at_the_interval_and_the_rest_hold() -> None:
 
 def test_lead_scouts_spread_their_polls_over_one_interval() -> None:
     policy = new_policy()
-    staggers = [f.scout.stagger for f in lead_scouts(policy) if f.scout is not None]
+    firsts = lead_scouts(policy)
+    staggers = [f.scout.stagger for f in firsts if f.scout is not None]
     assert sorted(staggers) == pytest.approx([INTERVAL * i / SCOUTS for i in range(SCOUTS)])
-    # The extra wait comes after the first poll, once.
-    scout = policy.first_poll(("other", ""), INTERVAL, 0.0).scout
+    # The extra wait comes after the first poll, once (the last scout's, the longest).
+    scout = firsts[-1].scout
     assert scout is not None
+    assert scout.stagger == pytest.approx(INTERVAL * (SCOUTS - 1) / SCOUTS)
     assert scout.saw_running(INTERVAL, 2.0) == 2.0 + scout.stagger
     assert scout.saw_running(2 * INTERVAL, 2.0) == 2.0
 

@@ -83,3 +83,48 @@ def test_each_task_watched_only_briefly_leaves_the_tasks_at_risk_one_by_one() ->
     assert censored_quantile([1.0, 2.0, 3.0, 4.0], [0.5], 0.25) == 1.0
     assert censored_quantile([1.0, 2.0, 3.0, 4.0], [0.5], 0.5) == 2.0
     assert censored_quantile([1.0, 2.0, 3.0, 4.0], [0.5, 0.6], 0.5) == 2.0
+
+
+def aims(policy: PollPolicy, key: tuple[str, str], interval: float) -> list[float]:
+    """Delays to the first poll of many new tasks of ``key``, created just now."""
+    return [policy.first_poll(key, interval, 0.0).delay for _ in range(DRAWS)]
+
+
+def within_the_aim(delays: list[float], expected: float) -> bool:
+    return all(expected <= d <= expected * (1 + POLL_JITTER - WAKE_GRID) for d in delays)
+
+
+def test_a_task_done_at_its_first_poll_teaches_the_interval_before_it() -> None:
+    # Seen done at 10 s by the first poll (interval 2 s): it finished in
+    # (8, 10], so the next tasks are first polled from 9 s, before 10 s.
+    interval = 2.0
+    policy = PollPolicy(rng=random.Random(5))
+    for _ in range(5):
+        policy.observe(KEY, last_pending=None, first_done=10.0, interval=interval)
+    assert within_the_aim(aims(policy, KEY, interval), 9.0)
+
+
+def test_a_task_seen_running_long_before_it_was_seen_done_teaches_the_middle() -> None:
+    # Last seen running at 4 s, then done at 10 s (a failed poll between):
+    # it finished in (4, 10], whose middle, 7 s, is where later tasks are
+    # first polled; not the last interval's middle (9 s).
+    interval = 2.0
+    policy = PollPolicy(rng=random.Random(5))
+    for _ in range(5):
+        policy.observe(KEY, last_pending=4.0, first_done=10.0, interval=interval)
+    assert within_the_aim(aims(policy, KEY, interval), 7.0)
+
+
+def test_a_new_resolution_is_aimed_from_its_own_model_not_from_every_model() -> None:
+    # Model A's tasks take about 10 s, model B's 30 s; a task of model A at
+    # a resolution not seen yet is first polled at A's duration.
+    interval = 2.0
+    policy = PollPolicy(rng=random.Random(5))
+    for _ in range(5):
+        policy.observe(("a", "1K"), last_pending=9.0, first_done=11.0, interval=interval)
+    for _ in range(20):
+        policy.observe(("b", "1K"), last_pending=29.0, first_done=31.0, interval=interval)
+    assert within_the_aim(aims(policy, ("a", "2K"), interval), 10.0)
+    assert within_the_aim(aims(policy, ("b", "2K"), interval), 30.0)
+    # A model never seen falls back to every task: mostly model B's.
+    assert within_the_aim(aims(policy, ("c", "1K"), interval), 30.0)
