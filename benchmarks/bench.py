@@ -43,6 +43,12 @@ sys.path.insert(0, str(HERE.parent))
 from tests._rates import busiest_second  # noqa: E402 (needs the path above)
 from tests._redis_server import INSTALL, RedisServer  # noqa: E402 (needs the path above)
 
+# The client measured is the checkout this script is in, whatever the
+# environment has installed: its folder goes first on the path of every
+# process the benchmark starts (provider and workloads alike).
+_PATH = os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))
+CHILD_ENV = {**os.environ, "PYTHONPATH": _PATH}
+
 PROVIDER = HERE / "provider.py"
 WORKLOAD = HERE / "workload.py"
 DEFAULT_OUTPUT = HERE / "results" / "latest.json"
@@ -216,7 +222,9 @@ def provider(*args: str, dump: Path | None = None) -> Iterator[str]:
     command = [sys.executable, str(PROVIDER), *args]
     if dump is not None:
         command += ["--dump", str(dump)]
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=CHILD_ENV
+    )
     try:
         assert process.stdout is not None
         url = process.stdout.readline().strip()
@@ -241,6 +249,7 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
         text=True,
         timeout=WORKER_TIMEOUT,
         check=True,
+        env=CHILD_ENV,
     )
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
@@ -927,7 +936,10 @@ def run_workloads(specs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Run workload.py once per spec, all at once; their JSON results in order."""
     processes = [
         subprocess.Popen(
-            [sys.executable, str(WORKLOAD), json.dumps(spec)], stdout=subprocess.PIPE, text=True
+            [sys.executable, str(WORKLOAD), json.dumps(spec)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=CHILD_ENV,
         )
         for spec in specs
     ]
@@ -1256,6 +1268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"R = {sizes.redis_rate:g} requests/s)"
         ),
     }
+    say(f"measuring the banana_async of {HERE.parent}")
     started = time.time()
     rows: list[Row] = []
     details: dict[str, Any] = {}
@@ -1273,6 +1286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "python": sys.version,
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
+            "measured": str(HERE.parent),
         },
         "rows": [{**attrs.asdict(row), "ratio": row.ratio} for row in rows],
         "details": details,
