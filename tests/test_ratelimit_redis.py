@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import subprocess
@@ -36,7 +37,7 @@ from banana_async.testing import (
 )
 
 from ._rates import busiest_second
-from ._servers import RedisServer, free_port
+from ._servers import RedisServer, free_port, killed_at_exit
 from ._servers import redis_server as start_redis
 from .conftest import API_KEY, live_client
 from .test_cli import FAST, TEXT_PROMPTS, ServerThread, fake_in_a_thread, point_user_at, run_main
@@ -66,22 +67,27 @@ async def _workers(
     provider: FakeBananaServer, redis_url: str, names: list[str], count: int, rps: float | None
 ) -> list[dict[str, object]]:
     """Run one worker process per name at once; their reports."""
+    return list(
+        await asyncio.gather(*(_worker(provider, redis_url, name, count, rps) for name in names))
+    )
+
+
+async def _worker(
+    provider: FakeBananaServer, redis_url: str, name: str, count: int, rps: float | None
+) -> dict[str, object]:
+    """Run one worker process (``count`` prompts named NAME-i) to its end; its report."""
     extra = [] if rps is None else [str(rps)]
-    processes = [
-        await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests._redis_worker",
-            provider.url, redis_url, name, str(count), *extra,
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        for name in names
-    ]  # fmt: skip
-    reports = []
-    for process in processes:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests._redis_worker",
+        provider.url, redis_url, name, str(count), *extra,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with killed_at_exit(process):
         out, _ = await process.communicate()
-        assert process.returncode == 0
-        reports.append(json.loads(out.decode().strip().splitlines()[-1]))
-    return reports
+    assert process.returncode == 0
+    report: dict[str, object] = json.loads(out.decode().strip().splitlines()[-1])
+    return report
 
 
 def _busiest_second(requests: list[RecordedRequest]) -> int:
@@ -338,6 +344,45 @@ async def test_a_smaller_cap_holds_from_the_second_its_process_joins(
     assert sorted(sent)[2] - sent[0] >= 1.0
 
 
+async def test_a_process_with_a_smaller_cap_joining_a_busy_key_holds_it_back_a_second_at_most(
+    provider: FakeBananaServer, redis_server: RedisServer
+) -> None:
+    """Two processes at 20/s share a key; a third, at 2/s, joins and later leaves.
+
+    From its first request no second holds more than 2 (plus one, as
+    everywhere in the schedule), and no process falls silent for more than
+    about a second: the slots of the second before the join count against
+    the smaller cap only within that second. (They used to be charged whole,
+    20 slots at 2/s: every process, the new one too, sent nothing for 10 s.)
+    Once the small one has closed, its cap no longer holds the others.
+    """
+    busy = asyncio.Event()
+
+    def watch(body: dict[str, Any]) -> None:
+        if len(provider.requests) >= 30:
+            busy.set()
+
+    provider.script_for = watch
+    fast = [asyncio.ensure_future(_worker(provider, redis_server.url, n, 20, 20.0)) for n in "ab"]
+    await busy.wait()
+    slow = await _worker(provider, redis_server.url, "s", 2, 2.0)
+    reports = [*(await asyncio.gather(*fast)), slow]
+    assert [r["ok"] for r in reports] == [20, 20, 2]
+    owners = _owner(provider.requests)
+    held = sorted(
+        (r for r in provider.requests if r.kind in ("create", "query")), key=lambda r: r.at
+    )
+    times = [r.at for r in held]
+    small = [r.at for r in held if owners.get(r.task_id or "") == "s"]
+    joined, left = small[0], small[-1]
+    assert busiest_second([at for at in times if joined <= at <= left]) <= 2 + 1
+    silences = sorted(round(later - at, 2) for at, later in itertools.pairwise(times))
+    assert silences[-1] <= 1.6, silences[-5:]
+    # Before the join and after the small one left: 20 a second.
+    assert busiest_second([at for at in times if at < joined]) >= 15
+    assert busiest_second([at for at in times if at > left]) >= 15
+
+
 async def test_a_cancelled_acquire_spends_no_slot_and_blocks_nobody(
     redis_server: RedisServer,
 ) -> None:
@@ -443,6 +488,45 @@ async def test_processes_keep_to_the_budget_together_after_redis_dies(
     # they keep to the budget, before the outage, at its moment and after.
     busiest = _busiest_second(provider.requests)
     assert busiest <= 1.1 * rate, busiest
+
+
+async def test_while_redis_is_away_the_processes_keep_to_the_smallest_cap_on_the_key(
+    provider: FakeBananaServer, redis_server: RedisServer
+) -> None:
+    """One process at 5/s and two at 20/s share a key; Redis dies: still about 5 a second.
+
+    Each falls back to its share of the smallest cap it heard of on the key,
+    5 / 3, not of its own cap (5/3 + 2 * 20/3 = 15 a second, 3 times the
+    smallest cap, before the fix).
+    """
+    rate = 5.0
+    creates: dict[str, int] = dict.fromkeys("sab", 0)
+    everyone = asyncio.Event()
+
+    def watch(body: dict[str, Any]) -> None:
+        creates[str(body["prompt"]).split("-")[0]] += 1
+        if min(creates.values()) >= 2:
+            everyone.set()
+
+    provider.script_for = watch
+    run = asyncio.gather(
+        _worker(provider, redis_server.url, "s", 5, rate),
+        *(_worker(provider, redis_server.url, name, 5, 20.0) for name in "ab"),
+    )
+    await everyone.wait()
+    redis_server.kill()  # all three were sharing: the smallest cap held them
+    killed = provider.requests[-1].at
+    reports = await run
+    assert [r["ok"] for r in reports] == [5, 5, 5]
+    away = sorted(
+        r.at for r in provider.requests if r.kind in ("create", "query") and r.at > killed
+    )
+    assert len(away) >= 15  # most of the run was without Redis
+    busiest = busiest_second(away)
+    # Evenly spaced (the processes fell back one slot of the schedule apart):
+    # a window may catch both ends of a second, and on a busy machine a late
+    # request bunch with the next: rate plus two at most.
+    assert busiest <= rate + 2, [round(at - killed, 2) for at in away]
 
 
 async def _until(condition: Callable[[], bool]) -> None:
@@ -802,6 +886,53 @@ async def test_redis_unreachable_from_the_start_serves_requests_locally_if_allow
     assert "unreachable" in warnings[0].getMessage()
 
 
+async def _require_password(redis_server: RedisServer, password: str) -> None:
+    connection = redis_asyncio.Redis.from_url(redis_server.url)
+    try:
+        await connection.config_set("requirepass", password)
+    finally:
+        await connection.aclose()
+
+
+async def test_a_redis_that_asks_for_a_password_says_so_plainly(
+    provider: FakeBananaServer, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _require_password(redis_server, "s3cret")
+    where = f"127.0.0.1:{redis_server.port}"
+    urls = {
+        "none": redis_server.url,
+        "wrong": f"redis://:wrong@{where}/0",
+        "right": f"redis://:s3cret@{where}/0",
+    }
+    messages = {}
+    for given in ("none", "wrong"):
+        client = ba.BananaClient(API_KEY, base_url=provider.url, rate_limit_url=urls[given])
+        with pytest.raises(ba.SharedBudgetError) as caught:
+            async with client:
+                await client.generate("cat")
+        messages[given] = str(caught.value)
+    assert messages["none"].startswith(
+        f"the shared rate limit cannot be used: Redis at {where} asks for a password: "
+        "put it in the URL, redis://:PASSWORD@host/..."
+    ), messages
+    assert messages["wrong"].startswith(
+        f"the shared rate limit cannot be used: Redis at {where} refused the user name and "
+        "password in the URL"
+    ), messages
+    assert "HELLO" not in messages["none"]
+    assert "wrong" not in messages["wrong"]  # the password stays out of it
+    assert provider.requests == []
+    # Allowed to run unshared, the one warning says the same.
+    async with live_client(provider, rate_limit_url=urls["none"], allow_unshared=True) as client:
+        assert (await client.generate("cat")).ok
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"(Redis at {where} asks for a password: put it in the URL" in warning
+    async with live_client(provider, rate_limit_url=urls["right"]) as client:
+        assert (await client.generate("cat")).ok
+        assert isinstance(client.rate_limiter, shared.RedisRateLimiter)
+        assert client.rate_limiter.shared
+
+
 # -- the command line ---------------------------------------------------------------------
 
 
@@ -885,6 +1016,29 @@ def test_cli_batch_stops_before_any_create_if_the_shared_budget_is_unreachable(
     (line,) = err.splitlines()
     assert line.startswith("error: the shared rate limit at " + url)
     assert "--allow-unshared" in line
+    assert cli_env.server.requests == []
+
+
+def test_cli_batch_on_a_redis_that_asks_for_a_password_says_where_it_goes(
+    capsys: pytest.CaptureFixture[str],
+    cli_env: ServerThread,
+    tmp_path: Path,
+    redis_server: RedisServer,
+) -> None:
+    asyncio.run(_require_password(redis_server, "s3cret"))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(TEXT_PROMPTS)
+    code, out, err = run_main(
+        capsys,
+        "batch", str(prompts), "--out", str(tmp_path), "--rate-limit-url", redis_server.url,
+    )  # fmt: skip
+    assert code == 2, err
+    assert out == ""
+    (line,) = err.splitlines()
+    assert line.startswith(
+        f"error: the shared rate limit cannot be used: Redis at 127.0.0.1:{redis_server.port} "
+        "asks for a password: put it in the URL, redis://:PASSWORD@host/..."
+    ), line
     assert cli_env.server.requests == []
 
 

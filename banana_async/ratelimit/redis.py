@@ -29,8 +29,10 @@ The design (what a reviewer should check):
   at most ``rate`` (plus one) in any one second, which is what a
   provider's bucket counts. Processes given different caps
   (``requests_per_second``) all keep to the smallest among those active
-  on the key (``ACTIVE_FOR``), from the first slot of the process that
-  brings it: the slots handed in the second before count as spent at it.
+  on the key (``ACTIVE_FOR``; a process leaves the key as it closes), from
+  the first slot of the process that brings it: the slots handed in the
+  second before count as spent at it, each only within its own second, so
+  the join holds every process back about a second at most.
   Window counters (the ``limits`` package's strategies) cannot say *when* a
   refused request may go, so every process would poll, and they allow a
   window's whole budget in one burst; see the changelog for the choice.
@@ -67,9 +69,10 @@ The design (what a reviewer should check):
 * **When Redis goes away** (refused, reset, timed out), the limiter logs
   one WARNING and serves requests from an in-process
   :class:`~banana_async.ratelimit.AdaptiveRateLimiter`, started at this
-  process's share: the cap, learned rate and limit divided by the processes
-  active on the key (each heartbeats a field ``m:<id>`` with every slot it
-  asks for; ``ACTIVE_FOR``), with nothing saved up. Every few seconds
+  process's share: the cap (the smallest on the key, as last heard from
+  Redis), learned rate and limit divided by the processes active on the
+  key (each heartbeats a field ``m:<id>`` with every slot it asks for;
+  ``ACTIVE_FOR``), with nothing saved up. Every few seconds
   (``RETRY_EVERY``) one request tries Redis again; when that works it logs
   one INFO, rejoins the shared budget, and moves the requests queued
   locally back to it. Its first slot counts the requests it sent alone in
@@ -163,9 +166,15 @@ ACTIVE_FOR = 30.0
 
 While Redis is away each process sends at its share of the budget: the
 budget divided by the processes that asked Redis for a slot this recently.
+Its cap holds the others as long (a process that closes leaves at once).
 """
 
 _HASH_CONTEXT = b"banana_async shared rate limit v1\x00"
+
+# The slots handed are counted in bins of 1/_SLOT_BINS s, in a ring of
+# _SLOT_RING bins: the last second's and up to 1.35 s ahead (see _ACQUIRE).
+_SLOT_BINS = 20
+_SLOT_RING = 48
 
 # The scripts run atomically in Redis on Redis's clock (TIME), so every
 # process on every machine reads one clock. Numbers go back as strings:
@@ -193,24 +202,14 @@ end
 # Each process that asks for slots keeps a field 'm:<its id>' = Redis time
 # of its last ask, and 'c:<its id>' = its requests_per_second if it has one;
 # 'members' counts those asked within ACTIVE_FOR and 'least_cap' is the
-# smallest of their caps (recounted when one joins and at most once a
-# second, dropping the stale ones).
+# smallest of their caps (recounted when one joins or leaves, and at most
+# once a second, dropping the stale ones).
 _MEMBERS = """
-local function note_member(id, active, cap)
-  local joined = redis.call('HSET', key, 'm:' .. id, now) == 1
-  if cap == '' then
-    redis.call('HDEL', key, 'c:' .. id)
-  else
-    redis.call('HSET', key, 'c:' .. id, cap)
-  end
-  local members = num('members')
-  if not joined and members ~= nil and now - (num('members_at') or 0) < 1 then
-    return members
-  end
+local function recount(active)
   local fields = redis.call('HGETALL', key)
   local values = {}
   for i = 1, #fields, 2 do values[fields[i]] = fields[i + 1] end
-  members = 0
+  local members = 0
   local least = nil
   for name, value in pairs(values) do
     if string.sub(name, 1, 2) == 'm:' then
@@ -232,13 +231,26 @@ local function note_member(id, active, cap)
   end
   return members
 end
+local function note_member(id, active, cap)
+  local joined = redis.call('HSET', key, 'm:' .. id, now) == 1
+  if cap == '' then
+    redis.call('HDEL', key, 'c:' .. id)
+  else
+    redis.call('HSET', key, 'c:' .. id, cap)
+  end
+  local members = num('members')
+  if not joined and members ~= nil and now - (num('members_at') or 0) < 1 then
+    return members
+  end
+  return recount(active)
+end
 """
 
 # ARGV: kind, cap ('' for none), most seconds to wait ('' for no limit),
 # answers accepted since the last call, idle ttl, this process's id, ACTIVE_FOR,
 # requests this process sent on its own in the last second (rejoining).
-# Returns {delay, now, members, learned rate, limit} (the last two '' when
-# unset); delay -1 means no slot within the wait.
+# Returns {delay, now, members, learned rate, limit, least cap} (the last
+# three '' when unset); delay -1 means no slot within the wait.
 _ACQUIRE = (
     _COMMON
     + _MEMBERS
@@ -270,18 +282,25 @@ local tat = math.max(num('tat') or 0, start)
 local alone = tonumber(ARGV[8]) or 0
 if alone > 0 then tat = math.max(tat, now) + alone / rate end
 -- A cap below the rate the last slot went at (a process given a smaller
--- cap joined): the slots handed in the last second count as spent at the
--- new rate, so that the smaller cap holds from its first second.
-local bin = math.floor(now * 4)
+-- cap joined): the slots handed just before count as spent at the new
+-- rate, so that no second after the join holds more than it. Counting
+-- back from the newest, the i-th slot handed holds the next one until i /
+-- rate after it, but never past the second it belongs to: at most about
+-- one second held back, however many went at the old rate.
 local went = num('slot_rate')
 if went ~= nil and cap ~= nil and rate == cap and rate < went then
-  local recent = 0
-  for ring = 0, 7 do
-    local at = num('si' .. ring)
-    -- (and those handed for later: the schedule runs a slot per process ahead)
-    if at ~= nil and at > bin - 4 then recent = recent + (num('sb' .. ring) or 0) end
+  local bin = math.floor(now * SLOT_BINS)
+  local spent = 0
+  -- (newest first; those handed for later too: the schedule runs a slot
+  -- per process ahead)
+  for at = bin + SLOT_RING - SLOT_BINS - 1, bin - SLOT_BINS, -1 do
+    local ring = at % SLOT_RING
+    if num('si' .. ring) == at then
+      spent = spent + (num('sb' .. ring) or 0)
+      -- (a bin's slots taken as handed at its end: never less held back)
+      tat = math.max(tat, (at + 1) / SLOT_BINS + math.min(spent / rate, 1))
+    end
   end
-  tat = math.max(tat, now) + recent / rate
 end
 local delay = tat - now
 local most = tonumber(ARGV[3])
@@ -289,12 +308,12 @@ if most ~= nil and delay > most then
   return {'-1', tostring(now)}
 end
 redis.call('HSET', key, 'tat', tat + 1 / rate, 'slot_rate', rate)
--- Slots handed, by quarter second (of when they go), for the check above.
-local ring = math.floor(tat * 4)
-if num('si' .. ring % 8) ~= ring then
-  redis.call('HSET', key, 'si' .. ring % 8, ring, 'sb' .. ring % 8, 0)
+-- Slots handed, by when they go (SLOT_BINS a second), for the check above.
+local at = math.floor(tat * SLOT_BINS)
+if num('si' .. at % SLOT_RING) ~= at then
+  redis.call('HSET', key, 'si' .. at % SLOT_RING, at, 'sb' .. at % SLOT_RING, 0)
 end
-redis.call('HINCRBY', key, 'sb' .. ring % 8, 1)
+redis.call('HINCRBY', key, 'sb' .. at % SLOT_RING, 1)
 -- Demand queues: let the learned rate climb (slow start, then linear).
 local grown = num('grown') or now
 local elapsed = math.min(math.max(now - grown, 0), 1)
@@ -332,9 +351,11 @@ local reply = acquire()
 table.insert(reply, tostring(note_member(ARGV[6], tonumber(ARGV[7]), ARGV[2])))
 table.insert(reply, tostring(num('rate') or ''))
 table.insert(reply, tostring(num('limit') or ''))
+table.insert(reply, tostring(num('least_cap') or ''))
 return reply
 """
 ).replace("QUICK_DOUBLING", repr(QUICK_DOUBLING))
+_ACQUIRE = _ACQUIRE.replace("SLOT_BINS", str(_SLOT_BINS)).replace("SLOT_RING", str(_SLOT_RING))
 
 # ARGV: the limit and rate to seed, idle ttl. Puts back what the processes
 # had learned into a hash that lost it (Redis restarted empty), never above
@@ -473,6 +494,19 @@ return {tostring(paused), tostring(now)}
 """
 )
 
+# ARGV: this process's id, ACTIVE_FOR. A process that closes leaves the key
+# at once: the others no longer keep to its cap, nor count it in their
+# shares. Returns {members}.
+_LEAVE = (
+    _COMMON
+    + _MEMBERS
+    + """
+redis.call('HDEL', key, 'm:' .. ARGV[1], 'c:' .. ARGV[1])
+if redis.call('EXISTS', key) == 0 then return {'0'} end
+return {tostring(recount(tonumber(ARGV[2])))}
+"""
+)
+
 # Returns {paused until, now}.
 _PAUSED = (
     _COMMON
@@ -510,6 +544,33 @@ def _shown(url: str) -> str:
     # (urlunsplit would turn unix:///path into unix:/path)
     head, _, tail = url.partition("?")
     return f"{head}?{query}{tail[len(parts.query) :]}"
+
+
+def _where(url: str) -> str:
+    """Which Redis ``url`` names, for messages: ``HOST:PORT``, or a socket's path."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    host = parts.hostname or "localhost"
+    return f"[{host}]:{parts.port or 6379}" if ":" in host else f"{host}:{parts.port or 6379}"
+
+
+def _password_trouble(url: str, exc: BaseException) -> str | None:
+    """What to tell of a Redis that refused the connection for its password; None if not that."""
+    from redis.exceptions import AuthenticationError  # noqa: PLC0415 (the optional extra)
+
+    if not isinstance(exc, AuthenticationError):
+        return None
+    parts = urlsplit(url)
+    if parts.password is None and not any(
+        pair.lower().startswith("password=") for pair in parts.query.split("&")
+    ):
+        # (redis-py's own words are about HELLO or AUTH, whichever it sent first)
+        return (
+            f"Redis at {_where(url)} asks for a password: put it in the URL, "
+            "redis://:PASSWORD@host/..."
+        )
+    return f"Redis at {_where(url)} refused the user name and password in the URL ({exc})"
 
 
 def _failures() -> tuple[type[BaseException], ...]:
@@ -640,6 +701,8 @@ class RedisRateLimiter:
         # and the limit learned, with when it was last seen.
         self._member = secrets.token_hex(8)
         self._members: int | None = None
+        self._least_cap: float | None = None  # the smallest cap of those on the key
+        self._joined = False  # counted among the key's processes (it leaves as it closes)
         self._shared_rate: float | None = None
         self._known_limit: float | None = None
         self._known_at = -math.inf
@@ -769,6 +832,14 @@ class RedisRateLimiter:
                 self._give(left_behind, _GO_LOCAL)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        if self._joined and self.shared:
+            self._joined = False
+            # Leave the key, so that its cap stops holding the others at once
+            # (not ACTIVE_FOR later); Redis away, the entry just goes stale.
+            # (Not through _eval: a failure here is no outage to report.)
+            with contextlib.suppress(*_failures()):
+                leave = self._connection().register_script(_LEAVE)
+                await leave(keys=[self._key], args=[self._member, repr(ACTIVE_FOR)])
         connection, self._redis = self._redis, None
         self._scripts.clear()
         if connection is not None:
@@ -927,9 +998,11 @@ class RedisRateLimiter:
     def _heard(self, reply: Any) -> tuple[float, float]:
         """Note what an acquire's reply says of the shared state; its delay and Redis time."""
         delay, now, members = (float(item) for item in reply[:3])
-        rate, limit = (float(item) if item else None for item in reply[3:])
+        rate, limit, least_cap = (float(item) if item else None for item in reply[3:6])
         self._members = max(1, int(members))
         self._shared_rate = rate
+        self._least_cap = least_cap
+        self._joined = True
         if limit is not None:
             self._known_limit, self._known_at = limit, self._clock.time()
         elif self._known_limit is not None and self._clock.time() - self._known_at < IDLE_TTL:
@@ -986,10 +1059,13 @@ class RedisRateLimiter:
             else (SLOW_START_RATE if shared_rate is None else shared_rate) / members
         )
         limit = self._known_limit
+        # The smallest cap on the key held every process, this one too: a
+        # share of this process's own cap would overrun it.
+        caps = [cap for cap in (self._cap, self._least_cap) if cap is not None]
         self._local.take_over(
             rate=rate,
             limit=None if limit is None else limit / members,
-            cap=None if self._cap is None else self._cap / members,
+            cap=min(caps) / members if caps else None,
         )
 
     async def _cut(self, turn: str) -> None:
@@ -1016,6 +1092,14 @@ class RedisRateLimiter:
         from banana_async.errors import SharedBudgetError  # noqa: PLC0415 (kept light)
 
         shown = _shown(self._url)
+        password = _password_trouble(self._url, exc)
+        if password is not None:
+            return SharedBudgetError(
+                f"the shared rate limit cannot be used: {password} (rate_limit_url, "
+                "$BANANA_RATE_LIMIT_URL; a URL on the command line shows its password to "
+                "every user of the machine)",
+                url=shown,
+            )
         return SharedBudgetError(
             f"the shared rate limit at {shown} cannot be reached ({type(exc).__name__}: "
             f"{exc}): check the URL (rate_limit_url, --rate-limit-url, $BANANA_RATE_LIMIT_URL), or "
@@ -1061,7 +1145,7 @@ class RedisRateLimiter:
                 "the shared rate limit at %s is unreachable (%s): this process goes on "
                 "with its own limiter and tries again every %g s",
                 _shown(self._url),
-                type(exc).__name__,
+                _password_trouble(self._url, exc) or type(exc).__name__,
                 RETRY_EVERY,
             )
 
