@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -114,18 +115,20 @@ def canonical_request(request: GenerationRequest) -> str:
     Equal requests give equal texts: the journal compares inputs by it, and a
     batch may hash the texts of all its inputs into a :attr:`~banana_async.Journal.fingerprint`.
     """
-    return dumps(CONVERTER.unstructure(request, GenerationRequest))
-
-
-# Made once: json.dumps with options builds a new encoder at every call,
-# which costs as much as the encoding of a small record.
-_TEXT_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-_ASCII_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
-def dumps(value: Any) -> str:
-    """``value`` as compact JSON text with sorted keys (non-ASCII kept as it is)."""
-    return _TEXT_ENCODER.encode(value)
+    # Written by hand, keys in sorted order, rather than through the
+    # converter and an encoder: every input's first record holds it. The text
+    # must never change (journals compare inputs by it): tests/test_journal_text.py
+    # checks that it is the converter's output as compact JSON with sorted keys.
+    text = encode_basestring
+    urls = ",".join([text(url) for url in request.image_urls])
+    canonical = (
+        f'{{"image_urls":[{urls}],"model":{text(request.model)},"prompt":{text(request.prompt)}'
+    )
+    if request.resolution is not None:
+        canonical += f',"resolution":{text(request.resolution)}'
+    if request.size is not None:
+        canonical += f',"size":{text(request.size)}'
+    return canonical + "}"
 
 
 def dumps_task(task: Task) -> str:
@@ -133,28 +136,24 @@ def dumps_task(task: Task) -> str:
     # ensure_ascii=True: a task comes from the provider's JSON and may hold
     # lone surrogates ("\ud800"), which SQLite cannot store as text; as \u
     # escapes they round-trip exactly. Older rows (raw UTF-8) load the same.
-    # Requests keep dumps(): their canonical text must not change.
+    # Requests keep non-ASCII as it is: their canonical text must not change.
     #
-    # Built by hand, keys in sorted order, rather than through the converter:
-    # two of every task's three records store it, and this is a third of the
-    # cost. tests/test_journal_text.py checks that both give the same text.
-    created = task.created
-    return _TASK_ENCODER.encode(
-        {
-            "created": None if created is None else created.isoformat(),
-            "error": task.error,
-            "id": task.id,
-            "image_url": task.image_url,
-            "model": task.model,
-            "object": task.object,
-            "raw_status": task.raw_status,
-            "status": task.status.value,
-        }
+    # Written by hand, keys in sorted order, rather than through the converter
+    # and an encoder: two of every task's three records store it.
+    # tests/test_journal_text.py checks that both give the same text.
+    text = encode_basestring_ascii
+    created, error, model = task.created, task.error, task.model
+    kind, image_url = task.object, task.image_url
+    return (
+        f'{{"created":{"null" if created is None else text(created.isoformat())},'
+        f'"error":{"null" if error is None else text(error)},'
+        f'"id":{text(task.id)},'
+        f'"image_url":{"null" if image_url is None else text(image_url)},'
+        f'"model":{"null" if model is None else text(model)},'
+        f'"object":{"null" if kind is None else text(kind)},'
+        f'"raw_status":{text(task.raw_status)},'
+        f'"status":{text(task.status.value)}}}'
     )
-
-
-# dumps_task's keys come sorted already.
-_TASK_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 
 
 def storable(text: str | None) -> str | None:

@@ -157,17 +157,25 @@ def _quoted(states: frozenset[EntryState | None]) -> str:
 _Values = tuple[str, str | None, str, str | None, str | None]
 
 
-def _task_values(
-    task: Task, state: EntryState, error: str | None, error_type: str | None
-) -> _Values:
-    """The columns a task's record sets: state, task_id, task, error, error_type."""
-    return (state.value, storable(task.id), dumps_task(task), error, error_type)
+# The values of the states a task's record writes, as plain str: a member's
+# .value is a call for each record, and a plain str binds without an adapter lookup.
+_SENDING: Final = EntryState.SENDING.value
+_CREATED: Final = EntryState.CREATED.value
+_COMPLETED: Final = EntryState.COMPLETED.value
+_FAILED: Final = EntryState.FAILED.value
 
 
-def _task_row(index: int, values: _Values) -> tuple[Any, ...]:
-    """A task record's row for _RECORDS ('' stands for NULL there: see _run_kind)."""
-    state, task_id, task, error, error_type = values
-    return (index, state, "", task_id or "", task, error or "", error_type or "")
+def _task_step(
+    alone: Callable[..., None], journal: Journal, index: int, task: Task, values: _Values
+) -> _Step[None]:
+    """A task's record: its row for _RECORDS, and ``alone`` to run it by itself.
+
+    ``values``: the columns it sets (state, task_id, task, error, error_type);
+    in the row, '' stands for NULL (see _run_kind).
+    """
+    state, task_id, text, error, error_type = values
+    row = (index, state, "", task_id or "", text, error or "", error_type or "")
+    return _Step(alone, index, _RECORDS, row, (journal, index, task, values))
 
 
 @attrs.frozen(eq=False)
@@ -270,7 +278,21 @@ _RECORDS: Final = _Kind(
 class _Step(Generic[_T]):
     """An op on one entry; with a kind, it may share a statement with others of its group."""
 
-    __slots__ = ("args", "index", "kind", "row", "run")
+    __slots__ = (
+        "args",
+        "fate",
+        "future",
+        "index",
+        "kind",
+        "loop",
+        "result",
+        "row",
+        "run",
+        "settled",
+    )
+
+    future: asyncio.Future[_T]
+    loop: asyncio.AbstractEventLoop
 
     def __init__(
         self,
@@ -289,6 +311,14 @@ class _Step(Generic[_T]):
         self.kind = kind if _STATEMENTS_FOR_MANY else None
         self.row = row
         self.args = args
+        # The hand-off to a store's thread (see SQLiteStore._call) is kept on
+        # the step itself rather than on a second object made for each record:
+        # future and loop (set there) say where its result goes.
+        self.settled = False
+        # (True, what the op returned) or (False, its error), once it ran.
+        self.result: tuple[bool, Any] = (False, None)
+        # Made only when the caller was cancelled first: done once the op ran.
+        self.fate: asyncio.Future[None] | None = None
 
     def __call__(self, connection: sqlite3.Connection) -> _T:
         return self.run(connection, *self.args)
@@ -746,7 +776,7 @@ class Journal:
             Journal._sending_alone,
             index,
             _RECORDS,
-            (index, EntryState.SENDING.value, text, "", "", "", ""),
+            (index, _SENDING, text, "", "", "", ""),
             (self, index, text),
         )
 
@@ -768,26 +798,20 @@ class Journal:
     def _op_record_created(self, index: int, task: Task) -> _Step[None]:
         check_index(index)
 
-        values = _task_values(task, EntryState.CREATED, None, None)
-        return self._task_step(Journal._created_alone, index, task, values)
+        values = (_CREATED, storable(task.id), dumps_task(task), None, None)
+        return _task_step(Journal._created_alone, self, index, task, values)
 
     def _op_record_finished(self, index: int, task: Task) -> _Step[None]:
         check_index(index)
-        if not task.status.terminal:
-            raise ValueError(f"task {task.id} has not finished (status {task.status.value!r})")
-        completed = task.status is TaskStatus.COMPLETED
-        state = EntryState.COMPLETED if completed else EntryState.FAILED
-        error = None if completed else storable(task.error or f"task {task.id} failed")
-        error_type = None if completed else "TaskFailedError"
-
-        values = _task_values(task, state, error, error_type)
-        return self._task_step(Journal._finished_alone, index, task, values)
-
-    def _task_step(
-        self, alone: Callable[..., None], index: int, task: Task, values: _Values
-    ) -> _Step[None]:
-        """A task's record: its row for _RECORDS, and ``alone`` to run it by itself."""
-        return _Step(alone, index, _RECORDS, _task_row(index, values), (self, index, task, values))
+        status = task.status
+        if status is TaskStatus.COMPLETED:
+            values: _Values = (_COMPLETED, storable(task.id), dumps_task(task), None, None)
+        elif status.terminal:
+            error = storable(task.error or f"task {task.id} failed")
+            values = (_FAILED, storable(task.id), dumps_task(task), error, "TaskFailedError")
+        else:
+            raise ValueError(f"task {task.id} has not finished (status {status.value!r})")
+        return _task_step(Journal._finished_alone, self, index, task, values)
 
     @staticmethod
     def _created_alone(
@@ -1063,7 +1087,7 @@ class Journal:
         *,
         action: str,
     ) -> None:
-        """Record ``task`` on entry ``index`` (``values``: see _task_values), if allowed.
+        """Record ``task`` on entry ``index`` (``values``: see _task_step), if allowed.
 
         The table must let the new state follow the entry's, and the entry
         must hold no task id yet, or this one. The usual case is one
@@ -1200,7 +1224,7 @@ def _write_records(
     now: float,
 ) -> int:
     """Write the records of ``steps`` that the table allows; return how many were written."""
-    sending = EntryState.SENDING.value
+    sending = _SENDING
     new = [step.row[0] for step in steps if step.row[1] == sending]
     if new:
         journal._raise_highest(max(new))
@@ -1241,24 +1265,6 @@ def _illegal(index: int, state: EntryState | None, action: str) -> ValueError:
     return ValueError(f"cannot {action} for input {index}: it has {shown}")
 
 
-class _Call(Generic[_T]):
-    """One op handed to the worker thread, and where its result goes."""
-
-    __slots__ = ("fate", "future", "loop", "op", "result", "settled")
-
-    def __init__(
-        self, op: _Step[_T], future: asyncio.Future[_T], loop: asyncio.AbstractEventLoop
-    ) -> None:
-        self.op = op
-        self.future = future
-        self.loop = loop
-        self.settled = False
-        # (True, what the op returned) or (False, its error), once it ran.
-        self.result: tuple[bool, Any] = (False, None)
-        # Made only when the caller was cancelled first: done once the op ran.
-        self.fate: asyncio.Future[None] | None = None
-
-
 class SQLiteStore:
     """The embedded :class:`~banana_async.journal.JournalStore`: a journal on a thread.
 
@@ -1290,7 +1296,7 @@ class SQLiteStore:
         """Make a store over an open ``journal``; ``owns_journal``: close it in :meth:`aclose`."""
         self.journal = journal
         self._owns_journal = owns_journal
-        self._calls: queue.SimpleQueue[_Call[Any] | None] = queue.SimpleQueue()
+        self._calls: queue.SimpleQueue[_Step[Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closing = False
 
@@ -1433,17 +1439,18 @@ class SQLiteStore:
                 target=self._work, name=f"banana_async-journal {self.journal.path}", daemon=True
             )
             self._thread.start()
-        call = _Call(op, future, loop)
-        self._calls.put(call)
+        op.future = future
+        op.loop = loop
+        self._calls.put(op)
         try:
             return await future
         except asyncio.CancelledError:
-            if call.settled:
+            if op.settled:
                 raise  # the record's fate was known already
             # The op is on its way to the thread: learn whether it was
             # recorded before the caller goes (see the class).
-            call.fate = loop.create_future()
-            await _finish(call.fate)
+            op.fate = loop.create_future()
+            await _finish(op.fate)
             raise
 
     def _work(self) -> None:
@@ -1452,7 +1459,7 @@ class SQLiteStore:
         last = 0.0
         busy = False
         while True:
-            group: list[_Call[Any]] = []
+            group: list[_Step[Any]] = []
             if busy:
                 # The journal is busy (see below): more records are on their
                 # way. Gather them for a window after the last commit, so that
@@ -1479,7 +1486,7 @@ class SQLiteStore:
                 stop = _take(calls, group)
             last = time.monotonic()
             try:
-                results = self.journal._run_group([call.op for call in group])
+                results = self.journal._run_group(group)
             except BaseException as exc:  # a bug: every caller hears of it, none hangs
                 results = [(False, exc)] * len(group)
             for call, result in zip(group, results, strict=True):
@@ -1497,7 +1504,7 @@ class SQLiteStore:
                 return
 
 
-def _take(calls: queue.SimpleQueue[_Call[Any] | None], group: list[_Call[Any]]) -> bool:
+def _take(calls: queue.SimpleQueue[_Step[Any] | None], group: list[_Step[Any]]) -> bool:
     """Move the calls waiting in ``calls`` into ``group`` (up to _MAX_GROUP); True at the end."""
     while len(group) < _MAX_GROUP:
         try:
@@ -1510,7 +1517,7 @@ def _take(calls: queue.SimpleQueue[_Call[Any] | None], group: list[_Call[Any]]) 
     return False
 
 
-def _settle(calls: list[_Call[Any]]) -> None:
+def _settle(calls: list[_Step[Any]]) -> None:
     for call in calls:
         ok, value = call.result
         call.settled = True
