@@ -831,6 +831,8 @@ async def test_a_stop_while_the_database_is_away_says_it_waits(stop: str, tmp_pa
                 # Said while the database is still away: before the wait, not after it.
                 line = await _read_until(worker, "stopping:", seen)
                 if stop == "SIGTERM":
+                    # Its progress line says so too, while it waits.
+                    progress = await _read_until(worker, "stopping: waiting for the database")
                     await asyncio.to_thread(cluster.start)
                 else:
                     worker.send_signal(signal.SIGINT)  # the second Ctrl-C skips the wait
@@ -842,9 +844,11 @@ async def test_a_stop_while_the_database_is_away_says_it_waits(stop: str, tmp_pa
     # The two tasks in flight, and what it had claimed to create next.
     assert re.search(r"s for it, to give back the [2-9] input\(s\) this worker holds \(", line)
     assert line.count("stopping") == 1
-    assert err.count("stopping:") == 1  # one line, not one per try
+    assert err.count("stopping: the database is unreachable") == 1  # not one per try
     if stop == "SIGTERM":
         assert "(SIGKILL skips the wait: " in line
+        assert progress.startswith("batch prompts.txt: 0/6 (this worker's share)"), progress
+        assert re.search(r", stopping: waiting for the database, ~\d+ s left$", progress)
         assert worker.returncode == 143, err
         assert "the database is back after" in err
         assert "gave its inputs back" in err
@@ -1025,6 +1029,7 @@ async def test_the_password_comes_from_pgpassword_and_stays_off_the_command_line
         with pytest.raises(ba.JournalError, match=r"password") as refused:
             await PostgresStore.open(cluster.url, batch="pw")
         # Where a password goes.
+        assert str(refused.value).startswith(f"cannot connect to the journal {cluster.url}: ")
         assert "$PGPASSWORD or ~/.pgpass" in str(refused.value)
         assert "postgresql://USER:PASSWORD@HOST/DB" in str(refused.value)
         wrong = cluster.url.replace("postgres@", "postgres:not-it@")

@@ -332,9 +332,9 @@ def _password_hint(exc: BaseException) -> str:
     # asyncpg's own refusal to connect without one says "password" too.
     if isinstance(exc, asyncpg.InvalidPasswordError) or "password" in str(exc).lower():
         return (
-            " (give the password in $PGPASSWORD or ~/.pgpass, which asyncpg reads, or in the "
-            "URL as postgresql://USER:PASSWORD@HOST/DB, which every user of the machine can "
-            "read with ps; check the user name in the URL too)"
+            " (asyncpg reads the password from $PGPASSWORD or ~/.pgpass, or from the URL, "
+            "postgresql://USER:PASSWORD@HOST/DB, where every user of the machine can read it "
+            "with ps; check the user name in the URL too)"
         )
     return ""
 
@@ -532,13 +532,14 @@ class PostgresStore:
             if isinstance(exc, Exception) and not isinstance(exc, JournalError):
                 # The pool connects on first use: this is where an
                 # unreachable database shows.
+                hint = _password_hint(exc)
                 what = (
                     f"cannot connect to the journal {redact_url(url)}"
-                    if _connection_lost(exc)
+                    if _connection_lost(exc) or hint
                     else f"cannot {'join' if join else 'read'} batch {batch!r} in the journal "
                     f"{redact_url(url)}"
                 )
-                why = error_text(exc) + _password_hint(exc)
+                why = error_text(exc) + hint
                 if isinstance(exc, TimeoutError):
                     why = (
                         f"no answer within {connect_timeout:g} s (connect_timeout): the server "

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -304,10 +305,21 @@ async def _open_journal(
             batch=args.batch,
             lease=DEFAULT_LEASE if args.lease is None else args.lease,
         )
-        stack.push_async_callback(
-            store.aclose, on_wait=lambda left: to_stderr(_stop_wait_line(state, store, left))
-        )
-        stats.waiting = lambda: _waiting_text(store.waiting_for)
+        # When the wait for the database of a stop ends at the latest, once it is told.
+        stop_wait: list[float] = []
+
+        def on_wait(left: float) -> None:
+            stop_wait.append(time.monotonic() + left)
+            to_stderr(_stop_wait_line(state, store, left))
+
+        def waiting() -> str | None:
+            if stop_wait:  # the progress line goes on meanwhile: not as if nothing happened
+                left = max(0.0, stop_wait[0] - time.monotonic())
+                return f"stopping: waiting for the database, ~{left:.0f} s left"
+            return _waiting_text(store.waiting_for)
+
+        stack.push_async_callback(store.aclose, on_wait=on_wait)
+        stats.waiting = waiting
         return store
     if args.journal is not None:
         return await stack.enter_async_context(await SQLiteStore.open(args.journal))
