@@ -880,7 +880,7 @@ async def _owners(url: str, batch: str) -> dict[str, int]:
 async def test_a_take_over_is_told_once_per_worker_and_summed_up(
     postgres_url: str, batch_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="banana_async")
     async with (
         await PostgresStore.open(postgres_url, batch=batch_name, lease=2) as dead,
         await PostgresStore.open(postgres_url, batch=batch_name) as taker,
