@@ -6,7 +6,10 @@ so refills are exact and nothing waits on the wall clock.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import signal
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -308,3 +311,70 @@ async def test_the_client_reads_the_refusal_as_a_rate_limit(
     assert info.value.retry_after == 2.0
     assert len(server.tasks) == 1
     assert server.count_rate_limited("create") == 1
+
+
+# -- python -m banana_async.testing --------------------------------------------------------
+
+
+async def test_the_command_serves_with_a_rate_limit(session: aiohttp.ClientSession) -> None:
+    # A budget that refills once in 1000 s: the third request finds the
+    # bucket empty whatever the machine's speed.
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "banana_async.testing",
+        "--port",
+        "0",
+        "--rate-limit",
+        "0.001",
+        "--burst",
+        "2",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        line = (await process.stdout.readline()).decode()
+        assert "0.001 requests a second per key, bursts of 2" in line
+        url = line.split()[line.split().index("on") + 1].rstrip(",")
+        statuses = []
+        for _ in range(3):
+            async with session.post(f"{url}/v1/banana/images", json=BODY) as resp:
+                statuses.append((resp.status, resp.headers.get("Retry-After")))
+        async with session.post(
+            f"{url}/v1/banana/images", json=BODY, headers={"Authorization": "Bearer sk-other"}
+        ) as resp:
+            other = resp.status  # another key has a bucket of its own
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert await process.wait() == 0
+    assert statuses[:2] == [(200, None), (200, None)]
+    assert statuses[2][0] == 429
+    assert statuses[2][1] is not None
+    assert int(statuses[2][1]) >= 1
+    assert other == 200
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--rate-limit", "inf"], "--rate-limit: must be a finite number above zero"),
+        (["--rate-limit", "0"], "--rate-limit: must be a finite number above zero"),
+        (["--rate-limit", "5", "--burst", "0.5"], "--burst: must be at least 1"),
+        (["--burst", "3"], "--burst needs --rate-limit"),
+    ],
+)
+async def test_the_command_refuses_a_budget_that_cannot_be(argv: list[str], message: str) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "banana_async.testing",
+        "--port",
+        "0",
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 2
+    assert message in err.decode()
+    assert out == b""  # it never listened

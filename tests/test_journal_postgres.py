@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import socket
 import sys
@@ -654,12 +655,54 @@ async def test_a_worker_rides_out_a_database_restart(caplog: pytest.LogCaptureFi
     assert sorted(_creates(server)) == _OUTAGE_PROMPTS  # each created once
     assert counts == {EntryState.COMPLETED: 6}
     messages = [(r.levelno, r.getMessage()) for r in caplog.records]
-    assert [m for level, m in messages if level >= logging.WARNING] == [
-        m for m in (m for _, m in messages) if "lost the database" in m
-    ]
-    assert len([m for _, m in messages if "lost the database" in m]) == 1
-    assert len([m for _, m in messages if "the database is back" in m]) == 1
+    # Two WARNINGs, without -v the only lines: it is lost, then it is back.
+    warned = [m for level, m in messages if level >= logging.WARNING]
+    assert len(warned) == 2, warned
+    assert "lost the database" in warned[0]
+    assert "the database is back" in warned[1]
+    assert "goes on" in warned[1]
+    # What happened in words, never asyncpg's internals.
+    assert any(
+        f"({why})" in warned[0]
+        for why in ("connection refused", "the connection broke", "terminating connection")
+    ), warned[0]
+    assert "state" not in warned[0]
+    assert "Error" not in warned[0]
     assert not [r for r in caplog.records if r.exc_info]  # no traceback
+
+
+async def test_closing_while_the_database_is_away_says_so_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with _database_stopped("close", lease=30) as outage:
+        outage.reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await outage.reader
+        closing = asyncio.create_task(outage.store.aclose())
+
+        def said() -> list[str]:
+            return [
+                r.getMessage()
+                for r in caplog.records
+                if r.levelno == logging.WARNING and "stops while" in r.getMessage()
+            ]
+
+        try:
+            # Told before the wait ends: the database is still away.
+            await _until(lambda: bool(said()), "the wait is told")
+            assert not closing.done()
+            await asyncio.to_thread(outage.cluster.start)
+            await closing
+        finally:
+            closing.cancel()
+        owners = await _owners(outage.cluster.url, "close")
+    (line,) = said()
+    assert "the database is unreachable: it waits up to " in line
+    assert "(until its lease runs out) to give back the " in line
+    assert owners == {"workers": 0, "owned": 0}
+    back = [r for r in caplog.records if "the database is back" in r.getMessage()]
+    assert [r.levelno for r in back] == [logging.WARNING]
+    assert "gave its inputs back" in back[0].getMessage()
 
 
 async def test_a_worker_cut_off_past_its_lease_stops_creating(
@@ -678,51 +721,203 @@ async def test_a_worker_cut_off_past_its_lease_stops_creating(
     assert not caught.value.unrecorded  # both tasks were recorded before the outage
 
 
-async def test_a_worker_says_whose_lease_it_waits_for(
+async def _cli_process(*argv: str, server: FakeBananaServer) -> asyncio.subprocess.Process:
+    """``banana-async ARGV`` as a subprocess whose stdout and stderr the test reads."""
+    env = {**os.environ, "BANANA_API_KEY": API_KEY, "BANANA_BASE_URL": server.url}
+    env.pop("BANANA_DIALECT", None)
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "banana_async",
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+
+
+async def _read_until(
+    process: asyncio.subprocess.Process, wanted: str, seen: list[str] | None = None
+) -> str:
+    """Read ``process``'s stderr line by line up to one holding ``wanted``; that line."""
+    assert process.stderr is not None
+    lines = [] if seen is None else seen
+    while True:
+        line = (await process.stderr.readline()).decode()
+        if not line:
+            pytest.fail(f"never said {wanted!r}: {''.join(lines)}")
+        lines.append(line)
+        if wanted in line:
+            return line
+
+
+async def test_a_worker_shows_whose_lease_it_waits_for_on_its_progress_line(
     postgres_url: str, batch_name: str, tmp_path: Path
 ) -> None:
     prompts = _prompts(tmp_path, 2)
-    # A worker that claimed input 0 and dies once the CLI worker has joined
-    # (it renews nothing more): a worker joining later would start a new run.
+    # A worker that claimed input 0 and dies once the CLI worker is seen
+    # waiting for it (it renews nothing more): a worker joining later
+    # would start a new run.
     dead = await PostgresStore.open(postgres_url, batch=batch_name, lease=2)
     try:
         assert await dead.claim(0, _request("prompt 0"))
         async with FakeBananaServer(api_key=API_KEY, duration=0.0) as server:
-            worker = asyncio.create_task(
-                _cli(
-                    "-v",
-                    "batch",
-                    str(prompts),
-                    "--out",
-                    str(tmp_path / "out"),
-                    "--journal",
-                    postgres_url,
-                    "--batch",
-                    batch_name,
-                    "--lease",
-                    "5",
-                    "--poll-interval",
-                    "0.05",
-                    server=server,
-                )
+            # No -v: the progress line is what a user sees.
+            worker = await _cli_process(
+                "batch",
+                str(prompts),
+                "--out",
+                str(tmp_path / "out"),
+                "--journal",
+                postgres_url,
+                "--batch",
+                batch_name,
+                "--lease",
+                "5",
+                "--poll-interval",
+                "0.05",
+                server=server,
             )
-            try:
-                await _until_joined(postgres_url, batch_name, 2)
-            finally:
-                assert dead._renewer is not None
-                dead._renewer.cancel()
-                code, _, err = await worker
+            async with killed_at_exit(worker):
+                seen: list[str] = []
+                try:
+                    line = await _read_until(worker, "waiting for worker", seen)
+                finally:
+                    assert dead._renewer is not None
+                    dead._renewer.cancel()
+                _, rest = await worker.communicate()
     finally:
         await dead.aclose()
-    assert code == 0, err
-    assert f"waits for worker {dead.worker}'s lease on 1 input(s)" in err
-    assert "takes over input 0" in err
+    err = "".join(seen) + rest.decode()
+    assert worker.returncode == 0, err
+    assert f"waiting for worker {dead.worker}'s lease on 1 input(s), ~" in line
+    assert line.startswith("batch prompts.txt: 1/2 (this worker's share)"), line
+    assert "took over" not in err  # INFO, under -v
+    assert "takes over input" not in err  # DEBUG, under -vv
     assert server.count("create") == 2
     # Its share is told as a share, with no time left to guess.
     assert "2/2 (this worker's share)" in err
     assert f"this worker ran all 2 inputs of batch '{batch_name}'" in err
     assert "the rest" not in err  # there was none
     assert "ETA" not in err
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
+async def test_a_stop_while_the_database_is_away_says_it_waits(stop: str, tmp_path: Path) -> None:
+    prompts = _prompts(tmp_path, 6)
+    with new_cluster() as cluster:
+        async with FakeBananaServer(api_key=API_KEY, duration=0.0) as server:
+            _Hold(server)  # two tasks in flight for as long as the test needs
+            worker = await _cli_process(
+                "batch",
+                str(prompts),
+                "--out",
+                str(tmp_path / "out"),
+                "--journal",
+                cluster.url,
+                "--batch",
+                "stop",
+                "--concurrency",
+                "2",
+                "--poll-interval",
+                "0.05",
+                server=server,
+            )
+            async with killed_at_exit(worker):
+                await _until(lambda: server.count("create") == 2, "two tasks created")
+                await asyncio.to_thread(cluster.stop)
+                worker.send_signal(getattr(signal, stop))
+                seen: list[str] = []
+                # Said while the database is still away: before the wait, not after it.
+                line = await _read_until(worker, "stopping:", seen)
+                if stop == "SIGTERM":
+                    # Its progress line says so too, while it waits.
+                    progress = await _read_until(worker, "stopping: waiting for the database")
+                    await asyncio.to_thread(cluster.start)
+                else:
+                    worker.send_signal(signal.SIGINT)  # the second Ctrl-C skips the wait
+                _, rest = await worker.communicate()
+            err = "".join(seen) + rest.decode()
+            if stop == "SIGTERM":
+                owners = await _owners(cluster.url, "stop")
+    assert line.startswith("stopping: the database is unreachable; waiting up to "), line
+    # The two tasks in flight, and what it had claimed to create next.
+    assert re.search(r"s for it, to give back the [2-9] input\(s\) this worker holds \(", line)
+    assert line.count("stopping") == 1
+    assert err.count("stopping: the database is unreachable") == 1  # not one per try
+    if stop == "SIGTERM":
+        assert "(SIGKILL skips the wait: " in line
+        assert progress.startswith("batch prompts.txt: 0/6 (this worker's share)"), progress
+        assert re.search(r", stopping: waiting for the database, ~\d+ s left$", progress)
+        assert worker.returncode == 143, err
+        assert "the database is back after" in err
+        assert "gave its inputs back" in err
+        assert owners == {"workers": 0, "owned": 0}  # given back: nothing waits for a lease
+    else:
+        assert "(Ctrl-C again skips the wait: " in line
+        assert worker.returncode == 130, err
+    assert "Run the same command again" in err  # the interruption message, as ever
+    assert server.count("create") == 2
+
+
+async def _owners(url: str, batch: str) -> dict[str, int]:
+    """How many workers a batch lists, and how many of its inputs have an owner."""
+    import asyncpg  # here: a machine without the extra still collects the module
+
+    connection = await asyncpg.connect(url)
+    try:
+        workers: int = await connection.fetchval(
+            "SELECT count(*) FROM banana_workers WHERE batch = $1", batch
+        )
+        owned: int = await connection.fetchval(
+            "SELECT count(*) FROM banana_entries WHERE batch = $1 AND owner IS NOT NULL", batch
+        )
+    finally:
+        await connection.close()
+    return {"workers": workers, "owned": owned}
+
+
+async def test_a_take_over_is_told_once_per_worker_and_summed_up(
+    postgres_url: str, batch_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="banana_async")
+    async with (
+        await PostgresStore.open(postgres_url, batch=batch_name, lease=2) as dead,
+        await PostgresStore.open(postgres_url, batch=batch_name) as taker,
+    ):
+        for index in range(3):
+            assert await dead.claim(index, _request(f"hen {index}"))
+        taking = asyncio.create_task(taker.take_over())
+        try:
+            await _until(lambda: bool(taker.waiting_for), "the taker waits")
+            (wait,) = taker.waiting_for
+            assert (wait.worker, wait.inputs) == (dead.worker, 3)
+            assert 0 < wait.left() <= 2
+            assert dead._renewer is not None
+            dead._renewer.cancel()  # it dies
+            taken = [await taking]
+        finally:
+            if not taking.done():
+                taking.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await taking
+        assert taker.waiting_for == ()
+        taken += [await taker.take_over(), await taker.take_over()]
+        assert [t[0] for t in taken if t is not None] == [0, 1, 2]
+        for index in range(3):
+            await taker.settle(index)
+        assert await taker.take_over() is None
+    at = {
+        level: [r.getMessage() for r in caplog.records if r.levelno == level]
+        for level in (logging.DEBUG, logging.INFO)
+    }
+    assert len([m for m in at[logging.DEBUG] if "takes over input" in m]) == 3
+    info = [m for m in at[logging.INFO] if "takes over" in m or "took over" in m]
+    assert info == [
+        f"journal {taker.name}: worker {taker.worker} takes over the inputs of worker "
+        f"{dead.worker} (its lease ran out)",
+        f"journal {taker.name}: worker {taker.worker} took over 3 input(s) of worker {dead.worker}",
+    ]
 
 
 async def test_lease_needs_a_postgres_journal(tmp_path: Path) -> None:
@@ -750,6 +945,69 @@ async def test_an_unknown_batch_name_is_an_error(
     assert "inputs recorded" not in out
 
 
+async def test_the_journal_command_without_a_batch_lists_the_batches(
+    postgres_url: str, batch_name: str
+) -> None:
+    async with await PostgresStore.open(postgres_url, batch=batch_name):
+        pass  # the batch exists from here on
+    assert batch_name in await PostgresStore.batch_names(postgres_url)
+    async with FakeBananaServer(api_key=API_KEY) as server:
+        code, out, err = await _cli("journal", postgres_url, server=server)
+    assert code == 2, (out, err)
+    assert "a postgresql:// journal needs --batch NAME; its batches, newest first: " in err
+    assert batch_name in err
+    assert out == ""
+
+
+async def test_listing_the_batches_of_an_empty_database_creates_nothing(
+    postgres_url: str,
+) -> None:
+    number = next(_roles)
+    role, database = f"lister{number}", f"nobatch{number}"
+    await _admin(postgres_url, f"CREATE ROLE {role} LOGIN", f"CREATE DATABASE {database}")
+    url = _as_user(postgres_url, role, database)
+    assert await PostgresStore.batch_names(url) == []
+    async with FakeBananaServer(api_key=API_KEY) as server:
+        code, _, err = await _cli("journal", url, server=server)
+        assert code == 2, err
+        assert "needs --batch NAME; it has no batch yet" in err
+        # Nothing listening: the usage error still comes, saying why no names.
+        code, _, err = await _cli("journal", "postgresql://u@127.0.0.1:1/db", server=server)
+    assert code == 2, err
+    assert "needs --batch NAME; its batches cannot be listed (cannot connect" in err
+    assert "connection refused" in err
+    assert await PostgresStore.batch_names(url) == []  # no table was made
+
+
+async def test_an_infinite_lease_is_refused_as_not_finite(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BANANA_API_KEY", API_KEY)
+    prompts = _prompts(tmp_path, 1)
+    argv = ["batch", str(prompts), "--out", str(tmp_path / "out"), "--lease", "inf"]
+    code = await asyncio.to_thread(main, [*argv, "--journal", "postgresql://u@127.0.0.1:1/db"])
+    assert code == 2
+    assert "--lease: must be a finite number above zero, not 'inf'" in capsys.readouterr().err
+
+
+def test_an_outage_is_told_in_words() -> None:
+    import asyncpg  # here: a machine without the extra still collects the module
+
+    why = postgres_module._why_lost
+    assert why(TimeoutError(), 20) == "no answer within 20 s"
+    assert why(ConnectionRefusedError(111, "Connect call failed"), 10) == "connection refused"
+    assert why(ConnectionResetError(104, "reset"), 10) == "the connection broke"
+    switch = asyncpg.InternalClientError("cannot switch to state 15; another operation (2)")
+    assert why(switch, 20) == "the connection broke"
+    closed = asyncpg.ConnectionDoesNotExistError("connection was closed in the middle")
+    assert why(closed, 20) == "the connection broke"
+    shutdown = asyncpg.exceptions.AdminShutdownError(
+        "terminating connection due to administrator command"
+    )
+    assert why(shutdown, 20) == "terminating connection due to administrator command"
+    assert why(OSError(113, "No route to host"), 10) == "No route to host"
+
+
 async def test_a_read_only_store_cannot_run_a_batch(postgres_url: str, batch_name: str) -> None:
     async with await PostgresStore.open(postgres_url, batch=batch_name) as worker:
         assert not worker.read_only
@@ -768,8 +1026,17 @@ async def test_the_password_comes_from_pgpassword_and_stays_off_the_command_line
     with new_cluster(password="s3cret-pw") as cluster:
         # The URL without a password: asyncpg takes it from $PGPASSWORD.
         monkeypatch.delenv("PGPASSWORD", raising=False)
-        with pytest.raises(ba.JournalError, match=r"password"):
+        with pytest.raises(ba.JournalError, match=r"password") as refused:
             await PostgresStore.open(cluster.url, batch="pw")
+        # Where a password goes.
+        assert str(refused.value).startswith(f"cannot connect to the journal {cluster.url}: ")
+        assert "$PGPASSWORD or ~/.pgpass" in str(refused.value)
+        assert "postgresql://USER:PASSWORD@HOST/DB" in str(refused.value)
+        wrong = cluster.url.replace("postgres@", "postgres:not-it@")
+        with pytest.raises(ba.JournalError, match="password authentication failed") as refused:
+            await PostgresStore.open(wrong, batch="pw")
+        assert "$PGPASSWORD or ~/.pgpass" in str(refused.value)
+        assert "not-it" not in str(refused.value)
         monkeypatch.setenv("PGPASSWORD", "s3cret-pw")
         async with await PostgresStore.open(cluster.url, batch="pw") as store:
             assert await store.workers() == [store.worker]
@@ -1028,6 +1295,13 @@ async def test_a_journal_failure_is_one_error_line(tmp_path: Path) -> None:
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, err
     assert "no task was created after that" in errors[0]
+    # What to do about it, as after a stop.
+    assert errors[0].endswith(
+        f"Run the same command again (same FILE, --journal {cluster.url} --batch one-line) "
+        "once the database is back to resume: tasks already created are polled again, "
+        "never created twice"
+    ), errors[0]
+    assert "(connection refused)" in errors[0] or "(the connection broke)" in errors[0], errors[0]
 
 
 async def test_an_input_taken_by_a_try_whose_answer_was_lost_is_taken_again(

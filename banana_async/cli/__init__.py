@@ -115,6 +115,7 @@ class _Termination:
 
     def _on_sigint(self, signum: int, frame: object) -> None:
         self.interrupts += 1
+        self._state.interrupts = self.interrupts
         if self._loop is None:
             raise KeyboardInterrupt  # the command has not started: no loop to break
         # With the loop closed, the command has ended: only its message is left.

@@ -105,6 +105,7 @@ class RunState:
         manifest: The batch's manifest file, once it is open.
         resumable: Whether running the command again can resume its work.
         terminated: Whether SIGTERM stopped the command (rather than Ctrl-C).
+        interrupts: How many Ctrl-Cs came (a second one cuts the stop short).
     """
 
     def __init__(self) -> None:
@@ -116,6 +117,8 @@ class RunState:
         self.resumable = False
         # Set when SIGTERM, not Ctrl-C, stopped the command (exit 143, not 130).
         self.terminated = False
+        # Set at the first Ctrl-C (a second one cuts the stop short).
+        self.interrupts = 0
 
     def interrupted(self) -> str:
         """The line to print after Ctrl-C: how far the command got, how to go on."""

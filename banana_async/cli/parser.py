@@ -54,14 +54,14 @@ def positive_float(text: str) -> float:
     """An option's value as a finite number above zero (an argparse ``type``).
 
     Raises:
-        argparse.ArgumentTypeError: not a number, or not above zero.
+        argparse.ArgumentTypeError: not a number, not finite, or not above zero.
     """
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a number above zero, not {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a finite number above zero, not {text!r}")
     return value
 
 

@@ -12,6 +12,7 @@ import contextlib
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Final, Self
 
@@ -68,6 +69,9 @@ class Stats:
         # When each input's task was first seen (created, or found by a
         # resume), for the time taken that the manifest records.
         self._seen: dict[int, float] = {}
+        # What the batch waits for besides its tasks (another worker's
+        # lease), asked at every redraw: None or "" when nothing.
+        self.waiting: Callable[[], str | None] | None = None
 
     @property
     def finished(self) -> int:
@@ -153,6 +157,9 @@ class Stats:
             parts.append(f"ETA {self.eta()}")
         if self.resumed:
             parts.insert(2, f"{self.resumed} from journal")
+        waiting = self.waiting() if self.waiting is not None else None
+        if waiting:
+            parts.append(waiting)
         if count:
             total = "?" if self.total is None else str(self.total)
             shared = " (this worker's share)" if self.shared else ""

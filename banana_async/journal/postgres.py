@@ -82,6 +82,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import attrs
+
 from banana_async._checks import error_message as error_text
 from banana_async._convert import CONVERTER
 from banana_async._logging import RAISED_LATER
@@ -104,6 +106,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONNECT_TIMEOUT",
     "DEFAULT_LEASE",
+    "LeaseWait",
     "PostgresStore",
     "has_password",
     "inputs_fingerprint",
@@ -299,6 +302,43 @@ def _connection_lost(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
 
 
+def _why_lost(exc: BaseException, timeout: float) -> str:
+    """What happened to the way to the database, in words (not asyncpg's internals).
+
+    Args:
+        exc: What the statement (or the connect) raised; :func:`_connection_lost` is true of it.
+        timeout: The seconds it was given to answer (the connect's or the statement's).
+    """
+    import asyncpg  # noqa: PLC0415 - loaded by open() already
+
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g} s"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, asyncpg.exceptions.OperatorInterventionError):
+        # The server's own word (SQLSTATE class 57): "terminating connection due to administrator
+        # command", "the database system is shutting down".
+        return str(exc).split("\n", 1)[0] or "the server closed the connection"
+    if isinstance(exc, OSError) and not isinstance(exc, ConnectionError) and exc.strerror:
+        return exc.strerror  # no route to host, a name that does not resolve
+    # Reset, closed mid-statement, "cannot switch to state ...": all the same to a user.
+    return "the connection broke"
+
+
+def _password_hint(exc: BaseException) -> str:
+    """A hint after a refused password (or a missing one), else ''."""
+    import asyncpg  # noqa: PLC0415 - loaded by open() already
+
+    # asyncpg's own refusal to connect without one says "password" too.
+    if isinstance(exc, asyncpg.InvalidPasswordError) or "password" in str(exc).lower():
+        return (
+            " (asyncpg reads the password from $PGPASSWORD or ~/.pgpass, or from the URL, "
+            "postgresql://USER:PASSWORD@HOST/DB, where every user of the machine can read it "
+            "with ps; check the user name in the URL too)"
+        )
+    return ""
+
+
 class _Retrying:
     """Runs each statement on the pool, trying again while the database is away.
 
@@ -339,6 +379,26 @@ def _states(after: EntryState | None) -> tuple[list[str], bool]:
     """The states ``after`` may follow, as values, and whether "nothing recorded" is one."""
     before = sources(after)
     return sorted(state.value for state in before if state is not None), None in before
+
+
+@attrs.frozen
+class LeaseWait:
+    """Unsettled inputs of another worker, which this worker waits for (see ``waiting_for``).
+
+    Attributes:
+        worker: The other worker's id.
+        inputs: How many of the batch's unsettled inputs it holds.
+        lease_until: When its lease runs out unless it renews it, on this
+            machine's :func:`time.monotonic` clock (as of the last look).
+    """
+
+    worker: str
+    inputs: int
+    lease_until: float
+
+    def left(self, now: float | None = None) -> float:
+        """Seconds until the lease runs out (0 once it has), as of ``now`` (default: now)."""
+        return max(0.0, self.lease_until - (time.monotonic() if now is None else now))
 
 
 class PostgresStore:
@@ -384,6 +444,18 @@ class PostgresStore:
         # The inputs this worker claimed and has not settled: a row it owns
         # that is not here was taken by a statement whose answer was lost.
         self._held: set[int] = set()
+        # Seconds a new connection may take (open() sets what it was given).
+        self._connect_timeout = CONNECT_TIMEOUT
+        # Whether the WARNING of the current outage was logged: its end is then one too.
+        self._said_lost = False
+        # The other workers' inputs take_over() waits for (see waiting_for),
+        # and how many inputs it took over from each worker (for its summary).
+        self._waiting: tuple[LeaseWait, ...] = ()
+        self._taken: Counter[str] = Counter()
+        # Set by aclose(): how a wait for the database while closing is told
+        # (None: at WARNING), and whether it was.
+        self._on_close_wait: Callable[[float], object] | None = None
+        self._said_close_wait = False
 
     @classmethod
     async def open(
@@ -452,6 +524,7 @@ class PostgresStore:
                 path=redact_url(url),
             ) from exc
         store = cls(pool, url, batch, worker, lease)
+        store._connect_timeout = connect_timeout
         try:
             await store._join(join=join)
         except BaseException as exc:
@@ -459,13 +532,14 @@ class PostgresStore:
             if isinstance(exc, Exception) and not isinstance(exc, JournalError):
                 # The pool connects on first use: this is where an
                 # unreachable database shows.
+                hint = _password_hint(exc)
                 what = (
                     f"cannot connect to the journal {redact_url(url)}"
-                    if _connection_lost(exc)
+                    if _connection_lost(exc) or hint
                     else f"cannot {'join' if join else 'read'} batch {batch!r} in the journal "
                     f"{redact_url(url)}"
                 )
-                why = error_text(exc)
+                why = error_text(exc) + hint
                 if isinstance(exc, TimeoutError):
                     why = (
                         f"no answer within {connect_timeout:g} s (connect_timeout): the server "
@@ -479,6 +553,57 @@ class PostgresStore:
             )
         return store
 
+    @classmethod
+    async def batch_names(
+        cls, url: str, *, limit: int = _NAMES_SHOWN, connect_timeout: float = CONNECT_TIMEOUT
+    ) -> list[str]:
+        """The names of the batches in the journal at ``url``, the newest first.
+
+        Only reads (SELECT on ``banana_batches``), and creates nothing: a
+        database without the tables has no batch.
+
+        Args:
+            url: A ``postgresql://`` URL, as asyncpg takes it.
+            limit: The most names returned.
+            connect_timeout: Seconds the connection may take to be answered.
+
+        Raises:
+            JournalError: asyncpg is not installed, or the database cannot be
+                reached or read.
+        """
+        shown = redact_url(url)
+        try:
+            import asyncpg  # noqa: PLC0415 - an optional extra, loaded only here
+        except ImportError as exc:
+            raise JournalError(
+                "a Postgres journal needs asyncpg: pip install 'banana-async[postgres]'",
+                path=shown,
+            ) from exc
+        try:
+            connection = await asyncpg.connect(
+                url, timeout=connect_timeout, command_timeout=_STATEMENT_TIMEOUT
+            )
+        except Exception as exc:
+            why = (
+                _why_lost(exc, connect_timeout)
+                if _connection_lost(exc)
+                else error_text(exc) + _password_hint(exc)
+            )
+            raise JournalError(f"cannot connect to the journal {shown}: {why}", path=shown) from exc
+        try:
+            if await connection.fetchval("SELECT to_regclass('banana_batches')") is None:
+                return []
+            rows = await connection.fetch(
+                "SELECT name FROM banana_batches ORDER BY created_at DESC LIMIT $1", limit
+            )
+        except Exception as exc:
+            raise JournalError(
+                f"cannot list the batches in the journal {shown}: {error_text(exc)}", path=shown
+            ) from exc
+        finally:
+            await connection.close()
+        return [str(row["name"]) for row in rows]
+
     @property
     def name(self) -> str:
         """The journal's URL (without its password) and the batch's name."""
@@ -488,6 +613,20 @@ class PostgresStore:
     def read_only(self) -> bool:
         """True for a store opened with ``join=False``: it reads the batch, and runs none of it."""
         return not self._joined
+
+    @property
+    def lease_lost(self) -> bool:
+        """Whether this worker's lease ran out (a database away too long, a stalled loop).
+
+        Its records fail from then on, and it creates nothing more: the batch
+        is run again (a new run of the same batch) once the database is back.
+        """
+        return self._joined and self._lease_until <= time.monotonic()
+
+    @property
+    def held(self) -> int:
+        """How many inputs this worker holds unsettled (what closing it gives back)."""
+        return len(self._held)
 
     @property
     def run(self) -> int:
@@ -886,19 +1025,31 @@ class PostgresStore:
             action="mark it to resend",
         )
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, on_wait: Callable[[float], object] | None = None) -> None:
         """Give back the inputs this worker holds unsettled, leave the batch, disconnect.
 
         Closing twice is harmless. The inputs given back are taken by the
-        other workers at once, without waiting for a lease to run out.
+        other workers at once, without waiting for a lease to run out. While
+        the database is unreachable, closing waits for it as long as the
+        lease lasts (after that the inputs are the other workers' anyway),
+        and says so at once: one WARNING, or a call of ``on_wait``.
+
+        Args:
+            on_wait: Called once, instead of the WARNING, with the seconds
+                the close may wait for the database (a command line tells
+                its user how to skip the wait: see ``banana-async batch``).
         """
         if self._closed:
             return
         self._closed = True
+        self._on_close_wait = on_wait
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
+        if self._down_since is not None and not self.lease_lost:
+            # An outage known already: the first try would only confirm it.
+            self._say_close_wait(self._lease_until - time.monotonic())
 
         async def give_back(connection: Any) -> None:
             await connection.execute(
@@ -1050,7 +1201,8 @@ class PostgresStore:
 
         Waits while other live workers hold unsettled inputs (any of them
         may die and leave them); returns None once every input of the batch
-        is settled in this run or held by this worker.
+        is settled in this run or held by this worker. Meanwhile
+        :attr:`waiting_for` says whose inputs it waits for.
 
         Returns:
             The input's index, its request (None for an input that is no
@@ -1058,54 +1210,128 @@ class PostgresStore:
         """
         pause = min(_SWEEP_PAUSE, self.lease / 3)
         said: float | None = None
-        while True:
-            async with self._connection() as connection:
-                row = await connection.fetchrow(
-                    # A scalar subquery runs once; a joined one may be run
-                    # again for every row and take them all.
-                    # An input this worker owns and does not hold was taken
-                    # by a try whose answer was lost: it is taken again.
-                    "UPDATE banana_entries SET owner = $3 WHERE batch = $1 AND idx = (SELECT"
-                    " e.idx FROM banana_entries e WHERE e.batch = $1 AND e.settled_run IS"
-                    f" DISTINCT FROM $2 AND ({_ORPHAN} OR (e.owner = $3 AND"
-                    " e.idx <> ALL($4::bigint[]))) ORDER BY e.idx LIMIT 1"
-                    " FOR UPDATE SKIP LOCKED)"
-                    " RETURNING idx, request, raw_input",
+
+        async def take(connection: Any) -> tuple[Any, list[Any]]:
+            # Two statements in one transaction, not one UPDATE with a
+            # subquery: the row's owner before the take is wanted too (for
+            # the summary), and RETURNING only sees the row after it.
+            # An input this worker owns and does not hold was taken by a
+            # try whose answer was lost: it is taken again.
+            picked = await connection.fetchrow(
+                "SELECT e.idx, e.owner, e.request, e.raw_input FROM banana_entries e"
+                " WHERE e.batch = $1 AND e.settled_run IS DISTINCT FROM $2"
+                f" AND ({_ORPHAN} OR (e.owner = $3 AND e.idx <> ALL($4::bigint[])))"
+                " ORDER BY e.idx LIMIT 1 FOR UPDATE SKIP LOCKED",
+                self.batch,
+                self._run,
+                self.worker,
+                sorted(self._held),
+            )
+            if picked is not None:
+                await connection.execute(
+                    "UPDATE banana_entries SET owner = $3 WHERE batch = $1 AND idx = $2",
                     self.batch,
-                    self._run,
+                    picked["idx"],
                     self.worker,
-                    sorted(self._held),
                 )
-                if row is None:
-                    holders = await connection.fetch(
-                        "SELECT e.owner, count(*) AS inputs,"
-                        " extract(epoch FROM max(w.lease_until) - now()) AS left"
-                        " FROM banana_entries e LEFT JOIN banana_workers w"
-                        " ON w.batch = e.batch AND w.id = e.owner"
-                        " WHERE e.batch = $1 AND e.settled_run IS DISTINCT FROM $2"
-                        " AND e.owner IS DISTINCT FROM $3 GROUP BY e.owner ORDER BY e.owner",
-                        self.batch,
-                        self._run,
-                        self.worker,
-                    )
+                return picked, []
+            holders = await connection.fetch(
+                "SELECT e.owner, count(*) AS inputs,"
+                " extract(epoch FROM max(w.lease_until) - now()) AS left"
+                " FROM banana_entries e LEFT JOIN banana_workers w"
+                " ON w.batch = e.batch AND w.id = e.owner"
+                " WHERE e.batch = $1 AND e.settled_run IS DISTINCT FROM $2"
+                " AND e.owner IS DISTINCT FROM $3 GROUP BY e.owner ORDER BY e.owner",
+                self.batch,
+                self._run,
+                self.worker,
+            )
+            return None, holders
+
+        while True:
+            self._check_open()
+            (row, holders), _ = await self._retrying(take, transaction=True)
             if row is not None:
+                self._waiting = ()
+                index = int(row["idx"])
+                self._note_taken(index, row["owner"])
                 text = row["request"]
                 request = (
                     None
                     if text is None
                     else CONVERTER.structure(json.loads(text), GenerationRequest)
                 )
-                logger.info(
-                    "journal %s: worker %s takes over input %d", self.name, self.worker, row["idx"]
-                )
-                self._held.add(int(row["idx"]))
-                return int(row["idx"]), request, row["raw_input"]
+                self._held.add(index)
+                return index, request, row["raw_input"]
             if not holders:
+                self._waiting = ()
+                self._say_taken()
                 return None
-            said = self._say_waiting(holders, said)
+            now = time.monotonic()
+            self._waiting = tuple(
+                LeaseWait(
+                    worker=str(holder["owner"]),
+                    inputs=int(holder["inputs"]),
+                    lease_until=now + max(0.0, float(holder["left"] or 0.0)),
+                )
+                for holder in holders
+                if holder["owner"] is not None  # given back: taken at the next look
+            )
+            said = self._say_waiting(said)
             await asyncio.sleep(pause)
 
-    def _say_waiting(self, holders: list[Any], said: float | None) -> float:
+    @property
+    def waiting_for(self) -> tuple[LeaseWait, ...]:
+        """The other workers whose inputs :meth:`take_over` waits for now (none: it is not waiting).
+
+        Updated at each look (every second at most); a progress display may
+        show it: a worker that waits for a dead worker's lease to run out
+        would otherwise look hung.
+        """
+        return self._waiting
+
+    def _note_taken(self, index: int, previous: str | None) -> None:
+        """Log one input taken over (at DEBUG), and the first of each worker (at INFO)."""
+        whose = "given back" if previous is None else f"of worker {previous}"
+        logger.debug(
+            "journal %s: worker %s takes over input %d (%s)", self.name, self.worker, index, whose
+        )
+        if previous == self.worker:
+            return  # taken by a try whose answer was lost: counted then
+        if previous is None:
+            self._taken["given back"] += 1  # by a worker that stopped
+            return
+        if not self._taken[previous]:
+            logger.info(
+                "journal %s: worker %s takes over the inputs of worker %s (its lease ran out)",
+                self.name,
+                self.worker,
+                previous,
+            )
+        self._taken[previous] += 1
+
+    def _say_taken(self) -> None:
+        """Log at INFO, once, how many inputs this worker took over, by whose they were."""
+        for previous, count in sorted(self._taken.items()):
+            if previous == "given back":
+                logger.info(
+                    "journal %s: worker %s took over %d input(s) given back by workers "
+                    "that stopped",
+                    self.name,
+                    self.worker,
+                    count,
+                )
+            else:
+                logger.info(
+                    "journal %s: worker %s took over %d input(s) of worker %s",
+                    self.name,
+                    self.worker,
+                    count,
+                    previous,
+                )
+        self._taken.clear()
+
+    def _say_waiting(self, said: float | None) -> float:
         """Log at INFO whom this worker waits for: once, then every 10 s (when it last said so).
 
         Not again when only the counts change: a live worker settles its
@@ -1114,18 +1340,15 @@ class PostgresStore:
         now = time.monotonic()
         if said is not None and now - said < _WAIT_NOTE_EVERY:
             return said
-        for row in holders:
-            if row["owner"] is None:
-                continue  # given back: taken at the next look
-            left = max(0.0, float(row["left"] or 0.0))
+        for wait in self._waiting:
             logger.info(
                 "journal %s: worker %s waits for worker %s's lease on %d input(s), ~%.0f s "
                 "left (renewed while it is alive; if it died, its inputs are taken then)",
                 self.name,
                 self.worker,
-                row["owner"],
-                row["inputs"],
-                left,
+                wait.worker,
+                wait.inputs,
+                wait.left(now),
             )
         return now
 
@@ -1195,8 +1418,10 @@ class PostgresStore:
         delay = _RETRY_FIRST
         retried = False
         while True:
+            connected = False
             try:
                 async with self._pool.acquire() as connection:
+                    connected = True
                     if transaction:
                         async with connection.transaction():
                             result = await operation(connection)
@@ -1205,12 +1430,13 @@ class PostgresStore:
             except Exception as exc:
                 if not _connection_lost(exc):
                     raise
-                left = self._wait_left(exc)
+                why = _why_lost(exc, _STATEMENT_TIMEOUT if connected else self._connect_timeout)
+                left = self._wait_left(why)
                 if left <= 0:
                     raise JournalError(
                         f"journal {self.name}: the database has been unreachable for "
                         f"{time.monotonic() - (self._down_since or 0):.0f} s "
-                        f"({error_text(exc)}) and worker {self.worker}'s lease of "
+                        f"({why}) and worker {self.worker}'s lease of "
                         f"{self.lease:g} s ran out meanwhile: other workers may take its "
                         "inputs, so it creates nothing more",
                         path=self.name,
@@ -1220,33 +1446,60 @@ class PostgresStore:
                 retried = True
                 continue
             if self._down_since is not None:
-                logger.info(
-                    "journal %s: the database is back after %.1f s; worker %s goes on",
+                # As loud as the line that said it was lost: without -v,
+                # a WARNING alone would leave the outage open on screen.
+                logger.log(
+                    logging.WARNING if self._said_lost else logging.INFO,
+                    "journal %s: the database is back after %.1f s; worker %s %s",
                     self.name,
                     time.monotonic() - self._down_since,
                     self.worker,
+                    "gave its inputs back" if self._closed else "goes on",
                 )
                 self._down_since = None
+                self._said_lost = False
             return result, retried
 
-    def _wait_left(self, exc: Exception) -> float:
+    def _wait_left(self, why: str) -> float:
         """Seconds left to wait for the database; logs the WARNING of a new outage."""
         now = time.monotonic()
         if self._down_since is None:
             self._down_since = now
             left = self._lease_until - now if self._joined else self.lease
-            if left > 0:
+            if self._closed:
+                self._say_close_wait(left)
+            elif left > 0:
+                self._said_lost = True
                 logger.warning(
                     "journal %s: lost the database (%s); worker %s tries again for up to "
                     "%.0f s (until its lease runs out) and keeps polling its tasks meanwhile",
                     self.name,
-                    error_text(exc),
+                    why,
                     self.worker,
                     left,
                 )
         if self._joined:
             return self._lease_until - now
         return self._down_since + self.lease - now
+
+    def _say_close_wait(self, left: float) -> None:
+        """Say, once, that closing waits up to ``left`` s for the database (see :meth:`aclose`)."""
+        if self._said_close_wait or left <= 0:
+            return
+        self._said_close_wait = True
+        self._said_lost = True  # the database's return is told as loudly
+        if self._on_close_wait is not None:
+            self._on_close_wait(left)
+            return
+        logger.warning(
+            "journal %s: worker %s stops while the database is unreachable: it waits up to "
+            "%.0f s (until its lease runs out) to give back the %d input(s) it holds; past "
+            "that, the other workers take them over once its lease has run out",
+            self.name,
+            self.worker,
+            left,
+            len(self._held),
+        )
 
     async def _task(  # noqa: PLR0917 - one record's parts, in its order
         self,

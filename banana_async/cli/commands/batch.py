@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,6 +47,7 @@ from banana_async.errors import InvalidRequestError, JournalError, TaskTimeoutEr
 from banana_async.journal import PostgresStore, SQLiteStore
 from banana_async.journal.postgres import (
     DEFAULT_LEASE,
+    LeaseWait,
     inputs_fingerprint,
     is_postgres_url,
     redact_url,
@@ -272,55 +274,136 @@ async def _run_batch(  # noqa: PLR0917 - the pieces run() prepared
     run: str,
 ) -> None:
     """Open the journal, the manifest and the client, in that order, and run the batch."""
-    async with contextlib.AsyncExitStack() as stack:
-        # The journal first: one that cannot be used stops the batch before
-        # the client opens, let alone creates anything.
-        journal: SQLiteStore | PostgresStore | None = None
-        if is_postgres_url(args.journal):
-            journal = await stack.enter_async_context(
-                await PostgresStore.open(
-                    args.journal,
-                    batch=args.batch,
-                    lease=DEFAULT_LEASE if args.lease is None else args.lease,
-                )
+    journal: SQLiteStore | PostgresStore | None = None
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            journal = await _open_journal(args, state, stats, stack)
+            await _run_journaled(
+                args, state, client, prompts, out, progress, stats, show, stack, journal, run=run
             )
-        elif args.journal is not None:
-            journal = await stack.enter_async_context(await SQLiteStore.open(args.journal))
-        if isinstance(journal, PostgresStore) and isinstance(prompts.path, Path):
-            # The whole file is known: a worker given another file (or other
-            # options) stops here, before the client creates anything.
-            fingerprint, count = await asyncio.to_thread(
-                _fingerprint, prompts.path, prompts.jsonl, request_defaults(args)
-            )
-            await journal.check_inputs(fingerprint, count)
-        manifest = await asyncio.to_thread(open_manifest, out)
-        stack.callback(manifest.close)
-        state.manifest = manifest.name
+    except JournalError as exc:
+        if not (isinstance(journal, PostgresStore) and journal.lease_lost):
+            raise
+        # The database was away past the lease (or the worker stalled): the
+        # batch is not lost, as the interruption message says of a stop.
+        raise JournalError(
+            f"{exc}. Run the same command again (same FILE, --journal "
+            f"{state.journal}) once the database is back to resume: tasks already "
+            "created are polled again, never created twice",
+            path=exc.path,
+            unrecorded=exc.unrecorded,
+        ) from exc
 
-        def report(shown: Shown) -> None:
-            manifest.write(json_line(manifest_record(shown, run)) + "\n")
-            manifest.flush()
-            emit(args, shown)
 
-        await stack.enter_async_context(client)
-        inputs = (
-            stack.enter_context(contextlib.closing(prompts.inputs()))
-            if isinstance(prompts.path, Path)
-            else prompts.stream_inputs()
+async def _open_journal(
+    args: argparse.Namespace, state: RunState, stats: Stats, stack: contextlib.AsyncExitStack
+) -> SQLiteStore | PostgresStore | None:
+    """Open ``--journal``, closed by ``stack``; a Postgres worker shows its waits in ``stats``."""
+    if is_postgres_url(args.journal):
+        store = await PostgresStore.open(
+            args.journal,
+            batch=args.batch,
+            lease=DEFAULT_LEASE if args.lease is None else args.lease,
         )
-        outcomes = client.generate_many(
-            inputs,
-            concurrency=args.concurrency,
-            timeout=args.timeout,
-            poll_interval=args.poll_interval,
-            download_to=out,
-            journal=journal,
-            resend_unconfirmed=args.resend_unconfirmed,
-            retry_failed=args.retry_failed,
-            on_status=progress.on_status,
-            **request_defaults(args),
+        # When the wait for the database of a stop ends at the latest, once it is told.
+        stop_wait: list[float] = []
+
+        def on_wait(left: float) -> None:
+            stop_wait.append(time.monotonic() + left)
+            to_stderr(_stop_wait_line(state, store, left))
+
+        def waiting() -> str | None:
+            if stop_wait:  # the progress line goes on meanwhile: not as if nothing happened
+                left = max(0.0, stop_wait[0] - time.monotonic())
+                return f"stopping: waiting for the database, ~{left:.0f} s left"
+            return _waiting_text(store.waiting_for)
+
+        stack.push_async_callback(store.aclose, on_wait=on_wait)
+        stats.waiting = waiting
+        return store
+    if args.journal is not None:
+        return await stack.enter_async_context(await SQLiteStore.open(args.journal))
+    return None
+
+
+def _stop_wait_line(state: RunState, store: PostgresStore, left: float) -> str:
+    """What the command says when it stops while the database is away (it waits for it)."""
+    if state.terminated:
+        skip = "SIGKILL skips the wait"  # more SIGTERMs change nothing (see cli.main)
+    elif state.interrupts:
+        skip = "Ctrl-C again skips the wait"
+    else:
+        skip = "Ctrl-C skips the wait"
+    return (
+        f"stopping: the database is unreachable; waiting up to {left:.0f} s for it, to give "
+        f"back the {store.held} input(s) this worker holds ({skip}: the other workers then "
+        "take them over once its lease has run out)"
+    )
+
+
+def _waiting_text(waits: tuple[LeaseWait, ...]) -> str | None:
+    """Whose inputs a worker waits for, for its progress line (None: it is not waiting)."""
+    if not waits:
+        return None
+    inputs = sum(wait.inputs for wait in waits)
+    left = max(wait.left() for wait in waits)
+    if len(waits) == 1:
+        return (
+            f"waiting for worker {waits[0].worker}'s lease on {inputs} input(s), ~{left:.0f} s left"
         )
-        await consume(outcomes, progress, stats, show, report)
+    return f"waiting for {len(waits)} workers' leases on {inputs} input(s), ~{left:.0f} s left"
+
+
+async def _run_journaled(  # noqa: PLR0917 - the pieces run() prepared
+    args: argparse.Namespace,
+    state: RunState,
+    client: BananaClient,
+    prompts: PromptFile,
+    out: Path,
+    progress: Progress,
+    stats: Stats,
+    show: Callable[[Outcome], Shown],
+    stack: contextlib.AsyncExitStack,
+    journal: SQLiteStore | PostgresStore | None,
+    *,
+    run: str,
+) -> None:
+    """Check the inputs against a shared batch, open the manifest and the client, run it."""
+    if isinstance(journal, PostgresStore) and isinstance(prompts.path, Path):
+        # The whole file is known: a worker given another file (or other
+        # options) stops here, before the client creates anything.
+        fingerprint, count = await asyncio.to_thread(
+            _fingerprint, prompts.path, prompts.jsonl, request_defaults(args)
+        )
+        await journal.check_inputs(fingerprint, count)
+    manifest = await asyncio.to_thread(open_manifest, out)
+    stack.callback(manifest.close)
+    state.manifest = manifest.name
+
+    def report(shown: Shown) -> None:
+        manifest.write(json_line(manifest_record(shown, run)) + "\n")
+        manifest.flush()
+        emit(args, shown)
+
+    await stack.enter_async_context(client)
+    inputs = (
+        stack.enter_context(contextlib.closing(prompts.inputs()))
+        if isinstance(prompts.path, Path)
+        else prompts.stream_inputs()
+    )
+    outcomes = client.generate_many(
+        inputs,
+        concurrency=args.concurrency,
+        timeout=args.timeout,
+        poll_interval=args.poll_interval,
+        download_to=out,
+        journal=journal,
+        resend_unconfirmed=args.resend_unconfirmed,
+        retry_failed=args.retry_failed,
+        on_status=progress.on_status,
+        **request_defaults(args),
+    )
+    await consume(outcomes, progress, stats, show, report)
 
 
 def _fingerprint(path: Path, jsonl: bool | None, defaults: dict[str, Any]) -> tuple[str, int]:

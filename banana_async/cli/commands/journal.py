@@ -22,6 +22,9 @@ from banana_async.journal.postgres import is_postgres_url
 
 __all__ = ["entry_record", "run"]
 
+# How many batch names the usage error without --batch lists.
+_NAMES_SHOWN = 10
+
 
 def entry_record(entry: JournalEntry) -> dict[str, object]:
     """One entry as a JSON line: index, state, prompt, task id, file, error."""
@@ -43,11 +46,25 @@ def _read_file(path: Path) -> list[JournalEntry]:
         return list(journal.entries())
 
 
+async def _batch_names(url: str) -> str:
+    """The batches of the journal at ``url``, as the usage error without --batch lists them."""
+    try:
+        names = await PostgresStore.batch_names(url, limit=_NAMES_SHOWN + 1)
+    except JournalError as exc:
+        return f"its batches cannot be listed ({exc})"
+    if not names:
+        return "it has no batch yet"
+    more = ", ..." if len(names) > _NAMES_SHOWN else ""
+    return "its batches, newest first: " + ", ".join(names[:_NAMES_SHOWN]) + more
+
+
 async def _read(args: argparse.Namespace) -> list[JournalEntry]:
     if is_postgres_url(args.journal):
-        if not args.batch:
-            raise InvalidRequestError("a postgresql:// journal needs --batch NAME")
         warn_if_password(args.journal)
+        if not args.batch:
+            raise InvalidRequestError(
+                "a postgresql:// journal needs --batch NAME; " + await _batch_names(args.journal)
+            )
         async with await PostgresStore.open(args.journal, batch=args.batch, join=False) as store:
             return await store.entries()
     if args.batch is not None:
