@@ -208,3 +208,49 @@ def test_the_manifest_is_named_by_its_path(tmp_path: Path) -> None:
     with open_manifest(tmp_path) as manifest:
         assert manifest.name == str(tmp_path / MANIFEST)
     assert (tmp_path / MANIFEST).stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("argv_given", [False, True], ids=["program", "from-python"])
+async def test_once_stopped_the_program_ignores_late_signals_until_it_exits(
+    tmp_path: Path, argv_given: bool
+) -> None:
+    # A second Ctrl-C that came after the message (a double press, `timeout
+    # -s INT`) landed now and then in the interpreter's shutdown and printed
+    # a traceback. The program itself (main() reading sys.argv) now returns
+    # with SIGINT and SIGTERM ignored; main(argv) called from Python leaves
+    # its caller's handlers as they were.
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("never done 1\nnever done 2\n")
+    argv = ["-v", "batch", str(prompts), "--out", str(tmp_path / "out"), "--poll-interval", "0.05"]
+    call = f"main({argv!r})" if argv_given else "main()"
+    script = (
+        "import signal, sys\n"
+        "from banana_async.cli import main\n"
+        f"sys.argv = ['banana-async', *{argv!r}]\n"
+        f"code = {call}\n"
+        "print('ignored:', signal.getsignal(signal.SIGINT) is signal.SIG_IGN,"
+        " signal.getsignal(signal.SIGTERM) is signal.SIG_IGN, flush=True)\n"
+        "raise SystemExit(code)\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("BANANA_")}
+    async with FakeBananaServer(api_key=KEY) as server:
+        server.script_for = lambda body: TaskScript(duration=None)  # ends only by a signal
+        environ.update({"BANANA_API_KEY": KEY, "BANANA_BASE_URL": server.url})
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            script,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=environ,
+        )
+        run = Running(proc)
+        try:
+            await run.until(created(2))
+        finally:
+            run.signal(signal.SIGINT)
+        code, out, err = await run.finish()
+    assert code == 130, err
+    assert "interrupted: " in err
+    assert f"ignored: {not argv_given} {not argv_given}" in out, out

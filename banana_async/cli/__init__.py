@@ -21,6 +21,7 @@ Only the names in ``__all__`` here are meant for use from Python.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
 import sys
@@ -154,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Args:
         argv: The arguments without the program name; default ``sys.argv[1:]``.
+            Without it (the program itself), a command stopped by Ctrl-C or
+            SIGTERM returns with both signals ignored: the process is about
+            to exit, and a late second signal must not interrupt its shutdown.
 
     Returns:
         The exit code, an :class:`ExitCode` (or argparse's own code for
@@ -166,24 +170,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _parse_exit_code(exc)
     state = RunState()
     with log_to_stderr(args.verbose), warnings_as_lines(), _Termination(state) as termination:
-        try:
-            get_dialect(args.dialect)
-            command = commands.load(args.command)
-            return termination.run(command(args, state))
-        except (KeyboardInterrupt, asyncio.CancelledError) as exc:
-            signalled = state.terminated or termination.interrupts > 0
-            if isinstance(exc, asyncio.CancelledError) and not signalled:
-                raise  # not a signal's: a bug, not an interruption
-            # Still under the handlers: a second signal cannot kill the
-            # process before the message is out.
-            to_stderr(state.interrupted())
-            return ExitCode.TERMINATED if state.terminated else ExitCode.INTERRUPTED
-        except BrokenPipeError:
-            silence_stdout()
-            return ExitCode.FAILED
-        except Exception as exc:
-            code = exit_code_for(exc)
-            if code is None:
-                raise
-            to_stderr(f"error: {one_line(exc)}")
-            return code
+        code = _command(args, state, termination)
+    if argv is None and code in (ExitCode.INTERRUPTED, ExitCode.TERMINATED):
+        # The program itself (argv read from sys.argv), stopped by a signal,
+        # with its message out: the process exits now. One more Ctrl-C (a
+        # double press, ``timeout -s INT``) must not land in the
+        # interpreter's shutdown, where it printed a traceback.
+        _ignore_stop_signals()
+    return code
+
+
+def _ignore_stop_signals() -> None:
+    if sys.platform != "win32":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _command(args: argparse.Namespace, state: RunState, termination: _Termination) -> int:
+    """Run the parsed command under ``termination``; its exit code."""
+    try:
+        get_dialect(args.dialect)
+        command = commands.load(args.command)
+        return termination.run(command(args, state))
+    except (KeyboardInterrupt, asyncio.CancelledError) as exc:
+        signalled = state.terminated or termination.interrupts > 0
+        if isinstance(exc, asyncio.CancelledError) and not signalled:
+            raise  # not a signal's: a bug, not an interruption
+        # Still under the handlers: a second signal cannot kill the
+        # process before the message is out.
+        to_stderr(state.interrupted())
+        return ExitCode.TERMINATED if state.terminated else ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        silence_stdout()
+        return ExitCode.FAILED
+    except Exception as exc:
+        code = exit_code_for(exc)
+        if code is None:
+            raise
+        to_stderr(f"error: {one_line(exc)}")
+        return code
