@@ -728,6 +728,69 @@ async def test_processes_rejoining_redis_one_by_one_keep_to_the_budget(
     assert busiest <= 1.1 * rate, busiest
 
 
+async def test_processes_with_mixed_caps_rejoining_redis_restarted_empty_keep_to_the_smallest(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One process at 5/s and three at 20/s; Redis restarts empty: still about 5 a second.
+
+    The fresh hash knows no cap but the rejoining processes' own: an R=20
+    process back first used to schedule at 20/s until the R=5 one came back
+    (15 to 21 in this test's busiest second). Each puts back the smallest
+    cap it last heard on the key, until the process that has it is back.
+    """
+    monkeypatch.setattr(shared, "RETRY_EVERY", 3600.0)  # each rejoins when the test says
+    rate, clock = 5.0, SystemClock()
+    limiters = [
+        shared.RedisRateLimiter(
+            redis_server.url, api_key=API_KEY, requests_per_second=cap, clock=clock
+        )
+        for cap in (20.0, 20.0, 20.0, rate)
+    ]
+    sent: list[float] = []
+    stop = asyncio.Event()
+
+    async def spend(limiter: shared.RedisRateLimiter) -> None:
+        while not stop.is_set():
+            turn = await limiter.acquire("create")
+            assert turn is not None
+            sent.append(clock.time())
+            limiter.record(turn, limited=False)
+
+    spenders = [asyncio.ensure_future(spend(limiter)) for limiter in limiters]
+    try:
+        await _until(
+            lambda: all(
+                limiter._members == 4 and limiter._least_cap == rate for limiter in limiters
+            )
+        )
+        redis_server.kill()
+        await _until(lambda: not any(_is_shared(limiter) for limiter in limiters))
+        await asyncio.sleep(1.0)  # on the local shares
+        redis_server.start()  # the same port, nothing kept
+        restarted = len(sent)
+        # The R=20 ones first, 0.15 s apart; the R=5 one last.
+        for index, limiter in enumerate(limiters):
+            limiter._retry_at = clock.time() + 0.15 * index
+        await _until(lambda: all(_is_shared(limiter) for limiter in limiters))
+        state = await _hash(redis_server.url)
+        # The R=5 process is back with its cap: the one put back is gone.
+        assert float(state[b"least_cap"]) == rate
+        assert b"kept_cap" not in state
+        await asyncio.sleep(1.0)
+    finally:
+        stop.set()
+        await asyncio.gather(*spenders)
+        for limiter in limiters:
+            await limiter.aclose()
+    after = sent[restarted:]
+    assert len(after) >= 8  # the rejoining seconds were measured
+    # Evenly spaced, but the processes rejoin from their own local
+    # schedules: a window may catch both ends of a second, and on a busy
+    # machine a late request bunch with the next: the smallest cap plus two.
+    busiest = busiest_second(after)
+    assert busiest <= rate + 2, [round(at - after[0], 2) for at in after]
+
+
 async def test_requests_queued_locally_go_back_to_the_shared_schedule(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

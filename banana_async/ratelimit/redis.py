@@ -82,7 +82,11 @@ The design (what a reviewer should check):
   hash that lost its learned limit (Redis restarted empty) gets it back
   from a process that knows it (a limit that 429s taught a process while
   it sent its share is scaled back to the whole key by the processes it
-  was a share of).
+  was a share of). Such a hash gets back the smallest cap on the key too:
+  each rejoining process puts back the smallest it last heard, which
+  holds until the process that has it is back (or would have gone stale,
+  ``ACTIVE_FOR``), so a process with a larger cap that rejoins first
+  does not schedule at its own.
 * **When Redis cannot be reached at the start** (it never answered), that
   is an error, :exc:`~banana_async.SharedBudgetError`, from :meth:`RedisRateLimiter.aopen`
   (the client calls it as it opens) or from each request, unless
@@ -202,8 +206,9 @@ end
 # Each process that asks for slots keeps a field 'm:<its id>' = Redis time
 # of its last ask, and 'c:<its id>' = its requests_per_second if it has one;
 # 'members' counts those asked within ACTIVE_FOR and 'least_cap' is the
-# smallest of their caps (recounted when one joins or leaves, and at most
-# once a second, dropping the stale ones).
+# smallest of their caps, and of 'kept_cap' until 'kept_until' (recounted
+# when one joins or leaves, and at most once a second, dropping the stale
+# ones).
 _MEMBERS = """
 local function recount(active)
   local fields = redis.call('HGETALL', key)
@@ -221,6 +226,17 @@ local function recount(active)
       else
         redis.call('HDEL', key, name, 'c:' .. other)
       end
+    end
+  end
+  -- A cap put back by a process rejoining a hash that lost it (see
+  -- _ACQUIRE): it holds until its process comes back with it, or until its
+  -- process would have gone stale.
+  local kept = tonumber(values['kept_cap'])
+  if kept ~= nil then
+    if (tonumber(values['kept_until']) or 0) < now or (least ~= nil and least <= kept) then
+      redis.call('HDEL', key, 'kept_cap', 'kept_until')
+    elseif least == nil or kept < least then
+      least = kept
     end
   end
   redis.call('HSET', key, 'members', members, 'members_at', now)
@@ -248,7 +264,9 @@ end
 
 # ARGV: kind, cap ('' for none), most seconds to wait ('' for no limit),
 # answers accepted since the last call, idle ttl, this process's id, ACTIVE_FOR,
-# requests this process sent on its own in the last second (rejoining).
+# requests this process sent on its own in the last second (rejoining),
+# the smallest cap this process last heard on the key and how many seconds
+# ago ('' and '' unless rejoining).
 # Returns {delay, now, members, learned rate, limit, least cap} (the last
 # three '' when unset); delay -1 means no slot within the wait.
 _ACQUIRE = (
@@ -346,6 +364,21 @@ end
 return {tostring(delay), tostring(now)}
 """
     + """
+end
+-- A process rejoining a hash that does not know it (Redis restarted
+-- empty) puts back the smallest cap it last heard on the key: the process
+-- that had it may rejoin last, and until then the others would keep to
+-- their own caps. It holds as long as that process would still count as
+-- active (ACTIVE_FOR after it was heard of), or until it is back with it.
+local kept = tonumber(ARGV[9])
+if kept ~= nil and redis.call('HEXISTS', key, 'm:' .. ARGV[6]) == 0 then
+  local untl = now + tonumber(ARGV[7]) - tonumber(ARGV[10])
+  local old = num('kept_cap')
+  if untl > now and (old == nil or (num('kept_until') or 0) < now or kept < old) then
+    redis.call('HSET', key, 'kept_cap', kept, 'kept_until', untl)
+    local least = num('least_cap')
+    if least == nil or kept < least then redis.call('HSET', key, 'least_cap', kept) end
+  end
 end
 local reply = acquire()
 table.insert(reply, tostring(note_member(ARGV[6], tonumber(ARGV[7]), ARGV[2])))
@@ -702,6 +735,8 @@ class RedisRateLimiter:
         self._member = secrets.token_hex(8)
         self._members: int | None = None
         self._least_cap: float | None = None  # the smallest cap of those on the key
+        self._least_cap_at = -math.inf  # when Redis last told it (our clock)
+        self._rejoining = False  # away since the last acquire that Redis answered
         self._joined = False  # counted among the key's processes (it leaves as it closes)
         self._shared_rate: float | None = None
         self._known_limit: float | None = None
@@ -884,6 +919,7 @@ class RedisRateLimiter:
                     continue
                 accepted, self._accepted = self._accepted, 0
                 alone = self._sent_alone() if self._count_alone else 0
+                kept, kept_for = self._cap_to_keep()
                 try:
                     delay, now = self._heard(
                         await self._eval(
@@ -896,10 +932,13 @@ class RedisRateLimiter:
                             self._member,
                             repr(ACTIVE_FOR),
                             str(alone),
+                            kept,
+                            kept_for,
                         )
                     )
                     self._back()
                     self._count_alone = False
+                    self._rejoining = False
                     if self._seed_due:
                         await self._seed()
                     if delay < 0:
@@ -1001,7 +1040,7 @@ class RedisRateLimiter:
         rate, limit, least_cap = (float(item) if item else None for item in reply[3:6])
         self._members = max(1, int(members))
         self._shared_rate = rate
-        self._least_cap = least_cap
+        self._least_cap, self._least_cap_at = least_cap, self._clock.time()
         self._joined = True
         if limit is not None:
             self._known_limit, self._known_at = limit, self._clock.time()
@@ -1032,6 +1071,17 @@ class RedisRateLimiter:
             _shown(self._url),
             float(seeded),
         )
+
+    def _cap_to_keep(self) -> tuple[str, str]:
+        """The smallest cap heard on the key and its age, for a rejoining acquire ('' if none).
+
+        A hash restarted empty knows only the caps of the processes back so
+        far: the one with the smallest may come back last (see _ACQUIRE).
+        """
+        least = self._least_cap
+        if not self._rejoining or least is None or (self._cap is not None and self._cap <= least):
+            return "", ""
+        return repr(least), repr(max(0.0, self._clock.time() - self._least_cap_at))
 
     def _sent_alone(self) -> int:
         """How many requests this process sent on its own limiter in the last second."""
@@ -1140,6 +1190,7 @@ class RedisRateLimiter:
         if self._down_since is None:
             self._down_since = self._clock.time()
             self._rejoined = asyncio.Event()
+            self._rejoining = True
             self._hand_over()
             logger.warning(
                 "the shared rate limit at %s is unreachable (%s): this process goes on "
