@@ -114,9 +114,10 @@ async def test_a_journal_of_another_batch_is_refused(
     async with live_client(live) as client:
         await _run(client, PROMPTS, journal=journal)
         sent = len(live.requests)
-        with pytest.raises(ba.JournalError, match="another batch"):
+        with pytest.raises(ba.JournalError, match="another batch") as info:
             await _run(client, ["something else", *PROMPTS[1:]], journal=journal)
     assert len(live.requests) == sent
+    assert info.value.path == str(journal)  # which journal it is, for the message's reader
 
 
 async def test_downloads_resume_too(live: FakeBananaServer, tmp_path: Path) -> None:
@@ -340,3 +341,106 @@ async def test_an_interrupted_batch_leaves_no_unsent_create_as_sending(
     # Creates were still waiting when it stopped (else this test proves nothing).
     refused = [e for e in entries if e.state is EntryState.ERROR]
     assert len(last) < len(prompts) or refused
+
+
+async def test_a_task_failed_in_an_earlier_run_comes_back_with_its_request_and_task(
+    live: FakeBananaServer, tmp_path: Path
+) -> None:
+    journal = tmp_path / "batch.sqlite"
+    live.script_for = lambda body: (
+        TaskScript(outcome="fail", error="refused by the filter")
+        if body["prompt"] == PROMPTS[1]
+        else None
+    )
+    async with live_client(live) as client:
+        first = await _run(client, PROMPTS[:3], journal=journal)
+        sent = len(live.requests)
+        again = await _run(client, PROMPTS[:3], journal=journal)
+    assert len(live.requests) == sent  # replayed from the journal alone
+    failed = again[1]
+    assert failed.from_journal
+    assert isinstance(failed.error, ba.TaskFailedError)
+    assert "refused by the filter" in str(failed.error)
+    # The caller can tell which input failed and which task it was.
+    assert failed.request == first[1].request
+    assert failed.task is not None
+    assert failed.task == first[1].task
+    assert failed.task.status is ba.TaskStatus.FAILED
+    assert failed.error.task == failed.task
+
+
+class _ReprFails:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class _LongRepr:
+    def __repr__(self) -> str:
+        return "L" * 5000
+
+
+async def test_the_journal_keeps_what_each_failed_input_was_and_why(
+    live: FakeBananaServer, tmp_path: Path
+) -> None:
+    journal = tmp_path / "batch.sqlite"
+    live.inject(Fault.status(500, process=True), on="create")
+    live.inject(Fault.status(400, body='{"error": "try later"}'), on="create")
+    inputs: list[Any] = ["five hundred", "four hundred", 42, _ReprFails(), _LongRepr()]
+    async with live_client(live) as client:
+        outcomes = await _run(client, inputs, journal=journal, concurrency=1)
+    assert sorted(outcomes) == list(range(5))
+    with Journal.open(journal) as opened:
+        entries = {e.index: e for e in opened.entries()}
+    # A 500 may have created a task: unconfirmed, with the answer that says so.
+    assert entries[0].state is EntryState.UNCONFIRMED
+    assert entries[0].error_type == type(outcomes[0].error).__name__ == "ServerError"
+    assert entries[0].error is not None
+    assert "500" in entries[0].error
+    # A 400 created nothing: an error, with the provider's reason.
+    assert entries[1].state is EntryState.ERROR
+    assert entries[1].error_type == type(outcomes[1].error).__name__
+    assert entries[1].error is not None
+    assert "try later" in entries[1].error
+    # Inputs that are no prompt: what they were, as text (capped at 1,000 characters).
+    assert [entries[i].request for i in (2, 3, 4)] == [None, None, None]
+    assert entries[2].raw_input == "42"
+    assert entries[3].raw_input == "<_ReprFails object>"
+    assert entries[4].raw_input == "L" * 1000
+
+
+async def test_a_journal_that_breaks_under_creates_on_the_wire_lists_every_created_id(
+    live: FakeBananaServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Three creates on the wire when the journal breaks: one creates its task,
+    # one creates a task whose id the answer carries beside an error (a task
+    # id no client can use), one is refused (409: nothing created).
+    async with live_client(live) as client:
+        await client.create("takes the id first")
+    (taken,) = live.tasks
+    scripts = {
+        "created": TaskScript(duration=None),
+        "id beside an error": TaskScript(task_id="odd\ud800", duration=None),
+        "refused": TaskScript(task_id=taken),
+    }
+    live.script_for = lambda body: scripts[body["prompt"]]
+    live.inject(Fault.stall(0.3, process=True), on="create", times=3)
+    journal = Journal.open(tmp_path / "batch.sqlite")
+    async with live_client(live) as client:
+        batch = client.generate_many(list(scripts), concurrency=3, journal=journal)
+        async with contextlib.aclosing(batch):
+            first = asyncio.ensure_future(anext(batch))
+            # The fake server has no event to wait on: poll it.
+            while live.count("create") < 4:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            journal.close()  # the three answers are still on their way
+            with pytest.raises(ba.JournalError) as info:
+                await first
+    created = next(t.id for t in live.tasks.values() if t.body["prompt"] == "created")
+    # Every task the provider created in this batch is listed, and nothing else.
+    assert info.value.unrecorded == {0: created, 1: "odd\ud800"}
+    assert created in str(info.value)
+    lost = [r.getMessage() for r in caplog.records if "is not in the journal" in r.getMessage()]
+    assert sorted(lost) == [
+        f"input 0: task {created} was created but is not in the journal; note its id",
+        "input 1: task odd\ud800 was created but is not in the journal; note its id",
+    ]

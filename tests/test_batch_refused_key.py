@@ -25,7 +25,10 @@ async def test_a_refused_key_stops_the_creates_and_says_so(live: FakeBananaServe
     for outcome in outcomes[1:]:
         assert outcome.error is not None
         assert f"input {outcome.index} was not sent" in str(outcome.error)
-        assert "BANANA_API_KEY" in str(outcome.error)
+        # What to do about it.
+        assert "Check the key (BANANA_API_KEY, or api_key=) and run the batch again" in str(
+            outcome.error
+        )
         assert "sk-not-the-right-key" not in str(outcome.error)
 
 
