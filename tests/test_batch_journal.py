@@ -100,6 +100,15 @@ async def test_unconfirmed_creates_are_reported_not_resent(
         second = await _run(client, PROMPTS[:1], journal=journal)
         assert isinstance(second[0].error, ba.UnconfirmedCreateError)
         assert second[0].from_journal
+        # Which input, with its request, and what the caller may do about it.
+        assert second[0].error.index == 0
+        assert first[0].request is not None
+        assert second[0].request == first[0].request
+        assert str(second[0].error) == (
+            "input 0: a create was sent in an earlier run but its answer never confirmed a "
+            "task; the provider may have created (and billed) one. It is not sent again "
+            "unless resend_unconfirmed=True"
+        )
         assert _creates_per_prompt(live)[PROMPTS[0]] == 1
         assert len(live.tasks) == 1  # the provider did create (and bill) it
         third = await _run(client, PROMPTS[:1], journal=journal, resend_unconfirmed=True)
