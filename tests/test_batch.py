@@ -298,3 +298,8 @@ async def test_an_unwritable_download_dir_gives_outcomes_not_a_hang(
         assert outcome.error.reason == "io_error"
         assert outcome.task is not None
         assert outcome.task.ok
+        # Which image could not be saved where, and where to fetch it again.
+        assert outcome.error.url == outcome.task.image_url
+        assert f"could not save the image of task {outcome.task.id} in {not_a_dir}: " in str(
+            outcome.error
+        )

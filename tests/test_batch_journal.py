@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 import banana_async as ba
+from banana_async._logging import RAISED_LATER
 from banana_async.journal import EntryState, Journal
 from banana_async.testing import FakeBananaServer, Fault, TaskScript
 
@@ -453,3 +455,11 @@ async def test_a_journal_that_breaks_under_creates_on_the_wire_lists_every_creat
         f"input 0: task {created} was created but is not in the journal; note its id",
         "input 1: task odd\ud800 was created but is not in the journal; note its id",
     ]
+    # The failure is logged once as it happens, marked for the command line,
+    # which prints the JournalError instead.
+    (failed,) = [r for r in caplog.records if "creating no more tasks" in r.getMessage()]
+    assert failed.levelno == logging.ERROR
+    assert getattr(failed, RAISED_LATER) is True
+    message = failed.getMessage()
+    assert message.startswith(f"journal {journal.path} failed (")
+    assert message.endswith("closed); creating no more tasks")
