@@ -61,6 +61,8 @@ async def test_created_tasks_are_polled_not_created_again(
         stuck = [o for o in first.values() if isinstance(o.error, ba.TaskTimeoutError)]
         assert len(stuck) == 4
         for outcome in stuck:
+            assert outcome.request is not None
+            assert outcome.request.prompt == PROMPTS[outcome.index]
             assert outcome.task is not None
             live.finish(outcome.task.id)
         queries_before = live.count("query")
@@ -463,3 +465,32 @@ async def test_a_journal_that_breaks_under_creates_on_the_wire_lists_every_creat
     message = failed.getMessage()
     assert message.startswith(f"journal {journal.path} failed (")
     assert message.endswith("closed); creating no more tasks")
+
+
+async def test_a_wait_ended_by_an_error_keeps_its_task_and_resumes_by_polling(
+    live: FakeBananaServer, tmp_path: Path
+) -> None:
+    journal = tmp_path / "batch.sqlite"
+    live.inject(Fault.status(404, body='{"error": {"message": "no such task"}}'), on="query")
+    async with live_client(live) as client:
+        first = await _run(client, PROMPTS[:1], journal=journal)
+        assert sorted(first) == [0]
+        outcome = first[0]
+        assert isinstance(outcome.error, ba.NotFoundError)
+        assert outcome.request is not None
+        assert outcome.request.prompt == PROMPTS[0]
+        assert outcome.task is not None
+        assert outcome.task.id in live.tasks
+        with Journal.open(journal) as opened:
+            (entry,) = opened.entries()
+        # Still created (a resumed run polls it again), with the error kept.
+        assert entry.state is EntryState.CREATED
+        assert entry.task_id == outcome.task.id
+        assert entry.error_type == "NotFoundError"
+        assert entry.error is not None
+        assert "no such task" in entry.error
+        again = await _run(client, PROMPTS[:1], journal=journal)
+    assert again[0].ok
+    assert again[0].task is not None
+    assert again[0].task.id == outcome.task.id
+    assert live.count("create") == 1
