@@ -411,6 +411,8 @@ async def test_the_journal_keeps_what_each_failed_input_was_and_why(
     assert "500" in entries[0].error
     # A 400 created nothing: an error, with the provider's reason.
     assert entries[1].state is EntryState.ERROR
+    assert entries[1].request is not None
+    assert entries[1].request.prompt == "four hundred"
     assert entries[1].error_type == type(outcomes[1].error).__name__
     assert entries[1].error is not None
     assert "try later" in entries[1].error
@@ -451,6 +453,7 @@ async def test_a_journal_that_breaks_under_creates_on_the_wire_lists_every_creat
     created = next(t.id for t in live.tasks.values() if t.body["prompt"] == "created")
     # Every task the provider created in this batch is listed, and nothing else.
     assert info.value.unrecorded == {0: created, 1: "odd\ud800"}
+    assert info.value.path == journal.path
     assert created in str(info.value)
     lost = [r.getMessage() for r in caplog.records if "is not in the journal" in r.getMessage()]
     assert sorted(lost) == [
