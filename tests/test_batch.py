@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 import banana_async as ba
-from banana_async.testing import FakeBananaServer, Fault, TaskScript
+from banana_async._polling import POLL_JITTER
+from banana_async.testing import FakeBananaServer, FakeClock, Fault, TaskScript
 
 from .conftest import batch_tasks, live_client
 
@@ -298,3 +299,19 @@ async def test_an_unwritable_download_dir_gives_outcomes_not_a_hang(
         assert outcome.error.reason == "io_error"
         assert outcome.task is not None
         assert outcome.task.ok
+        # Which image could not be saved where, and where to fetch it again.
+        assert outcome.error.url == outcome.task.image_url
+        assert f"could not save the image of task {outcome.task.id} in {not_a_dir}: " in str(
+            outcome.error
+        )
+
+
+async def test_the_batch_poll_interval_is_the_one_its_waits_keep(
+    client: ba.BananaClient, server: FakeBananaServer, clock: FakeClock
+) -> None:
+    # The client polls every 2 s; this batch was told 5 s (virtual clock).
+    server.plan(TaskScript(duration=11.0))
+    outcomes = [o async for o in client.generate_many(["a cat"], poll_interval=5.0, timeout=60)]
+    assert outcomes[0].ok
+    assert clock.sleeps
+    assert all(5.0 <= s <= 5.0 * (1 + POLL_JITTER) for s in clock.sleeps)

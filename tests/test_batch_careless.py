@@ -481,3 +481,45 @@ async def test_closing_the_client_under_a_reader_gives_every_input_an_outcome(
     assert shown <= set(live.tasks)
     assert len(live.tasks) - len(shown) <= cut_off
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_inputs_a_closed_client_never_sent_are_created_on_resume(
+    live: FakeBananaServer, tmp_path: Path
+) -> None:
+    # The creates that the close stopped before they were sent are recorded
+    # as "nothing created", so a resumed batch creates them; only a create
+    # cut off on the wire is unconfirmed.
+    journal = tmp_path / "batch.sqlite"
+    prompts = [f"p{i}" for i in range(20)]
+    live.script_for = lambda body: TaskScript(duration=0.2)
+    client = live_client(live)
+    await client.__aenter__()
+    first: dict[int, ba.Outcome] = {}
+    async with asyncio.timeout(10):
+        async for outcome in client.generate_many(prompts, concurrency=5, journal=journal):
+            first[outcome.index] = outcome
+            if len(first) == 2:
+                await client.aclose()
+    unsent = {
+        i
+        for i, o in first.items()
+        if isinstance(o.error, ba.APIConnectionError)
+        and f"input {i}: the create did not happen" in str(o.error)
+    }
+    assert unsent  # else this test proves nothing
+    for index in unsent:
+        error = first[index].error
+        assert isinstance(error, ba.APIConnectionError)
+        assert error.request_sent is False
+        assert error.__cause__ is not None  # what the closed client raised, for the curious
+    with ba.Journal.open(journal) as opened:
+        states = {e.index: e.state for e in opened.entries()}
+    assert {states[i] for i in unsent} == {ba.EntryState.ERROR}
+    creates = live.count("create")
+    async with live_client(live) as client:
+        again = {o.index: o async for o in client.generate_many(prompts, journal=journal)}
+    assert sorted(again) == list(range(20))
+    for index in unsent:
+        assert again[index].ok
+        assert not again[index].from_journal
+    assert live.count("create") - creates >= len(unsent)

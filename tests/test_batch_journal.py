@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 import banana_async as ba
+from banana_async._logging import RAISED_LATER
 from banana_async.journal import EntryState, Journal
 from banana_async.testing import FakeBananaServer, Fault, TaskScript
 
@@ -59,6 +61,8 @@ async def test_created_tasks_are_polled_not_created_again(
         stuck = [o for o in first.values() if isinstance(o.error, ba.TaskTimeoutError)]
         assert len(stuck) == 4
         for outcome in stuck:
+            assert outcome.request is not None
+            assert outcome.request.prompt == PROMPTS[outcome.index]
             assert outcome.task is not None
             live.finish(outcome.task.id)
         queries_before = live.count("query")
@@ -100,6 +104,15 @@ async def test_unconfirmed_creates_are_reported_not_resent(
         second = await _run(client, PROMPTS[:1], journal=journal)
         assert isinstance(second[0].error, ba.UnconfirmedCreateError)
         assert second[0].from_journal
+        # Which input, with its request, and what the caller may do about it.
+        assert second[0].error.index == 0
+        assert first[0].request is not None
+        assert second[0].request == first[0].request
+        assert str(second[0].error) == (
+            "input 0: a create was sent in an earlier run but its answer never confirmed a "
+            "task; the provider may have created (and billed) one. It is not sent again "
+            "unless resend_unconfirmed=True"
+        )
         assert _creates_per_prompt(live)[PROMPTS[0]] == 1
         assert len(live.tasks) == 1  # the provider did create (and bill) it
         third = await _run(client, PROMPTS[:1], journal=journal, resend_unconfirmed=True)
@@ -114,9 +127,10 @@ async def test_a_journal_of_another_batch_is_refused(
     async with live_client(live) as client:
         await _run(client, PROMPTS, journal=journal)
         sent = len(live.requests)
-        with pytest.raises(ba.JournalError, match="another batch"):
+        with pytest.raises(ba.JournalError, match="another batch") as info:
             await _run(client, ["something else", *PROMPTS[1:]], journal=journal)
     assert len(live.requests) == sent
+    assert info.value.path == str(journal)  # which journal it is, for the message's reader
 
 
 async def test_downloads_resume_too(live: FakeBananaServer, tmp_path: Path) -> None:
@@ -340,3 +354,146 @@ async def test_an_interrupted_batch_leaves_no_unsent_create_as_sending(
     # Creates were still waiting when it stopped (else this test proves nothing).
     refused = [e for e in entries if e.state is EntryState.ERROR]
     assert len(last) < len(prompts) or refused
+
+
+async def test_a_task_failed_in_an_earlier_run_comes_back_with_its_request_and_task(
+    live: FakeBananaServer, tmp_path: Path
+) -> None:
+    journal = tmp_path / "batch.sqlite"
+    live.script_for = lambda body: (
+        TaskScript(outcome="fail", error="refused by the filter")
+        if body["prompt"] == PROMPTS[1]
+        else None
+    )
+    async with live_client(live) as client:
+        first = await _run(client, PROMPTS[:3], journal=journal)
+        sent = len(live.requests)
+        again = await _run(client, PROMPTS[:3], journal=journal)
+    assert len(live.requests) == sent  # replayed from the journal alone
+    failed = again[1]
+    assert failed.from_journal
+    assert isinstance(failed.error, ba.TaskFailedError)
+    assert "refused by the filter" in str(failed.error)
+    # The caller can tell which input failed and which task it was.
+    assert failed.request == first[1].request
+    assert failed.task is not None
+    assert failed.task == first[1].task
+    assert failed.task.status is ba.TaskStatus.FAILED
+    assert failed.error.task == failed.task
+
+
+class _ReprFails:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class _LongRepr:
+    def __repr__(self) -> str:
+        return "L" * 5000
+
+
+async def test_the_journal_keeps_what_each_failed_input_was_and_why(
+    live: FakeBananaServer, tmp_path: Path
+) -> None:
+    journal = tmp_path / "batch.sqlite"
+    live.inject(Fault.status(500, process=True), on="create")
+    live.inject(Fault.status(400, body='{"error": "try later"}'), on="create")
+    inputs: list[Any] = ["five hundred", "four hundred", 42, _ReprFails(), _LongRepr()]
+    async with live_client(live) as client:
+        outcomes = await _run(client, inputs, journal=journal, concurrency=1)
+    assert sorted(outcomes) == list(range(5))
+    with Journal.open(journal) as opened:
+        entries = {e.index: e for e in opened.entries()}
+    # A 500 may have created a task: unconfirmed, with the answer that says so.
+    assert entries[0].state is EntryState.UNCONFIRMED
+    assert entries[0].error_type == type(outcomes[0].error).__name__ == "ServerError"
+    assert entries[0].error is not None
+    assert "500" in entries[0].error
+    # A 400 created nothing: an error, with the provider's reason.
+    assert entries[1].state is EntryState.ERROR
+    assert entries[1].request is not None
+    assert entries[1].request.prompt == "four hundred"
+    assert entries[1].error_type == type(outcomes[1].error).__name__
+    assert entries[1].error is not None
+    assert "try later" in entries[1].error
+    # Inputs that are no prompt: what they were, as text (capped at 1,000 characters).
+    assert [entries[i].request for i in (2, 3, 4)] == [None, None, None]
+    assert entries[2].raw_input == "42"
+    assert entries[3].raw_input == "<_ReprFails object>"
+    assert entries[4].raw_input == "L" * 1000
+
+
+async def test_a_journal_that_breaks_under_creates_on_the_wire_lists_every_created_id(
+    live: FakeBananaServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Three creates on the wire when the journal breaks: one creates its task,
+    # one creates a task whose id the answer carries beside an error (a task
+    # id no client can use), one is refused (409: nothing created).
+    async with live_client(live) as client:
+        await client.create("takes the id first")
+    (taken,) = live.tasks
+    scripts = {
+        "created": TaskScript(duration=None),
+        "id beside an error": TaskScript(task_id="odd\ud800", duration=None),
+        "refused": TaskScript(task_id=taken),
+    }
+    live.script_for = lambda body: scripts[body["prompt"]]
+    live.inject(Fault.stall(0.3, process=True), on="create", times=3)
+    journal = Journal.open(tmp_path / "batch.sqlite")
+    async with live_client(live) as client:
+        batch = client.generate_many(list(scripts), concurrency=3, journal=journal)
+        async with contextlib.aclosing(batch):
+            first = asyncio.ensure_future(anext(batch))
+            # The fake server has no event to wait on: poll it.
+            while live.count("create") < 4:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            journal.close()  # the three answers are still on their way
+            with pytest.raises(ba.JournalError) as info:
+                await first
+    created = next(t.id for t in live.tasks.values() if t.body["prompt"] == "created")
+    # Every task the provider created in this batch is listed, and nothing else.
+    assert info.value.unrecorded == {0: created, 1: "odd\ud800"}
+    assert info.value.path == journal.path
+    assert created in str(info.value)
+    lost = [r.getMessage() for r in caplog.records if "is not in the journal" in r.getMessage()]
+    assert sorted(lost) == [
+        f"input 0: task {created} was created but is not in the journal; note its id",
+        "input 1: task odd\ud800 was created but is not in the journal; note its id",
+    ]
+    # The failure is logged once as it happens, marked for the command line,
+    # which prints the JournalError instead.
+    (failed,) = [r for r in caplog.records if "creating no more tasks" in r.getMessage()]
+    assert failed.levelno == logging.ERROR
+    assert getattr(failed, RAISED_LATER) is True
+    message = failed.getMessage()
+    assert message.startswith(f"journal {journal.path} failed (")
+    assert message.endswith("closed); creating no more tasks")
+
+
+async def test_a_wait_ended_by_an_error_keeps_its_task_and_resumes_by_polling(
+    live: FakeBananaServer, tmp_path: Path
+) -> None:
+    journal = tmp_path / "batch.sqlite"
+    live.inject(Fault.status(404, body='{"error": {"message": "no such task"}}'), on="query")
+    async with live_client(live) as client:
+        first = await _run(client, PROMPTS[:1], journal=journal)
+        assert sorted(first) == [0]
+        outcome = first[0]
+        assert isinstance(outcome.error, ba.NotFoundError)
+        assert outcome.request is not None
+        assert outcome.request.prompt == PROMPTS[0]
+        assert outcome.task is not None
+        assert outcome.task.id in live.tasks
+        with Journal.open(journal) as opened:
+            (entry,) = opened.entries()
+        # Still created (a resumed run polls it again), with the error kept.
+        assert entry.state is EntryState.CREATED
+        assert entry.task_id == outcome.task.id
+        assert entry.error_type == "NotFoundError"
+        assert entry.error is not None
+        assert "no such task" in entry.error
+        again = await _run(client, PROMPTS[:1], journal=journal)
+    assert again[0].ok
+    assert again[0].task is not None
+    assert again[0].task.id == outcome.task.id
+    assert live.count("create") == 1

@@ -25,7 +25,10 @@ async def test_a_refused_key_stops_the_creates_and_says_so(live: FakeBananaServe
     for outcome in outcomes[1:]:
         assert outcome.error is not None
         assert f"input {outcome.index} was not sent" in str(outcome.error)
-        assert "BANANA_API_KEY" in str(outcome.error)
+        # What to do about it.
+        assert "Check the key (BANANA_API_KEY, or api_key=) and run the batch again" in str(
+            outcome.error
+        )
         assert "sk-not-the-right-key" not in str(outcome.error)
 
 
@@ -37,6 +40,11 @@ async def test_inputs_not_sent_for_a_refused_key_are_created_on_the_next_run(
     async with ba.BananaClient("sk-not-the-right-key", base_url=live.url) as client:
         first = [o async for o in client.generate_many(prompts, concurrency=1, journal=journal)]
     assert not any(o.ok for o in first)
+    with ba.Journal.open(journal) as opened:
+        entries = list(opened.entries())
+    # Each input not sent is recorded as such, with its request.
+    assert [e.state for e in entries] == [ba.EntryState.ERROR] * 4
+    assert [e.request.prompt if e.request else None for e in entries] == prompts
     async with ba.BananaClient(API_KEY, base_url=live.url, poll_interval=0.02) as client:
         again = [o async for o in client.generate_many(prompts, concurrency=2, journal=journal)]
     assert all(o.ok and not o.from_journal for o in again)
