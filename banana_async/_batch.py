@@ -226,6 +226,10 @@ class BatchOptions:
             raise InvalidRequestError(
                 f"download_to must be a directory path, not {type(self.download_to).__name__}"
             )
+        folder = None if self.download_to is None else os.fspath(self.download_to)
+        if folder is not None and ("\0" if isinstance(folder, str) else b"\0") in folder:
+            # No file system takes it: every image would be paid for, then fail to save.
+            raise InvalidRequestError(f"download_to must not hold a NUL character: {folder!r}")
         journal = self.journal
         if journal is not None and not isinstance(
             journal, str | os.PathLike | Journal | JournalStore
@@ -369,7 +373,7 @@ class _Batch:
         self.workers: set[asyncio.Task[None]] = set()
         # Inputs whose create passed the gate and whose outcome the caller
         # has not read (see may_create), by index.
-        self.limit = concurrency if not os.environ.get("NOGATE") else 10**9
+        self.limit = concurrency
         self.unread: set[int] = set()
         # Creates waiting for a read, first come first served: a read wakes
         # one of them (not all, to find all but one still blocked).

@@ -121,6 +121,11 @@ async def test_bad_arguments_fail_at_once(live: FakeBananaServer) -> None:
             client.generate_many(42)  # type: ignore[arg-type]
         with pytest.raises(ba.InvalidRequestError, match="download_to must be a directory"):
             client.generate_many(["a"], download_to=123)  # type: ignore[arg-type]
+        # No file system takes a NUL: each image would be paid for, then fail to save.
+        with pytest.raises(ba.InvalidRequestError, match="NUL character"):
+            client.generate_many(["a"], download_to="/tmp/x\0y")
+        with pytest.raises(ba.InvalidRequestError, match="NUL character"):
+            client.generate_many(["a"], download_to=Path("/tmp/x\0y"))
         with pytest.raises(ba.InvalidRequestError, match="journal must be a file path"):
             client.generate_many(["a"], journal=123)  # type: ignore[arg-type]
     assert live.requests == []
