@@ -7,6 +7,7 @@ and its caller raises the error that suits its own layer.
 
 from __future__ import annotations
 
+import math
 from urllib.parse import SplitResult, urlsplit
 
 HTTP_SCHEMES = frozenset({"http", "https"})
@@ -32,6 +33,21 @@ def split_http_url(url: str) -> SplitResult | str:
     if not host:
         return "has no host"
     return parts
+
+
+def positive_number(text: str) -> float | str:
+    """Read ``text`` as a finite number above zero: the number, or why it is not one.
+
+    For options given as text (the command line, the fake provider's
+    command): ``inf``, ``nan``, ``0`` and ``1e400`` are refused.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        return f"not a number: {text!r}"
+    if not (value > 0 and math.isfinite(value)):
+        return f"must be a finite number above zero, not {text!r}"
+    return value
 
 
 def count_problem(value: object, name: str, *, minimum: int = 1) -> str | None:

@@ -8,10 +8,10 @@ imports none of their modules: a command's code is loaded only when it runs
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from typing import Final
 
+from banana_async._checks import positive_number
 from banana_async._version import __version__
 from banana_async.client import API_KEY_ENV, RATE_LIMIT_URL_ENV
 from banana_async.models import AspectRatio, Resolution
@@ -56,12 +56,9 @@ def positive_float(text: str) -> float:
     Raises:
         argparse.ArgumentTypeError: not a number, not finite, or not above zero.
     """
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number above zero, not {text!r}")
+    value = positive_number(text)
+    if isinstance(value, str):
+        raise argparse.ArgumentTypeError(value)
     return value
 
 

@@ -15,20 +15,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 
+from banana_async._checks import positive_number
 from banana_async.testing._budget import RequestBudget
 from banana_async.testing._server import FakeBananaServer
 
 
 def _rate(text: str) -> float:
     """``--rate-limit``: a finite number of requests a second above zero."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number above zero, not {text!r}")
+    value = positive_number(text)
+    if isinstance(value, str):
+        raise argparse.ArgumentTypeError(value)
     return value
 
 
