@@ -84,10 +84,16 @@ class Running:
         return code, "".join(self.out), "".join(self.err)
 
 
-async def start(*argv: str, server: FakeBananaServer, sigint_ignored: bool = False) -> Running:
+async def start(
+    *argv: str, server: FakeBananaServer, sigint_ignored: bool = False, code: str | None = None
+) -> Running:
+    """Start ``banana-async ARGV`` (or, with ``code``, ``python -c CODE``) against ``server``."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("BANANA_")}
     environ.update({"BANANA_API_KEY": KEY, "BANANA_BASE_URL": server.url})
-    command = [sys.executable, "-m", "banana_async", *argv]
+    if code is None:
+        command = [sys.executable, "-m", "banana_async", *argv]
+    else:
+        command = [sys.executable, "-c", code, *argv]
     if sigint_ignored:
         # What a shell does to a job started with `&`: SIGINT ignored across exec.
         command = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
@@ -232,20 +238,9 @@ async def test_once_stopped_the_program_ignores_late_signals_until_it_exits(
         " signal.getsignal(signal.SIGTERM) is signal.SIG_IGN, flush=True)\n"
         "raise SystemExit(code)\n"
     )
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("BANANA_")}
     async with FakeBananaServer(api_key=KEY) as server:
         server.script_for = lambda body: TaskScript(duration=None)  # ends only by a signal
-        environ.update({"BANANA_API_KEY": KEY, "BANANA_BASE_URL": server.url})
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            script,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=environ,
-        )
-        run = Running(proc)
+        run = await start(server=server, code=script)
         try:
             await run.until(created(2))
         finally:
